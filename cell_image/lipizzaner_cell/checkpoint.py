@@ -1,0 +1,126 @@
+"""A cell's full state as safetensors + JSON, written through fsspec; never pickle.
+
+Layout under a cell's directory:
+    checkpoints/000010/state.safetensors   every tensor: weights, Adam moments, RNG states
+    checkpoints/000010/state.json          everything else; written last, so it marks the
+                                           checkpoint complete
+Restoring makes the engine continue bit for bit as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lipizzaner_operator import storage
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from lipizzaner_cell.engine import CellEngine
+from lipizzaner_cell.individual import Individual
+
+FORMAT = "lipizzaner-cell-checkpoint/1"
+
+
+def _export_individual(individual: Individual, prefix: str, tensors: dict) -> dict[str, Any]:
+    for name, tensor in individual.net.state_dict().items():
+        tensors[f"{prefix}.net.{name}"] = tensor
+    optimizer = individual.optimizer.state_dict()
+    for param, slots in optimizer["state"].items():
+        for slot, tensor in slots.items():
+            tensors[f"{prefix}.adam.{param}.{slot}"] = tensor
+    return {
+        "learning_rate": individual.learning_rate,
+        "fitness": individual.fitness,
+        "source_cell": individual.source_cell,
+        "param_groups": optimizer["param_groups"],
+    }
+
+
+def _import_individual(
+    individual: Individual, prefix: str, tensors: dict, meta: dict[str, Any]
+) -> None:
+    net_prefix, adam_prefix = f"{prefix}.net.", f"{prefix}.adam."
+    individual.net.load_state_dict(
+        {k[len(net_prefix) :]: v for k, v in tensors.items() if k.startswith(net_prefix)}
+    )
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith(adam_prefix):
+            param, slot = key[len(adam_prefix) :].split(".", 1)
+            state.setdefault(int(param), {})[slot] = tensor
+    individual.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    individual.set_learning_rate(meta["learning_rate"])
+    individual.fitness = meta["fitness"]
+    individual.source_cell = meta["source_cell"]
+
+
+def export_state(engine: CellEngine) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {"rng": engine.rng.get_state()}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "cell": engine.index,
+        "generation": engine.generation,
+        "mixture_weights": {str(cell): w for cell, w in engine.mixture_weights.items()},
+        "generators": [
+            _export_individual(g, f"generators.{i}", tensors)
+            for i, g in enumerate(engine.generators)
+        ],
+        "discriminators": [
+            _export_individual(d, f"discriminators.{i}", tensors)
+            for i, d in enumerate(engine.discriminators)
+        ],
+    }
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, meta
+
+
+def import_state(engine: CellEngine, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    if meta.get("format") != FORMAT or meta.get("cell") != engine.index:
+        raise ValueError(
+            f"checkpoint is for cell {meta.get('cell')} in format {meta.get('format')!r}, "
+            f"expected cell {engine.index} in {FORMAT!r}"
+        )
+    for role in ("generators", "discriminators"):
+        population: list[Individual] = getattr(engine, role)
+        if len(meta[role]) != len(population):
+            raise ValueError(
+                f"checkpoint has {len(meta[role])} {role}, the spec asks for {len(population)}"
+            )
+        for i, individual in enumerate(population):
+            _import_individual(individual, f"{role}.{i}", tensors, meta[role][i])
+    engine.rng.set_state(tensors["rng"])
+    engine.mixture_weights = {int(c): w for c, w in meta["mixture_weights"].items()}
+    engine.generation = meta["generation"]
+
+
+def save_checkpoint(engine: CellEngine, cell_uri: str, keep: int) -> str:
+    """Write the engine's state; prune all but the newest `keep` checkpoints."""
+    tensors, meta = export_state(engine)
+    target = storage.join(cell_uri, "checkpoints", f"{engine.generation:06d}")
+    storage.write_bytes(storage.join(target, "state.safetensors"), save_tensors(tensors))
+    storage.write_json(storage.join(target, "state.json"), meta)
+    for old in completed_checkpoints(cell_uri)[:-keep]:
+        storage.remove_tree(storage.join(cell_uri, "checkpoints", old))
+    return target
+
+
+def completed_checkpoints(cell_uri: str) -> list[str]:
+    """Names of the checkpoints whose state.json exists, oldest first."""
+    base = storage.join(cell_uri, "checkpoints")
+    return [
+        name
+        for name in storage.list_dir(base)
+        if name.isdigit() and storage.exists(storage.join(base, name, "state.json"))
+    ]
+
+
+def restore_latest(engine: CellEngine, cell_uri: str) -> bool:
+    """Load the newest complete checkpoint into the engine; False if there is none."""
+    done = completed_checkpoints(cell_uri)
+    if not done:
+        return False
+    target = storage.join(cell_uri, "checkpoints", done[-1])
+    meta = storage.read_json(storage.join(target, "state.json"))
+    tensors = load_tensors(storage.read_bytes(storage.join(target, "state.safetensors")))
+    import_state(engine, tensors, meta)
+    return True

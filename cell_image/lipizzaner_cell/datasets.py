@@ -1,0 +1,216 @@
+"""Datasets as objects that know their shape, their value range and how to load.
+
+All data lives in model space, [-1, 1], as a float32 tensor in memory; `ValueMap` maps
+model space back to the data's own range (pixel values 0-255, the ring's coordinates).
+The training loop never looks at a dataset's name.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from lipizzaner_operator import storage
+from lipizzaner_operator.spec import (
+    ArraySpec,
+    GaussianGridSpec,
+    GaussianRingSpec,
+    ImageFolderSpec,
+    MnistSpec,
+)
+
+from lipizzaner_cell import idx
+
+
+@dataclass(frozen=True)
+class ValueMap:
+    """data = model * scale + offset, per feature or as scalars."""
+
+    scale: list[float]
+    offset: list[float]
+
+    def to_data(self, x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(x.shape[0], -1).astype(np.float64)
+        return (flat * np.asarray(self.scale) + np.asarray(self.offset)).reshape(x.shape)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {"scale": self.scale, "offset": self.offset}
+
+
+@dataclass
+class Dataset:
+    """Samples in model space plus what scoring and plotting need to know about them."""
+
+    name: str
+    data: torch.Tensor
+    values: ValueMap
+    labels: torch.Tensor | None = None
+    # Synthetic 2-D data: mode centres and their standard deviation, in model space.
+    modes: torch.Tensor | None = None
+    mode_std: float | None = None
+    identity: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def subset(self, ratio: float, seed: int) -> Dataset:
+        """Data dieting: a random subset of round(ratio * n) samples, seeded per cell."""
+        if ratio >= 1.0:
+            return self
+        count = max(1, round(ratio * len(self)))
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        keep = order[:count].sort().values
+        labels = self.labels[keep] if self.labels is not None else None
+        return Dataset(
+            self.name,
+            self.data[keep],
+            self.values,
+            labels,
+            self.modes,
+            self.mode_std,
+            self.identity,
+            self.extra,
+        )
+
+
+def _mixture_of_gaussians(
+    centres: np.ndarray, std: float, size: int, seed: int, name: str, identity: str
+) -> Dataset:
+    rng = np.random.default_rng(seed)
+    which = rng.integers(len(centres), size=size)
+    points = centres[which] + rng.normal(scale=std, size=(size, 2))
+    extent = float(np.abs(centres).max() + 3 * std) * 1.1
+    return Dataset(
+        name=name,
+        data=torch.from_numpy(points / extent).float(),
+        values=ValueMap([extent], [0.0]),
+        labels=torch.from_numpy(which),
+        modes=torch.from_numpy(centres / extent).float(),
+        mode_std=std / extent,
+        identity=identity,
+    )
+
+
+def load_gaussian_ring(spec: GaussianRingSpec, seed: int) -> Dataset:
+    angles = 2 * math.pi * np.arange(spec.modes) / spec.modes
+    centres = spec.radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    identity = f"gaussian-ring:{spec.modes}:{spec.radius}:{spec.std}"
+    return _mixture_of_gaussians(centres, spec.std, spec.size, seed, spec.name, identity)
+
+
+def load_gaussian_grid(spec: GaussianGridSpec, seed: int) -> Dataset:
+    k = spec.modes_per_side
+    ticks = (np.arange(k) - (k - 1) / 2) * spec.spacing
+    centres = np.array([(x, y) for x in ticks for y in ticks], dtype=np.float64)
+    identity = f"gaussian-grid:{k}:{spec.spacing}:{spec.std}"
+    return _mixture_of_gaussians(centres, spec.std, spec.size, seed, spec.name, identity)
+
+
+PIXELS = ValueMap([127.5], [127.5])
+
+
+def _images_to_model_space(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)
+
+
+def load_mnist(spec: MnistSpec, seed: int) -> Dataset:
+    splits = ["train", "test"] if spec.split == "auto" else [spec.split]
+    found = next(((s, f) for s in splits if (f := idx.find_split_files(spec.path, s))), None)
+    if found is None and spec.download:
+        split = "train" if spec.split == "auto" else spec.split
+        idx.download_mnist(spec.path, split)
+        found = (split, idx.find_split_files(spec.path, split))
+    if found is None or found[1] is None:
+        wanted = " or ".join(f"{idx.SPLIT_PREFIX[s]}-images-idx3-ubyte[.gz]" for s in splits)
+        raise FileNotFoundError(
+            f"dataset.path: no MNIST files ({wanted} with its labels) under {spec.path}; "
+            "set dataset.download: true to fetch them"
+        )
+    split, (images_uri, labels_uri) = found
+    images = idx.parse_idx(storage.read_bytes(images_uri))
+    labels = idx.parse_idx(storage.read_bytes(labels_uri))
+    if images.ndim != 3 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{images_uri}: expected N x 28 x 28 images with N labels")
+    return Dataset(
+        name="mnist",
+        data=_images_to_model_space(images).unsqueeze(1),
+        values=PIXELS,
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        identity=f"mnist:{images_uri}:{images.shape[0]}",
+    )
+
+
+def load_image_folder(spec: ImageFolderSpec, seed: int) -> Dataset:
+    from PIL import Image
+
+    files = storage.find_files(spec.path, (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise FileNotFoundError(f"dataset.path: no PNG or JPG images under {spec.path}")
+    mode = "L" if spec.channels == 1 else "RGB"
+    size = (spec.image_size, spec.image_size)
+    images = []
+    for path in files:
+        with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+            pixels = np.asarray(image.convert(mode).resize(size, Image.BILINEAR))
+        images.append(pixels.reshape(spec.image_size, spec.image_size, spec.channels))
+    stacked = np.stack(images).transpose(0, 3, 1, 2)
+    return Dataset(
+        name="image-folder",
+        data=_images_to_model_space(stacked),
+        values=PIXELS,
+        identity=f"image-folder:{spec.path}:{len(files)}:{spec.image_size}:{spec.channels}",
+    )
+
+
+def load_array(spec: ArraySpec, seed: int) -> Dataset:
+    raw = storage.read_bytes(spec.path)
+    loaded = np.load(io.BytesIO(raw), allow_pickle=False)
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        keys = list(loaded.keys())
+        key = spec.key or keys[0]
+        if key not in keys:
+            raise KeyError(f"dataset.key: {key!r} not in {spec.path} (has {keys})")
+        array = loaded[key]
+    else:
+        array = loaded
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim < 2 or array.shape[0] < 2:
+        raise ValueError(f"dataset.path: need an array of N >= 2 samples, got shape {array.shape}")
+    flat = array.reshape(array.shape[0], -1)
+    low, high = flat.min(axis=0), flat.max(axis=0)
+    scale = np.where(high > low, (high - low) / 2, 1.0)
+    offset = (high + low) / 2
+    model = ((flat - offset) / scale).reshape(array.shape)
+    return Dataset(
+        name="array",
+        data=torch.from_numpy(model).float(),
+        values=ValueMap(scale.tolist(), offset.tolist()),
+        identity=f"array:{spec.path}:{array.shape}",
+    )
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "gaussian-ring": load_gaussian_ring,
+    "gaussian-grid": load_gaussian_grid,
+    "mnist": load_mnist,
+    "image-folder": load_image_folder,
+    "array": load_array,
+}
+
+
+def load_dataset(spec, seed: int) -> Dataset:
+    """The full dataset of a run; synthetic data is drawn from the run's seed."""
+    return LOADERS[spec.name](spec, seed)

@@ -1,0 +1,345 @@
+"""One cell's co-evolution engine: the Lipizzaner generation loop, seven steps per generation.
+
+The engine does no I/O: neighbours come through a `NeighbourhoodProvider`, checkpoints
+and results are written by whoever drives it (the in-process runner, a cell process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from lipizzaner_operator.spec import LipizzanerRun
+from lipizzaner_operator.topology import Grid, cell_seed
+
+from lipizzaner_cell.datasets import Dataset
+from lipizzaner_cell.fitness import evaluate_fitness
+from lipizzaner_cell.individual import Individual, mutate_learning_rate
+from lipizzaner_cell.losses import draw_loss, fitness_loss, gradient_penalty
+from lipizzaner_cell.mixture import es_step, sample_mixture
+from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
+from lipizzaner_cell.networks import build_discriminator, build_generator
+from lipizzaner_cell.scores import Scorer, build_scorer
+from lipizzaner_cell.selection import best, replace, tournament_select
+
+
+@dataclass
+class GenerationReport:
+    generation: int
+    generator_loss: float
+    discriminator_loss: float
+    generator_fitness: float
+    discriminator_fitness: float
+    generator_lr: float
+    discriminator_lr: float
+    mixture_score: float | None
+    offspring_offered: int
+    offspring_accepted: int
+    neighbours_present: int
+    samples_trained: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Neighbourhood:
+    """Step 1's snapshot: local sub-populations first, then one import per neighbour."""
+
+    generators: list[Individual]
+    discriminators: list[Individual]
+    neighbour_cells: list[int]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device: cuda requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+class CellEngine:
+    def __init__(
+        self,
+        run: LipizzanerRun,
+        index: int,
+        provider: NeighbourhoodProvider,
+        dataset: Dataset,
+        device: torch.device | None = None,
+    ) -> None:
+        spec = run.spec
+        self.spec = spec
+        self.index = index
+        self.provider = provider
+        self.device = device or resolve_device(spec.training.device)
+        self.grid = Grid(spec.grid.rows, spec.grid.cols, spec.grid.neighbourhood)
+        self.neighbour_cells = [n.index for n in self.grid.neighbours(index)]
+        self.seed = cell_seed(spec.seed, index)
+        self.rng = torch.Generator().manual_seed(self.seed)
+        self.data = dataset.subset(spec.dataset.sampling_ratio, self.seed).data.to(self.device)
+        self.shape = dataset.shape
+        self.scorer: Scorer | None = build_scorer(spec.mixture.score_type, dataset)
+        self.fitness_loss = fitness_loss(spec.loss)
+        self.generation = 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.generators = [self._new("generator") for _ in range(self._population)]
+            self.discriminators = [self._new("discriminator") for _ in range(self._population)]
+        hood = [index, *self.neighbour_cells]
+        self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
+        self._imports: dict[tuple[str, int], Individual] = {}
+
+    # ----------------------------------------------------------------- the generation loop
+    def step(self) -> GenerationReport:
+        """Run one generation and publish the new centre."""
+        co = self.spec.coevolution
+        seconds: dict[str, float] = {}
+        with _timed(seconds, "neighbourhood"):
+            hood = self.snapshot_neighbourhood()  # 1
+        with _timed(seconds, "fitness"):
+            real, noise = self._fitness_samples()  # 2
+            evaluate_fitness(
+                hood.generators,
+                hood.discriminators,
+                real,
+                noise,
+                self.fitness_loss,
+                co.fitness.mode,
+            )
+        with _timed(seconds, "selection"):
+            generators, discriminators = self.select(hood)  # 3
+        with _timed(seconds, "training"):
+            losses = self.train(generators, discriminators)  # 4
+        with _timed(seconds, "replacement"):
+            accepted = self.replace(hood, generators, discriminators, real, noise)  # 5
+        with _timed(seconds, "mixture"):
+            score = self.evolve_mixture(hood)  # 6
+        with _timed(seconds, "publish"):
+            self.generation += 1
+            self.publish_centre()  # 7
+        centre_g, centre_d = best(self.generators), best(self.discriminators)
+        return GenerationReport(
+            generation=self.generation,
+            generator_loss=losses[0],
+            discriminator_loss=losses[1],
+            generator_fitness=centre_g.fitness,
+            discriminator_fitness=centre_d.fitness,
+            generator_lr=centre_g.learning_rate,
+            discriminator_lr=centre_d.learning_rate,
+            mixture_score=score,
+            offspring_offered=2 * co.replacements,
+            offspring_accepted=accepted,
+            neighbours_present=len(hood.neighbour_cells),
+            samples_trained=self._batches * self.spec.training.batch_size,
+            seconds=seconds,
+        )
+
+    def snapshot_neighbourhood(self) -> Neighbourhood:
+        """Step 1: the local sub-populations plus each neighbour's newest centre."""
+        states = self.provider.neighbour_states()
+        cells = [cell for cell in self.neighbour_cells if cell in states]
+        return Neighbourhood(
+            generators=self.generators + [self._import(states[c], "generator") for c in cells],
+            discriminators=self.discriminators
+            + [self._import(states[c], "discriminator") for c in cells],
+            neighbour_cells=cells,
+        )
+
+    def select(self, hood: Neighbourhood) -> tuple[list[Individual], list[Individual]]:
+        """Step 3: tournament selection from the whole neighbourhood (or the local copies)."""
+        co = self.spec.coevolution
+        if not co.selection:
+            return [g.clone() for g in self.generators], [d.clone() for d in self.discriminators]
+        return (
+            tournament_select(hood.generators, co.population_size, co.tournament_size, self.rng),
+            tournament_select(
+                hood.discriminators, co.population_size, co.tournament_size, self.rng
+            ),
+        )
+
+    def train(
+        self, generators: list[Individual], discriminators: list[Individual]
+    ) -> tuple[float, float]:
+        """Step 4: mutate learning rates, then alternate D and G steps over the batches.
+
+        Returns the mean generator and discriminator training losses.
+        """
+        co, batch_size = self.spec.coevolution, self.spec.training.batch_size
+        for individual in generators + discriminators:
+            mutate_learning_rate(
+                individual, co.mutation.probability, co.mutation.alpha, co.learning_rate, self.rng
+            )
+        order = torch.randperm(len(self.data), generator=self.rng)
+        offsets = torch.arange(batch_size)
+        skip = co.discriminator_skip_every_nth
+        g_total = torch.zeros((), device=self.device)
+        d_total = torch.zeros((), device=self.device)
+        d_steps = 0
+        for batch in range(self._batches):
+            rows = order[(batch * batch_size + offsets) % len(self.data)]
+            real = self.data[rows.to(self.device)]
+            if not (skip and (batch + 1) % skip == 0):
+                for discriminator in discriminators:
+                    d_total += self._train_discriminator(discriminator, generators, real)
+                    d_steps += 1
+            for generator in generators:
+                g_total += self._train_generator(generator, discriminators, batch_size)
+        g_steps = self._batches * len(generators)
+        return float(g_total) / g_steps, float(d_total) / max(1, d_steps)
+
+    def replace(
+        self,
+        hood: Neighbourhood,
+        generators: list[Individual],
+        discriminators: list[Individual],
+        real: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> int:
+        """Step 5: score the offspring against the neighbourhood, put them into the populations."""
+        co = self.spec.coevolution
+        mode, loss = co.fitness.mode, self.fitness_loss
+        evaluate_fitness(generators, hood.discriminators, real, noise, loss, mode, assign=("g",))
+        evaluate_fitness(hood.generators, discriminators, real, noise, loss, mode, assign=("d",))
+        rule = co.replacement_rule
+        return replace(self.generators, generators, co.replacements, rule) + replace(
+            self.discriminators, discriminators, co.replacements, rule
+        )
+
+    def evolve_mixture(self, hood: Neighbourhood, steps: int = 1) -> float | None:
+        """Step 6: (1+1)-ES on the mixture weights of the neighbourhood's centre generators.
+
+        Weights of neighbours missing this generation are left as they were.
+        """
+        if self.scorer is None:
+            return None
+        cells, nets = self.mixture_members(hood)
+        mass = sum(self.mixture_weights[c] for c in cells)
+        noise = self.noise(self.spec.mixture.score_sample_size)
+
+        def score(weights: torch.Tensor) -> float:
+            return self.scorer.objective(sample_mixture(nets, weights, noise))
+
+        weights = self.mixture_weights_of(cells)
+        current = score(weights)
+        for _ in range(steps):
+            weights, current, _ = es_step(
+                weights, current, self.spec.mixture.sigma, score, self.rng
+            )
+        for cell, weight in zip(cells, (weights * mass).tolist(), strict=True):
+            self.mixture_weights[cell] = weight
+        return current
+
+    def mixture_members(self, hood: Neighbourhood) -> tuple[list[int], list[torch.nn.Module]]:
+        """The cells of the mixture and their centre generators: this cell first."""
+        cells = [self.index, *hood.neighbour_cells]
+        nets = [best(self.generators).net] + [
+            self._imports[("generator", c)].net for c in hood.neighbour_cells
+        ]
+        return cells, nets
+
+    def mixture_weights_of(self, cells: list[int]) -> torch.Tensor:
+        """The weights of these cells, renormalised to sum to 1."""
+        weights = torch.tensor([self.mixture_weights[c] for c in cells], dtype=torch.float64)
+        return weights / weights.sum()
+
+    def publish_centre(self) -> None:
+        self.provider.publish(self.centre_state())
+
+    # ----------------------------------------------------------------------- helpers
+    @property
+    def _population(self) -> int:
+        return self.spec.coevolution.population_size
+
+    @property
+    def _batches(self) -> int:
+        per_generation = self.spec.training.batches_per_generation
+        return per_generation or max(1, len(self.data) // self.spec.training.batch_size)
+
+    def _new(self, role: str) -> Individual:
+        return Individual.fresh(self._build(role), self.spec.coevolution.learning_rate, self.index)
+
+    def _build(self, role: str) -> torch.nn.Module:
+        network = self.spec.network
+        if role == "generator":
+            net = build_generator(network.generator, network.latent_size, self.shape)
+        else:
+            net = build_discriminator(network.discriminator, self.shape)
+        return net.to(self.device)
+
+    def _import(self, state: CentreState, role: str) -> Individual:
+        """A neighbour's centre as an individual; its net is built once and refilled after."""
+        key = (role, state.cell)
+        if key not in self._imports:
+            with torch.random.fork_rng(devices=[]):
+                self._imports[key] = Individual.fresh(self._build(role), 0.0, state.cell)
+        imported = self._imports[key]
+        weights = state.generator if role == "generator" else state.discriminator
+        imported.net.load_state_dict(weights)
+        imported.set_learning_rate(
+            state.generator_lr if role == "generator" else state.discriminator_lr
+        )
+        return imported
+
+    def noise(self, count: int) -> torch.Tensor:
+        latent = self.spec.network.latent_size
+        return torch.randn((count, latent), generator=self.rng).to(self.device)
+
+    def _fitness_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.spec.coevolution.fitness.sample_size
+        rows = torch.randint(len(self.data), (size,), generator=self.rng)
+        return self.data[rows.to(self.device)], self.noise(size)
+
+    def _train_discriminator(
+        self, discriminator: Individual, generators: list[Individual], real: torch.Tensor
+    ) -> torch.Tensor:
+        opponent = generators[int(torch.randint(len(generators), (1,), generator=self.rng))]
+        loss = draw_loss(self.spec.loss, self.rng)
+        with torch.no_grad():
+            fake = opponent.net(self.noise(real.shape[0]))
+        logits = discriminator.net(torch.cat([real, fake]))
+        value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
+        if loss.gradient_penalty:
+            penalty = gradient_penalty(discriminator.net, real, fake, self.rng)
+            value = value + loss.gradient_penalty * penalty
+        discriminator.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        discriminator.optimizer.step()
+        return value.detach()
+
+    def _train_generator(
+        self, generator: Individual, discriminators: list[Individual], batch_size: int
+    ) -> torch.Tensor:
+        opponent = discriminators[int(torch.randint(len(discriminators), (1,), generator=self.rng))]
+        loss = draw_loss(self.spec.loss, self.rng)
+        value = loss.generator(opponent.net(generator.net(self.noise(batch_size))))
+        generator.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        generator.optimizer.step()
+        return value.detach()
+
+    def centre_state(self) -> CentreState:
+        centre_g, centre_d = best(self.generators), best(self.discriminators)
+        return CentreState(
+            cell=self.index,
+            generation=self.generation,
+            generator=_frozen_copy(centre_g.net.state_dict()),
+            discriminator=_frozen_copy(centre_d.net.state_dict()),
+            generator_lr=centre_g.learning_rate,
+            discriminator_lr=centre_d.learning_rate,
+            generator_fitness=centre_g.fitness,
+            discriminator_fitness=centre_d.fitness,
+            mixture_weights=dict(self.mixture_weights),
+        )
+
+
+def _frozen_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start

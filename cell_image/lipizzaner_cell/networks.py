@@ -1,0 +1,106 @@
+"""Generator and discriminator networks, built from the run spec and the data's shape.
+
+Discriminators return one logit per sample; every loss works on logits. Discriminators
+have no batch normalisation, so a sample's score never depends on the rest of its batch
+(fitness evaluation scores many generators' samples in one forward pass).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from lipizzaner_operator.spec import NetworkPartSpec
+from torch import nn
+
+Shape = tuple[int, ...]
+
+
+class MLPGenerator(nn.Module):
+    """The original Lipizzaner's perceptron: Linear + LeakyReLU(0.2) blocks, tanh out."""
+
+    def __init__(self, latent_size: int, hidden_sizes: list[int], shape: Shape) -> None:
+        super().__init__()
+        self.shape = shape
+        sizes = [latent_size, *hidden_sizes]
+        layers: list[nn.Module] = []
+        for size_in, size_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(size_in, size_out), nn.LeakyReLU(0.2)]
+        layers += [nn.Linear(sizes[-1], math.prod(shape)), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, *self.shape)
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, hidden_sizes: list[int], shape: Shape) -> None:
+        super().__init__()
+        sizes = [math.prod(shape), *hidden_sizes]
+        layers: list[nn.Module] = []
+        for size_in, size_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(size_in, size_out), nn.LeakyReLU(0.2)]
+        layers.append(nn.Linear(sizes[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1)).squeeze(1)
+
+
+def _upsampling_plan(image_size: int) -> tuple[int, int]:
+    """(side of the first feature map, number of x2 upsamplings) for 28, 32 or 64 pixels."""
+    base = 7 if image_size == 28 else 4
+    steps = int(math.log2(image_size // base))
+    if base * 2**steps != image_size:
+        raise ValueError(f"dcgan supports 28, 32 or 64 pixel images, got {image_size}")
+    return base, steps
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, latent_size: int, width: int, shape: Shape) -> None:
+        super().__init__()
+        channels, image_size = shape[0], shape[1]
+        base, steps = _upsampling_plan(image_size)
+        widths = [width * 2 ** (steps - 1 - i) for i in range(steps)]
+        self.base, self.first = base, widths[0]
+        self.project = nn.Sequential(
+            nn.Linear(latent_size, widths[0] * base * base),
+            nn.BatchNorm1d(widths[0] * base * base),
+            nn.ReLU(),
+        )
+        layers: list[nn.Module] = []
+        for w_in, w_out in itertools.pairwise(widths):
+            layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1), nn.BatchNorm2d(w_out), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.project(z).view(-1, self.first, self.base, self.base))
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, width: int, shape: Shape) -> None:
+        super().__init__()
+        channels, image_size = shape[0], shape[1]
+        base, steps = _upsampling_plan(image_size)
+        widths = [channels] + [width * 2**i for i in range(steps)]
+        layers: list[nn.Module] = []
+        for w_in, w_out in itertools.pairwise(widths):
+            layers += [nn.Conv2d(w_in, w_out, 4, 2, 1), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(widths[-1] * base * base, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def build_generator(part: NetworkPartSpec, latent_size: int, shape: Shape) -> nn.Module:
+    if part.architecture == "dcgan":
+        return DCGANGenerator(latent_size, part.width, shape)
+    return MLPGenerator(latent_size, list(part.hidden_sizes), shape)
+
+
+def build_discriminator(part: NetworkPartSpec, shape: Shape) -> nn.Module:
+    if part.architecture == "dcgan":
+        return DCGANDiscriminator(part.width, shape)
+    return MLPDiscriminator(list(part.hidden_sizes), shape)

@@ -1,0 +1,85 @@
+"""What a finished cell leaves behind: its neighbourhood mixture and its scores.
+
+    cells/<index>/result.json                     scores, objective, mixture weights, data info
+    cells/<index>/mixture/generator-<cell>.safetensors   each mixture member's weights
+The ensemble assembly (torch-free, in the operator package) only reads these files.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from lipizzaner_operator import __version__, storage
+from safetensors.torch import save as save_tensors
+
+from lipizzaner_cell.datasets import Dataset
+from lipizzaner_cell.engine import CellEngine
+from lipizzaner_cell.mixture import sample_mixture
+from lipizzaner_cell.selection import best
+
+FINAL_SAMPLES = 10_000
+
+
+def data_description(dataset: Dataset) -> dict[str, Any]:
+    """What sampling needs to know about the data, without loading it."""
+    modes = None
+    if dataset.modes is not None:
+        modes = dataset.values.to_data(dataset.modes.numpy()).tolist()
+    return {
+        "dataset": dataset.name,
+        "shape": list(dataset.shape),
+        "values": dataset.values.as_dict(),
+        "modes": modes,
+    }
+
+
+def finish_cell(engine: CellEngine, dataset: Dataset, cell_uri: str) -> dict[str, Any]:
+    """Final mixture ES steps, final scores, and the cell's result files."""
+    hood = engine.snapshot_neighbourhood()
+    es_steps = engine.spec.mixture.es_generations_at_end
+    if es_steps:
+        engine.evolve_mixture(hood, steps=es_steps)
+    cells, nets = engine.mixture_members(hood)
+    weights = engine.mixture_weights_of(cells)
+    scores: dict[str, float] = {}
+    objective = None
+    if engine.scorer is not None:
+        samples = sample_mixture(nets, weights, engine.noise(FINAL_SAMPLES))
+        scores = engine.scorer.scores(samples)
+        objective = {
+            "name": engine.scorer.objective_name,
+            "value": engine.scorer.objective(samples),
+        }
+    mixture = []
+    for cell, net, weight in zip(cells, nets, weights.tolist(), strict=True):
+        name = f"mixture/generator-{cell}.safetensors"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        storage.write_bytes(storage.join(cell_uri, name), save_tensors(tensors))
+        mixture.append({"cell": cell, "weight": weight, "file": name})
+    row, col = engine.grid.position(engine.index)
+    result = {
+        "cell": engine.index,
+        "row": row,
+        "col": col,
+        "generation": engine.generation,
+        "objective": objective,
+        "scores": scores,
+        "generatorFitness": best(engine.generators).fitness,
+        "mixture": mixture,
+        "data": data_description(dataset),
+        "provenance": {
+            "lipizzaner": __version__,
+            "torch": torch.__version__,
+            "device": str(engine.device),
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+            "cellSeed": engine.seed,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+    storage.write_json(storage.join(cell_uri, "result.json"), result)
+    return result

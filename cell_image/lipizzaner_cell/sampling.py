@@ -1,0 +1,97 @@
+"""Load a saved ensemble, draw samples by its mixture weights, and picture them."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from lipizzaner_operator import storage
+from lipizzaner_operator.spec import NetworkPartSpec
+from safetensors.torch import load as load_tensors
+
+from lipizzaner_cell.datasets import ValueMap
+from lipizzaner_cell.mixture import sample_mixture
+from lipizzaner_cell.networks import build_generator
+
+
+@dataclass
+class Ensemble:
+    manifest: dict[str, Any]
+    generators: list[torch.nn.Module]
+    weights: torch.Tensor
+
+    @property
+    def values(self) -> ValueMap:
+        return ValueMap(**self.manifest["data"]["values"])
+
+    def sample(self, count: int, seed: int = 0) -> np.ndarray:
+        """`count` samples in the data's own value range (pixels 0-255, 2-D coordinates)."""
+        latent = self.manifest["network"]["latentSize"]
+        noise = torch.randn((count, latent), generator=torch.Generator().manual_seed(seed))
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + 1))
+        model = sample_mixture(self.generators, self.weights, noise)[order]
+        return self.values.to_data(model.numpy())
+
+
+def load_ensemble(uri: str) -> Ensemble:
+    """An ensemble from `<uri>/manifest.json` (`uri` may also name the manifest itself)."""
+    base = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri
+    manifest = storage.read_json(storage.join(base, "manifest.json"))
+    part = NetworkPartSpec.model_validate(manifest["network"]["generator"])
+    shape = tuple(manifest["data"]["shape"])
+    generators = []
+    for entry in manifest["generators"]:
+        net = build_generator(part, manifest["network"]["latentSize"], shape)
+        net.load_state_dict(load_tensors(storage.read_bytes(storage.join(base, entry["file"]))))
+        generators.append(net.eval())
+    weights = torch.tensor([g["weight"] for g in manifest["generators"]], dtype=torch.float64)
+    return Ensemble(manifest, generators, weights)
+
+
+def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> bytes:
+    """2-D data: a scatter over the true modes; images: a square grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    if len(data["shape"]) == 1:
+        fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+        ax.scatter(samples[:, 0], samples[:, 1], s=4, alpha=0.5, label="samples")
+        if data.get("modes"):
+            modes = np.asarray(data["modes"])
+            ax.scatter(modes[:, 0], modes[:, 1], s=60, marker="x", c="red", label="modes")
+        ax.set_aspect("equal")
+        ax.legend(loc="upper right")
+    else:
+        side = int(np.ceil(np.sqrt(len(samples))))
+        channels, height, width = data["shape"]
+        canvas = np.full((side * height, side * width, channels), 255.0)
+        for k, image in enumerate(samples):
+            row, col = divmod(k, side)
+            canvas[row * height : (row + 1) * height, col * width : (col + 1) * width] = (
+                image.transpose(1, 2, 0)
+            )
+        fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
+        pixels = np.clip(canvas, 0, 255).astype(np.uint8)
+        ax.imshow(pixels.squeeze(-1) if channels == 1 else pixels, cmap="gray")
+        ax.axis("off")
+    if title:
+        ax.set_title(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_samples(target: str, samples: np.ndarray, data: dict[str, Any], title: str = "") -> None:
+    """`.npz` writes the raw samples (key `samples`); anything else a PNG picture."""
+    if target.endswith(".npz"):
+        buffer = io.BytesIO()
+        np.savez(buffer, samples=samples)
+        storage.write_bytes(target, buffer.getvalue())
+    else:
+        storage.write_bytes(target, render_png(samples, data, title))

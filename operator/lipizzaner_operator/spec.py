@@ -1,0 +1,265 @@
+"""The `LipizzanerRun` manifest as pydantic models.
+
+Torch-free on purpose: the operator image validates and renders runs without torch.
+Field names are camelCase on the wire (as in every Kubernetes manifest) and snake_case
+in Python. Unknown fields are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "lipizzaner.io/v1alpha1"
+KIND = "LipizzanerRun"
+
+
+class SpecModel(BaseModel):
+    """Base for every spec section: camelCase aliases, no unknown fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class GridSpec(SpecModel):
+    rows: int = Field(2, ge=1, le=64)
+    cols: int = Field(2, ge=1, le=64)
+    neighbourhood: Literal["von-neumann", "moore"] = "von-neumann"
+
+
+class DatasetBase(SpecModel):
+    sampling_ratio: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class GaussianRingSpec(DatasetBase):
+    name: Literal["gaussian-ring"]
+    modes: int = Field(8, ge=1)
+    radius: float = Field(2.0, gt=0)
+    std: float = Field(0.02, gt=0)
+    size: int = Field(10_000, ge=1)
+
+
+class GaussianGridSpec(DatasetBase):
+    name: Literal["gaussian-grid"]
+    modes_per_side: int = Field(5, ge=1)
+    spacing: float = Field(2.0, gt=0)
+    std: float = Field(0.05, gt=0)
+    size: int = Field(10_000, ge=1)
+
+
+class MnistSpec(DatasetBase):
+    name: Literal["mnist"]
+    path: str = Field(..., min_length=1, description="Directory or URI holding the IDX files")
+    split: Literal["auto", "train", "test"] = "auto"
+    download: bool = False
+
+
+class ImageFolderSpec(DatasetBase):
+    name: Literal["image-folder"]
+    path: str = Field(..., min_length=1)
+    image_size: Literal[28, 32, 64] = 64
+    channels: Literal[1, 3] = 3
+
+
+class ArraySpec(DatasetBase):
+    name: Literal["array"]
+    path: str = Field(..., min_length=1, description=".npy or .npz file")
+    key: str | None = None
+
+
+DatasetSpec = Annotated[
+    GaussianRingSpec | GaussianGridSpec | MnistSpec | ImageFolderSpec | ArraySpec,
+    Field(discriminator="name"),
+]
+
+
+class NetworkPartSpec(SpecModel):
+    architecture: Literal["mlp", "dcgan"] = "mlp"
+    hidden_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [256, 256], min_length=1
+    )
+    width: int = Field(64, ge=1, description="dcgan: channels of the widest conv layer")
+
+
+class NetworkSpec(SpecModel):
+    latent_size: int = Field(64, ge=1)
+    generator: NetworkPartSpec = Field(default_factory=NetworkPartSpec)
+    discriminator: NetworkPartSpec = Field(default_factory=NetworkPartSpec)
+
+
+LossName = Literal["bce", "heuristic", "mse", "wgan-gp", "mustangs"]
+
+
+class FitnessSpec(SpecModel):
+    sample_size: int = Field(1000, ge=1)
+    mode: Literal["worst", "best", "average"] = "average"
+
+
+class MutationSpec(SpecModel):
+    probability: float = Field(0.5, ge=0.0, le=1.0)
+    alpha: float = Field(1e-4, ge=0.0)
+
+
+class CoevolutionSpec(SpecModel):
+    population_size: int = Field(1, ge=1)
+    tournament_size: int = Field(2, ge=1)
+    replacements: int = Field(1, ge=0)
+    replacement_rule: Literal["offspring", "faithful"] = "offspring"
+    selection: bool = True
+    learning_rate: float = Field(2e-4, gt=0)
+    mutation: MutationSpec = Field(default_factory=MutationSpec)
+    fitness: FitnessSpec = Field(default_factory=FitnessSpec)
+    discriminator_skip_every_nth: int = Field(
+        0, ge=0, description="Skip the discriminator's step on every n-th batch (0 = never)"
+    )
+
+    @model_validator(mode="after")
+    def _replacements_fit_population(self) -> CoevolutionSpec:
+        if self.replacements > self.population_size:
+            raise ValueError(
+                f"replacements: must be <= populationSize ({self.population_size}), "
+                f"got {self.replacements}"
+            )
+        return self
+
+
+class MixtureSpec(SpecModel):
+    sigma: float = Field(0.01, gt=0)
+    score_type: Literal["auto", "fid", "tvd", "mode-kl", "none"] = "auto"
+    score_sample_size: int = Field(1000, ge=10)
+    es_generations_at_end: int = Field(0, ge=0)
+
+
+class TrainingSpec(SpecModel):
+    batch_size: int = Field(100, ge=1)
+    batches_per_generation: int = Field(0, ge=0, description="0 = one pass over the cell's data")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class CheckpointSpec(SpecModel):
+    every: int = Field(5, ge=1, description="Checkpoint every N generations")
+    keep: int = Field(2, ge=1, description="How many checkpoints each cell keeps")
+
+
+class OutputSpec(SpecModel):
+    uri: str = Field("./runs/{name}", min_length=1)
+
+
+class RunSpecBody(SpecModel):
+    grid: GridSpec = Field(default_factory=GridSpec)
+    generations: int = Field(50, ge=1)
+    seed: int = Field(0, ge=0)
+    dataset: DatasetSpec
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    loss: LossName = "heuristic"
+    coevolution: CoevolutionSpec = Field(default_factory=CoevolutionSpec)
+    mixture: MixtureSpec = Field(default_factory=MixtureSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RunSpecBody:
+        if is_image_dataset(self.dataset):
+            return self
+        for part in ("generator", "discriminator"):
+            if getattr(self.network, part).architecture == "dcgan":
+                raise ValueError(
+                    f"network.{part}.architecture: dcgan needs an image dataset "
+                    f"(mnist or image-folder), got dataset {self.dataset.name}"
+                )
+        return self
+
+
+class Metadata(SpecModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+    namespace: str | None = None
+
+
+class LipizzanerRun(SpecModel):
+    api_version: Literal["lipizzaner.io/v1alpha1"]
+    kind: Literal["LipizzanerRun"]
+    metadata: Metadata
+    spec: RunSpecBody
+
+    def output_uri(self) -> str:
+        return self.spec.output.uri.replace("{name}", self.metadata.name)
+
+
+def is_image_dataset(dataset: Any) -> bool:
+    return dataset.name in ("mnist", "image-folder")
+
+
+class SpecError(ValueError):
+    """A run manifest that does not validate; `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "extra_forbidden": "unknown field",
+    "missing": "required field is missing",
+    "literal_error": "must be {expected}",
+    "union_tag_invalid": "must be one of {expected_tags}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "too_short": "must have at least {min_length} item(s)",
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as `path: reason, got value`."""
+    loc = [str(part) for part in error["loc"] if part not in _DISCRIMINATOR_TAGS]
+    path = ".".join(loc)
+    template = _MESSAGES.get(error["type"])
+    if template is not None:
+        reason = template.format(**error.get("ctx", {}))
+    else:
+        reason = error["msg"].removeprefix("Value error, ")
+        # Model validators report their own field path first.
+        if ": " in reason and " " not in reason.split(": ")[0]:
+            inner, reason = reason.split(": ", 1)
+            return f"{path}.{inner}: {reason}" if path else f"{inner}: {reason}"
+    value = error.get("input")
+    if error["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict):
+        reason += f", got {value!r}"
+    return f"{path}: {reason}" if path else reason
+
+
+_DISCRIMINATOR_TAGS = {"gaussian-ring", "gaussian-grid", "mnist", "image-folder", "array"}
+
+
+def parse_run(document: Any) -> LipizzanerRun:
+    """Validate a manifest dict; raise SpecError naming every bad field."""
+    if not isinstance(document, dict):
+        raise SpecError([f"manifest must be a mapping, got {type(document).__name__}"])
+    try:
+        return LipizzanerRun.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError([_describe(e) for e in exc.errors()]) from None
+
+
+def load_run(path: str | Path) -> LipizzanerRun:
+    """Read and validate a YAML manifest from a local path."""
+    text = Path(path).read_text()
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_run(document)
+
+
+def dump_run(run: LipizzanerRun) -> dict[str, Any]:
+    """The manifest as plain camelCase data, defaults filled in."""
+    return run.model_dump(by_alias=True, mode="json")
