@@ -131,7 +131,7 @@ def load_mnist(spec: MnistSpec, seed: int) -> Dataset:
     found = next(((s, f) for s in splits if (f := idx.find_split_files(spec.path, s))), None)
     if found is None and spec.download:
         split = "train" if spec.split == "auto" else spec.split
-        idx.download_mnist(spec.path, split)
+        idx.download_mnist(spec.path, split, spec.mirror)
         found = (split, idx.find_split_files(spec.path, split))
     if found is None or found[1] is None:
         wanted = " or ".join(f"{idx.SPLIT_PREFIX[s]}-images-idx3-ubyte[.gz]" for s in splits)

@@ -12,13 +12,12 @@ from lipizzaner_operator import storage
 
 log = logging.getLogger(__name__)
 
-MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-# MD5 of the canonical gzipped files, as published with torchvision's MNIST.
+# MD5 of the canonical files' uncompressed contents, so any gzip of the same data passes.
 MNIST_MD5 = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -54,17 +53,17 @@ def find_split_files(base: str, split: str) -> tuple[str, str] | None:
     return found[0], found[1]
 
 
-def download_mnist(base: str, split: str, mirror: str = MNIST_MIRROR) -> None:
-    """Fetch a split's canonical files into `base`; refuse any file whose MD5 differs."""
+def download_mnist(base: str, split: str, mirror: str) -> None:
+    """Fetch a split's gzipped files into `base`; refuse any whose content MD5 differs."""
     prefix = SPLIT_PREFIX[split]
     for name, md5 in MNIST_MD5.items():
         if not name.startswith(prefix):
             continue
-        url = mirror.rstrip("/") + "/" + name
+        url = f"{mirror.rstrip('/')}/{name}.gz"
         log.info("downloading %s", url)
         with urllib.request.urlopen(url, timeout=60) as response:
             data = response.read()
-        digest = hashlib.md5(data).hexdigest()
+        digest = hashlib.md5(gzip.decompress(data)).hexdigest()
         if digest != md5:
             raise ValueError(f"{url}: checksum mismatch (md5 {digest}, expected {md5})")
-        storage.write_bytes(storage.join(base, name), data)
+        storage.write_bytes(storage.join(base, f"{name}.gz"), data)

@@ -57,6 +57,10 @@ class MnistSpec(DatasetBase):
     path: str = Field(..., min_length=1, description="Directory or URI holding the IDX files")
     split: Literal["auto", "train", "test"] = "auto"
     download: bool = False
+    mirror: str = Field(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        description="Where `download: true` fetches the canonical files from",
+    )
 
 
 class ImageFolderSpec(DatasetBase):

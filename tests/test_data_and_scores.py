@@ -1,0 +1,186 @@
+import gzip
+import http.server
+import io
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+from lipizzaner_cell import idx
+from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.networks import build_discriminator, build_generator
+from lipizzaner_cell.scores import ClassifierScorer, ModeScorer, build_scorer
+from lipizzaner_operator.spec import (
+    ArraySpec,
+    GaussianGridSpec,
+    GaussianRingSpec,
+    ImageFolderSpec,
+    MnistSpec,
+    NetworkPartSpec,
+)
+
+
+def ring(**kw):
+    return load_dataset(GaussianRingSpec(name="gaussian-ring", **kw), seed=0)
+
+
+def test_data_dieting_gives_each_cell_its_own_subset_of_the_right_size():
+    data = ring(size=1000)
+    a, b, a_again = data.subset(0.3, seed=1), data.subset(0.3, seed=2), data.subset(0.3, seed=1)
+    assert len(a) == len(b) == 300
+    assert torch.equal(a.data, a_again.data)
+    assert not torch.equal(a.data, b.data)
+    assert data.subset(1.0, seed=1) is data
+    assert len(data.subset(0.0001, seed=1)) == 1
+
+
+def test_synthetic_data_lies_in_model_space_and_maps_back_to_the_ring():
+    data = ring(radius=2.0, std=0.02)
+    assert data.data.abs().max() <= 1.0
+    radii = np.linalg.norm(data.values.to_data(data.data.numpy()), axis=1)
+    assert abs(radii.mean() - 2.0) < 0.01
+
+
+def test_mode_scorer_on_real_data_and_on_a_collapsed_generator():
+    data = load_dataset(GaussianGridSpec(name="gaussian-grid"), seed=0)
+    scorer = ModeScorer(data.modes, data.mode_std)
+    real = scorer.scores(data.data)
+    assert real["modes_covered"] == 25 and real["high_quality_fraction"] > 0.95
+    collapsed = data.modes[3].repeat(1000, 1)
+    bad = scorer.scores(collapsed)
+    assert bad["modes_covered"] == 1 and bad["high_quality_fraction"] == 1.0
+    assert bad["mode_kl"] > real["mode_kl"] + 1.0
+    halfway = (data.modes[0] + data.modes[6]) / 2  # between diagonal neighbours
+    off_mode = scorer.scores(halfway.repeat(1000, 1))
+    assert off_mode["high_quality_fraction"] == 0.0
+
+
+def test_mnist_loads_from_the_idx_files(mnist_dir):
+    data = load_dataset(MnistSpec(name="mnist", path=str(mnist_dir)), seed=0)
+    assert data.shape == (1, 28, 28) and len(data) == 10_000
+    assert torch.bincount(data.labels).tolist()[:3] == [980, 1135, 1032]
+    assert data.data.min() == -1.0 and data.data.max() == 1.0
+
+
+def test_missing_mnist_files_name_the_field_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dataset.path: no MNIST files.*download: true"):
+        load_dataset(MnistSpec(name="mnist", path=str(tmp_path)), seed=0)
+
+
+def test_idx_parser_rejects_bad_files():
+    header = b"\x00\x00\x08\x01" + (3).to_bytes(4, "big")
+    assert idx.parse_idx(header + b"\x01\x02\x03").tolist() == [1, 2, 3]
+    assert idx.parse_idx(gzip.compress(header + b"\x01\x02\x03")).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="truncated"):
+        idx.parse_idx(header + b"\x01")
+    with pytest.raises(ValueError, match="magic"):
+        idx.parse_idx(b"PK\x03\x04garbage")
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    root = tmp_path / "mirror"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_download_fetches_and_verifies_the_canonical_files(mnist_dir, http_mirror, tmp_path):
+    root, url = http_mirror
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, root / name)
+    target = tmp_path / "data"
+    spec = MnistSpec(name="mnist", path=str(target), split="test", download=True, mirror=url)
+    assert len(load_dataset(spec, seed=0)) == 10_000
+    assert (target / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def test_download_refuses_a_file_with_the_wrong_checksum(mnist_dir, http_mirror, tmp_path):
+    root, url = http_mirror
+    shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", root / "t10k-images-idx3-ubyte.gz")
+    spec = MnistSpec(
+        name="mnist", path=str(tmp_path / "d"), split="test", download=True, mirror=url
+    )
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_dataset(spec, seed=0)
+    assert not (tmp_path / "d" / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def test_array_dataset_round_trips_to_its_own_value_range(tmp_path):
+    raw = np.random.default_rng(0).uniform(-5, 30, size=(100, 3))
+    buffer = io.BytesIO()
+    np.savez(buffer, points=raw)
+    (tmp_path / "a.npz").write_bytes(buffer.getvalue())
+    data = load_dataset(ArraySpec(name="array", path=str(tmp_path / "a.npz")), seed=0)
+    assert data.data.abs().max() <= 1.0 + 1e-6
+    assert np.allclose(data.values.to_data(data.data.double().numpy()), raw, atol=1e-4)
+    with pytest.raises(KeyError, match=r"dataset\.key"):
+        load_dataset(ArraySpec(name="array", path=str(tmp_path / "a.npz"), key="x"), seed=0)
+
+
+def test_array_files_with_pickled_objects_are_refused(tmp_path):
+    np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        load_dataset(ArraySpec(name="array", path=str(tmp_path / "evil.npy")), seed=0)
+
+
+def test_image_folder_resizes_and_converts(tmp_path):
+    from PIL import Image
+
+    for k in range(3):
+        Image.new("RGB", (40, 50), (k * 100, 0, 255)).save(tmp_path / f"{k}.png")
+    spec = ImageFolderSpec(name="image-folder", path=str(tmp_path), imageSize=32, channels=3)
+    data = load_dataset(spec, seed=0)
+    assert data.shape == (3, 32, 32) and len(data) == 3
+    assert data.data[:, 2].min() == 1.0  # blue channel is 255 everywhere
+    grey = load_dataset(spec.model_copy(update={"channels": 1, "image_size": 28}), seed=0)
+    assert grey.shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
+def test_dcgan_networks_fit_every_supported_image_size(shape):
+    part = NetworkPartSpec(architecture="dcgan", width=8)
+    generator, discriminator = build_generator(part, 16, shape), build_discriminator(part, shape)
+    images = generator(torch.randn(4, 16))
+    assert images.shape == (4, *shape)
+    assert discriminator(images).shape == (4,)
+
+
+def test_mlp_networks_are_the_original_perceptron_by_default():
+    generator = build_generator(NetworkPartSpec(), 64, (1, 28, 28))
+    assert [m.out_features for m in generator.modules() if hasattr(m, "out_features")] == [
+        256,
+        256,
+        784,
+    ]
+    assert build_discriminator(NetworkPartSpec(), (2,))(torch.randn(5, 2)).shape == (5,)
+
+
+def test_classifier_fid_separates_real_digits_from_noise(mnist_dir):
+    data = load_dataset(MnistSpec(name="mnist", path=str(mnist_dir)), seed=0)
+    scorer = ClassifierScorer(data)
+    half = scorer.scores(data.data[:5000])
+    noise = scorer.scores(torch.rand(2000, 1, 28, 28) * 2 - 1)
+    assert half["fid"] < 5 < noise["fid"] / 10
+    assert half["tvd"] < 0.05
+    ones = data.data[data.labels == 1][:500]
+    assert scorer.scores(ones)["tvd"] > 0.8
+
+
+def test_scorer_choice_follows_the_data():
+    assert build_scorer("auto", ring()).objective_name == "mode-kl"
+    with pytest.raises(ValueError, match=r"mixture.scoreType: fid .* 28x28 grey"):
+        build_scorer("fid", ring())
+    assert build_scorer("none", ring()) is None

@@ -1,0 +1,166 @@
+"""Mutation, selection, replacement, fitness tables and the mixture ES."""
+
+import pytest
+import torch
+from lipizzaner_cell.fitness import evaluate_fitness, loss_tables
+from lipizzaner_cell.individual import Individual, mutate_learning_rate
+from lipizzaner_cell.losses import LOSSES
+from lipizzaner_cell.mixture import allocate, es_step, sample_mixture
+from lipizzaner_cell.selection import replace, tournament_select
+from torch import nn
+
+
+def individual(fitness: float = 0.0, lr: float = 1e-3, seed: int = 0) -> Individual:
+    torch.manual_seed(seed)
+    ind = Individual.fresh(nn.Linear(3, 2), lr, source_cell=0)
+    ind.fitness = fitness
+    return ind
+
+
+def test_learning_rate_mutation_reaches_the_live_optimizer():
+    ind = individual(lr=2e-4)
+    rng = torch.Generator().manual_seed(1)
+    assert mutate_learning_rate(ind, probability=1.0, alpha=1.0, base_rate=2e-4, rng=rng)
+    assert ind.learning_rate != 2e-4
+    assert ind.optimizer.param_groups[0]["lr"] == ind.learning_rate
+
+
+def test_a_mutated_rate_changes_the_size_of_the_next_adam_step():
+    # Adam's first step moves each weight by about lr, so the step size reveals the lr in use.
+    steps = []
+    for lr in (1e-3, 5e-3):
+        ind = individual(lr=1e-3)
+        ind.set_learning_rate(lr)
+        before = ind.net.weight.detach().clone()
+        ind.net(torch.ones(1, 3)).sum().backward()
+        ind.optimizer.step()
+        steps.append(float((ind.net.weight - before).abs().max()))
+    assert steps[1] == pytest.approx(5 * steps[0], rel=1e-3)
+
+
+def test_mutation_probability_zero_never_mutates_and_rates_never_go_negative():
+    rng = torch.Generator().manual_seed(2)
+    ind = individual(lr=1e-6)
+    assert not mutate_learning_rate(ind, 0.0, 1.0, 1e-3, rng)
+    for _ in range(200):
+        mutate_learning_rate(ind, 1.0, 10.0, 1e-3, rng)
+        assert ind.learning_rate >= 0.0
+
+
+def test_clones_keep_adam_state_and_train_independently():
+    parent = individual()
+    parent.net(torch.ones(1, 3)).sum().backward()
+    parent.optimizer.step()
+    child = parent.clone()
+    assert child.optimizer.state_dict()["state"][0]["step"] == 1
+    child.net.weight.data.add_(1.0)
+    assert not torch.equal(child.net.weight, parent.net.weight)
+
+
+def test_tournament_over_the_whole_pool_always_picks_the_fittest():
+    pool = [individual(f) for f in (3.0, 0.5, 2.0, 1.0)]
+    rng = torch.Generator().manual_seed(0)
+    winners = tournament_select(pool, count=3, tournament_size=4, rng=rng)
+    assert [w.fitness for w in winners] == [0.5, 0.5, 0.5]
+    assert all(w is not pool[1] for w in winners)
+
+
+def test_tournament_winners_are_never_worse_than_the_median_on_average():
+    pool = [individual(float(f)) for f in range(10)]
+    rng = torch.Generator().manual_seed(0)
+    winners = tournament_select(pool, count=200, tournament_size=2, rng=rng)
+    assert sum(w.fitness for w in winners) / 200 < 4.5
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_faithful_replacement_only_improves(seed):
+    gen = torch.Generator().manual_seed(seed)
+    population = [individual(float(f)) for f in torch.rand(4, generator=gen)]
+    offspring = [individual(float(f)) for f in torch.rand(3, generator=gen)]
+    before = sorted(i.fitness for i in population)
+    accepted = replace(population, offspring, count=2, rule="faithful")
+    after = sorted(i.fitness for i in population)
+    assert all(a <= b for a, b in zip(after, before, strict=True))
+    assert accepted <= 2
+    assert sum(after) <= sum(before)
+
+
+def test_offspring_rule_always_takes_the_best_offspring():
+    population = [individual(0.1)]
+    offspring = [individual(0.9), individual(0.5)]
+    assert replace(population, offspring, count=1, rule="offspring") == 1
+    assert population[0].fitness == 0.5
+
+
+def test_batched_fitness_tables_equal_pairwise_evaluation():
+    torch.manual_seed(0)
+    gens = [Individual.fresh(nn.Sequential(nn.Linear(4, 3), nn.Tanh()), 1e-3, 0) for _ in range(3)]
+    discs = [Individual.fresh(_Critic(), 1e-3, 0) for _ in range(2)]
+    real, noise = torch.randn(10, 3), torch.randn(10, 4)
+    loss = LOSSES["heuristic"]
+    g_table, d_table = loss_tables(gens, discs, real, noise, loss)
+    with torch.no_grad():
+        for i, g in enumerate(gens):
+            for j, d in enumerate(discs):
+                fake = g.net(noise)
+                assert float(g_table[i, j]) == pytest.approx(float(loss.generator(d.net(fake))))
+                assert float(d_table[j, i]) == pytest.approx(
+                    float(loss.discriminator(d.net(real), d.net(fake)))
+                )
+    evaluate_fitness(gens, discs, real, noise, loss, "worst")
+    assert [g.fitness for g in gens] == pytest.approx(g_table.max(1).values.tolist())
+    evaluate_fitness(gens, discs, real, noise, loss, "average", assign=("g",))
+    assert [g.fitness for g in gens] == pytest.approx(g_table.mean(1).tolist())
+    assert [d.fitness for d in discs] == pytest.approx(d_table.max(1).values.tolist())
+
+
+class _Critic(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).squeeze(1)
+
+
+def test_allocation_is_exact_and_proportional():
+    assert allocate(torch.tensor([0.5, 0.25, 0.25]), 8) == [4, 2, 2]
+    counts = allocate(torch.tensor([0.2, 0.3, 0.5]), 7)
+    assert sum(counts) == 7
+    assert allocate(torch.tensor([1.0, 0.0]), 5) == [5, 0]
+
+
+def test_mixture_draws_each_generators_share():
+    constant = [_Constant(float(v)) for v in (0, 1, 2)]
+    samples = sample_mixture(constant, torch.tensor([0.5, 0.0, 0.5]), torch.zeros(10, 1))
+    assert sorted(samples.squeeze(1).tolist()) == [0.0] * 5 + [2.0] * 5
+
+
+class _Constant(nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.full((z.shape[0], 1), self.value)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_mixture_es_never_accepts_a_worse_score(seed):
+    rng = torch.Generator().manual_seed(seed)
+    target = torch.softmax(torch.randn(4, generator=rng), 0).double()
+
+    def score(w: torch.Tensor) -> float:
+        return float((w - target).abs().sum())
+
+    weights = torch.full((4,), 0.25, dtype=torch.float64)
+    current = score(weights)
+    for _ in range(20):
+        new_weights, new_score, accepted = es_step(weights, current, 0.1, score, rng)
+        assert new_score <= current
+        assert new_score == pytest.approx(score(new_weights))
+        assert float(new_weights.sum()) == pytest.approx(1.0)
+        assert (new_weights >= 0).all()
+        assert accepted == (new_score < current)
+        weights, current = new_weights, new_score
+    assert current < score(torch.full((4,), 0.25, dtype=torch.float64))

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+from lipizzaner_cell.losses import LOSSES, draw_loss, fitness_loss, gradient_penalty
+from torch import nn
+
+REAL = torch.tensor([2.0, -1.0, 0.5])
+FAKE = torch.tensor([-3.0, 0.0, 1.0])
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize(
+    ("name", "generator", "discriminator"),
+    [
+        (
+            "bce",
+            mean(math.log(1 - sig(f)) for f in FAKE.tolist()),
+            mean(-math.log(sig(r)) for r in REAL.tolist())
+            + mean(-math.log(1 - sig(f)) for f in FAKE.tolist()),
+        ),
+        (
+            "heuristic",
+            mean(-math.log(sig(f)) for f in FAKE.tolist()),
+            mean(-math.log(sig(r)) for r in REAL.tolist())
+            + mean(-math.log(1 - sig(f)) for f in FAKE.tolist()),
+        ),
+        (
+            "mse",
+            mean((sig(f) - 1) ** 2 for f in FAKE.tolist()),
+            mean((sig(r) - 1) ** 2 for r in REAL.tolist())
+            + mean(sig(f) ** 2 for f in FAKE.tolist()),
+        ),
+        ("wgan-gp", -mean(FAKE.tolist()), mean(FAKE.tolist()) - mean(REAL.tolist())),
+    ],
+)
+def test_losses_match_their_closed_forms(name, generator, discriminator):
+    loss = LOSSES[name]
+    assert float(loss.generator(FAKE)) == pytest.approx(generator, rel=1e-6)
+    assert float(loss.discriminator(REAL, FAKE)) == pytest.approx(discriminator, rel=1e-6)
+
+
+def test_only_wgan_adds_a_gradient_penalty():
+    assert {name: loss.gradient_penalty for name, loss in LOSSES.items()} == {
+        "bce": 0.0,
+        "heuristic": 0.0,
+        "mse": 0.0,
+        "wgan-gp": 10.0,
+    }
+
+
+def test_gradient_penalty_is_zero_for_a_unit_slope_critic():
+    critic = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[0.6, 0.8]]))  # gradient norm exactly 1
+    real, fake = torch.randn(16, 2), torch.randn(16, 2)
+    rng = torch.Generator().manual_seed(0)
+    assert float(gradient_penalty(lambda x: critic(x).squeeze(1), real, fake, rng).detach()) == (
+        pytest.approx(0.0, abs=1e-10)
+    )
+    with torch.no_grad():
+        critic.weight.mul_(3)  # norm 3: penalty (3 - 1)^2 = 4
+    assert float(gradient_penalty(lambda x: critic(x).squeeze(1), real, fake, rng).detach()) == (
+        pytest.approx(4.0, rel=1e-5)
+    )
+
+
+def test_mustangs_draws_each_of_its_losses_and_each_individual_draws_alone():
+    rng = torch.Generator().manual_seed(0)
+    drawn = [draw_loss("mustangs", rng).name for _ in range(300)]
+    assert set(drawn) == {"bce", "mse", "heuristic"}
+    assert all(draw_loss("heuristic", rng).name == "heuristic" for _ in range(5))
+    assert fitness_loss("mustangs").name == "bce"

@@ -1,0 +1,99 @@
+import copy
+
+import pytest
+import yaml
+from lipizzaner_operator.cli import main
+from lipizzaner_operator.spec import SpecError, dump_run, load_run, parse_run
+
+from tests.conftest import TINY_RING
+
+
+def errors_for(patch: dict) -> list[str]:
+    manifest = copy.deepcopy(TINY_RING)
+    for path, value in patch.items():
+        *parents, leaf = path.split(".")
+        node = manifest
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    with pytest.raises(SpecError) as info:
+        parse_run(manifest)
+    return info.value.errors
+
+
+def test_defaults_are_the_original_mnist_configuration():
+    run = parse_run({**TINY_RING, "spec": {"dataset": {"name": "mnist", "path": "/data"}}})
+    co = run.spec.coevolution
+    assert (co.population_size, co.tournament_size, co.learning_rate) == (1, 2, 2e-4)
+    assert (co.mutation.alpha, co.mutation.probability) == (1e-4, 0.5)
+    assert (co.fitness.sample_size, co.fitness.mode) == (1000, "average")
+    assert run.spec.mixture.sigma == 0.01
+    assert run.spec.training.batch_size == 100
+    assert run.spec.network.generator.hidden_sizes == [256, 256]
+    assert run.spec.network.latent_size == 64
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"spec.grid.rows": 0}, "spec.grid.rows: must be >= 1, got 0"),
+        ({"spec.grid.cols": -2}, "spec.grid.cols: must be >= 1, got -2"),
+        ({"spec.grid.neighbourhood": "hex"}, "spec.grid.neighbourhood: must be "),
+        ({"spec.generations": 0}, "spec.generations: must be >= 1, got 0"),
+        ({"spec.grid.colums": 3}, "spec.grid.colums: unknown field"),
+        ({"spec.dataset": {"name": "cifar"}}, "spec.dataset: must be one of"),
+        ({"spec.dataset": {"name": "mnist"}}, "spec.dataset.path: required field is missing"),
+        ({"spec.dataset.samplingRatio": 1.5}, "spec.dataset.samplingRatio: must be <= 1"),
+        ({"spec.coevolution.mutation.probability": 2}, "spec.coevolution.mutation.probability"),
+        ({"spec.coevolution.fitness.mode": "median"}, "spec.coevolution.fitness.mode: must be"),
+        ({"spec.loss": "hinge"}, "spec.loss: must be"),
+        ({"spec.network.generator.hiddenSizes": []}, "spec.network.generator.hiddenSizes"),
+        ({"spec.mixture.scoreType": "is"}, "spec.mixture.scoreType: must be"),
+        ({"spec.coevolution.replacements": 3}, "spec.coevolution.replacements: must be <="),
+        (
+            {"spec.network.generator.architecture": "dcgan"},
+            "spec.network.generator.architecture: dcgan needs an image dataset",
+        ),
+        ({"metadata.name": "Bad_Name"}, "metadata.name: must match"),
+        ({"kind": "Job"}, "kind: must be 'LipizzanerRun'"),
+    ],
+)
+def test_errors_name_the_field_path_and_reason(patch, expected):
+    errors = errors_for(patch)
+    assert any(line.startswith(expected) for line in errors), errors
+
+
+def test_every_error_is_reported_at_once():
+    errors = errors_for({"spec.grid.rows": 0, "spec.generations": 0, "spec.typo": 1})
+    assert len(errors) == 3
+
+
+def test_round_trip_through_camel_case_keeps_every_value(tmp_path):
+    run = parse_run(TINY_RING)
+    dumped = dump_run(run)
+    assert dumped["spec"]["training"]["batchesPerGeneration"] == 5
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(dumped))
+    assert load_run(path) == run
+
+
+def test_validate_command_exit_codes_and_messages(tmp_path, capsys):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(TINY_RING))
+    broken = copy.deepcopy(TINY_RING)
+    broken["spec"]["grid"]["rows"] = 0
+    bad.write_text(yaml.safe_dump(broken))
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(good), str(bad)]) == 2
+    assert "spec.grid.rows: must be >= 1, got 0" in capsys.readouterr().err
+    (tmp_path / "junk.yaml").write_text("spec: [unclosed")
+    assert main(["validate", str(tmp_path / "junk.yaml")]) == 2
+
+
+def test_example_manifests_are_valid():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        load_run(path)
