@@ -57,6 +57,19 @@ def test_clones_keep_adam_state_and_train_independently():
     assert not torch.equal(child.net.weight, parent.net.weight)
 
 
+def test_an_import_adopts_local_adam_moments_but_keeps_its_own_rate():
+    local = individual(lr=1e-3, seed=1)
+    local.net(torch.ones(1, 3)).sum().backward()
+    local.optimizer.step()
+    imported = individual(lr=7e-4, seed=2)
+    imported.adopt_moments(local)
+    state = imported.optimizer.state_dict()["state"]
+    assert state[0]["step"] == 1
+    assert torch.equal(state[0]["exp_avg"], local.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert imported.optimizer.param_groups[0]["lr"] == imported.learning_rate == 7e-4
+    assert not torch.equal(imported.net.weight, local.net.weight)
+
+
 def test_tournament_over_the_whole_pool_always_picks_the_fittest():
     pool = [individual(f) for f in (3.0, 0.5, 2.0, 1.0)]
     rng = torch.Generator().manual_seed(0)

@@ -49,7 +49,9 @@ def _import_individual(
         if key.startswith(adam_prefix):
             param, slot = key[len(adam_prefix) :].split(".", 1)
             state.setdefault(int(param), {})[slot] = tensor
-    individual.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # JSON has no tuples; Adam keeps its betas as one.
+    groups = [{**group, "betas": tuple(group["betas"])} for group in meta["param_groups"]]
+    individual.optimizer.load_state_dict({"state": state, "param_groups": groups})
     individual.set_learning_rate(meta["learning_rate"])
     individual.fitness = meta["fitness"]
     individual.source_cell = meta["source_cell"]

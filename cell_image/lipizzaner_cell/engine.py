@@ -7,7 +7,7 @@ and results are written by whoever drives it (the in-process runner, a cell proc
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -83,6 +83,7 @@ class CellEngine:
         self.scorer: Scorer | None = build_scorer(spec.mixture.score_type, dataset)
         self.fitness_loss = fitness_loss(spec.loss)
         self.generation = 0
+        self.last_batches = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.generators = [self._new("generator") for _ in range(self._population)]
@@ -92,8 +93,13 @@ class CellEngine:
         self._imports: dict[tuple[str, int], Individual] = {}
 
     # ----------------------------------------------------------------- the generation loop
-    def step(self) -> GenerationReport:
-        """Run one generation and publish the new centre."""
+    def step(self, should_stop: Callable[[], bool] | None = None) -> GenerationReport:
+        """Run one generation and publish the new centre.
+
+        If `should_stop()` turns true during training, the batch in hand finishes and the
+        generation ends early (selection, replacement and mixture still run), so the state
+        stays consistent for a checkpoint.
+        """
         co = self.spec.coevolution
         seconds: dict[str, float] = {}
         with _timed(seconds, "neighbourhood"):
@@ -111,7 +117,7 @@ class CellEngine:
         with _timed(seconds, "selection"):
             generators, discriminators = self.select(hood)  # 3
         with _timed(seconds, "training"):
-            losses = self.train(generators, discriminators)  # 4
+            losses = self.train(generators, discriminators, should_stop)  # 4
         with _timed(seconds, "replacement"):
             accepted = self.replace(hood, generators, discriminators, real, noise)  # 5
         with _timed(seconds, "mixture"):
@@ -132,7 +138,7 @@ class CellEngine:
             offspring_offered=2 * co.replacements,
             offspring_accepted=accepted,
             neighbours_present=len(hood.neighbour_cells),
-            samples_trained=self._batches * self.spec.training.batch_size,
+            samples_trained=self.last_batches * self.spec.training.batch_size,
             seconds=seconds,
         )
 
@@ -152,15 +158,23 @@ class CellEngine:
         co = self.spec.coevolution
         if not co.selection:
             return [g.clone() for g in self.generators], [d.clone() for d in self.discriminators]
-        return (
-            tournament_select(hood.generators, co.population_size, co.tournament_size, self.rng),
-            tournament_select(
-                hood.discriminators, co.population_size, co.tournament_size, self.rng
-            ),
-        )
+        selected = []
+        for pool, local in (
+            (hood.generators, self.generators),
+            (hood.discriminators, self.discriminators),
+        ):
+            winners = tournament_select(pool, co.population_size, co.tournament_size, self.rng)
+            for slot, winner in enumerate(winners):
+                if not winner.optimizer.state:  # a neighbour's: no Adam state travels
+                    winner.adopt_moments(local[slot])
+            selected.append(winners)
+        return selected[0], selected[1]
 
     def train(
-        self, generators: list[Individual], discriminators: list[Individual]
+        self,
+        generators: list[Individual],
+        discriminators: list[Individual],
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[float, float]:
         """Step 4: mutate learning rates, then alternate D and G steps over the batches.
 
@@ -176,8 +190,11 @@ class CellEngine:
         skip = co.discriminator_skip_every_nth
         g_total = torch.zeros((), device=self.device)
         d_total = torch.zeros((), device=self.device)
-        d_steps = 0
+        d_steps = batches = 0
         for batch in range(self._batches):
+            if should_stop is not None and batch and should_stop():
+                break
+            batches += 1
             rows = order[(batch * batch_size + offsets) % len(self.data)]
             real = self.data[rows.to(self.device)]
             if not (skip and (batch + 1) % skip == 0):
@@ -186,8 +203,8 @@ class CellEngine:
                     d_steps += 1
             for generator in generators:
                 g_total += self._train_generator(generator, discriminators, batch_size)
-        g_steps = self._batches * len(generators)
-        return float(g_total) / g_steps, float(d_total) / max(1, d_steps)
+        self.last_batches = batches
+        return float(g_total) / (batches * len(generators)), float(d_total) / max(1, d_steps)
 
     def replace(
         self,

@@ -18,16 +18,22 @@ Shape = tuple[int, ...]
 
 
 class MLPGenerator(nn.Module):
-    """The original Lipizzaner's perceptron: Linear + LeakyReLU(0.2) blocks, tanh out."""
+    """The original Lipizzaner's perceptron: Linear + LeakyReLU(0.2) blocks, tanh out.
 
-    def __init__(self, latent_size: int, hidden_sizes: list[int], shape: Shape) -> None:
+    A per-coordinate tanh pulls 2-D samples toward the axes (on the 8-Gaussian ring the
+    axis modes win); `linear=True` drops it.
+    """
+
+    def __init__(
+        self, latent_size: int, hidden_sizes: list[int], shape: Shape, linear: bool = False
+    ) -> None:
         super().__init__()
         self.shape = shape
         sizes = [latent_size, *hidden_sizes]
         layers: list[nn.Module] = []
         for size_in, size_out in itertools.pairwise(sizes):
             layers += [nn.Linear(size_in, size_out), nn.LeakyReLU(0.2)]
-        layers += [nn.Linear(sizes[-1], math.prod(shape)), nn.Tanh()]
+        layers += [nn.Linear(sizes[-1], math.prod(shape)), nn.Identity() if linear else nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -97,7 +103,7 @@ class DCGANDiscriminator(nn.Module):
 def build_generator(part: NetworkPartSpec, latent_size: int, shape: Shape) -> nn.Module:
     if part.architecture == "dcgan":
         return DCGANGenerator(latent_size, part.width, shape)
-    return MLPGenerator(latent_size, list(part.hidden_sizes), shape)
+    return MLPGenerator(latent_size, list(part.hidden_sizes), shape, linear=part.output == "linear")
 
 
 def build_discriminator(part: NetworkPartSpec, shape: Shape) -> nn.Module:

@@ -37,8 +37,13 @@ def data_description(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def finish_cell(engine: CellEngine, dataset: Dataset, cell_uri: str) -> dict[str, Any]:
-    """Final mixture ES steps, final scores, and the cell's result files."""
+def finish_cell(
+    engine: CellEngine, dataset: Dataset, cell_uri: str, missing_neighbours: list[int] = ()
+) -> dict[str, Any]:
+    """Final mixture ES steps, final scores, and the cell's result files.
+
+    `missing_neighbours`: neighbours this cell never heard from; the mixture leaves them out.
+    """
     hood = engine.snapshot_neighbourhood()
     es_steps = engine.spec.mixture.es_generations_at_end
     if es_steps:
@@ -69,6 +74,7 @@ def finish_cell(engine: CellEngine, dataset: Dataset, cell_uri: str) -> dict[str
         "objective": objective,
         "scores": scores,
         "generatorFitness": best(engine.generators).fitness,
+        "missingNeighbours": list(missing_neighbours),
         "mixture": mixture,
         "data": data_description(dataset),
         "provenance": {

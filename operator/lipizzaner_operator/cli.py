@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from lipizzaner_operator import __version__
+from lipizzaner_operator import __version__, storage
 from lipizzaner_operator.spec import SpecError, load_run
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -62,19 +62,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     if overrides:
         run = run.model_copy(update={"spec": run.spec.model_copy(update=overrides)})
 
-    from lipizzaner_cell.in_process import run_in_process
-
+    output = run.output_uri()
+    if args.fresh:
+        storage.remove_tree(storage.join(output, "cells"))
     grid = run.spec.grid
+    where = "all cells in this process" if args.in_process else "one process per cell"
     console.print(
         f"[bold]{run.metadata.name}[/]: {grid.rows}x{grid.cols} grid, "
-        f"{run.spec.generations} generations, all cells in this process -> {run.output_uri()}"
+        f"{run.spec.generations} generations, {where} -> {output}"
     )
     try:
-        outcome = run_in_process(run, show_progress=not args.quiet, resume=not args.no_resume)
+        if args.in_process:
+            from lipizzaner_cell.in_process import run_in_process
+
+            manifest = run_in_process(run, show_progress=not args.quiet).manifest
+        else:
+            from lipizzaner_cell.in_process import write_preview
+
+            from lipizzaner_operator.local_launcher import RunFailed, run_local
+
+            try:
+                manifest = run_local(run, show_progress=not args.quiet, threads=args.threads)
+            except RunFailed as exc:
+                console.print(f"[red]run failed: {exc}", markup=False)
+                return EXIT_FAILED
+            write_preview(output, run.metadata.name)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         console.print(f"[red]run failed: {exc}")
         return EXIT_FAILED
-    _print_summary(outcome.manifest, outcome.output_uri)
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped; run the same command again to resume")
+        return EXIT_FAILED
+    _print_summary(manifest, output)
     return EXIT_OK
 
 
@@ -149,18 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="train a run on this machine",
-        description="Train every cell of the grid, then write the ensemble and a preview. "
+        description="Train every cell of the grid as its own process (gRPC between them), "
+        "restart crashed cells from their checkpoints, then write the ensemble and a preview. "
         "A run resumes from the cells' latest checkpoints in its output.",
     )
     run.add_argument("manifest", metavar="RUN.yaml")
     run.add_argument(
         "--in-process",
         action="store_true",
-        help="run all cells in this process, round-robin (currently the only executor)",
+        help="run all cells in this process, round-robin, without gRPC (tests, debugging)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads per cell process (default: cores / cells, at least 1)",
     )
     run.add_argument("--output", metavar="URI", help="override spec.output.uri")
     run.add_argument("--generations", type=int, metavar="N", help="override spec.generations")
-    run.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the output's cell checkpoints and results first instead of resuming",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

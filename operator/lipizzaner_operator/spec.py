@@ -88,6 +88,9 @@ class NetworkPartSpec(SpecModel):
         default_factory=lambda: [256, 256], min_length=1
     )
     width: int = Field(64, ge=1, description="dcgan: channels of the widest conv layer")
+    output: Literal["tanh", "linear"] = Field(
+        "tanh", description="generator output layer; linear suits low-dimensional data"
+    )
 
 
 class NetworkSpec(SpecModel):
@@ -113,7 +116,7 @@ class CoevolutionSpec(SpecModel):
     population_size: int = Field(1, ge=1)
     tournament_size: int = Field(2, ge=1)
     replacements: int = Field(1, ge=0)
-    replacement_rule: Literal["offspring", "faithful"] = "offspring"
+    replacement_rule: Literal["faithful", "offspring"] = "faithful"
     selection: bool = True
     learning_rate: float = Field(2e-4, gt=0)
     mutation: MutationSpec = Field(default_factory=MutationSpec)
@@ -152,6 +155,20 @@ class CheckpointSpec(SpecModel):
 
 class OutputSpec(SpecModel):
     uri: str = Field("./runs/{name}", min_length=1)
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint; else AWS_ENDPOINT_URL or AWS's default"
+    )
+
+
+class FailurePolicySpec(SpecModel):
+    max_restarts_per_cell: int = Field(3, ge=0)
+
+
+class ExchangeSpec(SpecModel):
+    first_state_timeout_seconds: float = Field(
+        60.0, ge=0, description="How long a starting cell waits for its neighbours' first states"
+    )
+    max_state_megabytes: int = Field(512, ge=1, description="Larger neighbour states are rejected")
 
 
 class RunSpecBody(SpecModel):
@@ -166,6 +183,8 @@ class RunSpecBody(SpecModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)
+    exchange: ExchangeSpec = Field(default_factory=ExchangeSpec)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunSpecBody:

@@ -13,6 +13,16 @@ import fsspec
 from fsspec.core import url_to_fs
 
 
+def configure_s3(endpoint_url: str | None) -> None:
+    """Point every s3:// filesystem of this process at an S3-compatible endpoint.
+
+    Credentials come from the usual AWS environment variables or files; the endpoint from
+    the spec, else AWS_ENDPOINT_URL (which botocore reads itself).
+    """
+    if endpoint_url:
+        fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint_url
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 

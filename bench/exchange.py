@@ -1,0 +1,169 @@
+"""Neighbour-state transfer over loopback: our gRPC exchange vs the limits, side by side.
+
+For states of 1, 10, 50 and 200 MB, in one run:
+  raw TCP   the same bytes through a plain socket: the physical limit here;
+  gRPC      one GetCentre pull between two cell servers, decoding and validation included;
+  original  the original Lipizzaner's path, re-created here only as a reference:
+            torch.save to bytes, base64, JSON, one HTTP response; the reader reverses it.
+Prints MB/s and the ratios; each figure is the best of --repeats transfers.
+
+    python bench/exchange.py [--sizes 1 10 50 200] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.server
+import io
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import grpc
+import torch
+from lipizzaner_cell.neighbourhood import CentreState
+from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
+from lipizzaner_cell.wire.codec import architecture_of
+from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+from rich.console import Console
+from rich.table import Table
+
+MB = 1_000_000
+
+
+def make_state(megabytes: int) -> CentreState:
+    generator = {"weight": torch.randn(megabytes * MB // 4)}
+    discriminator = {"weight": torch.randn(16)}
+    return CentreState(1, 1, generator, discriminator, 2e-4, 2e-4, 0.5, 0.5, {1: 1.0})
+
+
+def best_of(repeats: int, transfer) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        transfer()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def raw_tcp_seconds(payload: bytes, repeats: int) -> float:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(repeats):
+            connection, _ = listener.accept()
+            with connection:
+                connection.sendall(payload)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def receive() -> None:
+        buffer = bytearray(len(payload))
+        view, got = memoryview(buffer), 0
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            while got < len(payload):
+                got += sock.recv_into(view[got:])
+
+    seconds = best_of(repeats, receive)
+    listener.close()
+    return seconds
+
+
+def grpc_seconds(state: CentreState, repeats: int) -> tuple[float, float]:
+    board = CentreBoard()
+    started = time.perf_counter()
+    board.publish(state)  # once per generation, whatever the number of readers
+    publish = time.perf_counter() - started
+    server, port = start_server(CellService(board, lambda: None), 0, host="127.0.0.1")
+    puller = NeighbourPuller(
+        1,
+        f"127.0.0.1:{port}",
+        architecture_of(state.generator),
+        architecture_of(state.discriminator),
+        PullPolicy(max_state_bytes=1 << 31),
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = centre_call(channel)
+
+        def pull() -> None:
+            puller.latest = None  # ask for the state afresh every time
+            if not puller.pull_once(call):
+                raise RuntimeError(puller.stats.last_error)
+
+        seconds = best_of(repeats, pull)
+    server.stop(None)
+    return seconds, publish
+
+
+def original_seconds(state: CentreState, repeats: int) -> float:
+    """torch.save -> base64 -> JSON -> HTTP, then back; torch.load with weights_only."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            buffer = io.BytesIO()
+            torch.save(state.generator, buffer)
+            body = json.dumps({"generator": base64.b64encode(buffer.getvalue()).decode()})
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def fetch() -> None:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        with urllib.request.urlopen(url) as response:
+            document = json.loads(response.read())
+        raw = base64.b64decode(document["generator"])
+        torch.load(io.BytesIO(raw), weights_only=True)
+
+    seconds = best_of(repeats, fetch)
+    server.shutdown()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    table = Table(title="Neighbour state over loopback, MB/s (best of %d)" % args.repeats)
+    for column in (
+        "state",
+        "raw TCP",
+        "gRPC",
+        "original",
+        "gRPC / raw",
+        "gRPC / original",
+        "publish (once)",
+    ):
+        table.add_column(column, justify="right")
+    for size in args.sizes:
+        state = make_state(size)
+        payload = state.generator["weight"].numpy().tobytes()
+        raw = raw_tcp_seconds(payload, args.repeats)
+        ours, publish = grpc_seconds(state, args.repeats)
+        original = original_seconds(state, args.repeats)
+        table.add_row(
+            f"{size} MB",
+            f"{size / raw:,.0f}",
+            f"{size / ours:,.0f}",
+            f"{size / original:,.0f}",
+            f"{raw / ours:.2f}",
+            f"{original / ours:.1f}x",
+            f"{publish * 1000:.0f} ms",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

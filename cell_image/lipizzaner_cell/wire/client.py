@@ -1,0 +1,180 @@
+"""Pulling neighbours' centres over gRPC: one background thread per neighbour.
+
+Each puller keeps the newest valid state of its neighbour. The generation loop only reads
+those cached states, so it never waits on the network (except once, at start-up, for the
+first states, with a timeout). Failures back off exponentially with jitter; a state that
+does not validate is counted, and the last good one is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from lipizzaner_cell.neighbourhood import CentreState
+from lipizzaner_cell.wire import cell_pb2
+from lipizzaner_cell.wire.codec import CHUNK_BYTES, Architecture, StateRejected, decode_centre
+
+log = logging.getLogger(__name__)
+GET_CENTRE = "/lipizzaner.v1.Cell/GetCentre"
+
+
+@dataclass
+class PullPolicy:
+    poll_seconds: float = 0.2
+    deadline_seconds: float = 30.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+    max_state_bytes: int = 512 << 20
+
+
+@dataclass
+class PullStats:
+    received: int = 0
+    rejected: int = 0
+    failures: int = 0
+    bytes_received: int = 0
+    seconds: list[float] = field(default_factory=list)
+    last_error: str = ""
+
+
+def centre_call(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable:
+    """GetCentre returning raw bytes: the codec parses and validates every chunk itself."""
+    return channel.unary_stream(
+        GET_CENTRE, request_serializer=cell_pb2.CentreRequest.SerializeToString
+    )
+
+
+class NeighbourPuller(threading.Thread):
+    def __init__(
+        self,
+        cell: int,
+        address: str,
+        generator: Architecture,
+        discriminator: Architecture,
+        policy: PullPolicy | None = None,
+    ) -> None:
+        super().__init__(name=f"pull-cell-{cell}", daemon=True)
+        self.cell, self.address = cell, address
+        self.generator, self.discriminator = generator, discriminator
+        self.policy = policy or PullPolicy()
+        self.latest: CentreState | None = None
+        self.stats = PullStats()
+        self.first_state = threading.Event()
+        self._updated = threading.Condition()
+        self._stopping = threading.Event()
+        self._random = random.Random(cell)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        backoff_ms = int(self.policy.backoff_max * 1000)
+        options = [
+            ("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10)),
+            # gRPC's own reconnect backoff grows to minutes; keep it within ours, so a
+            # neighbour that starts late is found within backoff_max.
+            ("grpc.initial_reconnect_backoff_ms", int(self.policy.backoff_initial * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(self.policy.backoff_initial * 1000)),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+        ]
+        with grpc.insecure_channel(self.address, options=options) as channel:
+            get_centre = centre_call(channel)
+            backoff = self.policy.backoff_initial
+            while not self._stopping.is_set():
+                if self.pull_once(get_centre):
+                    backoff = self.policy.backoff_initial
+                    self._stopping.wait(self.policy.poll_seconds)
+                else:
+                    self._stopping.wait(backoff * (0.5 + self._random.random()))
+                    backoff = min(backoff * 2, self.policy.backoff_max)
+
+    def pull_once(self, get_centre: grpc.UnaryStreamMultiCallable) -> bool:
+        """One request; True unless it failed or was rejected."""
+        have = self.latest.generation if self.latest else -1
+        started = time.perf_counter()
+        received = 0
+
+        def counted(stream):
+            nonlocal received
+            for item in stream:
+                received += len(item)
+                yield item
+
+        try:
+            stream = get_centre(
+                cell_pb2.CentreRequest(newer_than_generation=have),
+                timeout=self.policy.deadline_seconds,
+            )
+            state = decode_centre(
+                counted(stream), self.generator, self.discriminator, self.policy.max_state_bytes
+            )
+            if state is not None and state.cell != self.cell:
+                raise StateRejected(f"asked cell {self.cell}, got a state of cell {state.cell}")
+        except StateRejected as exc:
+            self.stats.rejected += 1
+            self.stats.last_error = f"{StateRejected.grpc_code}: {exc}"
+            log.warning("rejected a state from cell %d (%s): %s", self.cell, self.address, exc)
+            return False
+        except grpc.RpcError as exc:
+            self.stats.failures += 1
+            self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+            return False
+        self.stats.bytes_received += received
+        if state is not None:
+            with self._updated:
+                self.latest = state
+                self._updated.notify_all()
+            self.stats.received += 1
+            self.stats.seconds.append(time.perf_counter() - started)
+            self.first_state.set()
+        return True
+
+    def wait_for_generation(self, generation: int, timeout: float) -> bool:
+        """Block until a state of at least `generation` arrived, or the timeout passed."""
+        with self._updated:
+            return self._updated.wait_for(
+                lambda: self.latest is not None and self.latest.generation >= generation, timeout
+            )
+
+
+class GrpcNeighbourhood:
+    """The engine's `NeighbourhoodProvider` over gRPC: cached pulls in, a board out."""
+
+    def __init__(self, board, pullers: dict[int, NeighbourPuller]) -> None:
+        self.board = board
+        self.pullers = pullers
+
+    def start(self) -> None:
+        for puller in self.pullers.values():
+            puller.start()
+
+    def neighbour_states(self) -> dict[int, CentreState]:
+        return {c: p.latest for c, p in self.pullers.items() if p.latest is not None}
+
+    def publish(self, state: CentreState) -> None:
+        self.board.publish(state)
+
+    def wait_for_first_states(self, timeout: float) -> list[int]:
+        """Wait up to `timeout` seconds in all; return the neighbours still missing."""
+        deadline = time.monotonic() + timeout
+        for puller in self.pullers.values():
+            puller.first_state.wait(max(0.0, deadline - time.monotonic()))
+        return self.missing()
+
+    def missing(self) -> list[int]:
+        return sorted(c for c, p in self.pullers.items() if p.latest is None)
+
+    def rejected(self) -> int:
+        return sum(p.stats.rejected for p in self.pullers.values())
+
+    def close(self) -> None:
+        for puller in self.pullers.values():
+            puller.stop()
+        for puller in self.pullers.values():
+            puller.join(timeout=5)

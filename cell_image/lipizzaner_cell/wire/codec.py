@@ -1,0 +1,203 @@
+"""Centre states on the wire: raw little-endian tensor bytes plus a typed header.
+
+Decoding validates everything against the receiving cell's own architecture before a
+single tensor is built: names, dtypes, shapes, byte lengths, the size limit and the
+chunk framing. Anything else raises `StateRejected`; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from google.protobuf.message import DecodeError
+
+from lipizzaner_cell.neighbourhood import CentreState
+from lipizzaner_cell.wire import cell_pb2
+
+CHUNK_BYTES = 1 << 20
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for
+    raise ImportError("the wire codec assumes a little-endian host")
+
+
+class StateRejected(ValueError):
+    """A centre state that does not fit this cell; the gRPC code it maps to is fixed."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+Architecture = dict[str, TensorSpec]
+
+
+def architecture_of(state: dict[str, torch.Tensor]) -> Architecture:
+    return {
+        name: TensorSpec(str(t.dtype).removeprefix("torch."), tuple(t.shape))
+        for name, t in state.items()
+    }
+
+
+def _table(
+    state: dict[str, torch.Tensor], offset: int
+) -> tuple[list[cell_pb2.TensorInfo], list[bytes]]:
+    infos, blobs = [], []
+    for name, tensor in state.items():
+        blob = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        infos.append(
+            cell_pb2.TensorInfo(
+                name=name, dtype=dtype, shape=list(tensor.shape), offset=offset, length=len(blob)
+            )
+        )
+        blobs.append(blob)
+        offset += len(blob)
+    return infos, blobs
+
+
+def encode_centre(state: CentreState) -> list[cell_pb2.CentreChunk]:
+    """The header chunk, then the payload in chunks of at most 1 MiB."""
+    g_infos, g_blobs = _table(state.generator, 0)
+    d_infos, d_blobs = _table(state.discriminator, sum(map(len, g_blobs)))
+    payload = b"".join(g_blobs + d_blobs)
+    header = cell_pb2.CentreHeader(
+        cell=state.cell,
+        generation=state.generation,
+        generator_lr=state.generator_lr,
+        discriminator_lr=state.discriminator_lr,
+        generator_fitness=state.generator_fitness,
+        discriminator_fitness=state.discriminator_fitness,
+        mixture_weights=state.mixture_weights,
+        generator=g_infos,
+        discriminator=d_infos,
+        payload_bytes=len(payload),
+    )
+    chunks = [cell_pb2.CentreChunk(header=header)]
+    view = memoryview(payload)
+    for start in range(0, len(payload), CHUNK_BYTES):
+        chunks.append(cell_pb2.CentreChunk(data=bytes(view[start : start + CHUNK_BYTES])))
+    return chunks
+
+
+def _check_table(
+    infos: Iterable[cell_pb2.TensorInfo], expected: Architecture, role: str, payload_bytes: int
+) -> None:
+    seen = set()
+    for info in infos:
+        spec = expected.get(info.name)
+        if spec is None:
+            raise StateRejected(f"{role}: unexpected tensor {info.name!r}")
+        if info.name in seen:
+            raise StateRejected(f"{role}: tensor {info.name!r} sent twice")
+        seen.add(info.name)
+        if info.dtype != spec.dtype:
+            raise StateRejected(f"{role}.{info.name}: dtype {info.dtype}, expected {spec.dtype}")
+        if tuple(info.shape) != spec.shape:
+            raise StateRejected(
+                f"{role}.{info.name}: shape {tuple(info.shape)}, expected {spec.shape}"
+            )
+        if info.length != spec.nbytes or info.offset < 0:
+            raise StateRejected(f"{role}.{info.name}: {info.length} bytes, expected {spec.nbytes}")
+        if info.offset + info.length > payload_bytes:
+            raise StateRejected(f"{role}.{info.name}: lies outside the payload")
+    if missing := set(expected) - seen:
+        raise StateRejected(f"{role}: missing tensors {sorted(missing)}")
+
+
+def _check_numbers(header: cell_pb2.CentreHeader) -> None:
+    for name in ("generator_lr", "discriminator_lr"):
+        value = getattr(header, name)
+        if not math.isfinite(value) or value < 0:
+            raise StateRejected(f"{name}: must be a finite number >= 0, got {value}")
+    for name in ("generator_fitness", "discriminator_fitness"):
+        if math.isnan(getattr(header, name)):
+            raise StateRejected(f"{name}: is NaN")
+    for cell, weight in header.mixture_weights.items():
+        if not math.isfinite(weight) or weight < 0:
+            raise StateRejected(f"mixture_weights[{cell}]: must be finite and >= 0, got {weight}")
+
+
+def _tensors(infos: Iterable[cell_pb2.TensorInfo], payload: bytearray) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for info in infos:
+        raw = torch.frombuffer(payload, dtype=torch.uint8, count=info.length, offset=info.offset)
+        tensors[info.name] = raw.clone().view(DTYPES[info.dtype]).reshape(tuple(info.shape))
+    return tensors
+
+
+def decode_centre(
+    chunks: Iterable[cell_pb2.CentreChunk | bytes],
+    expected_generator: Architecture,
+    expected_discriminator: Architecture,
+    max_bytes: int,
+) -> CentreState | None:
+    """Validate and decode a streamed state; None if the stream was empty (nothing newer)."""
+    stream: Iterator = iter(chunks)
+    first = _parse(next(stream, None))
+    if first is None:
+        return None
+    if not first.HasField("header"):
+        raise StateRejected("stream must start with a header")
+    header = first.header
+    if not 0 <= header.payload_bytes <= max_bytes:
+        raise StateRejected(f"state of {header.payload_bytes} bytes exceeds the {max_bytes} limit")
+    _check_numbers(header)
+    _check_table(header.generator, expected_generator, "generator", header.payload_bytes)
+    _check_table(
+        header.discriminator, expected_discriminator, "discriminator", header.payload_bytes
+    )
+    payload = bytearray()
+    for item in stream:
+        chunk = _parse(item)
+        if not chunk.HasField("data"):
+            raise StateRejected("a second header inside the stream")
+        if len(chunk.data) > CHUNK_BYTES:
+            raise StateRejected(f"chunk of {len(chunk.data)} bytes exceeds {CHUNK_BYTES}")
+        payload += chunk.data
+        if len(payload) > header.payload_bytes:
+            raise StateRejected("more data than the header announced")
+    if len(payload) != header.payload_bytes:
+        raise StateRejected(
+            f"truncated stream: {len(payload)} of {header.payload_bytes} payload bytes"
+        )
+    return CentreState(
+        cell=header.cell,
+        generation=header.generation,
+        generator=_tensors(header.generator, payload),
+        discriminator=_tensors(header.discriminator, payload),
+        generator_lr=header.generator_lr,
+        discriminator_lr=header.discriminator_lr,
+        generator_fitness=header.generator_fitness,
+        discriminator_fitness=header.discriminator_fitness,
+        mixture_weights=dict(header.mixture_weights),
+    )
+
+
+def _parse(item: cell_pb2.CentreChunk | bytes | None) -> cell_pb2.CentreChunk | None:
+    if item is None or isinstance(item, cell_pb2.CentreChunk):
+        return item
+    try:
+        return cell_pb2.CentreChunk.FromString(item)
+    except DecodeError as exc:
+        raise StateRejected(f"not a CentreChunk: {exc}") from None

@@ -1,0 +1,111 @@
+"""A cell's gRPC server: its newest centre, its status, and the standard health service.
+
+Publishing swaps one reference to an already-encoded snapshot, so serving never waits on
+training and training never waits on a slow reader.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from lipizzaner_cell.neighbourhood import CentreState
+from lipizzaner_cell.wire import cell_pb2
+from lipizzaner_cell.wire.codec import encode_centre
+
+log = logging.getLogger(__name__)
+SERVICE = "lipizzaner.v1.Cell"
+
+
+class CentreBoard:
+    """The newest published centre, encoded once per generation."""
+
+    def __init__(self) -> None:
+        self._current: tuple[int, list[cell_pb2.CentreChunk]] | None = None
+
+    def publish(self, state: CentreState) -> None:
+        self._current = (state.generation, encode_centre(state))
+
+    def newer_than(self, generation: int) -> list[cell_pb2.CentreChunk]:
+        current = self._current
+        if current is None or current[0] <= generation:
+            return []
+        return current[1]
+
+
+MALFORMED = object()  # gRPC itself answers INTERNAL when a deserializer returns None
+
+
+def _lenient(message_type: type) -> Callable[[bytes], object]:
+    """Parse a request, or return MALFORMED so the handler can answer INVALID_ARGUMENT."""
+
+    def parse(data: bytes) -> object:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return MALFORMED
+
+    return parse
+
+
+class CellService:
+    def __init__(self, board: CentreBoard, status: Callable[[], cell_pb2.CellStatus]) -> None:
+        self.board = board
+        self.status = status
+        self.rejected_requests = 0
+
+    def _reject(self, context: grpc.ServicerContext, what: str) -> None:
+        self.rejected_requests += 1
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {what}")
+
+    def get_centre(
+        self, request: cell_pb2.CentreRequest, context: grpc.ServicerContext
+    ) -> Iterator[cell_pb2.CentreChunk]:
+        if request is MALFORMED:
+            self._reject(context, "CentreRequest")
+        yield from self.board.newer_than(request.newer_than_generation)
+
+    def get_status(
+        self, request: cell_pb2.StatusRequest, context: grpc.ServicerContext
+    ) -> cell_pb2.CellStatus:
+        if request is MALFORMED:
+            self._reject(context, "StatusRequest")
+        return self.status()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "GetCentre": grpc.unary_stream_rpc_method_handler(
+                    self.get_centre,
+                    request_deserializer=_lenient(cell_pb2.CentreRequest),
+                    response_serializer=cell_pb2.CentreChunk.SerializeToString,
+                ),
+                "GetStatus": grpc.unary_unary_rpc_method_handler(
+                    self.get_status,
+                    request_deserializer=_lenient(cell_pb2.StatusRequest),
+                    response_serializer=cell_pb2.CellStatus.SerializeToString,
+                ),
+            },
+        )
+
+
+def start_server(service: CellService, port: int, host: str = "0.0.0.0") -> tuple[grpc.Server, int]:
+    """Serve the cell and grpc.health.v1 (SERVING for "" and the Cell service)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((service.handler(),))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    server.start()
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("cell gRPC server listening on %s:%d", host, bound)
+    return server, bound

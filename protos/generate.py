@@ -1,0 +1,47 @@
+"""Regenerate the committed Python stubs from protos/ with grpcio-tools.
+
+    python protos/generate.py            # writes cell_image/lipizzaner_cell/wire/
+The stubs are committed (the cell image needs no protoc at build time);
+tests/test_wire.py regenerates them into a temporary folder and fails if they differ.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTO_DIR = ROOT / "protos" / "lipizzaner" / "v1"
+TARGET = ROOT / "cell_image" / "lipizzaner_cell" / "wire"
+GENERATED = ("cell_pb2.py", "cell_pb2.pyi", "cell_pb2_grpc.py")
+
+
+def generate(target: Path = TARGET) -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    include = Path(protoc.__file__).parent / "_proto"
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{PROTO_DIR}",
+            f"-I{include}",
+            f"--python_out={target}",
+            f"--pyi_out={target}",
+            f"--grpc_python_out={target}",
+            str(PROTO_DIR / "cell.proto"),
+        ]
+    )
+    if status != 0:
+        raise RuntimeError(f"protoc failed with status {status}")
+    # protoc writes a top-level import; inside a package it must be relative.
+    grpc_stub = target / "cell_pb2_grpc.py"
+    grpc_stub.write_text(
+        grpc_stub.read_text().replace("import cell_pb2 as", "from . import cell_pb2 as")
+    )
+    return [target / name for name in GENERATED]
+
+
+if __name__ == "__main__":
+    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else TARGET):
+        print(path)

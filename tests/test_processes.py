@@ -1,0 +1,183 @@
+"""Cells as separate processes talking gRPC: the launcher, crashes, stops, S3 output."""
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+import yaml
+from lipizzaner_cell.wire import cell_pb2, cell_pb2_grpc
+from lipizzaner_operator import storage
+from lipizzaner_operator.local_launcher import LocalRun, free_port_block, run_local
+from lipizzaner_operator.spec import parse_run
+
+
+def quick(manifest: dict, **spec_changes) -> dict:
+    manifest = copy.deepcopy(manifest)
+    manifest["spec"].update(spec_changes)
+    manifest["spec"]["exchange"] = {"firstStateTimeoutSeconds": 20}
+    return manifest
+
+
+def wait_until(condition, timeout: float, poll: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return False
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    import boto3
+
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runs")
+    yield endpoint
+    server.stop()
+
+
+def test_a_2x2_run_in_processes_writes_its_ensemble_to_s3(tiny_manifest, s3_endpoint):
+    manifest = quick(tiny_manifest, output={"uri": "s3://runs/tiny", "endpointUrl": s3_endpoint})
+    run = parse_run(manifest)
+    result = run_local(run, show_progress=False, threads=1)
+    assert result["bestCell"] in range(4)
+    stored = storage.read_json("s3://runs/tiny/ensemble/manifest.json")
+    assert stored["generators"] == result["generators"]
+    for entry in stored["generators"]:
+        assert len(storage.read_bytes(f"s3://runs/tiny/ensemble/{entry['file']}")) > 0
+    for cell in range(4):
+        cell_result = storage.read_json(f"s3://runs/tiny/cells/{cell}/result.json")
+        assert cell_result["generation"] == 4 and cell_result["missingNeighbours"] == []
+
+
+def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifest, tmp_path):
+    manifest = quick(
+        tiny_manifest,
+        generations=40,
+        checkpoint={"every": 2},
+        training={"batchSize": 50, "batchesPerGeneration": 30, "device": "cpu"},
+    )
+    run = parse_run(manifest)
+    output = run.output_uri()
+    local = LocalRun(run, tmp_path, threads=1)
+    victim = local.cells[1]
+    try:
+        local.start()
+        checkpoint = f"{output}/cells/1/checkpoints/000004/state.json"
+
+        def victim_checkpointed() -> bool:
+            local.tick()
+            return storage.exists(checkpoint)
+
+        assert wait_until(victim_checkpointed, timeout=120)
+        victim.process.send_signal(signal.SIGKILL)
+        neighbours_then = [getattr(local.cells[i].status, "generation", 0) for i in (0, 3)]
+        assert wait_until(local.tick, timeout=180, poll=0.1)
+    finally:
+        local.stop_all(grace_seconds=5)
+        local.close()
+    assert victim.restarts == 1 and victim.history == [-signal.SIGKILL]
+    log = victim.log_path.read_text()
+    resumed = [line for line in log.splitlines() if "resumed from its checkpoint" in line]
+    assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) >= 4
+    assert neighbours_then != [0, 0]  # the neighbours were training when the victim died
+    results = [storage.read_json(f"{output}/cells/{i}/result.json") for i in range(4)]
+    assert all(r["generation"] == 40 for r in results)
+
+
+def cell_command(spec_path, cell: int, port_base: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lipizzaner_cell",
+        "--run-spec",
+        str(spec_path),
+        "--cell",
+        str(cell),
+        "--grpc-port-base",
+        str(port_base),
+        "--port-stride",
+        "1",
+        "--threads",
+        "1",
+        "--listen-host",
+        "127.0.0.1",
+    ]
+
+
+def test_a_neighbour_that_never_starts_is_reported_and_the_cell_finishes(tiny_manifest, tmp_path):
+    manifest = quick(tiny_manifest, grid={"rows": 1, "cols": 2})
+    manifest["spec"]["exchange"] = {"firstStateTimeoutSeconds": 1}
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(manifest))
+    done = subprocess.run(
+        cell_command(spec_path, 0, free_port_block(2)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no state yet from neighbours [1]" in done.stderr
+    result = json.loads((tmp_path / "out" / "cells" / "0" / "result.json").read_text())
+    assert result["missingNeighbours"] == [1]
+    assert [m["cell"] for m in result["mixture"]] == [0]
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
+    manifest = quick(
+        tiny_manifest, grid={"rows": 1, "cols": 1}, generations=10_000, checkpoint={"every": 1000}
+    )
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(manifest))
+    port = free_port_block(1)
+    process = subprocess.Popen(cell_command(spec_path, 0, port), stderr=subprocess.PIPE, text=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = cell_pb2_grpc.CellStub(channel)
+
+            def training() -> bool:
+                try:
+                    status = stub.GetStatus(cell_pb2.StatusRequest(), timeout=1)
+                except grpc.RpcError:
+                    return False
+                return status.generation >= 3
+
+            assert wait_until(training, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    names = storage.list_dir(str(tmp_path / "out" / "cells" / "0" / "checkpoints"))
+    assert len(names) == 1 and int(names[0]) >= 3
+    assert "stopped by SIGTERM" in process.stderr.read()
+
+
+def test_bad_configuration_exits_with_code_2(tiny_manifest, tmp_path):
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(tiny_manifest))
+    done = subprocess.run(
+        cell_command(spec_path, 7, free_port_block(1)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "outside the 2x2 grid" in done.stderr

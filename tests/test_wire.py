@@ -1,0 +1,205 @@
+"""Neighbour exchange over real gRPC on loopback, and what happens to malformed input."""
+
+import filecmp
+import importlib.util
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lipizzaner_cell.neighbourhood import CentreState
+from lipizzaner_cell.wire import cell_pb2
+from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
+from lipizzaner_cell.wire.codec import CHUNK_BYTES, architecture_of, encode_centre
+from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_stubs_are_what_the_proto_generates(tmp_path):
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "protos" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for fresh in module.generate(tmp_path):
+        committed = ROOT / "cell_image" / "lipizzaner_cell" / "wire" / fresh.name
+        assert filecmp.cmp(fresh, committed, shallow=False), (
+            f"{fresh.name} is stale: run protos/generate.py"
+        )
+
+
+def centre(cell: int, generation: int, width: int = 4, dtype=torch.float32) -> CentreState:
+    torch.manual_seed(generation)
+    g = nn.Sequential(nn.Linear(3, width), nn.BatchNorm1d(width)).to(dtype).state_dict()
+    d = nn.Linear(width, 1).to(dtype).state_dict()
+    return CentreState(cell, generation, g, d, 1e-3, 2e-3, 0.25, 0.75, {cell: 0.6, 9: 0.4})
+
+
+@pytest.fixture
+def served():
+    board = CentreBoard()
+    service = CellService(board, lambda: cell_pb2.CellStatus(cell=1, generation=3))
+    server, port = start_server(service, 0, host="127.0.0.1")
+    yield board, service, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def puller_for(state: CentreState, address: str, **policy) -> NeighbourPuller:
+    return NeighbourPuller(
+        state.cell,
+        address,
+        architecture_of(state.generator),
+        architecture_of(state.discriminator),
+        PullPolicy(**policy),
+    )
+
+
+def test_received_tensors_are_bit_identical_and_old_states_are_not_resent(served):
+    board, _, address = served
+    state = centre(cell=1, generation=5)
+    board.publish(state)
+    puller = puller_for(state, address)
+    with grpc.insecure_channel(address) as channel:
+        call = centre_call(channel)
+        assert puller.pull_once(call)
+        got = puller.latest
+        for name, tensor in state.generator.items():
+            assert got.generator[name].dtype == tensor.dtype
+            assert torch.equal(got.generator[name], tensor), name
+        assert got.mixture_weights == state.mixture_weights
+        assert (got.generation, got.generator_lr, got.discriminator_fitness) == (5, 1e-3, 0.75)
+        sent = puller.stats.bytes_received
+        assert puller.pull_once(call)  # generation 5 again: nothing is sent
+        assert puller.stats.bytes_received == sent and puller.stats.received == 1
+        board.publish(centre(cell=1, generation=6))
+        assert puller.pull_once(call) and puller.latest.generation == 6
+
+
+def test_a_50_megabyte_state_streams_without_raising_message_limits(served):
+    board, _, address = served
+    state = centre(cell=1, generation=1, width=3_300_000)  # about 53 MB of float32
+    chunks = encode_centre(state)
+    assert max(len(c.SerializeToString()) for c in chunks) <= CHUNK_BYTES + 64
+    board.publish(state)
+    puller = puller_for(state, address)
+    with grpc.insecure_channel(address) as channel:
+        assert puller.pull_once(centre_call(channel)), puller.stats.last_error
+    assert puller.stats.bytes_received > 50_000_000
+    assert torch.equal(puller.latest.generator["0.weight"], state.generator["0.weight"])
+
+
+def test_the_background_puller_keeps_the_newest_state(served):
+    board, _, address = served
+    state = centre(cell=1, generation=2)
+    board.publish(state)
+    puller = puller_for(state, address, poll_seconds=0.01)
+    puller.start()
+    assert puller.first_state.wait(10)
+    board.publish(centre(cell=1, generation=3))
+    assert puller.wait_for_generation(3, timeout=10)
+    puller.stop()
+    puller.join(5)
+    assert not puller.is_alive()
+    assert puller.latest.generation == 3
+
+
+def hostile_chunks(kind: str, good: CentreState) -> list[bytes]:
+    if kind == "wrong-shapes":
+        chunks = encode_centre(centre(good.cell, 9, width=5))
+    elif kind == "wrong-dtypes":
+        chunks = encode_centre(centre(good.cell, 9, dtype=torch.float64))
+    elif kind == "truncated":
+        chunks = encode_centre(centre(good.cell, 9, width=400_000))[:-1]
+    elif kind == "random-bytes":
+        return [os.urandom(2048) for _ in range(3)]
+    elif kind == "data-before-header":
+        chunks = encode_centre(centre(good.cell, 9))[::-1]
+    elif kind == "wrong-cell":
+        chunks = encode_centre(centre(good.cell + 1, 9))
+    else:
+        raise AssertionError(kind)
+    return [c.SerializeToString() for c in chunks]
+
+
+@pytest.fixture
+def hostile():
+    """A real gRPC server on loopback that answers GetCentre with whatever `mode` says."""
+    mode = {"kind": "good", "good": None}
+
+    def get_centre(request, context):
+        if mode["kind"] == "good":
+            yield from (c.SerializeToString() for c in encode_centre(mode["good"]))
+        else:
+            yield from hostile_chunks(mode["kind"], mode["good"])
+
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "lipizzaner.v1.Cell",
+                {"GetCentre": grpc.unary_stream_rpc_method_handler(get_centre)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield mode, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "wrong-shapes",
+        "wrong-dtypes",
+        "truncated",
+        "random-bytes",
+        "data-before-header",
+        "wrong-cell",
+        "oversize",
+    ],
+)
+def test_malformed_states_are_rejected_counted_and_the_last_good_one_kept(hostile, kind):
+    mode, address = hostile
+    good = centre(cell=2, generation=4)
+    mode["good"] = good
+    limit = 16 if kind == "oversize" else 512 << 20
+    puller = puller_for(good, address, max_state_bytes=1 << 20)
+    with grpc.insecure_channel(address) as channel:
+        call = centre_call(channel)
+        assert puller.pull_once(call)
+        puller.policy.max_state_bytes = limit
+        mode["kind"] = "good" if kind == "oversize" else kind
+        mode["good"] = centre(cell=2, generation=8) if kind == "oversize" else good
+        assert not puller.pull_once(call)
+    assert puller.stats.rejected == 1
+    assert puller.stats.last_error.startswith("INVALID_ARGUMENT")
+    assert puller.latest.generation == 4
+    assert torch.equal(puller.latest.generator["0.weight"], good.generator["0.weight"])
+
+
+def test_garbage_requests_get_invalid_argument_and_the_cell_keeps_serving(served):
+    board, service, address = served
+    board.publish(centre(cell=1, generation=1))
+    with grpc.insecure_channel(address) as channel:
+        raw = channel.unary_unary("/lipizzaner.v1.Cell/GetStatus")
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\xff\xff\xff garbage", timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stream = channel.unary_stream("/lipizzaner.v1.Cell/GetCentre")
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(os.urandom(64) + b"\xff", timeout=5))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="lipizzaner.v1.Cell"), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        status = channel.unary_unary(
+            "/lipizzaner.v1.Cell/GetStatus",
+            request_serializer=cell_pb2.StatusRequest.SerializeToString,
+            response_deserializer=cell_pb2.CellStatus.FromString,
+        )(cell_pb2.StatusRequest(), timeout=5)
+        assert status.generation == 3
+    assert service.rejected_requests == 2
