@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    table = Table(title="Neighbour state over loopback, MB/s (best of %d)" % args.repeats)
+    table = Table(title=f"Neighbour state over loopback, MB/s (best of {args.repeats})")
     for column in (
         "state",
         "raw TCP",
