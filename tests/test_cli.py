@@ -20,7 +20,7 @@ def write_manifest(tmp_path, manifest) -> str:
 
 
 def test_run_writes_results_ensemble_and_preview(tiny_manifest, tmp_path, capsys):
-    assert main(["run", write_manifest(tmp_path, tiny_manifest), "--quiet"]) == 0
+    assert main(["run", write_manifest(tmp_path, tiny_manifest), "--quiet", "--in-process"]) == 0
     out = tmp_path / "out"
     manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
     results = [json.loads((out / "cells" / str(i) / "result.json").read_text()) for i in range(4)]

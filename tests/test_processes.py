@@ -88,7 +88,18 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
 
         assert wait_until(victim_checkpointed, timeout=120)
         victim.process.send_signal(signal.SIGKILL)
-        neighbours_then = [getattr(local.cells[i].status, "generation", 0) for i in (0, 3)]
+
+        def neighbour_generations() -> list[int]:
+            return [local.cells[i].status.generation for i in (0, 3)]
+
+        at_kill = neighbour_generations()
+
+        def victim_back() -> bool:
+            local.tick()
+            return victim.restarts == 1 and getattr(victim.status, "restarts", 0) == 1
+
+        assert wait_until(victim_back, timeout=120)
+        at_return = neighbour_generations()
         assert wait_until(local.tick, timeout=180, poll=0.1)
     finally:
         local.stop_all(grace_seconds=5)
@@ -97,7 +108,8 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
     log = victim.log_path.read_text()
     resumed = [line for line in log.splitlines() if "resumed from its checkpoint" in line]
     assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) >= 4
-    assert neighbours_then != [0, 0]  # the neighbours were training when the victim died
+    # The neighbours trained on while the victim was down and restarting.
+    assert all(back > then for back, then in zip(at_return, at_kill, strict=True))
     results = [storage.read_json(f"{output}/cells/{i}/result.json") for i in range(4)]
     assert all(r["generation"] == 40 for r in results)
 
@@ -181,3 +193,45 @@ def test_bad_configuration_exits_with_code_2(tiny_manifest, tmp_path):
         check=False,
     )
     assert done.returncode == 2 and "outside the 2x2 grid" in done.stderr
+
+
+def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
+    manifest = quick(tiny_manifest, generations=10_000, checkpoint={"every": 1, "keep": 1})
+    manifest["metadata"]["name"] = "interrupted"
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(manifest))
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lipizzaner_operator.cli",
+            "run",
+            str(spec_path),
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    checkpoints = [tmp_path / "out" / "cells" / str(cell) / "checkpoints" for cell in range(4)]
+
+    def all_training() -> bool:
+        return all(storage.list_dir(str(path)) for path in checkpoints)
+
+    def cells_running() -> bool:
+        found = subprocess.run(["pgrep", "-f", "lipizzaner-interrupted-"], capture_output=True)
+        return bool(found.stdout.split())
+
+    try:
+        assert wait_until(all_training, timeout=120)
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=60) == 1
+    finally:
+        launcher.kill()
+    assert not cells_running()
+    assert "resume" in launcher.stdout.read()
+    for path in checkpoints:
+        names = storage.list_dir(str(path))
+        assert len(names) == 1 and int(names[0]) >= 1

@@ -134,10 +134,8 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
         while engine.generation < spec.generations and not stop.is_set():
             report = engine.step(should_stop=stop.is_set)
             status.report(report, neighbourhood)
-            if (
-                stop.is_set()
-                or report.generation % spec.checkpoint.every == 0
-                or (report.generation == spec.generations)
+            if report.generation % spec.checkpoint.every == 0 or (
+                report.generation == spec.generations
             ):
                 save_checkpoint(engine, cell_uri, spec.checkpoint.keep)
             log.info(
@@ -150,6 +148,7 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
                 "" if report.mixture_score is None else f" score {report.mixture_score:.4f}",
             )
         if stop.is_set():
+            save_checkpoint(engine, cell_uri, spec.checkpoint.keep)
             log.info(
                 "cell %d stopped by SIGTERM at generation %d, checkpoint written",
                 args.cell,

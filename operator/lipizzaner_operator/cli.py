@@ -73,8 +73,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         if args.in_process:
+            import torch
             from lipizzaner_cell.in_process import run_in_process
 
+            if args.threads:
+                torch.set_num_threads(args.threads)
             manifest = run_in_process(run, show_progress=not args.quiet).manifest
         else:
             from lipizzaner_cell.in_process import write_preview
@@ -182,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         metavar="N",
-        help="torch threads per cell process (default: cores / cells, at least 1)",
+        help="torch threads per cell process (default: cores / cells, at least 1); "
+        "with --in-process, torch threads of this process",
     )
     run.add_argument("--output", metavar="URI", help="override spec.output.uri")
     run.add_argument("--generations", type=int, metavar="N", help="override spec.generations")

@@ -126,7 +126,9 @@ class LocalRun:
             )
             for i in range(count)
         ]
-        self._channels = [grpc.insecure_channel(f"127.0.0.1:{p}") for p in self.ports]
+        from lipizzaner_cell.wire.channels import channel
+
+        self._channels = [channel(f"127.0.0.1:{p}", backoff_max=1.0) for p in self.ports]
 
     def start(self) -> None:
         for cell in self.cells:

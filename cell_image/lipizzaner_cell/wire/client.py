@@ -18,6 +18,7 @@ import grpc
 
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire import cell_pb2
+from lipizzaner_cell.wire.channels import channel
 from lipizzaner_cell.wire.codec import CHUNK_BYTES, Architecture, StateRejected, decode_centre
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,13 @@ class NeighbourPuller(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        backoff_ms = int(self.policy.backoff_max * 1000)
-        options = [
-            ("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10)),
-            # gRPC's own reconnect backoff grows to minutes; keep it within ours, so a
-            # neighbour that starts late is found within backoff_max.
-            ("grpc.initial_reconnect_backoff_ms", int(self.policy.backoff_initial * 1000)),
-            ("grpc.min_reconnect_backoff_ms", int(self.policy.backoff_initial * 1000)),
-            ("grpc.max_reconnect_backoff_ms", backoff_ms),
-        ]
-        with grpc.insecure_channel(self.address, options=options) as channel:
-            get_centre = centre_call(channel)
+        with channel(
+            self.address,
+            self.policy.backoff_initial,
+            self.policy.backoff_max,
+            max_receive_bytes=CHUNK_BYTES + (64 << 10),
+        ) as grpc_channel:
+            get_centre = centre_call(grpc_channel)
             backoff = self.policy.backoff_initial
             while not self._stopping.is_set():
                 if self.pull_once(get_centre):
