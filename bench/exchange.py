@@ -135,7 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plot", metavar="PNG", help="also draw the MB/s figure to this file")
     args = parser.parse_args()
+    rates: dict[str, list[float]] = {"raw TCP": [], "gRPC (ours)": [], "original": []}
     table = Table(title=f"Neighbour state over loopback, MB/s (best of {args.repeats})")
     for column in (
         "state",
@@ -153,6 +155,8 @@ def main() -> None:
         raw = raw_tcp_seconds(payload, args.repeats)
         ours, publish = grpc_seconds(state, args.repeats)
         original = original_seconds(state, args.repeats)
+        for name, seconds in zip(rates, (raw, ours, original), strict=True):
+            rates[name].append(size / seconds)
         table.add_row(
             f"{size} MB",
             f"{size / raw:,.0f}",
@@ -163,6 +167,26 @@ def main() -> None:
             f"{publish * 1000:.0f} ms",
         )
     Console().print(table)
+    if args.plot:
+        plot(args.sizes, rates, args.plot)
+
+
+def plot(sizes: list[int], rates: dict[str, list[float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    width = 0.8 / len(rates)
+    for k, (name, values) in enumerate(rates.items()):
+        ax.bar([i + k * width for i in range(len(sizes))], values, width, label=name)
+    ax.set_xticks([i + width for i in range(len(sizes))], [f"{s} MB" for s in sizes])
+    ax.set_ylabel("MB/s (loopback)")
+    ax.set_title("Neighbour state transfer")
+    ax.legend()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_a_50_megabyte_state_streams_without_raising_message_limits(served):
     board, _, address = served
     state = centre(cell=1, generation=1, width=3_300_000)  # about 53 MB of float32
     chunks = encode_centre(state)
-    assert max(len(c.SerializeToString()) for c in chunks) <= CHUNK_BYTES + 64
+    assert max(len(c) for c in chunks) <= CHUNK_BYTES + 64
     board.publish(state)
     puller = puller_for(state, address)
     with grpc.insecure_channel(address) as channel:
@@ -120,7 +120,7 @@ def hostile_chunks(kind: str, good: CentreState) -> list[bytes]:
         chunks = encode_centre(centre(good.cell + 1, 9))
     else:
         raise AssertionError(kind)
-    return [c.SerializeToString() for c in chunks]
+    return chunks
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def hostile():
 
     def get_centre(request, context):
         if mode["kind"] == "good":
-            yield from (c.SerializeToString() for c in encode_centre(mode["good"]))
+            yield from encode_centre(mode["good"])
         else:
             yield from hostile_chunks(mode["kind"], mode["good"])
 

@@ -26,12 +26,12 @@ class CentreBoard:
     """The newest published centre, encoded once per generation."""
 
     def __init__(self) -> None:
-        self._current: tuple[int, list[cell_pb2.CentreChunk]] | None = None
+        self._current: tuple[int, list[bytes]] | None = None
 
     def publish(self, state: CentreState) -> None:
         self._current = (state.generation, encode_centre(state))
 
-    def newer_than(self, generation: int) -> list[cell_pb2.CentreChunk]:
+    def newer_than(self, generation: int) -> list[bytes]:
         current = self._current
         if current is None or current[0] <= generation:
             return []
@@ -65,7 +65,7 @@ class CellService:
 
     def get_centre(
         self, request: cell_pb2.CentreRequest, context: grpc.ServicerContext
-    ) -> Iterator[cell_pb2.CentreChunk]:
+    ) -> Iterator[bytes]:
         if request is MALFORMED:
             self._reject(context, "CentreRequest")
         yield from self.board.newer_than(request.newer_than_generation)
@@ -84,7 +84,7 @@ class CellService:
                 "GetCentre": grpc.unary_stream_rpc_method_handler(
                     self.get_centre,
                     request_deserializer=_lenient(cell_pb2.CentreRequest),
-                    response_serializer=cell_pb2.CentreChunk.SerializeToString,
+                    # Chunks are serialized once, at publish time.
                 ),
                 "GetStatus": grpc.unary_unary_rpc_method_handler(
                     self.get_status,
