@@ -25,6 +25,9 @@ def test_run_writes_results_ensemble_and_preview(tiny_manifest, tmp_path, capsys
     manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
     results = [json.loads((out / "cells" / str(i) / "result.json").read_text()) for i in range(4)]
     best = min(results, key=lambda r: r["objective"]["value"])
+    for result in results:  # population 1, one replacement each for G and D, 4 generations
+        assert result["offspring"]["offered"] == 8
+        assert 0 <= result["offspring"]["accepted"] <= 8
     assert manifest["bestCell"] == best["cell"]
     assert manifest["objective"]["name"] == "mode-kl"
     assert set(manifest["scores"]) == {

@@ -235,3 +235,16 @@ def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
     for path in checkpoints:
         names = storage.list_dir(str(path))
         assert len(names) == 1 and int(names[0]) >= 1
+
+
+def test_cell_threads_follow_the_container_cpu_limit(tmp_path):
+    from lipizzaner_cell.cell_main import default_threads
+
+    limit = tmp_path / "cpu.max"
+    limit.write_text("200000 100000\n")
+    assert default_threads(str(limit)) == 2
+    limit.write_text("50000 100000\n")
+    assert default_threads(str(limit)) == 1
+    limit.write_text("max 100000\n")
+    assert default_threads(str(limit)) >= 1
+    assert default_threads(str(tmp_path / "missing")) >= 1

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import torch
 from lipizzaner_operator import storage
@@ -34,6 +35,17 @@ from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 log = logging.getLogger("lipizzaner.cell")
 Phase = cell_pb2.CellStatus.Phase
+
+
+def default_threads(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The container's CPU limit (cgroup v2 quota / period, rounded down), else all cores."""
+    try:
+        quota, period = Path(cgroup_cpu_max).read_text().split()
+        if quota != "max":
+            return max(1, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    return os.cpu_count() or 1
 
 
 def peer_address(template: str, run: str, index: int, port_base: int, stride: int) -> str:
@@ -62,7 +74,9 @@ class CellStatusBoard:
                 setattr(message, name, value)
         self.message = message
 
-    def report(self, report: GenerationReport, neighbourhood: GrpcNeighbourhood) -> None:
+    def report(
+        self, engine: CellEngine, report: GenerationReport, neighbourhood: GrpcNeighbourhood
+    ) -> None:
         scores = {} if report.mixture_score is None else {"mixture": report.mixture_score}
         self.update(
             phase=Phase.TRAINING,
@@ -74,6 +88,8 @@ class CellStatusBoard:
             scores=scores,
             missing_neighbours=neighbourhood.missing(),
             rejected_states=neighbourhood.rejected(),
+            offspring_accepted=engine.offspring_accepted,
+            offspring_offered=engine.offspring_offered,
         )
 
 
@@ -133,7 +149,7 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
         status.update(phase=Phase.TRAINING, generation=engine.generation)
         while engine.generation < spec.generations and not stop.is_set():
             report = engine.step(should_stop=stop.is_set)
-            status.report(report, neighbourhood)
+            status.report(engine, report, neighbourhood)
             if report.generation % spec.checkpoint.every == 0 or (
                 report.generation == spec.generations
             ):
@@ -238,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, SpecError) as exc:
         log.error("bad run spec %s: %s", args.run_spec, exc)
         return EXIT_BAD_CONFIG
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    torch.set_num_threads(int(args.threads) if args.threads else default_threads())
     try:
         return run_cell(run, args)
     except Exception:

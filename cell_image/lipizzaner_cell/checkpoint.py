@@ -63,6 +63,7 @@ def export_state(engine: CellEngine) -> tuple[dict[str, torch.Tensor], dict[str,
         "format": FORMAT,
         "cell": engine.index,
         "generation": engine.generation,
+        "offspring": [engine.offspring_accepted, engine.offspring_offered],
         "mixture_weights": {str(cell): w for cell, w in engine.mixture_weights.items()},
         "generators": [
             _export_individual(g, f"generators.{i}", tensors)
@@ -93,6 +94,7 @@ def import_state(engine: CellEngine, tensors: dict[str, torch.Tensor], meta: dic
     engine.rng.set_state(tensors["rng"])
     engine.mixture_weights = {int(c): w for c, w in meta["mixture_weights"].items()}
     engine.generation = meta["generation"]
+    engine.offspring_accepted, engine.offspring_offered = meta["offspring"]
 
 
 def save_checkpoint(engine: CellEngine, cell_uri: str, keep: int) -> str:

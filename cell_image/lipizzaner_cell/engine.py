@@ -84,6 +84,8 @@ class CellEngine:
         self.fitness_loss = fitness_loss(spec.loss)
         self.generation = 0
         self.last_batches = 0
+        # Replacement's running totals: the acceptance rate is accepted / offered.
+        self.offspring_accepted = self.offspring_offered = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.generators = [self._new("generator") for _ in range(self._population)]
@@ -120,6 +122,8 @@ class CellEngine:
             losses = self.train(generators, discriminators, should_stop)  # 4
         with _timed(seconds, "replacement"):
             accepted = self.replace(hood, generators, discriminators, real, noise)  # 5
+            self.offspring_accepted += accepted
+            self.offspring_offered += 2 * co.replacements
         with _timed(seconds, "mixture"):
             score = self.evolve_mixture(hood)  # 6
         with _timed(seconds, "publish"):

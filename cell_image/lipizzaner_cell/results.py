@@ -75,6 +75,10 @@ def finish_cell(
         "scores": scores,
         "generatorFitness": best(engine.generators).fitness,
         "missingNeighbours": list(missing_neighbours),
+        "offspring": {
+            "accepted": engine.offspring_accepted,
+            "offered": engine.offspring_offered,
+        },
         "mixture": mixture,
         "data": data_description(dataset),
         "provenance": {

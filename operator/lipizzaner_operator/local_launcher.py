@@ -206,49 +206,51 @@ def run_local(
     """Train the run as local processes and return the ensemble manifest."""
     storage.configure_s3(run.spec.output.endpoint_url)
     generations = run.spec.generations
-    with tempfile.TemporaryDirectory(prefix=f"lipizzaner-{run.metadata.name}-") as tmp:
-        local = LocalRun(run, Path(tmp), threads)
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-        )
-        try:
-            with Progress(*columns, disable=not show_progress) as progress:
-                overall = progress.add_task(
-                    "all cells", total=generations * len(local.cells), status=""
+    # Kept after the run: the cells' logs live here.
+    workdir = Path(tempfile.mkdtemp(prefix=f"lipizzaner-{run.metadata.name}-"))
+    log.info("cell logs: %s", workdir)
+    local = LocalRun(run, workdir, threads)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, disable=not show_progress) as progress:
+            overall = progress.add_task(
+                "all cells", total=generations * len(local.cells), status=""
+            )
+            per_cell = [
+                progress.add_task(f"cell {c.index}", total=generations, status="starting")
+                for c in local.cells
+            ]
+            local.start()
+            while not local.tick():
+                for cell, task in zip(local.cells, per_cell, strict=True):
+                    done = generations if cell.succeeded else _generation(cell)
+                    progress.update(task, completed=done, status=_describe(cell))
+                progress.update(
+                    overall,
+                    completed=sum(
+                        generations if c.succeeded else _generation(c) for c in local.cells
+                    ),
                 )
-                per_cell = [
-                    progress.add_task(f"cell {c.index}", total=generations, status="starting")
-                    for c in local.cells
-                ]
-                local.start()
-                while not local.tick():
-                    for cell, task in zip(local.cells, per_cell, strict=True):
-                        done = generations if cell.succeeded else _generation(cell)
-                        progress.update(task, completed=done, status=_describe(cell))
-                    progress.update(
-                        overall,
-                        completed=sum(
-                            generations if c.succeeded else _generation(c) for c in local.cells
-                        ),
-                    )
-                    time.sleep(STATUS_POLL_SECONDS)
-        except KeyboardInterrupt:
-            log.warning("interrupted: stopping all cells (they checkpoint first)")
-            local.stop_all()
-            raise
-        except RunFailed:
-            local.stop_all()
-            raise
-        finally:
-            local.close()
-        restarts = {c.index: c.restarts for c in local.cells if c.restarts}
-        if restarts:
-            log.info("restarts per cell: %s", restarts)
-        return assemble_ensemble(run, local.output)
+                time.sleep(STATUS_POLL_SECONDS)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping all cells (they checkpoint first)")
+        local.stop_all()
+        raise
+    except RunFailed:
+        local.stop_all()
+        raise
+    finally:
+        local.close()
+    restarts = {c.index: c.restarts for c in local.cells if c.restarts}
+    if restarts:
+        log.info("restarts per cell: %s", restarts)
+    return assemble_ensemble(run, local.output)
 
 
 def _generation(cell: LocalCell) -> int:
@@ -266,6 +268,8 @@ def _describe(cell: LocalCell) -> str:
         parts.append(f"score {status.scores['mixture']:.3f}")
     if cell.restarts:
         parts.append(f"restarts {cell.restarts}")
+    if status.offspring_offered:
+        parts.append(f"accepted {status.offspring_accepted / status.offspring_offered:.0%}")
     if status.missing_neighbours:
         parts.append(f"missing {list(status.missing_neighbours)}")
     return " ".join(parts)

@@ -71,7 +71,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CellStatus(_message.Message):
-    __slots__ = ("cell", "phase", "generation", "generations", "generator_loss", "discriminator_loss", "generator_fitness", "discriminator_fitness", "scores", "restarts", "missing_neighbours", "rejected_states")
+    __slots__ = ("cell", "phase", "generation", "generations", "generator_loss", "discriminator_loss", "generator_fitness", "discriminator_fitness", "scores", "restarts", "missing_neighbours", "rejected_states", "offspring_accepted", "offspring_offered")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PHASE_UNSPECIFIED: _ClassVar[CellStatus.Phase]
@@ -105,6 +105,8 @@ class CellStatus(_message.Message):
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     MISSING_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_STATES_FIELD_NUMBER: _ClassVar[int]
+    OFFSPRING_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    OFFSPRING_OFFERED_FIELD_NUMBER: _ClassVar[int]
     cell: int
     phase: CellStatus.Phase
     generation: int
@@ -117,4 +119,6 @@ class CellStatus(_message.Message):
     restarts: int
     missing_neighbours: _containers.RepeatedScalarFieldContainer[int]
     rejected_states: int
-    def __init__(self, cell: _Optional[int] = ..., phase: _Optional[_Union[CellStatus.Phase, str]] = ..., generation: _Optional[int] = ..., generations: _Optional[int] = ..., generator_loss: _Optional[float] = ..., discriminator_loss: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., restarts: _Optional[int] = ..., missing_neighbours: _Optional[_Iterable[int]] = ..., rejected_states: _Optional[int] = ...) -> None: ...
+    offspring_accepted: int
+    offspring_offered: int
+    def __init__(self, cell: _Optional[int] = ..., phase: _Optional[_Union[CellStatus.Phase, str]] = ..., generation: _Optional[int] = ..., generations: _Optional[int] = ..., generator_loss: _Optional[float] = ..., discriminator_loss: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., restarts: _Optional[int] = ..., missing_neighbours: _Optional[_Iterable[int]] = ..., rejected_states: _Optional[int] = ..., offspring_accepted: _Optional[int] = ..., offspring_offered: _Optional[int] = ...) -> None: ...
