@@ -13,6 +13,7 @@ import yaml
 from lipizzaner_cell.wire import cell_pb2, cell_pb2_grpc
 from lipizzaner_operator import storage
 from lipizzaner_operator.local_launcher import LocalRun, free_port_block, run_local
+from lipizzaner_operator.local_launcher import cell_command as launcher_cell_command
 from lipizzaner_operator.spec import parse_run
 
 
@@ -115,23 +116,7 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
 
 
 def cell_command(spec_path, cell: int, port_base: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lipizzaner_cell",
-        "--run-spec",
-        str(spec_path),
-        "--cell",
-        str(cell),
-        "--grpc-port-base",
-        str(port_base),
-        "--port-stride",
-        "1",
-        "--threads",
-        "1",
-        "--listen-host",
-        "127.0.0.1",
-    ]
+    return launcher_cell_command(spec_path, cell, port_base, threads=1)
 
 
 def test_a_neighbour_that_never_starts_is_reported_and_the_cell_finishes(tiny_manifest, tmp_path):

@@ -8,6 +8,7 @@ Torch-free: the cells do the training.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -83,6 +84,27 @@ def free_port_block(count: int, attempts: int = 50) -> int:
     raise RunFailed(f"found no block of {count} free ports")
 
 
+def cell_command(spec_path: Path, cell: int, port_base: int, threads: int) -> list[str]:
+    """The command line of one local cell process: cell i listens on port_base + i."""
+    return [
+        sys.executable,
+        "-m",
+        "lipizzaner_cell",
+        "--run-spec",
+        str(spec_path),
+        "--cell",
+        str(cell),
+        "--grpc-port-base",
+        str(port_base),
+        "--port-stride",
+        "1",
+        "--listen-host",
+        "127.0.0.1",
+        "--threads",
+        str(threads),
+    ]
+
+
 def threads_per_cell(cells: int) -> int:
     """Cores shared evenly: contending torch threads cost far more than they bring."""
     return max(1, (os.cpu_count() or 1) // cells)
@@ -103,23 +125,8 @@ class LocalRun:
             LocalCell(
                 index=i,
                 command=[
-                    sys.executable,
-                    "-m",
-                    "lipizzaner_cell",
-                    "--run-spec",
-                    str(spec_path),
-                    "--cell",
-                    str(i),
-                    "--grpc-port-base",
-                    str(base_port),
-                    "--port-stride",
-                    "1",
-                    "--listen-host",
-                    "127.0.0.1",
-                    "--output",
-                    self.output,
-                    "--threads",
-                    str(threads or threads_per_cell(count)),
+                    *cell_command(spec_path, i, base_port, threads or threads_per_cell(count)),
+                    *("--output", self.output),
                 ],
                 env=env,
                 log_path=workdir / f"cell-{i}.log",
@@ -146,11 +153,10 @@ class LocalRun:
         for cell, channel in zip(self.cells, self._channels, strict=True):
             if cell.succeeded:
                 continue
-            try:
+            # Starting, restarting or gone: its exit code tells, not its silence.
+            with contextlib.suppress(grpc.RpcError):
                 stub = cell_pb2_grpc.CellStub(channel)
                 cell.status = stub.GetStatus(cell_pb2.StatusRequest(), timeout=1.0)
-            except grpc.RpcError:
-                pass  # starting, restarting or gone: its exit code tells
 
     def check_processes(self) -> None:
         """Handle exits: success, a restart from the checkpoint, or the end of the run."""
