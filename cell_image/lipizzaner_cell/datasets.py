@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,7 +53,6 @@ class Dataset:
     modes: torch.Tensor | None = None
     mode_std: float | None = None
     identity: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -74,16 +73,7 @@ class Dataset:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         keep = order[:count].sort().values
         labels = self.labels[keep] if self.labels is not None else None
-        return Dataset(
-            self.name,
-            self.data[keep],
-            self.values,
-            labels,
-            self.modes,
-            self.mode_std,
-            self.identity,
-            self.extra,
-        )
+        return replace(self, data=self.data[keep], labels=labels)
 
 
 def _mixture_of_gaussians(
