@@ -119,18 +119,22 @@ def cell_command(spec_path, cell: int, port_base: int) -> list[str]:
     return launcher_cell_command(spec_path, cell, port_base, threads=1)
 
 
+def write_spec(tmp_path, manifest: dict):
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(manifest))
+    return spec_path
+
+
+def run_cell(spec_path, cell: int, ports: int, timeout: float) -> subprocess.CompletedProcess:
+    """Run one cell process to its end, on a fresh block of `ports` ports."""
+    command = cell_command(spec_path, cell, free_port_block(ports))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def test_a_neighbour_that_never_starts_is_reported_and_the_cell_finishes(tiny_manifest, tmp_path):
     manifest = quick(tiny_manifest, grid={"rows": 1, "cols": 2})
     manifest["spec"]["exchange"] = {"firstStateTimeoutSeconds": 1}
-    spec_path = tmp_path / "run.yaml"
-    spec_path.write_text(yaml.safe_dump(manifest))
-    done = subprocess.run(
-        cell_command(spec_path, 0, free_port_block(2)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_cell(write_spec(tmp_path, manifest), cell=0, ports=2, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "no state yet from neighbours [1]" in done.stderr
     result = json.loads((tmp_path / "out" / "cells" / "0" / "result.json").read_text())
@@ -142,8 +146,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
     manifest = quick(
         tiny_manifest, grid={"rows": 1, "cols": 1}, generations=10_000, checkpoint={"every": 1000}
     )
-    spec_path = tmp_path / "run.yaml"
-    spec_path.write_text(yaml.safe_dump(manifest))
+    spec_path = write_spec(tmp_path, manifest)
     port = free_port_block(1)
     process = subprocess.Popen(cell_command(spec_path, 0, port), stderr=subprocess.PIPE, text=True)
     try:
@@ -168,23 +171,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
 
 
 def test_bad_configuration_exits_with_code_2(tiny_manifest, tmp_path):
-    spec_path = tmp_path / "run.yaml"
-    spec_path.write_text(yaml.safe_dump(tiny_manifest))
-    done = subprocess.run(
-        cell_command(spec_path, 7, free_port_block(1)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cell(write_spec(tmp_path, tiny_manifest), cell=7, ports=1, timeout=60)
     assert done.returncode == 2 and "outside the 2x2 grid" in done.stderr
 
 
 def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
     manifest = quick(tiny_manifest, generations=10_000, checkpoint={"every": 1, "keep": 1})
     manifest["metadata"]["name"] = "interrupted"
-    spec_path = tmp_path / "run.yaml"
-    spec_path.write_text(yaml.safe_dump(manifest))
+    spec_path = write_spec(tmp_path, manifest)
     launcher = subprocess.Popen(
         [
             sys.executable,

@@ -185,60 +185,58 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
         server.stop(grace=1.0)
 
 
+# flag, environment variable, type, default, help: every flag can come from its variable.
+FLAGS: list[tuple[str, str, type, str | None, str]] = [
+    ("--run-spec", "LIPIZZANER_RUN_SPEC", str, None, "LipizzanerRun manifest file"),
+    ("--cell", "LIPIZZANER_CELL", int, None, "this cell's index, row-major"),
+    (
+        "--peer-template",
+        "LIPIZZANER_PEER_TEMPLATE",
+        str,
+        "127.0.0.1:{port}",
+        "a peer's address from {run}, {index}, {port}",
+    ),
+    ("--grpc-port-base", "LIPIZZANER_GRPC_PORT", int, "50051", "gRPC port of cell 0"),
+    (
+        "--port-stride",
+        "LIPIZZANER_PORT_STRIDE",
+        int,
+        "0",
+        "cell i listens on base + stride * i: 1 on one machine, 0 in pods",
+    ),
+    ("--listen-host", "LIPIZZANER_LISTEN_HOST", str, "0.0.0.0", "address to listen on"),
+    ("--output", "LIPIZZANER_OUTPUT", str, None, "override spec.output.uri"),
+    (
+        "--threads",
+        "LIPIZZANER_THREADS",
+        int,
+        None,
+        "torch intra-op threads (default: the container's CPU limit, else all cores)",
+    ),
+    (
+        "--restarts",
+        "LIPIZZANER_RESTARTS",
+        int,
+        "0",
+        "how often this cell was restarted (reported in its status)",
+    ),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="lipizzaner-cell",
-        description="Run one Lipizzaner cell (used by `lipizzaner run` "
-        "and by the operator's pods). Every flag can also come from its LIPIZZANER_* variable.",
+        description="Run one Lipizzaner cell (used by `lipizzaner run` and by the operator's "
+        "pods). Every flag can also come from the LIPIZZANER_* variable named in its help.",
     )
-    parser.add_argument(
-        "--run-spec",
-        default=env("LIPIZZANER_RUN_SPEC"),
-        help="LipizzanerRun manifest file [LIPIZZANER_RUN_SPEC]",
-    )
-    parser.add_argument(
-        "--cell",
-        type=int,
-        default=env("LIPIZZANER_CELL"),
-        help="this cell's index, row-major [LIPIZZANER_CELL]",
-    )
-    parser.add_argument(
-        "--peer-template",
-        default=env("LIPIZZANER_PEER_TEMPLATE", "127.0.0.1:{port}"),
-        help="a peer's address from {run}, {index}, {port} "
-        "[LIPIZZANER_PEER_TEMPLATE, default 127.0.0.1:{port}]",
-    )
-    parser.add_argument(
-        "--grpc-port-base",
-        type=int,
-        default=int(env("LIPIZZANER_GRPC_PORT", "50051")),
-        help="gRPC port of cell 0 [LIPIZZANER_GRPC_PORT, default 50051]",
-    )
-    parser.add_argument(
-        "--port-stride",
-        type=int,
-        default=int(env("LIPIZZANER_PORT_STRIDE", "0")),
-        help="cell i listens on base + stride * i: 1 on one machine, 0 in pods",
-    )
-    parser.add_argument("--listen-host", default=env("LIPIZZANER_LISTEN_HOST", "0.0.0.0"))
-    parser.add_argument(
-        "--output",
-        default=env("LIPIZZANER_OUTPUT"),
-        help="override spec.output.uri [LIPIZZANER_OUTPUT]",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=env("LIPIZZANER_THREADS"),
-        help="torch intra-op threads [LIPIZZANER_THREADS, default: all cores]",
-    )
-    parser.add_argument(
-        "--restarts",
-        type=int,
-        default=int(env("LIPIZZANER_RESTARTS", "0")),
-        help="how often this cell was restarted (reported in its status)",
-    )
+    for flag, variable, kind, default, text in FLAGS:
+        shown = f", default {default}" if default is not None else ""
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=os.environ.get(variable, default),
+            help=f"{text} [{variable}{shown}]",
+        )
     return parser
 
 
@@ -248,13 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_spec is None or args.cell is None:
         log.error("--run-spec and --cell are required")
         return EXIT_BAD_CONFIG
-    args.cell = int(args.cell)
     try:
         run = load_run(args.run_spec)
     except (FileNotFoundError, SpecError) as exc:
         log.error("bad run spec %s: %s", args.run_spec, exc)
         return EXIT_BAD_CONFIG
-    torch.set_num_threads(int(args.threads) if args.threads else default_threads())
+    torch.set_num_threads(args.threads or default_threads())
     try:
         return run_cell(run, args)
     except Exception:
