@@ -1,5 +1,5 @@
 import pytest
-from lipizzaner_operator.topology import Grid, cell_seed
+from lipizzaner_operator.topology import Grid, cell_seed, neighbourhood_size
 
 
 def neighbour_set(grid: Grid, index: int) -> set[int]:
@@ -69,3 +69,12 @@ def test_every_cell_has_its_own_seed_and_seeds_are_stable():
     assert cell_seed(7, 3) == cell_seed(7, 3)
     assert cell_seed(7, 3) != cell_seed(8, 3)
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+@pytest.mark.parametrize("kind", ["von-neumann", "moore"])
+def test_neighbourhood_size_counts_distinct_cells_of_every_grid(kind):
+    for rows in range(1, 6):
+        for cols in range(1, 6):
+            grid = Grid(rows, cols, kind)
+            expected = {len(grid.neighbours(i)) + 1 for i in range(grid.size)}
+            assert expected == {neighbourhood_size(rows, cols, kind)}, (rows, cols)

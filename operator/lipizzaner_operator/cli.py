@@ -50,6 +50,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_crd(args: argparse.Namespace) -> int:
+    import yaml
+
+    from lipizzaner_operator.crd import crd_manifest
+
+    sys.stdout.write(yaml.safe_dump(crd_manifest(), sort_keys=False))
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     run = _load_or_report(args.manifest)
     if run is None:
@@ -209,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--output", required=True, metavar="OUT.png|OUT.npz")
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=cmd_sample)
+
+    crd = commands.add_parser(
+        "crd",
+        help="print the LipizzanerRun CustomResourceDefinition",
+        description="The CRD generated from the run-spec model (crds/lipizzanerruns.yaml is "
+        "this output): `lipizzaner crd | kubectl apply -f -`.",
+    )
+    crd.set_defaults(func=cmd_crd)
 
     classifier = commands.add_parser(
         "train-classifier",

@@ -14,8 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from lipizzaner_operator.topology import neighbourhood_size
+
 API_VERSION = "lipizzaner.io/v1alpha1"
 KIND = "LipizzanerRun"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$"
 
 
 class SpecModel(BaseModel):
@@ -26,10 +29,19 @@ class SpecModel(BaseModel):
     )
 
 
+MAX_CELLS = 1024
+
+
 class GridSpec(SpecModel):
     rows: int = Field(2, ge=1, le=64)
     cols: int = Field(2, ge=1, le=64)
     neighbourhood: Literal["von-neumann", "moore"] = "von-neumann"
+
+    @model_validator(mode="after")
+    def _bounded(self) -> GridSpec:
+        if self.rows * self.cols > MAX_CELLS:
+            raise ValueError(f"rows * cols: must be <= {MAX_CELLS}, got {self.rows * self.cols}")
+        return self
 
 
 class DatasetBase(SpecModel):
@@ -158,6 +170,11 @@ class OutputSpec(SpecModel):
     endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint; else AWS_ENDPOINT_URL or AWS's default"
     )
+    credentials_secret: str | None = Field(
+        None,
+        description="Kubernetes: a Secret whose keys (AWS_ACCESS_KEY_ID, ...) become the "
+        "cells' environment",
+    )
 
 
 class FailurePolicySpec(SpecModel):
@@ -169,6 +186,29 @@ class ExchangeSpec(SpecModel):
         60.0, ge=0, description="How long a starting cell waits for its neighbours' first states"
     )
     max_state_megabytes: int = Field(512, ge=1, description="Larger neighbour states are rejected")
+
+
+KubeObject = dict[str, Any]
+
+
+class CellTemplateSpec(SpecModel):
+    """Kubernetes only: how the operator shapes each cell's pod (ignored by local runs)."""
+
+    image: str | None = Field(None, description="default: the operator's configured cell image")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    resources: KubeObject = Field(
+        default_factory=lambda: {"limits": {"nvidia.com/gpu": 1}},
+        description="container resources; default a limit of one GPU",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[KubeObject] = Field(default_factory=list)
+    affinity: KubeObject | None = None
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    image_pull_secrets: list[KubeObject] = Field(default_factory=list)
+    env: list[KubeObject] = Field(default_factory=list)
+    volumes: list[KubeObject] = Field(default_factory=list)
+    volume_mounts: list[KubeObject] = Field(default_factory=list)
 
 
 class RunSpecBody(SpecModel):
@@ -185,9 +225,28 @@ class RunSpecBody(SpecModel):
     output: OutputSpec = Field(default_factory=OutputSpec)
     failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)
     exchange: ExchangeSpec = Field(default_factory=ExchangeSpec)
+    cell: CellTemplateSpec = Field(default_factory=CellTemplateSpec)
+    suspend: bool = Field(
+        False, strict=True, description="Kubernetes: true stops the cells, keeping checkpoints"
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Kubernetes: fail the run once it has run this long"
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Kubernetes: delete the finished run after this many seconds"
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunSpecBody:
+        grid = self.grid
+        pool = self.coevolution.population_size * neighbourhood_size(
+            grid.rows, grid.cols, grid.neighbourhood
+        )
+        if self.coevolution.tournament_size > pool:
+            raise ValueError(
+                "coevolution.tournamentSize: must be <= populationSize x neighbourhood size "
+                f"({pool}), got {self.coevolution.tournament_size}"
+            )
         if is_image_dataset(self.dataset):
             return self
         for part in ("generator", "discriminator"):
@@ -201,7 +260,9 @@ class RunSpecBody(SpecModel):
 
 class Metadata(SpecModel):
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+    # Starts with a letter and stays short: `<name>-cells` must be a valid Service name
+    # and `<name>-cell-<index>` a valid pod hostname.
+    name: str = Field(..., pattern=NAME_PATTERN)
     namespace: str | None = None
 
 

@@ -75,6 +75,17 @@ class Grid:
         return result
 
 
+def neighbourhood_size(rows: int, cols: int, neighbourhood: Neighbourhood) -> int:
+    """Distinct cells in a neighbourhood, the centre included (small tori wrap onto themselves).
+
+    The same arithmetic is the CRD's CEL rule on tournamentSize, so keep both in step.
+    """
+    vertical, horizontal = min(rows - 1, 2), min(cols - 1, 2)
+    if neighbourhood == "moore":
+        return (vertical + 1) * (horizontal + 1)
+    return 1 + vertical + horizontal
+
+
 def cell_seed(run_seed: int, index: int) -> int:
     """A distinct, well-mixed 63-bit seed per cell (the original gave every cell one seed)."""
     digest = hashlib.sha256(f"lipizzaner:{run_seed}:{index}".encode()).digest()

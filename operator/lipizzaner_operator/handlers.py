@@ -1,0 +1,169 @@
+"""kopf handlers: thin. Read the run and its pods, call `decide`, carry out what it says.
+
+One timer per run reconciles everything (children, restarts, suspend, deadline, TTL,
+completion), so an operator restarted mid-run resumes where it was. Handlers are
+registered into a registry passed in, so every test gets its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from lipizzaner_operator import storage
+from lipizzaner_operator.crd import GROUP, PLURAL, VERSION
+from lipizzaner_operator.ensemble import assemble_ensemble
+from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
+from lipizzaner_operator.reconcile import Decision, decide, fail, succeed, view_pod
+from lipizzaner_operator.render import (
+    CellDefaults,
+    cell_selector,
+    pod_name,
+    render_config_map,
+    render_pod,
+    render_service,
+)
+from lipizzaner_operator.spec import LipizzanerRun, SpecError, parse_run
+from lipizzaner_operator.status import RunStatus
+
+PREFIX = "lipizzaner.io"
+FINALIZER = f"{PREFIX}/finalizer"
+# Storage endpoints are process-wide fsspec settings: one assembly at a time.
+_ASSEMBLY_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    cell: CellDefaults = field(default_factory=CellDefaults)
+    reconcile_seconds: float = 5.0
+    status_timeout_seconds: float = 2.0
+
+
+def operator_settings() -> kopf.OperatorSettings:
+    """Our own finalizer and annotation names; events only for warnings and errors."""
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    return settings
+
+
+def output_problem(run: LipizzanerRun) -> str | None:
+    """The operator assembles the ensemble, so it must reach the output too."""
+    uri = run.output_uri()
+    if "://" in uri or uri.startswith("/"):
+        return None
+    return (
+        f"spec.output.uri: must be object storage (s3://, gs://, ...) or an absolute path on "
+        f"a shared volume, got {uri!r}: a relative path lives and dies inside each pod"
+    )
+
+
+def reconcile(
+    body: kopf.Body,
+    kube: KubeClient,
+    config: OperatorConfig,
+    logger: logging.Logger | kopf.Logger,
+) -> tuple[RunStatus, RunStatus]:
+    """One pass over one run; returns the (old, new) status."""
+    namespace = body["metadata"]["namespace"]
+    old = RunStatus.model_validate(body.get("status") or {})
+    now = datetime.now(UTC)
+    manifest = {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec")}
+    try:
+        run = parse_run(manifest)
+    except SpecError as exc:
+        return old, _invalid(old, "; ".join(exc.errors), now)
+    problem = output_problem(run)
+    if problem is not None:
+        return old, _invalid(old, problem, now)
+    if old.phase not in ("Succeeded", "Failed"):
+        _ensure_shared_children(body, run, namespace, kube, config)
+    pods = [view_pod(p) for p in kube.list_pods(namespace, cell_selector(run))]
+    views = {p.cell: p for p in pods}
+    progress = poll_cells(views, config.cell.grpc_port, config.status_timeout_seconds)
+    decision = decide(run, body["metadata"].get("generation"), old, views, progress, now)
+    _carry_out(body, run, namespace, decision, kube, config, logger)
+    if decision.assemble:
+        decision.status = _assemble(run, decision.status, now, logger)
+    for event in decision.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if decision.delete_run:
+        logger.info("deleting the finished run: spec.ttlSecondsAfterFinished has passed")
+        kube.delete_run(namespace, run.metadata.name)
+        return old, old  # nothing left to patch
+    return old, decision.status
+
+
+def _invalid(old: RunStatus, message: str, now: datetime) -> RunStatus:
+    return old if old.phase == "Failed" else fail(old, "InvalidSpec", message, now)
+
+
+def _ensure_shared_children(
+    body: kopf.Body, run: LipizzanerRun, namespace: str, kube: KubeClient, config: OperatorConfig
+) -> None:
+    for child in (render_config_map(run, namespace), render_service(run, namespace, config.cell)):
+        kopf.adopt(child, owner=body)
+        if child["kind"] == "ConfigMap":
+            kube.apply_config_map(child)
+        else:
+            kube.create(child)
+
+
+def _carry_out(
+    body: kopf.Body,
+    run: LipizzanerRun,
+    namespace: str,
+    decision: Decision,
+    kube: KubeClient,
+    config: OperatorConfig,
+    logger: logging.Logger | kopf.Logger,
+) -> None:
+    for index in decision.delete:
+        logger.info("deleting the pod of cell %d", index)
+        kube.delete_pod(namespace, pod_name(run, index))
+    restarts = {r.cell: r.restarts for r in decision.status.cell_records}
+    for index in decision.create:
+        pod = render_pod(run, namespace, index, restarts.get(index, 0), config.cell)
+        kopf.adopt(pod, owner=body)
+        kube.create(pod)
+
+
+def _assemble(
+    run: LipizzanerRun, status: RunStatus, now: datetime, logger: logging.Logger | kopf.Logger
+) -> RunStatus:
+    output = run.output_uri()
+    try:
+        with _ASSEMBLY_LOCK:
+            storage.configure_s3(run.spec.output.endpoint_url)
+            assemble_ensemble(run, output)
+    except Exception as exc:  # storage errors come in many types; all end the run the same way
+        logger.exception("assembling the ensemble failed")
+        return fail(status, "EnsembleFailed", f"assembling the ensemble failed: {exc}", now)
+    return succeed(status, storage.join(output, "ensemble"), now)
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(load_configuration())
+
+    @kopf.on.startup(registry=registry)
+    def connect(memo: kopf.Memo, **_: Any) -> None:
+        memo.kube = KubeClient.from_environment()
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.reconcile_seconds, registry=registry)
+    def reconcile_run(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    ) -> None:
+        old, new = reconcile(body, memo.kube, config, logger)
+        if new != old:
+            patch.status.update(new.to_patch())

@@ -1,0 +1,138 @@
+"""The operator's side effects: the Kubernetes API (official client) and the cells' GetStatus.
+
+Objects travel as plain camelCase dicts, the same shape `render` produces and tests read.
+Creating what exists and deleting what is gone are not errors: the reconciler is
+level-triggered and may repeat itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from lipizzaner_operator.crd import GROUP, PLURAL, VERSION
+from lipizzaner_operator.reconcile import CellProgress, PodView
+
+log = logging.getLogger(__name__)
+Manifest = dict[str, Any]
+
+
+def load_configuration() -> client.Configuration:
+    """In a pod: its service account; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except ConfigException:
+        # KUBECONFIG is read now, not when the kubernetes package was imported.
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
+    return configuration
+
+
+def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's own API connection, from the same configuration as our client's."""
+    token = configuration.api_key.get("authorization", "").removeprefix("Bearer ").strip()
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme="Bearer" if token else None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+class KubeClient:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_environment(cls) -> KubeClient:
+        return cls(client.ApiClient(load_configuration()))
+
+    def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        return json.loads(response.data)["items"]
+
+    def create(self, obj: Manifest) -> None:
+        """Create a Pod, Service or ConfigMap; one that already exists is left as it is."""
+        create = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "ConfigMap": self.core.create_namespaced_config_map,
+        }[obj["kind"]]
+        try:
+            create(obj["metadata"]["namespace"], obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def apply_config_map(self, obj: Manifest) -> None:
+        """Create the ConfigMap, or bring its data up to date (new pods read the new spec)."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        try:
+            current = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.create(obj)
+            return
+        if current.data != obj["data"]:
+            self.core.patch_namespaced_config_map(name, namespace, {"data": obj["data"]})
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def delete_run(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(ApiException):
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def cell_progress(address: str, timeout: float) -> CellProgress | None:
+    """A cell's GetStatus, or None while it cannot answer (starting, gone, partitioned)."""
+    from lipizzaner_cell.wire import cell_pb2, cell_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = cell_pb2_grpc.CellStub(channel).GetStatus(
+                cell_pb2.StatusRequest(), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            log.debug("no status from %s: %s", address, exc.code())
+            return None
+    return CellProgress(generation=status.generation, score=status.scores.get("mixture"))
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def poll_cells(pods: dict[int, PodView], port: int, timeout: float) -> dict[int, CellProgress]:
+    """GetStatus of every running cell pod, in parallel."""
+    running = {i: p.ip for i, p in pods.items() if p.phase == "Running" and p.ip}
+    if not running:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(running))) as pool:
+        answers = pool.map(lambda ip: cell_progress(_address(ip, port), timeout), running.values())
+        return {i: a for i, a in zip(running, answers, strict=True) if a is not None}

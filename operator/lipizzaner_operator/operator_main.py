@@ -1,0 +1,79 @@
+"""`lipizzaner-operator`: the kopf operator for LipizzanerRun, with our settings baked in."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import kopf
+
+from lipizzaner_operator import __version__
+from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
+from lipizzaner_operator.render import CellDefaults
+
+DEFAULTS = CellDefaults()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="lipizzaner-operator",
+        description="Watch LipizzanerRun objects and run their cells as pods (wraps `kopf run`). "
+        "Flags default to the LIPIZZANER_* variables named in their help.",
+    )
+    parser.add_argument("--version", action="version", version=f"lipizzaner {__version__}")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[n for n in env("LIPIZZANER_WATCH_NAMESPACES", "").split(",") if n],
+        help="watch only this namespace (repeatable) [LIPIZZANER_WATCH_NAMESPACES, "
+        "comma-separated; default: all namespaces]",
+    )
+    parser.add_argument(
+        "--liveness",
+        default=env("LIPIZZANER_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        help="liveness endpoint URL [LIPIZZANER_LIVENESS, default %(default)s]",
+    )
+    parser.add_argument(
+        "--cell-image",
+        default=env("LIPIZZANER_CELL_IMAGE", DEFAULTS.image),
+        help="image of runs that name none in spec.cell.image "
+        "[LIPIZZANER_CELL_IMAGE, default %(default)s]",
+    )
+    parser.add_argument(
+        "--reconcile-seconds",
+        type=float,
+        default=float(env("LIPIZZANER_RECONCILE_SECONDS", "5")),
+        help="how often each run is reconciled [LIPIZZANER_RECONCILE_SECONDS, default %(default)s]",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    registry = kopf.OperatorRegistry()
+    register(
+        registry,
+        OperatorConfig(
+            cell=CellDefaults(image=args.cell_image), reconcile_seconds=args.reconcile_seconds
+        ),
+    )
+    kopf.run(
+        registry=registry,
+        settings=operator_settings(),
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""The operator's decisions as one pure function: observed state in, actions and status out.
+
+`decide` is level-triggered: it needs only the run, its last status, the pods that exist
+now and the cells' reported progress, so an operator restarted mid-run simply carries on
+(existing pods are adopted, nothing is created twice). The kopf handlers do the I/O.
+
+Run phases: Pending (cells' pods not all running yet) -> Running -> Succeeded | Failed;
+Suspended while `spec.suspend` is true. Each cell keeps a record in the status (its phase,
+restarts, generation, score), which is how a pod that vanished is told from one never made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from lipizzaner_operator.spec import LipizzanerRun
+from lipizzaner_operator.status import (
+    CellCounts,
+    CellRecord,
+    EnsembleStatus,
+    GenerationRange,
+    RunStatus,
+    parse_timestamp,
+    timestamp,
+    with_conditions,
+)
+from lipizzaner_operator.topology import Grid
+
+EXIT_BAD_CONFIG = 2  # the cell's own exit code for a spec it cannot run
+# Waiting reasons that mean a pod will not start by itself.
+STUCK_REASONS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator needs to know of one cell pod."""
+
+    cell: int
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    deleting: bool = False
+    exit_code: int | None = None
+    problem: str = ""  # why it is not running: image pull, scheduling, ...
+    ip: str | None = None
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    """A cell's own report (its gRPC GetStatus)."""
+
+    generation: int
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: RunStatus
+    create: list[int] = field(default_factory=list)
+    delete: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    assemble: bool = False  # every cell succeeded: build the ensemble, then call `succeed`
+    delete_run: bool = False  # ttlSecondsAfterFinished has passed
+
+
+def view_pod(pod: dict[str, Any]) -> PodView:
+    """Read a pod object (camelCase JSON) into a PodView."""
+    meta, status = pod.get("metadata", {}), pod.get("status") or {}
+    cell = int(meta["labels"]["lipizzaner.io/cell"])
+    exit_code, problems = None, []
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if "terminated" in state:
+            exit_code = state["terminated"].get("exitCode")
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            problems.append(f"{waiting['reason']}: {waiting.get('message', '')}".strip(": "))
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            reason = condition.get("reason", "Unschedulable")
+            problems.append(f"{reason}: {condition.get('message', '')}".strip(": "))
+    return PodView(
+        cell=cell,
+        phase=status.get("phase", "Pending"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        exit_code=exit_code,
+        problem="; ".join(problems),
+        ip=status.get("podIP"),
+    )
+
+
+def _records(run: LipizzanerRun, status: RunStatus) -> dict[int, CellRecord]:
+    size = run.spec.grid.rows * run.spec.grid.cols
+    old = {r.cell: r for r in status.cell_records}
+    return {i: old[i].model_copy() if i in old else CellRecord(cell=i) for i in range(size)}
+
+
+def _position(run: LipizzanerRun, index: int) -> str:
+    row, col = Grid(run.spec.grid.rows, run.spec.grid.cols).position(index)
+    return f"cell {index} (row {row}, col {col})"
+
+
+def fail(status: RunStatus, reason: str, message: str, now: datetime) -> RunStatus:
+    status = status.model_copy(
+        update={"phase": "Failed", "message": message, "completion_time": timestamp(now)}
+    )
+    status.conditions = with_conditions(status, reason, message, now)
+    return status
+
+
+def succeed(status: RunStatus, ensemble_uri: str, now: datetime) -> RunStatus:
+    message = f"ensemble written to {ensemble_uri}"
+    status = status.model_copy(
+        update={
+            "phase": "Succeeded",
+            "message": message,
+            "ensemble": EnsembleStatus(uri=ensemble_uri),
+            "completion_time": timestamp(now),
+        }
+    )
+    status.conditions = with_conditions(status, "AllCellsSucceeded", message, now)
+    return status
+
+
+def _finished(run: LipizzanerRun, status: RunStatus, pods: dict[int, PodView], now: datetime):
+    """A finished run only stops leftover cells and, after its TTL, deletes itself."""
+    decision = Decision(status=status)
+    if status.phase == "Failed":
+        decision.delete = _live(pods)
+    ttl = run.spec.ttl_seconds_after_finished
+    if ttl is not None and status.completion_time is not None:
+        finished = parse_timestamp(status.completion_time)
+        decision.delete_run = now >= finished + timedelta(seconds=ttl)
+    return decision
+
+
+def _live(pods: dict[int, PodView]) -> list[int]:
+    """Cells whose pods still run (or could): what a failed run stops."""
+    return [i for i, p in pods.items() if not p.deleting and p.phase not in ("Failed", "Succeeded")]
+
+
+def _suspended(status: RunStatus, records, pods: dict[int, PodView], now: datetime) -> Decision:
+    """Stop every unfinished cell; their checkpoints stay, `suspend: false` resumes them."""
+    delete = []
+    for index, record in records.items():
+        if record.phase == "Succeeded":
+            continue
+        record.phase = "Suspended"
+        pod = pods.get(index)
+        if pod is not None and not pod.deleting:
+            delete.append(index)
+    status.phase, status.message = "Suspended", "spec.suspend is true"
+    status.start_time = None  # activeDeadlineSeconds counts from the resume, as for Jobs
+    return Decision(status=status, delete=delete)
+
+
+def decide(
+    run: LipizzanerRun,
+    generation: int | None,
+    old: RunStatus,
+    pods: dict[int, PodView],
+    progress: dict[int, CellProgress],
+    now: datetime,
+) -> Decision:
+    """What to do now, and the run's new status."""
+    status = old.model_copy(deep=True)
+    status.observed_generation = generation
+    status.grid = f"{run.spec.grid.rows}x{run.spec.grid.cols}"
+    if status.phase in ("Succeeded", "Failed"):
+        return _finished(run, status, pods, now)
+    records = _records(run, status)
+    if run.spec.suspend:
+        decision = _suspended(status, records, pods, now)
+        reason = "Suspended"
+    else:
+        decision = _active(run, status, records, pods, progress, now)
+        reason = "CellsProgressing"
+    status = decision.status
+    status.cell_records = [records[i] for i in sorted(records)]
+    status.cells = _counts(records.values())
+    generations = [r.generation for r in records.values()] or [0]
+    status.generation = GenerationRange(min=min(generations), max=max(generations))
+    scores = [r.score for r in records.values() if r.score is not None]
+    status.best_score = min(scores) if scores else None
+    if status.phase != "Failed":  # `fail` has set the conditions with its own reason
+        status.conditions = with_conditions(status, reason, status.message, now)
+    if status.phase != old.phase:
+        kind = "Warning" if status.phase == "Failed" else "Normal"
+        decision.events.append(Event(kind, status.phase, status.message or status.phase))
+    return decision
+
+
+def _active(
+    run: LipizzanerRun,
+    status: RunStatus,
+    records: dict[int, CellRecord],
+    pods: dict[int, PodView],
+    progress: dict[int, CellProgress],
+    now: datetime,
+) -> Decision:
+    decision = Decision(status=status)
+    limit = run.spec.failure_policy.max_restarts_per_cell
+    deadline = run.spec.active_deadline_seconds
+    if status.start_time is None:
+        status.start_time = timestamp(now)
+    elif deadline is not None and now >= parse_timestamp(status.start_time) + timedelta(
+        seconds=deadline
+    ):
+        decision.status = fail(
+            status,
+            "DeadlineExceeded",
+            f"the run took longer than spec.activeDeadlineSeconds ({deadline} s)",
+            now,
+        )
+        decision.delete = _live(pods)
+        return decision
+
+    def give_up(index: int, what: str) -> Decision:
+        decision.status = fail(
+            status,
+            "CellFailed",
+            f"{_position(run, index)} {what} after {records[index].restarts} restarts, the "
+            f"limit of spec.failurePolicy.maxRestartsPerCell ({limit})",
+            now,
+        )
+        decision.delete = _live(pods)
+        return decision
+
+    for index, record in records.items():
+        pod = pods.get(index)
+        if record.phase == "Succeeded":
+            continue
+        if pod is None:
+            if record.phase in ("Pending", "Running"):  # it existed and vanished
+                if record.restarts >= limit:
+                    return give_up(index, "lost its pod")
+                record.restarts += 1
+                decision.events.append(
+                    Event(
+                        "Warning",
+                        "CellPodLost",
+                        f"{_position(run, index)}: pod disappeared; recreating it to resume "
+                        f"from its checkpoint ({record.restarts}/{limit})",
+                    )
+                )
+            decision.create.append(index)
+            record.phase, record.message = "Pending", ""
+            continue
+        if pod.deleting:
+            continue
+        if pod.phase == "Succeeded":
+            record.phase, record.generation, record.message = "Succeeded", run.spec.generations, ""
+        elif pod.phase == "Failed":
+            if pod.exit_code == EXIT_BAD_CONFIG:
+                decision.status = fail(
+                    status,
+                    "BadConfiguration",
+                    f"{_position(run, index)} rejected its configuration (exit code 2); "
+                    f"see `kubectl logs {run.metadata.name}-cell-{index}`",
+                    now,
+                )
+                decision.delete = _live(pods)
+                return decision
+            if record.restarts >= limit:
+                return give_up(index, f"failed (exit code {pod.exit_code})")
+            record.restarts += 1
+            record.phase = "Restarting"
+            decision.delete.append(index)
+            decision.events.append(
+                Event(
+                    "Warning",
+                    "CellRestarted",
+                    f"{_position(run, index)} failed (exit code {pod.exit_code}); recreating "
+                    f"its pod to resume from its checkpoint ({record.restarts}/{limit})",
+                )
+            )
+        else:
+            record.phase = "Running" if pod.phase == "Running" else "Pending"
+            record.message = pod.problem
+        if index in progress and record.phase != "Succeeded":
+            record.generation = max(record.generation, progress[index].generation)
+        if index in progress and progress[index].score is not None:
+            record.score = progress[index].score
+
+    problems = [f"cell {i}: {r.message}" for i, r in records.items() if r.message]
+    if all(r.phase == "Succeeded" for r in records.values()):
+        decision.assemble = True
+        status.phase, status.message = "Running", "all cells succeeded; assembling the ensemble"
+    elif all(r.phase in ("Running", "Succeeded") for r in records.values()):
+        status.phase, status.message = "Running", ""
+    else:
+        status.phase = "Pending"
+        status.message = "; ".join(problems[:3]) or "waiting for cell pods to run"
+    return decision
+
+
+def _counts(records) -> CellCounts:
+    counts = CellCounts()
+    for record in records:
+        if record.phase in ("Running", "Succeeded", "Failed"):
+            key = record.phase.lower()
+        else:
+            key = "pending"
+        setattr(counts, key, getattr(counts, key) + 1)
+        counts.restarts += record.restarts
+    return counts

@@ -1,0 +1,182 @@
+"""Kubernetes objects of a run, as pure functions of the validated spec.
+
+A run owns: a ConfigMap `<run>-spec` holding the full manifest (defaults filled in), a
+headless Service `<run>-cells` (peers resolve `<run>-cell-<i>.<run>-cells.<ns>.svc`, also
+before they are ready), and one Pod `<run>-cell-<i>` per cell. Pods never restart in place
+(`restartPolicy: Never`): the operator recreates a failed pod under the same name, and the
+new container resumes from the cell's checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from lipizzaner_operator.spec import LipizzanerRun, dump_run
+from lipizzaner_operator.topology import Grid
+
+SPEC_FILE = "/etc/lipizzaner/run.yaml"
+RUN_LABEL, CELL_LABEL = "lipizzaner.io/run", "lipizzaner.io/cell"
+ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
+# Time for a cell to finish its batch and write a checkpoint after SIGTERM.
+TERMINATION_GRACE_SECONDS = 120
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CellDefaults:
+    """What the operator's installation decides, not the run: image and ports."""
+
+    image: str = "ghcr.io/lipizzaner-k8s/cell:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    grpc_port: int = 50051
+    metrics_port: int = 9090
+
+
+def config_map_name(run: LipizzanerRun) -> str:
+    return f"{run.metadata.name}-spec"
+
+
+def service_name(run: LipizzanerRun) -> str:
+    return f"{run.metadata.name}-cells"
+
+
+def pod_name(run: LipizzanerRun, index: int) -> str:
+    return f"{run.metadata.name}-cell-{index}"
+
+
+def run_labels(run: LipizzanerRun, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "lipizzaner",
+        "app.kubernetes.io/instance": run.metadata.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "lipizzaner-operator",
+        RUN_LABEL: run.metadata.name,
+    }
+
+
+def cell_selector(run: LipizzanerRun) -> str:
+    """The label selector of a run's cell pods."""
+    return f"{RUN_LABEL}={run.metadata.name},app.kubernetes.io/component=cell"
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str]) -> Manifest:
+    return {"name": name, "namespace": namespace, "labels": labels}
+
+
+def render_config_map(run: LipizzanerRun, namespace: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(config_map_name(run), namespace, run_labels(run, "spec")),
+        "data": {"run.yaml": yaml.safe_dump(dump_run(run), sort_keys=False)},
+    }
+
+
+def _ports(defaults: CellDefaults) -> list[tuple[str, int]]:
+    return [("grpc", defaults.grpc_port), ("metrics", defaults.metrics_port)]
+
+
+def render_service(run: LipizzanerRun, namespace: str, defaults: CellDefaults) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(service_name(run), namespace, run_labels(run, "cell")),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {RUN_LABEL: run.metadata.name, "app.kubernetes.io/component": "cell"},
+            "ports": [
+                {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
+                for name, port in _ports(defaults)
+            ],
+        },
+    }
+
+
+def _cell_env(
+    run: LipizzanerRun, namespace: str, index: int, restarts: int, defaults: CellDefaults
+) -> list[Manifest]:
+    peers = f"{{run}}-cell-{{index}}.{service_name(run)}.{namespace}.svc:{{port}}"
+    values = {
+        "LIPIZZANER_RUN_SPEC": SPEC_FILE,
+        "LIPIZZANER_CELL": str(index),
+        "LIPIZZANER_PEER_TEMPLATE": peers,
+        "LIPIZZANER_GRPC_PORT": str(defaults.grpc_port),
+        "LIPIZZANER_PORT_STRIDE": "0",
+        "LIPIZZANER_RESTARTS": str(restarts),
+    }
+    return [{"name": k, "value": v} for k, v in values.items()] + list(run.spec.cell.env)
+
+
+def render_pod(
+    run: LipizzanerRun, namespace: str, index: int, restarts: int, defaults: CellDefaults
+) -> Manifest:
+    """The pod of one cell; `restarts` is how often it was recreated (shown in its status)."""
+    template = run.spec.cell
+    grid = Grid(run.spec.grid.rows, run.spec.grid.cols, run.spec.grid.neighbourhood)
+    row, col = grid.position(index)
+    name = pod_name(run, index)
+    labels = {
+        **run_labels(run, "cell"),
+        CELL_LABEL: str(index),
+        ROW_LABEL: str(row),
+        COL_LABEL: str(col),
+    }
+    container: Manifest = {
+        "name": "cell",
+        "image": template.image or defaults.image,
+        "imagePullPolicy": template.image_pull_policy or defaults.image_pull_policy,
+        "command": ["lipizzaner-cell"],
+        "env": _cell_env(run, namespace, index, restarts, defaults),
+        "ports": [
+            {"name": port_name, "containerPort": port, "protocol": "TCP"}
+            for port_name, port in _ports(defaults)
+        ],
+        "readinessProbe": {
+            "grpc": {"port": defaults.grpc_port},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": template.resources,
+        "volumeMounts": [
+            {"name": "run-spec", "mountPath": SPEC_FILE.rsplit("/", 1)[0], "readOnly": True},
+            *template.volume_mounts,
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if run.spec.output.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": run.spec.output.credentials_secret}}]
+    pod_spec: Manifest = {
+        "hostname": name,
+        "subdomain": service_name(run),
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [
+            {"name": "run-spec", "configMap": {"name": config_map_name(run)}},
+            *template.volumes,
+        ],
+    }
+    optional = {
+        "nodeSelector": template.node_selector,
+        "tolerations": template.tolerations,
+        "affinity": template.affinity,
+        "priorityClassName": template.priority_class_name,
+        "serviceAccountName": template.service_account_name,
+        "imagePullSecrets": template.image_pull_secrets,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(name, namespace, labels),
+        "spec": pod_spec,
+    }

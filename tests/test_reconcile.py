@@ -1,0 +1,199 @@
+"""The operator's pure decision function: phases, restarts, suspend, deadline, TTL."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+
+from conftest import TINY_RING
+from lipizzaner_operator.reconcile import CellProgress, PodView, decide, succeed, view_pod
+from lipizzaner_operator.spec import parse_run
+from lipizzaner_operator.status import RunStatus
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def make_run(**spec):
+    manifest = copy.deepcopy(TINY_RING)
+    manifest["spec"].update(spec)
+    return parse_run(manifest)
+
+
+def pods(phase="Running"):
+    return {i: PodView(cell=i, phase=phase, ip=f"10.0.0.{i}") for i in range(4)}
+
+
+def step(run, status, live, progress=None, now=T0):
+    return decide(run, 1, status, live, progress or {}, now)
+
+
+def condition(status, kind):
+    return next(c for c in status.conditions if c.type == kind)
+
+
+def test_a_new_run_creates_every_cell_and_waits():
+    decision = step(make_run(), RunStatus(), {})
+    assert decision.create == [0, 1, 2, 3]
+    status = decision.status
+    assert (status.phase, status.grid, status.cells.pending) == ("Pending", "2x2", 4)
+    assert status.start_time == "2026-11-24T12:00:00Z"
+    assert condition(status, "Running").status == "False"
+
+
+def test_running_cells_report_generations_and_the_best_score():
+    run = make_run()
+    status = step(run, RunStatus(), {}).status
+    progress = {0: CellProgress(3, 0.9), 1: CellProgress(1, 0.4), 2: CellProgress(2)}
+    decision = step(run, status, pods(), progress, T0 + timedelta(seconds=5))
+    status = decision.status
+    assert (status.phase, status.cells.running) == ("Running", 4)
+    assert (status.generation.min, status.generation.max) == (0, 3)
+    assert status.best_score == 0.4
+    assert condition(status, "Running").status == "True"
+    assert decision.create == [] and decision.delete == []
+    assert [e.reason for e in decision.events] == ["Running"]
+
+
+def test_a_failed_cell_is_recreated_with_an_event_and_counted_once():
+    run = make_run()
+    status = step(run, RunStatus(), {}).status
+    failed = pods()
+    failed[2] = PodView(cell=2, phase="Failed", exit_code=1)
+    decision = step(run, status, failed)
+    assert decision.delete == [2] and decision.create == []
+    assert decision.status.cell_records[2].phase == "Restarting"
+    assert decision.status.cells.restarts == 1
+    assert [e.reason for e in decision.events] == ["CellRestarted"]
+    assert "cell 2 (row 1, col 0)" in decision.events[0].message
+    # The pod is gone next time: it is created again, and not counted a second time.
+    gone = {i: p for i, p in pods().items() if i != 2}
+    decision = step(run, decision.status, gone)
+    assert decision.create == [2]
+    assert decision.status.cells.restarts == 1
+
+
+def test_past_the_restart_limit_the_run_fails_naming_the_cell():
+    run = make_run(failurePolicy={"maxRestartsPerCell": 1})
+    status = step(run, RunStatus(), {}).status
+    status.cell_records[3].restarts = 1
+    live = pods()
+    live[3] = PodView(cell=3, phase="Failed", exit_code=137)
+    decision = step(run, status, live)
+    status = decision.status
+    assert status.phase == "Failed"
+    assert "cell 3 (row 1, col 1) failed (exit code 137) after 1 restarts" in status.message
+    assert "maxRestartsPerCell" in status.message
+    assert condition(status, "Failed").status == "True"
+    assert condition(status, "Failed").reason == "CellFailed"
+    assert status.completion_time is not None
+    assert sorted(decision.delete) == [0, 1, 2]  # the others stop and free their GPUs
+    assert [e.type for e in decision.events] == ["Warning"]
+
+
+def test_bad_configuration_fails_at_once():
+    run = make_run()
+    status = step(run, RunStatus(), {}).status
+    live = pods()
+    live[0] = PodView(cell=0, phase="Failed", exit_code=2)
+    status = step(run, status, live).status
+    assert (status.phase, condition(status, "Failed").reason) == ("Failed", "BadConfiguration")
+    assert "kubectl logs tiny-cell-0" in status.message
+
+
+def test_a_vanished_pod_is_recreated_and_counted():
+    run = make_run()
+    status = step(run, step(run, RunStatus(), {}).status, pods()).status
+    decision = step(run, status, {i: p for i, p in pods().items() if i != 1})
+    assert decision.create == [1]
+    assert decision.status.cell_records[1].restarts == 1
+    assert [e.reason for e in decision.events] == ["CellPodLost", "Pending"]
+
+
+def test_scheduling_and_image_problems_reach_the_run_message():
+    pod = {
+        "metadata": {"name": "tiny-cell-1", "labels": {"lipizzaner.io/cell": "1"}},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}
+            ],
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes have nvidia.com/gpu",
+                }
+            ],
+        },
+    }
+    view = view_pod(pod)
+    assert view.cell == 1 and view.phase == "Pending"
+    run = make_run()
+    live = {**pods(), 1: view}
+    status = step(run, step(run, RunStatus(), {}).status, live).status
+    assert status.phase == "Pending"
+    assert "cell 1: ImagePullBackOff: not found" in status.message
+    assert "Unschedulable: 0/3 nodes have nvidia.com/gpu" in status.message
+
+
+def test_all_cells_succeeded_asks_for_the_ensemble():
+    run = make_run()
+    status = step(run, RunStatus(), {}).status
+    decision = step(run, status, pods("Succeeded"))
+    assert decision.assemble
+    assert decision.status.generation.min == run.spec.generations
+    done = succeed(decision.status, "s3://b/runs/tiny/ensemble", T0)
+    assert done.phase == "Succeeded" and done.ensemble.uri == "s3://b/runs/tiny/ensemble"
+    assert condition(done, "Succeeded").status == "True"
+    assert condition(done, "Running").status == "False"
+    # A finished run does nothing more.
+    after = step(run, done, pods("Succeeded"))
+    assert (after.create, after.delete, after.assemble) == ([], [], False)
+
+
+def test_suspend_stops_the_cells_and_resume_recreates_them_without_restarts():
+    running = make_run()
+    status = step(running, step(running, RunStatus(), {}).status, pods()).status
+    suspended = make_run(suspend=True)
+    decision = step(suspended, status, pods())
+    assert sorted(decision.delete) == [0, 1, 2, 3]
+    assert decision.status.phase == "Suspended"
+    assert condition(decision.status, "Suspended").status == "True"
+    status = step(suspended, decision.status, {}).status  # pods gone
+    decision = step(running, status, {})
+    assert decision.create == [0, 1, 2, 3]
+    assert decision.status.cells.restarts == 0
+    assert decision.status.phase == "Pending"
+
+
+def test_the_active_deadline_fails_an_overdue_run():
+    run = make_run(activeDeadlineSeconds=60)
+    status = step(run, RunStatus(), {}).status
+    assert step(run, status, pods(), now=T0 + timedelta(seconds=59)).status.phase == "Running"
+    decision = step(run, status, pods(), now=T0 + timedelta(seconds=61))
+    assert decision.status.phase == "Failed"
+    assert condition(decision.status, "Failed").reason == "DeadlineExceeded"
+    assert sorted(decision.delete) == [0, 1, 2, 3]
+
+
+def test_a_finished_run_is_deleted_after_its_ttl():
+    run = make_run(ttlSecondsAfterFinished=30)
+    done = succeed(step(run, RunStatus(), {}).status, "file:///out/ensemble", T0)
+    assert not step(run, done, {}, now=T0 + timedelta(seconds=29)).delete_run
+    assert step(run, done, {}, now=T0 + timedelta(seconds=30)).delete_run
+    assert not step(make_run(), done, {}, now=T0 + timedelta(days=9)).delete_run
+
+
+def test_condition_times_change_only_when_a_condition_flips():
+    run = make_run()
+    first = step(run, RunStatus(), {}).status
+    later = step(
+        run,
+        first,
+        {i: PodView(cell=i, phase="Pending") for i in range(4)},
+        now=T0 + timedelta(seconds=30),
+    ).status
+    assert condition(later, "Running").last_transition_time == "2026-11-24T12:00:00Z"
+    running = step(run, later, pods(), now=T0 + timedelta(seconds=60)).status
+    assert condition(running, "Running").last_transition_time == "2026-11-24T12:01:00Z"

@@ -1,0 +1,135 @@
+"""Rendering is pure: golden manifests, Kubernetes 1.30 schema validation, passthrough."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import TINY_RING
+from lipizzaner_operator.render import (
+    CellDefaults,
+    cell_selector,
+    render_config_map,
+    render_pod,
+    render_service,
+)
+from lipizzaner_operator.spec import load_run, parse_run
+
+GOLDEN = Path(__file__).parent / "golden"
+DEFAULTS = CellDefaults(image="registry.example/lipizzaner-cell:1.0")
+
+
+def full_run():
+    """A 2x3 run using every passthrough field."""
+    manifest = copy.deepcopy(TINY_RING)
+    manifest["metadata"]["name"] = "mnist-grid"
+    manifest["spec"]["grid"] = {"rows": 2, "cols": 3}
+    manifest["spec"]["output"] = {
+        "uri": "s3://bucket/runs/{name}",
+        "endpointUrl": "http://minio.storage:9000",
+        "credentialsSecret": "s3-credentials",
+    }
+    manifest["spec"]["cell"] = {
+        "image": "registry.example/lipizzaner-cell:gpu",
+        "imagePullPolicy": "Always",
+        "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "8Gi"}},
+        "nodeSelector": {"gpu": "h100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                    ]
+                }
+            }
+        },
+        "priorityClassName": "training",
+        "serviceAccountName": "lipizzaner-cell",
+        "imagePullSecrets": [{"name": "registry"}],
+        "env": [{"name": "TORCH_CUDNN_V8_API_ENABLED", "value": "1"}],
+        "volumes": [{"name": "mnist", "persistentVolumeClaim": {"claimName": "mnist-data"}}],
+        "volumeMounts": [{"name": "mnist", "mountPath": "/data", "readOnly": True}],
+    }
+    return parse_run(manifest)
+
+
+def rendered(run, namespace="ml"):
+    return {
+        "configmap": render_config_map(run, namespace),
+        "service": render_service(run, namespace, DEFAULTS),
+        "pod-4": render_pod(run, namespace, 4, restarts=2, defaults=DEFAULTS),
+    }
+
+
+@pytest.mark.parametrize("kind", ["configmap", "service", "pod-4"])
+def test_rendered_objects_match_their_golden_files(kind):
+    obj = rendered(full_run())[kind]
+    golden = GOLDEN / f"{kind}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(yaml.safe_dump(obj, sort_keys=False))
+    assert obj == yaml.safe_load(golden.read_text()), f"UPDATE_GOLDEN=1 rewrites {golden}"
+
+
+def all_runs():
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    return [full_run(), parse_run(copy.deepcopy(TINY_RING)), *map(load_run, examples)]
+
+
+@pytest.mark.parametrize("run", all_runs(), ids=lambda r: r.metadata.name)
+def test_every_rendered_object_is_valid_for_kubernetes_1_30(run):
+    objects = [
+        render_config_map(run, "ml"),
+        render_service(run, "ml", DEFAULTS),
+        *(render_pod(run, "ml", i, 0, DEFAULTS) for i in range(run.spec.grid.rows)),
+    ]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.30.0", strict=True)
+
+
+def test_cells_find_each_other_through_the_headless_service():
+    run = full_run()
+    service = render_service(run, "ml", DEFAULTS)
+    assert service["metadata"]["name"] == "mnist-grid-cells"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    pod = render_pod(run, "ml", 4, 0, DEFAULTS)
+    assert pod["spec"]["hostname"] == "mnist-grid-cell-4"
+    assert pod["spec"]["subdomain"] == "mnist-grid-cells"
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    template = env["LIPIZZANER_PEER_TEMPLATE"]
+    address = template.format(run="mnist-grid", index=1, port=50051)
+    assert address == "mnist-grid-cell-1.mnist-grid-cells.ml.svc:50051"
+    assert (env["LIPIZZANER_CELL"], env["LIPIZZANER_PORT_STRIDE"]) == ("4", "0")
+    # The selector matches the pods' labels, and cell_selector picks them out.
+    labels = pod["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    for term in cell_selector(run).split(","):
+        key, value = term.split("=")
+        assert labels[key] == value
+
+
+def test_labels_name_the_cell_and_its_position():
+    labels = render_pod(full_run(), "ml", 4, 0, DEFAULTS)["metadata"]["labels"]
+    assert labels["lipizzaner.io/cell"] == "4"
+    assert (labels["lipizzaner.io/row"], labels["lipizzaner.io/col"]) == ("1", "1")
+    assert labels["app.kubernetes.io/managed-by"] == "lipizzaner-operator"
+
+
+def test_defaults_give_one_gpu_and_the_operators_image():
+    run = parse_run(copy.deepcopy(TINY_RING))
+    container = render_pod(run, "default", 0, 0, DEFAULTS)["spec"]["containers"][0]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert container["image"] == DEFAULTS.image
+    assert "envFrom" not in container
+    assert container["readinessProbe"]["grpc"] == {"port": DEFAULTS.grpc_port}
+
+
+def test_the_config_map_holds_the_whole_run_with_defaults():
+    run = full_run()
+    data = render_config_map(run, "ml")["data"]["run.yaml"]
+    assert parse_run(yaml.safe_load(data)) == run
