@@ -98,8 +98,9 @@ class LabEmulator(kmock.KubernetesEmulator):
     def _stamp_update(self, request: kmock.Request) -> None:
         version = self._next_version()
         key = (request.resource, request.namespace, request.name)
-        current = self.objects.get(key)
-        generation = (current or {}).get("metadata", {}).get("generation", 1)
+        generation = 1
+        if key in self.objects and not self.objects[key].deleted:
+            generation = self.objects[key].get("metadata", {}).get("generation", 1)
         if isinstance(request.data, dict):
             touches_spec = "spec" in request.data and request.subresource != "status"
             meta = request.data.setdefault("metadata", {})

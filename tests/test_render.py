@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import os
 from pathlib import Path
 
@@ -133,3 +135,14 @@ def test_the_config_map_holds_the_whole_run_with_defaults():
     run = full_run()
     data = render_config_map(run, "ml")["data"]["run.yaml"]
     assert parse_run(yaml.safe_load(data)) == run
+
+
+def test_the_operator_imports_no_torch():
+    """The operator image has no torch: everything it runs must import without it."""
+    code = (
+        "import sys\n"
+        "import lipizzaner_operator.operator_main, lipizzaner_operator.kube\n"
+        "import lipizzaner_cell.wire.cell_pb2_grpc\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

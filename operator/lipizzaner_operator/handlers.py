@@ -160,7 +160,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     def connect(memo: kopf.Memo, **_: Any) -> None:
         memo.kube = KubeClient.from_environment()
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.reconcile_seconds, registry=registry)
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=config.reconcile_seconds,
+        backoff=config.reconcile_seconds,  # after an API error, retry at the usual pace
+        registry=registry,
+    )
     def reconcile_run(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
     ) -> None:

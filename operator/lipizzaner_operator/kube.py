@@ -72,14 +72,18 @@ class KubeClient:
         return json.loads(response.data)["items"]
 
     def create(self, obj: Manifest) -> None:
-        """Create a Pod, Service or ConfigMap; one that already exists is left as it is."""
+        """Create a Pod, Service or ConfigMap; one that already exists is left as it is.
+
+        Responses stay unparsed: we never read them, and the client's models reject
+        objects that other controllers filled in only partly.
+        """
         create = {
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
         }[obj["kind"]]
         try:
-            create(obj["metadata"]["namespace"], obj)
+            create(obj["metadata"]["namespace"], obj, _preload_content=False)
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -95,11 +99,13 @@ class KubeClient:
             self.create(obj)
             return
         if current.data != obj["data"]:
-            self.core.patch_namespaced_config_map(name, namespace, {"data": obj["data"]})
+            self.core.patch_namespaced_config_map(
+                name, namespace, {"data": obj["data"]}, _preload_content=False
+            )
 
     def delete_pod(self, namespace: str, name: str) -> None:
         try:
-            self.core.delete_namespaced_pod(name, namespace)
+            self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
                 raise
