@@ -6,7 +6,9 @@
 - LIST returns the current resourceVersion and WATCH sends only newer changes (kmock
   replays every object on every WATCH);
 - label selectors (`a=b`, `a`, `a!=b`) filter LIST and WATCH (kmock ignores them);
-- spec changes bump `metadata.generation`.
+- spec changes bump `metadata.generation`;
+- `/api/v1/namespaces[/NAME]` parses as the Namespace resource (kmock's path parser takes
+  `namespaces` for a namespace segment and crashes), so kopf can watch named namespaces.
 The emulator runs on its own event loop in a thread, so tests and kopf's runner (another
 thread) talk to it over real HTTP, like to an API server.
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 import jsonpatch
 import kmock
+import kmock._internal.parsing
 import yaml
 
 # resource: (kind, subresources, namespaced); kopf waits until namespaces and CRDs are
@@ -36,6 +39,20 @@ RESOURCES = {
     "v1/events": ("Event", set(), True),
     "lipizzaner.io/v1alpha1/lipizzanerruns": ("LipizzanerRun", {"status"}, True),
 }
+
+
+_parse_path = kmock._internal.parsing.parse_path
+
+
+def _parse_path_with_namespaces(path: str) -> Any:
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        name = parts[3] if len(parts) == 4 else None
+        return kmock._internal.parsing.ParsedPath("", "v1", "namespaces", None, name, None)
+    return _parse_path(path)
+
+
+kmock._internal.parsing.parse_path = _parse_path_with_namespaces
 
 
 def matches(labels: dict[str, str], selector: str) -> bool:

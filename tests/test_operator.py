@@ -53,10 +53,10 @@ class Cluster:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
-    def create_run(self, manifest: dict) -> None:
+    def create_run(self, manifest: dict, namespace: str = NAMESPACE) -> None:
         manifest = copy.deepcopy(manifest)
-        manifest["metadata"]["namespace"] = NAMESPACE
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, manifest)
+        manifest["metadata"]["namespace"] = namespace
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
 
     def run(self, name: str) -> dict | None:
         for obj in self.lab.objects(PLURAL):
@@ -99,7 +99,7 @@ def cluster(lab: KubeLab) -> Cluster:
 
 
 @contextmanager
-def operator(grpc_port: int = 50051) -> Iterator[KopfRunner]:
+def operator(grpc_port: int = 50051, namespaces: tuple[str, ...] = ()) -> Iterator[KopfRunner]:
     """The real operator: kopf's CLI and event loop, our handlers in a fresh registry."""
     registry = kopf.OperatorRegistry()
     register(
@@ -110,7 +110,8 @@ def operator(grpc_port: int = 50051) -> Iterator[KopfRunner]:
             status_timeout_seconds=1.0,
         ),
     )
-    args = ["run", "--all-namespaces", "--standalone"]
+    scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
+    args = ["run", *scope, "--standalone"]
     with KopfRunner(args, registry=registry, settings=operator_settings(), timeout=30) as runner:
         yield runner
 
@@ -283,3 +284,37 @@ def test_an_invalid_run_fails_with_the_field_named(cluster, tmp_path):
     assert status["message"].startswith("spec.output.uri: must be object storage")
     assert condition(status, "Failed")["reason"] == "InvalidSpec"
     assert cluster.pods() == {}
+
+
+def test_a_failed_run_is_deleted_after_its_ttl(cluster, tmp_path):
+    with operator():
+        cluster.create_run(manifest(tmp_path, ttlSecondsAfterFinished=0))
+        wait_for("pods", lambda: len(cluster.pods()) == 2)
+        cluster.set_pod_status("demo-cell-1", terminated("Failed", 2))
+        wait_for("the run to be gone", lambda: cluster.run("demo") is None)
+
+
+def test_a_namespaced_operator_leaves_other_namespaces_alone(cluster, tmp_path):
+    for namespace in ("lab", "elsewhere"):
+        cluster.core.create_namespace({"metadata": {"name": namespace}}, _preload_content=False)
+    with operator(namespaces=("lab",)):
+        cluster.create_run(manifest(tmp_path, name="theirs"), namespace="elsewhere")
+        cluster.create_run(manifest(tmp_path, name="ours"))
+        wait_for("our pods", lambda: len(cluster.pods()) == 2)
+        wait_for("our status", lambda: cluster.status("ours").get("phase") == "Pending")
+    assert {p["metadata"]["namespace"] for p in cluster.pods().values()} == {"lab"}
+    assert cluster.status("theirs") == {}
+
+
+def test_operator_flags_default_to_their_environment_variables(monkeypatch, capsys):
+    from lipizzaner_operator.operator_main import build_parser
+
+    assert build_parser().parse_args([]).namespace == []  # all namespaces
+    monkeypatch.setenv("LIPIZZANER_WATCH_NAMESPACES", "team-a,team-b")
+    monkeypatch.setenv("LIPIZZANER_RECONCILE_SECONDS", "2.5")
+    args = build_parser().parse_args([])
+    assert (args.namespace, args.reconcile_seconds) == (["team-a", "team-b"], 2.5)
+    assert args.liveness == "http://0.0.0.0:8080/healthz"
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--help"])
+    assert done.value.code == 0 and "LIPIZZANER_CELL_IMAGE" in capsys.readouterr().out
