@@ -26,6 +26,7 @@ from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_operator import storage
 from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
 from lipizzaner_operator.local_launcher import free_port_block
+from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.render import CellDefaults
 from lipizzaner_operator.spec import parse_run
 
@@ -99,9 +100,10 @@ def cluster(lab: KubeLab) -> Cluster:
 
 
 @contextmanager
-def operator(grpc_port: int = 50051, namespaces: tuple[str, ...] = ()) -> Iterator[KopfRunner]:
+def operator(grpc_port: int = 50051, namespaces: tuple[str, ...] = ()) -> Iterator[OperatorMetrics]:
     """The real operator: kopf's CLI and event loop, our handlers in a fresh registry."""
     registry = kopf.OperatorRegistry()
+    metrics = OperatorMetrics(lambda: [])
     register(
         registry,
         OperatorConfig(
@@ -109,11 +111,12 @@ def operator(grpc_port: int = 50051, namespaces: tuple[str, ...] = ()) -> Iterat
             reconcile_seconds=0.2,
             status_timeout_seconds=1.0,
         ),
+        metrics,
     )
     scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
     args = ["run", *scope, "--standalone"]
-    with KopfRunner(args, registry=registry, settings=operator_settings(), timeout=30) as runner:
-        yield runner
+    with KopfRunner(args, registry=registry, settings=operator_settings(), timeout=30):
+        yield metrics
 
 
 def manifest(tmp_path: Path, name: str = "demo", **spec: Any) -> dict:
@@ -201,7 +204,7 @@ def test_a_run_goes_from_creation_to_an_assembled_ensemble(cluster, tmp_path):
 
 
 def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, tmp_path):
-    with operator():
+    with operator() as metrics:
         cluster.create_run(manifest(tmp_path, failurePolicy={"maxRestartsPerCell": 1}))
         first = wait_for("pods", lambda: len(cluster.pods()) == 2 and cluster.pods())
         old_uid = first[0]["metadata"]["uid"]
@@ -213,6 +216,8 @@ def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, 
         env = {e["name"]: e["value"] for e in replaced["spec"]["containers"][0]["env"]}
         assert env["LIPIZZANER_RESTARTS"] == "1"
         wait_for("restart count", lambda: cluster.status("demo")["cells"]["restarts"] == 1)
+        assert metrics.registry.get_sample_value("lipizzaner_operator_cell_restarts_total") == 1
+        assert metrics.registry.get_sample_value("lipizzaner_operator_pod_creations_total") == 3
         wait_for(
             "a CellRestarted event",
             lambda: any(e.get("reason") == "CellRestarted" for e in cluster.events()),

@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ from lipizzaner_operator.topology import Grid
 from lipizzaner_cell.checkpoint import restore_latest, save_checkpoint
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.engine import CellEngine, GenerationReport
+from lipizzaner_cell.metrics import CellMetrics
 from lipizzaner_cell.results import finish_cell
 from lipizzaner_cell.selection import best
 from lipizzaner_cell.wire import cell_pb2
@@ -93,6 +96,13 @@ class CellStatusBoard:
         )
 
 
+def checkpoint(engine: CellEngine, cell_uri: str, keep: int, metrics: CellMetrics | None) -> None:
+    started = time.perf_counter()
+    save_checkpoint(engine, cell_uri, keep)
+    if metrics is not None:
+        metrics.checkpoint.observe(time.perf_counter() - started)
+
+
 def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
     spec = run.spec
     grid = Grid(spec.grid.rows, spec.grid.cols, spec.grid.neighbourhood)
@@ -103,6 +113,11 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
     output = args.output or run.output_uri()
     cell_uri = storage.join(output, "cells", str(args.cell))
     status = CellStatusBoard(args.cell, spec.generations, args.restarts)
+    metrics = None
+    if args.metrics_port is not None:
+        row, col = grid.position(args.cell)
+        metrics = CellMetrics(run.metadata.name, args.cell, row, col, args.restarts)
+        metrics.serve(args.metrics_port + args.port_stride * args.cell, args.listen_host)
     board = CentreBoard()
     server, _ = start_server(
         CellService(board, lambda: status.message),
@@ -114,7 +129,9 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
     neighbourhood = None
     try:
         dataset = load_dataset(spec.dataset, spec.seed)
-        neighbours = [n.index for n in grid.neighbours(args.cell)]
+        neighbours = grid.neighbours(args.cell)
+        if metrics is not None:
+            metrics.prepare_directions([n.direction for n in neighbours])
         # The provider is filled in below, once the engine knows its architectures.
         neighbourhood = GrpcNeighbourhood(board, {})
         engine = CellEngine(run, args.cell, neighbourhood, dataset)
@@ -122,14 +139,19 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
         generator = architecture_of(best(engine.generators).net.state_dict())
         discriminator = architecture_of(best(engine.discriminators).net.state_dict())
         neighbourhood.pullers = {
-            n: NeighbourPuller(
-                n,
+            n.index: NeighbourPuller(
+                n.index,
                 peer_address(
-                    args.peer_template, run.metadata.name, n, args.grpc_port_base, args.port_stride
+                    args.peer_template,
+                    run.metadata.name,
+                    n.index,
+                    args.grpc_port_base,
+                    args.port_stride,
                 ),
                 generator,
                 discriminator,
                 policy,
+                on_pull=None if metrics is None else partial(metrics.record_pull, n.direction),
             )
             for n in neighbours
         }
@@ -147,13 +169,19 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
                 missing,
             )
         status.update(phase=Phase.TRAINING, generation=engine.generation)
+        score_name = engine.scorer.objective_name if engine.scorer else None
         while engine.generation < spec.generations and not stop.is_set():
+            started = time.perf_counter()
             report = engine.step(should_stop=stop.is_set)
             status.report(engine, report, neighbourhood)
+            if metrics is not None:
+                metrics.record_generation(
+                    report, time.perf_counter() - started, score_name, engine.mixture_weights
+                )
             if report.generation % spec.checkpoint.every == 0 or (
                 report.generation == spec.generations
             ):
-                save_checkpoint(engine, cell_uri, spec.checkpoint.keep)
+                checkpoint(engine, cell_uri, spec.checkpoint.keep, metrics)
             log.info(
                 "cell %d generation %d/%d: G %.4f D %.4f%s",
                 args.cell,
@@ -164,7 +192,7 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
                 "" if report.mixture_score is None else f" score {report.mixture_score:.4f}",
             )
         if stop.is_set():
-            save_checkpoint(engine, cell_uri, spec.checkpoint.keep)
+            checkpoint(engine, cell_uri, spec.checkpoint.keep, metrics)
             log.info(
                 "cell %d stopped by SIGTERM at generation %d, checkpoint written",
                 args.cell,
@@ -203,6 +231,13 @@ FLAGS: list[tuple[str, str, type, str | None, str]] = [
         int,
         "0",
         "cell i listens on base + stride * i: 1 on one machine, 0 in pods",
+    ),
+    (
+        "--metrics-port",
+        "LIPIZZANER_METRICS_PORT",
+        int,
+        None,
+        "serve /metrics on this port (+ stride * cell, like gRPC); default: no metrics",
     ),
     ("--listen-host", "LIPIZZANER_LISTEN_HOST", str, "0.0.0.0", "address to listen on"),
     ("--output", "LIPIZZANER_OUTPUT", str, None, "override spec.output.uri"),

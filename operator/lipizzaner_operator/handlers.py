@@ -19,6 +19,7 @@ from lipizzaner_operator import storage
 from lipizzaner_operator.crd import GROUP, PLURAL, VERSION
 from lipizzaner_operator.ensemble import assemble_ensemble
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
+from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.reconcile import Decision, decide, fail, succeed, view_pod
 from lipizzaner_operator.render import (
     CellDefaults,
@@ -32,6 +33,7 @@ from lipizzaner_operator.spec import LipizzanerRun, SpecError, parse_run
 from lipizzaner_operator.status import RunStatus
 
 PREFIX = "lipizzaner.io"
+RESTART_REASONS = {"CellRestarted", "CellPodLost"}
 FINALIZER = f"{PREFIX}/finalizer"
 # Storage endpoints are process-wide fsspec settings: one assembly at a time.
 _ASSEMBLY_LOCK = threading.Lock()
@@ -71,6 +73,7 @@ def reconcile(
     body: kopf.Body,
     kube: KubeClient,
     config: OperatorConfig,
+    metrics: OperatorMetrics,
     logger: logging.Logger | kopf.Logger,
 ) -> tuple[RunStatus, RunStatus]:
     """One pass over one run; returns the (old, new) status."""
@@ -92,6 +95,8 @@ def reconcile(
     progress = poll_cells(views, config.cell.grpc_port, config.status_timeout_seconds)
     decision = decide(run, body["metadata"].get("generation"), old, views, progress, now)
     _carry_out(body, run, namespace, decision, kube, config, logger)
+    metrics.pod_creations.inc(len(decision.create))
+    metrics.cell_restarts.inc(sum(e.reason in RESTART_REASONS for e in decision.events))
     if decision.assemble:
         decision.status = _assemble(run, decision.status, now, logger)
     for event in decision.events:
@@ -151,7 +156,9 @@ def _assemble(
     return succeed(status, storage.join(output, "ensemble"), now)
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorConfig, metrics: OperatorMetrics
+) -> None:
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(load_configuration())
@@ -171,6 +178,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     def reconcile_run(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
     ) -> None:
-        old, new = reconcile(body, memo.kube, config, logger)
+        try:
+            old, new = reconcile(body, memo.kube, config, metrics, logger)
+        except Exception:
+            metrics.reconcile_errors.inc()
+            raise
         if new != old:
             patch.status.update(new.to_patch())

@@ -110,6 +110,19 @@ class KubeClient:
             if exc.status != 404:
                 raise
 
+    def list_runs(self, namespaces: list[str]) -> list[Manifest]:
+        """Runs in these namespaces, or in all of them when the list is empty."""
+        if not namespaces:
+            answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            return answer["items"]
+        return [
+            run
+            for namespace in namespaces
+            for run in self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
+                "items"
+            ]
+        ]
+
     def delete_run(self, namespace: str, name: str) -> None:
         with contextlib.suppress(ApiException):
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)

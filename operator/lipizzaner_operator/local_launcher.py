@@ -84,8 +84,12 @@ def free_port_block(count: int, attempts: int = 50) -> int:
     raise RunFailed(f"found no block of {count} free ports")
 
 
-def cell_command(spec_path: Path, cell: int, port_base: int, threads: int) -> list[str]:
-    """The command line of one local cell process: cell i listens on port_base + i."""
+def cell_command(
+    spec_path: Path, cell: int, port_base: int, threads: int, metrics_port_base: int | None = None
+) -> list[str]:
+    """The command line of one local cell process: cell i listens on port_base + i
+    (and serves /metrics on metrics_port_base + i)."""
+    metrics = [] if metrics_port_base is None else ["--metrics-port", str(metrics_port_base)]
     return [
         sys.executable,
         "-m",
@@ -102,6 +106,7 @@ def cell_command(spec_path: Path, cell: int, port_base: int, threads: int) -> li
         "127.0.0.1",
         "--threads",
         str(threads),
+        *metrics,
     ]
 
 
@@ -118,14 +123,21 @@ class LocalRun:
         count = grid.rows * grid.cols
         spec_path = workdir / "run.yaml"
         spec_path.write_text(yaml.safe_dump(dump_run(run), sort_keys=False))
-        base_port = free_port_block(count)
+        base_port = free_port_block(2 * count)
         self.ports = [base_port + i for i in range(count)]
+        self.metrics_ports = [base_port + count + i for i in range(count)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.cells = [
             LocalCell(
                 index=i,
                 command=[
-                    *cell_command(spec_path, i, base_port, threads or threads_per_cell(count)),
+                    *cell_command(
+                        spec_path,
+                        i,
+                        base_port,
+                        threads or threads_per_cell(count),
+                        metrics_port_base=base_port + count,
+                    ),
                     *("--output", self.output),
                 ],
                 env=env,

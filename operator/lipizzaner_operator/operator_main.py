@@ -10,6 +10,8 @@ import kopf
 
 from lipizzaner_operator import __version__
 from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
+from lipizzaner_operator.kube import KubeClient
+from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.render import CellDefaults
 
 DEFAULTS = CellDefaults()
@@ -48,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(env("LIPIZZANER_RECONCILE_SECONDS", "5")),
         help="how often each run is reconciled [LIPIZZANER_RECONCILE_SECONDS, default %(default)s]",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("LIPIZZANER_OPERATOR_METRICS_PORT", "8000")),
+        help="serve Prometheus /metrics on this port, 0 for none "
+        "[LIPIZZANER_OPERATOR_METRICS_PORT, default %(default)s]",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -58,12 +67,17 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    kube = KubeClient.from_environment()
+    metrics = OperatorMetrics(lambda: kube.list_runs(args.namespace))
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
     registry = kopf.OperatorRegistry()
     register(
         registry,
         OperatorConfig(
             cell=CellDefaults(image=args.cell_image), reconcile_seconds=args.reconcile_seconds
         ),
+        metrics,
     )
     kopf.run(
         registry=registry,

@@ -107,6 +107,7 @@ def _cell_env(
         "LIPIZZANER_PEER_TEMPLATE": peers,
         "LIPIZZANER_GRPC_PORT": str(defaults.grpc_port),
         "LIPIZZANER_PORT_STRIDE": "0",
+        "LIPIZZANER_METRICS_PORT": str(defaults.metrics_port),
         "LIPIZZANER_RESTARTS": str(restarts),
     }
     return [{"name": k, "value": v} for k, v in values.items()] + list(run.spec.cell.env)

@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -51,6 +52,10 @@ def centre_call(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable:
     )
 
 
+# Told of every pull: outcome (new, unchanged, failed, rejected), seconds, bytes received.
+PullObserver = Callable[[str, float, int], None]
+
+
 class NeighbourPuller(threading.Thread):
     def __init__(
         self,
@@ -59,9 +64,11 @@ class NeighbourPuller(threading.Thread):
         generator: Architecture,
         discriminator: Architecture,
         policy: PullPolicy | None = None,
+        on_pull: PullObserver | None = None,
     ) -> None:
         super().__init__(name=f"pull-cell-{cell}", daemon=True)
         self.cell, self.address = cell, address
+        self.on_pull = on_pull
         self.generator, self.discriminator = generator, discriminator
         self.policy = policy or PullPolicy()
         self.latest: CentreState | None = None
@@ -117,11 +124,14 @@ class NeighbourPuller(threading.Thread):
             self.stats.rejected += 1
             self.stats.last_error = f"{StateRejected.grpc_code}: {exc}"
             log.warning("rejected a state from cell %d (%s): %s", self.cell, self.address, exc)
+            self._observe("rejected", started, received)
             return False
         except grpc.RpcError as exc:
             self.stats.failures += 1
             self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+            self._observe("failed", started, received)
             return False
+        self._observe("unchanged" if state is None else "new", started, received)
         self.stats.bytes_received += received
         if state is not None:
             with self._updated:
@@ -131,6 +141,10 @@ class NeighbourPuller(threading.Thread):
             self.stats.seconds.append(time.perf_counter() - started)
             self.first_state.set()
         return True
+
+    def _observe(self, outcome: str, started: float, received: int) -> None:
+        if self.on_pull is not None:
+            self.on_pull(outcome, time.perf_counter() - started, received)
 
     def wait_for_generation(self, generation: int, timeout: float) -> bool:
         """Block until a state of at least `generation` arrived, or the timeout passed."""

@@ -1,0 +1,136 @@
+"""A cell's Prometheus metrics (`/metrics` on its metrics port).
+
+Every series carries run, cell, row and col; the only other labels are bounded: the
+neighbour's direction, a pull's outcome, the score's name, a mixture member's cell.
+The generation is a value, never a label. docs/metrics.md lists them all.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from lipizzaner_cell.engine import GenerationReport
+
+CELL_LABELS = ("run", "cell", "row", "col")
+GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 600)
+EXCHANGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+CHECKPOINT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class CellMetrics:
+    def __init__(self, run: str, cell: int, row: int, col: int, restarts: int) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"run": run, "cell": str(cell), "row": str(row), "col": str(col)}
+
+        def metric(kind, name: str, text: str, extra: tuple[str, ...] = (), **options):
+            """A family with extra labels, or else the one child of this cell."""
+            family = kind(
+                f"lipizzaner_cell_{name}",
+                text,
+                (*CELL_LABELS, *extra),
+                registry=self.registry,
+                **options,
+            )
+            return family if extra else family.labels(**self.labels)
+
+        self.generation = metric(Gauge, "generation", "Generations completed so far")
+        self.completed = metric(Counter, "generations_completed", "Generations completed")
+        self.duration = metric(
+            Histogram,
+            "generation_duration_seconds",
+            "Wall time of one generation",
+            buckets=GENERATION_BUCKETS,
+        )
+        self.generator_loss = metric(Gauge, "generator_loss", "Best generator's training loss")
+        self.discriminator_loss = metric(
+            Gauge, "discriminator_loss", "Best discriminator's training loss"
+        )
+        self.generator_fitness = metric(
+            Gauge, "generator_fitness", "Best generator's fitness (its loss; lower is better)"
+        )
+        self.discriminator_fitness = metric(
+            Gauge, "discriminator_fitness", "Best discriminator's fitness (lower is better)"
+        )
+        self.generator_lr = metric(
+            Gauge, "generator_learning_rate", "Best generator's Adam learning rate"
+        )
+        self.discriminator_lr = metric(
+            Gauge, "discriminator_learning_rate", "Best discriminator's Adam learning rate"
+        )
+        self.score = metric(
+            Gauge, "score", "The mixture's score (lower is better)", extra=("score",)
+        )
+        self.mixture_weight = metric(
+            Gauge, "mixture_weight", "Weight of a neighbourhood member's generator", ("member",)
+        )
+        self.samples = metric(Counter, "samples_trained", "Real samples trained on")
+        self.checkpoint = metric(
+            Histogram,
+            "checkpoint_duration_seconds",
+            "Time to write one checkpoint",
+            buckets=CHECKPOINT_BUCKETS,
+        )
+        self.exchange = metric(
+            Histogram,
+            "exchange_duration_seconds",
+            "Time of one pull of a neighbour's state",
+            ("direction", "outcome"),
+            buckets=EXCHANGE_BUCKETS,
+        )
+        self.received = metric(
+            Counter, "exchange_received_bytes", "Bytes received from a neighbour", ("direction",)
+        )
+        self.failures = metric(
+            Counter,
+            "exchange_failures",
+            "Pulls that failed (unreachable, deadline)",
+            ("direction",),
+        )
+        self.rejected = metric(
+            Counter,
+            "exchange_rejected_states",
+            "Neighbour states rejected as malformed",
+            ("direction",),
+        )
+        self.restarts = metric(Gauge, "restarts", "How often this cell was restarted")
+        self.restarts.set(restarts)
+
+    def prepare_directions(self, directions: list[str]) -> None:
+        """Exchange counters start at 0 for every neighbour, so "no failures" is a 0."""
+        for direction in directions:
+            for family in (self.received, self.failures, self.rejected):
+                family.labels(**self.labels, direction=direction)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, host, registry=self.registry)
+
+    def record_generation(
+        self,
+        report: GenerationReport,
+        seconds: float,
+        score_name: str | None,
+        weights: dict[int, float],
+    ) -> None:
+        self.generation.set(report.generation)
+        self.completed.inc()
+        self.duration.observe(seconds)
+        self.generator_loss.set(report.generator_loss)
+        self.discriminator_loss.set(report.discriminator_loss)
+        self.generator_fitness.set(report.generator_fitness)
+        self.discriminator_fitness.set(report.discriminator_fitness)
+        self.generator_lr.set(report.generator_lr)
+        self.discriminator_lr.set(report.discriminator_lr)
+        self.samples.inc(report.samples_trained)
+        if report.mixture_score is not None and score_name is not None:
+            self.score.labels(**self.labels, score=score_name).set(report.mixture_score)
+        for member, weight in weights.items():
+            self.mixture_weight.labels(**self.labels, member=str(member)).set(weight)
+
+    def record_pull(self, direction: str, outcome: str, seconds: float, received: int) -> None:
+        """One pull of a neighbour's state; outcome: new, unchanged, failed or rejected."""
+        self.exchange.labels(**self.labels, direction=direction, outcome=outcome).observe(seconds)
+        self.received.labels(**self.labels, direction=direction).inc(received)
+        if outcome == "failed":
+            self.failures.labels(**self.labels, direction=direction).inc()
+        elif outcome == "rejected":
+            self.rejected.labels(**self.labels, direction=direction).inc()

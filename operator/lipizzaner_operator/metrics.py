@@ -1,0 +1,62 @@
+"""The operator's Prometheus metrics.
+
+Runs by phase are counted at scrape time from the live LipizzanerRun objects, so a deleted
+run vanishes from the metric; the counters have no per-run labels, so their series stay
+bounded however many runs come and go.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lipizzaner_operator.status import RunPhase
+
+log = logging.getLogger(__name__)
+PHASES: tuple[RunPhase, ...] = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+
+
+class RunsByPhase(Collector):
+    def __init__(self, list_runs: Callable[[], list[dict]]) -> None:
+        self.list_runs = list_runs
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            runs = self.list_runs()
+        except Exception:  # a scrape must not fail because the API server is away
+            log.warning("cannot list LipizzanerRuns for the metrics", exc_info=True)
+            return
+        tally = Tally((run.get("status") or {}).get("phase", "Pending") for run in runs)
+        family = GaugeMetricFamily(
+            "lipizzaner_operator_runs", "LipizzanerRuns by phase", labels=["phase"]
+        )
+        for phase in PHASES:
+            family.add_metric([phase], tally.get(phase, 0))
+        yield family
+
+
+class OperatorMetrics:
+    def __init__(self, list_runs: Callable[[], list[dict]]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(RunsByPhase(list_runs))
+        self.cell_restarts = Counter(
+            "lipizzaner_operator_cell_restarts",
+            "Cell pods recreated after a failure or a loss",
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "lipizzaner_operator_reconcile_errors",
+            "Reconciliations that raised (kopf retries them)",
+            registry=self.registry,
+        )
+        self.pod_creations = Counter(
+            "lipizzaner_operator_pod_creations", "Cell pods created", registry=self.registry
+        )
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, host, registry=self.registry)
