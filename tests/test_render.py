@@ -16,6 +16,7 @@ from lipizzaner_operator.render import (
     CellDefaults,
     cell_selector,
     render_config_map,
+    render_network_policy,
     render_pod,
     render_service,
 )
@@ -64,11 +65,12 @@ def rendered(run, namespace="ml"):
     return {
         "configmap": render_config_map(run, namespace),
         "service": render_service(run, namespace, DEFAULTS),
+        "networkpolicy": render_network_policy(run, namespace, DEFAULTS, "lipizzaner-system"),
         "pod-4": render_pod(run, namespace, 4, restarts=2, defaults=DEFAULTS),
     }
 
 
-@pytest.mark.parametrize("kind", ["configmap", "service", "pod-4"])
+@pytest.mark.parametrize("kind", ["configmap", "service", "networkpolicy", "pod-4"])
 def test_rendered_objects_match_their_golden_files(kind):
     obj = rendered(full_run())[kind]
     golden = GOLDEN / f"{kind}.yaml"
@@ -87,6 +89,7 @@ def test_every_rendered_object_is_valid_for_kubernetes_1_30(run):
     objects = [
         render_config_map(run, "ml"),
         render_service(run, "ml", DEFAULTS),
+        render_network_policy(run, "ml", DEFAULTS, "lipizzaner-system"),
         *(render_pod(run, "ml", i, 0, DEFAULTS) for i in range(run.spec.grid.rows)),
     ]
     for obj in objects:
@@ -146,3 +149,18 @@ def test_the_operator_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_network_policy_admits_only_the_runs_cells_and_the_operator_to_grpc():
+    run = full_run()
+    policy = render_network_policy(run, "ml", DEFAULTS, "lipizzaner-system")["spec"]
+    pod_labels = render_pod(run, "ml", 0, 0, DEFAULTS)["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    grpc_rule, metrics_rule = policy["ingress"]
+    assert grpc_rule["ports"] == [{"port": DEFAULTS.grpc_port, "protocol": "TCP"}]
+    peers, operator = grpc_rule["from"]
+    assert peers["podSelector"]["matchLabels"]["lipizzaner.io/run"] == "mnist-grid"
+    assert operator["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "lipizzaner-system"
+    }
+    assert "from" not in metrics_rule  # Prometheus may scrape from anywhere

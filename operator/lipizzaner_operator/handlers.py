@@ -26,6 +26,7 @@ from lipizzaner_operator.render import (
     cell_selector,
     pod_name,
     render_config_map,
+    render_network_policy,
     render_pod,
     render_service,
 )
@@ -44,6 +45,9 @@ class OperatorConfig:
     cell: CellDefaults = field(default_factory=CellDefaults)
     reconcile_seconds: float = 5.0
     status_timeout_seconds: float = 2.0
+    # With a namespace: give each run a NetworkPolicy admitting only its own cells and
+    # the operator pods of this namespace to the cells' gRPC port.
+    network_policy_operator_namespace: str | None = None
 
 
 def operator_settings() -> kopf.OperatorSettings:
@@ -115,7 +119,14 @@ def _invalid(old: RunStatus, message: str, now: datetime) -> RunStatus:
 def _ensure_shared_children(
     body: kopf.Body, run: LipizzanerRun, namespace: str, kube: KubeClient, config: OperatorConfig
 ) -> None:
-    for child in (render_config_map(run, namespace), render_service(run, namespace, config.cell)):
+    children = [render_config_map(run, namespace), render_service(run, namespace, config.cell)]
+    if config.network_policy_operator_namespace:
+        children.append(
+            render_network_policy(
+                run, namespace, config.cell, config.network_policy_operator_namespace
+            )
+        )
+    for child in children:
         kopf.adopt(child, owner=body)
         if child["kind"] == "ConfigMap":
             kube.apply_config_map(child)

@@ -60,6 +60,7 @@ class KubeClient:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
 
     @classmethod
     def from_environment(cls) -> KubeClient:
@@ -72,7 +73,7 @@ class KubeClient:
         return json.loads(response.data)["items"]
 
     def create(self, obj: Manifest) -> None:
-        """Create a Pod, Service or ConfigMap; one that already exists is left as it is.
+        """Create a Pod, Service, ConfigMap or NetworkPolicy; one that exists is left as it is.
 
         Responses stay unparsed: we never read them, and the client's models reject
         objects that other controllers filled in only partly.
@@ -81,6 +82,7 @@ class KubeClient:
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }[obj["kind"]]
         try:
             create(obj["metadata"]["namespace"], obj, _preload_content=False)

@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus /metrics on this port, 0 for none "
         "[LIPIZZANER_OPERATOR_METRICS_PORT, default %(default)s]",
     )
+    parser.add_argument(
+        "--network-policy-namespace",
+        default=env("LIPIZZANER_NETWORK_POLICY_NAMESPACE") or None,
+        metavar="NAMESPACE",
+        help="give each run a NetworkPolicy that admits only its own cells and the operator "
+        "pods of NAMESPACE to the cells' gRPC port [LIPIZZANER_NETWORK_POLICY_NAMESPACE, "
+        "default: no policies]",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -75,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     register(
         registry,
         OperatorConfig(
-            cell=CellDefaults(image=args.cell_image), reconcile_seconds=args.reconcile_seconds
+            cell=CellDefaults(image=args.cell_image),
+            reconcile_seconds=args.reconcile_seconds,
+            network_policy_operator_namespace=args.network_policy_namespace,
         ),
         metrics,
     )

@@ -97,6 +97,39 @@ def render_service(run: LipizzanerRun, namespace: str, defaults: CellDefaults) -
     }
 
 
+OPERATOR_LABELS = {
+    "app.kubernetes.io/name": "lipizzaner",
+    "app.kubernetes.io/component": "operator",
+}
+
+
+def render_network_policy(
+    run: LipizzanerRun, namespace: str, defaults: CellDefaults, operator_namespace: str
+) -> Manifest:
+    """Only this run's cells and the operator reach a cell's gRPC port; metrics stay open."""
+    cells = {RUN_LABEL: run.metadata.name, "app.kubernetes.io/component": "cell"}
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
+        "podSelector": {"matchLabels": OPERATOR_LABELS},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(service_name(run), namespace, run_labels(run, "cell")),
+        "spec": {
+            "podSelector": {"matchLabels": cells},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": cells}}, operator],
+                    "ports": [{"port": defaults.grpc_port, "protocol": "TCP"}],
+                },
+                {"ports": [{"port": defaults.metrics_port, "protocol": "TCP"}]},
+            ],
+        },
+    }
+
+
 def _cell_env(
     run: LipizzanerRun, namespace: str, index: int, restarts: int, defaults: CellDefaults
 ) -> list[Manifest]:
