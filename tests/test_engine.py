@@ -116,7 +116,7 @@ def test_every_loss_trains_and_moves_the_weights(tiny_manifest, loss):
 
 def test_discriminator_skip_every_nth_skips_discriminator_steps(tiny_manifest):
     manifest = with_spec(tiny_manifest, grid={"rows": 1, "cols": 1})
-    manifest["spec"]["coevolution"]["discriminatorSkipEveryNth"] = 1
+    manifest["spec"]["coevolution"].update(discriminatorSkipEveryNth=1, tournamentSize=1)
     run = parse_run(manifest)
     dataset = load_dataset(run.spec.dataset, run.spec.seed)
     engine = CellEngine(run, 0, InProcessExchange().provider([]), dataset)

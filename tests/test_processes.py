@@ -146,6 +146,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
     manifest = quick(
         tiny_manifest, grid={"rows": 1, "cols": 1}, generations=10_000, checkpoint={"every": 1000}
     )
+    manifest["spec"]["coevolution"]["tournamentSize"] = 1  # a 1x1 neighbourhood holds one
     spec_path = write_spec(tmp_path, manifest)
     port = free_port_block(1)
     process = subprocess.Popen(cell_command(spec_path, 0, port), stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,205 @@
+"""The Helm chart, rendered and linted by Helm's own engine (helm-python-sdk), offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from lipizzaner_operator.render import OPERATOR_LABELS, CellDefaults, render_pod
+from lipizzaner_operator.spec import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "lipizzaner"
+NAMESPACE = "lipizzaner-system"
+VALUE_SETS = {
+    "default": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "monitors": {
+        "podMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    },
+    "network-policy": {"networkPolicy": {"enabled": True}},
+    "everything": {
+        "watchNamespaces": ["ml"],
+        "logLevel": "debug",
+        "storage": {"secretName": "s3-credentials"},
+        "cell": {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:x"}}},
+        "dashboard": {"labels": {"grafana_dashboard": "yes"}},
+        "nodeSelector": {"pool": "system"},
+        "imagePullSecrets": [{"name": "registry"}],
+    },
+}
+MONITOR_KINDS = {"PodMonitor", "ServiceMonitor"}  # the Prometheus Operator's own CRDs
+
+
+def render(values: dict) -> tuple[list[dict], str]:
+    """Every object the chart renders with these values, and its NOTES.txt."""
+    with helm.Chart.load(CHART) as chart:
+        files = chart.render(values, name="lpz", namespace=NAMESPACE, is_install=True)
+    notes = files.pop("lipizzaner/templates/NOTES.txt")
+    objects = [d for text in files.values() for d in yaml.safe_load_all(text) if d]
+    return objects, notes
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_strict_lint_passes(name):
+    report = helm.lint(CHART, VALUE_SETS[name], strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_rendered_object_is_valid_for_kubernetes_1_30(name):
+    objects, notes = render(VALUE_SETS[name])
+    assert objects
+    for obj in objects:
+        if obj["kind"] not in MONITOR_KINDS:
+            kubernetes_validate.validate(obj, "1.30.0", strict=True)
+    assert "kubectl apply -f examples/mnist-3x3-gpu.yaml" in notes
+
+
+def test_the_chart_crd_is_the_generated_crd():
+    assert (CHART / "crds" / "lipizzanerruns.yaml").read_text() == (
+        ROOT / "crds" / "lipizzanerruns.yaml"
+    ).read_text()
+
+
+def test_the_operator_deployment_is_locked_down():
+    objects, _ = render({})
+    (deployment,) = by_kind(objects, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["LIPIZZANER_CELL_IMAGE"] == "ghcr.io/lipizzaner-k8s/cell:0.1.0"
+    assert env["LIPIZZANER_WATCH_NAMESPACES"] == ""
+    assert "LIPIZZANER_NETWORK_POLICY_NAMESPACE" not in env
+    assert OPERATOR_LABELS.items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def rules(role: dict) -> dict[str, set[str]]:
+    return {
+        f"{group}/{resource}": set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+
+
+def test_cluster_wide_rbac_grants_only_what_the_operator_uses():
+    objects, _ = render({})
+    roles = {r["metadata"]["name"]: rules(r) for r in by_kind(objects, "ClusterRole")}
+    main = roles["lpz-lipizzaner-operator"]
+    assert main == {
+        "lipizzaner.io/lipizzanerruns": {"get", "list", "watch", "patch", "delete"},
+        "lipizzaner.io/lipizzanerruns/status": {"get", "patch"},
+        "/pods": {"list", "create", "delete"},
+        "/configmaps": {"get", "create", "patch"},
+        "/services": {"create"},
+        "/events": {"create"},
+    }
+    assert roles["lpz-lipizzaner-operator-discovery"] == {
+        "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
+        "/namespaces": {"list", "watch"},
+    }
+    assert not by_kind(objects, "Role")
+
+
+def test_namespaced_mode_uses_roles_in_the_watched_namespaces():
+    objects, _ = render(VALUE_SETS["namespaced"])
+    assert [r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")] == [
+        "lpz-lipizzaner-operator-discovery"
+    ]
+    namespaces = {r["metadata"]["namespace"] for r in by_kind(objects, "Role")}
+    assert namespaces == {"team-a", "team-b"}
+    bound = {b["metadata"]["namespace"] for b in by_kind(objects, "RoleBinding")}
+    assert bound == namespaces
+    cell_accounts = [
+        a["metadata"]["namespace"]
+        for a in by_kind(objects, "ServiceAccount")
+        if a["metadata"]["name"] == "lipizzaner-cell"
+    ]
+    assert sorted(cell_accounts) == ["team-a", "team-b"]
+    (deployment,) = by_kind(objects, "Deployment")
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["LIPIZZANER_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_monitors_select_the_cells_and_the_operator():
+    objects, _ = render(VALUE_SETS["monitors"])
+    (pod_monitor,) = by_kind(objects, "PodMonitor")
+    (service_monitor,) = by_kind(objects, "ServiceMonitor")
+    assert pod_monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert service_monitor["metadata"]["labels"]["release"] == "prometheus"
+    run = load_run(ROOT / "examples" / "mnist-3x3-gpu.yaml")
+    cell = render_pod(run, "ml", 0, 0, CellDefaults())
+    assert (
+        pod_monitor["spec"]["selector"]["matchLabels"].items() <= cell["metadata"]["labels"].items()
+    )
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    (service,) = by_kind(objects, "Service")
+    (deployment,) = by_kind(objects, "Deployment")
+    operator_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= operator_labels.items()
+    assert service_monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+
+
+def test_network_policy_mode_tells_the_operator_and_grants_it():
+    objects, _ = render(VALUE_SETS["network-policy"])
+    (deployment,) = by_kind(objects, "Deployment")
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["LIPIZZANER_NETWORK_POLICY_NAMESPACE"] == NAMESPACE
+    roles = {r["metadata"]["name"]: rules(r) for r in by_kind(objects, "ClusterRole")}
+    assert roles["lpz-lipizzaner-operator"]["networking.k8s.io/networkpolicies"] == {"create"}
+
+
+def test_the_dashboard_config_map_carries_the_dashboard_for_the_sidecar():
+    objects, _ = render({})
+    (config_map,) = [
+        c for c in by_kind(objects, "ConfigMap") if "dashboard" in c["metadata"]["name"]
+    ]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "dashboards" / "lipizzaner.json").read_text())
+    assert json.loads(config_map["data"]["lipizzaner.json"]) == shipped
+    objects, _ = render({"dashboard": {"enabled": False}})
+    assert not [c for c in by_kind(objects, "ConfigMap") if "dashboard" in c["metadata"]["name"]]
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"watchNamespace": ["a"]}, "watchNamespace"),
+        ({"podMonitor": {"enable": True}}, "enable"),
+        ({"reconcileSeconds": "fast"}, "reconcileSeconds"),
+        ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"metrics": {"port": 70000}}, "port"),
+        ({"watchNamespaces": ["Bad_Name"]}, "watchNamespaces"),
+    ],
+)
+def test_the_values_schema_rejects_typos_and_bad_values(values, named):
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as caught:
+        chart.validate_schema(values)
+    assert named in str(caught.value)

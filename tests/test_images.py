@@ -1,0 +1,75 @@
+"""The Dockerfiles (no Docker engine runs here): pinned bases, non-root, and the operator
+image's install command run for real in a fresh virtual environment."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = {
+    "operator": ROOT / "operator" / "Dockerfile",
+    "cell": ROOT / "cell_image" / "Dockerfile",
+}
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_images_pin_their_base_and_run_as_non_root(image):
+    steps = instructions(DOCKERFILES[image])
+    (base,) = [arg for op, arg in steps if op == "FROM"]
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
+    users = [arg for op, arg in steps if op == "USER"]
+    assert users and not users[-1].startswith(("0", "root"))
+    entry = [arg for op, arg in steps if op == "ENTRYPOINT"]
+    assert entry == [f'["lipizzaner-{image}"]']
+
+
+def install_command(image: str) -> list[str]:
+    runs = [arg for op, arg in instructions(DOCKERFILES[image]) if op == "RUN"]
+    project = [r for r in runs if '".[' in r]
+    assert len(project) == 1
+    return shlex.split(project[0].split("&&")[0])
+
+
+def test_the_cell_image_installs_cuda_torch_then_the_cell_extra():
+    runs = [arg for op, arg in instructions(DOCKERFILES["cell"]) if op == "RUN"]
+    assert runs[0] == "pip install --no-cache-dir torch==2.13.0"
+    assert install_command("cell")[-1] == ".[cell]"
+
+
+def test_the_operator_image_install_works_without_torch(tmp_path):
+    """Run the Dockerfile's own install line in a fresh venv; the operator must start."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    command = install_command("operator")
+    assert command[:2] == ["pip", "install"] and command[-1] == ".[operator]"
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", *command],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    python = str(venv / "bin" / "python")
+    has_torch = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    assert has_torch.returncode != 0, "the operator image would contain torch"
+    helped = subprocess.run(
+        [str(venv / "bin" / "lipizzaner-operator"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--namespace" in helped.stdout
+    crd = subprocess.run(
+        [str(venv / "bin" / "lipizzaner"), "crd"], capture_output=True, text=True, check=True
+    )
+    assert crd.stdout == (ROOT / "crds" / "lipizzanerruns.yaml").read_text()
