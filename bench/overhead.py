@@ -1,0 +1,159 @@
+"""Where a generation's time goes, against the compute floor of a plain GAN loop.
+
+A 2x2 MNIST grid at the default settings (the original's four-layer perceptrons,
+population 1, tournament 2, 100 batches of 100 per generation, FID as the mixture score),
+all cells in this process with one torch thread, next to a plain single-GAN PyTorch loop
+over the same number of batches with the same networks, loss and optimizer (the floor).
+Prints each step's share of a generation and the training loop's speed against the floor.
+
+    python bench/overhead.py --data ../shared/datasets/mnist --plot docs/overhead.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+
+import torch
+from lipizzaner_cell.checkpoint import save_checkpoint
+from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_cell.individual import ADAM_BETAS
+from lipizzaner_cell.losses import HeuristicLoss
+from lipizzaner_cell.networks import build_discriminator, build_generator
+from lipizzaner_operator.spec import LipizzanerRun, parse_run
+from rich.console import Console
+from rich.table import Table
+
+STEPS = ["neighbourhood", "fitness", "selection", "training", "replacement", "mixture", "publish"]
+
+
+def manifest(data: str, generations: int, output: str) -> dict:
+    """The defaults, except the data's location and the length of the run."""
+    return {
+        "apiVersion": "lipizzaner.io/v1alpha1",
+        "kind": "LipizzanerRun",
+        "metadata": {"name": "overhead"},
+        "spec": {
+            "grid": {"rows": 2, "cols": 2},
+            "generations": generations,
+            "dataset": {"name": "mnist", "path": data},
+            "training": {"batchesPerGeneration": 100, "device": "cpu"},
+            "output": {"uri": output},
+        },
+    }
+
+
+def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
+    """One generation's worth of batches in a plain GAN loop: the compute floor."""
+    spec = run.spec
+    data = load_dataset(spec.dataset, spec.seed).data
+    generator = build_generator(spec.network.generator, spec.network.latent_size, data.shape[1:])
+    discriminator = build_discriminator(spec.network.discriminator, data.shape[1:])
+    lr, batch = spec.coevolution.learning_rate, spec.training.batch_size
+    g_opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
+    loss = HeuristicLoss()
+    rng = torch.Generator().manual_seed(0)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        order = torch.randperm(len(data), generator=rng)
+        for step in range(batches):
+            real = data[order[step * batch : (step + 1) * batch]]
+            with torch.no_grad():
+                fake = generator(torch.randn(batch, spec.network.latent_size, generator=rng))
+            logits = discriminator(torch.cat([real, fake]))
+            d_loss = loss.discriminator(logits[:batch], logits[batch:])
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+            noise = torch.randn(batch, spec.network.latent_size, generator=rng)
+            g_loss = loss.generator(discriminator(generator(noise)))
+            g_opt.zero_grad(set_to_none=True)
+            g_loss.backward()
+            g_opt.step()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def grid_step_seconds(run: LipizzanerRun) -> tuple[dict[str, float], float]:
+    """Median seconds per step per cell-generation, and one checkpoint's seconds."""
+    per_step: dict[str, list[float]] = defaultdict(list)
+
+    def record(_cell: int, report) -> None:
+        if report.generation > 1:  # the first generation warms caches up
+            for step, seconds in report.seconds.items():
+                per_step[step].append(seconds)
+
+    outcome = run_in_process(run, resume=False, on_report=record)
+    engine = outcome.engines[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        saves = []
+        for _ in range(3):
+            started = time.perf_counter()
+            save_checkpoint(engine, scratch, keep=1)
+            saves.append(time.perf_counter() - started)
+    return {s: statistics.median(v) for s, v in per_step.items()}, statistics.median(saves)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--generations", type=int, default=6)
+    parser.add_argument("--plot", help="write a bar chart here (PNG)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as output:
+        run = parse_run(manifest(args.data, args.generations, output))
+        floor = plain_loop_seconds(run, 100, repeats=5)
+        steps, checkpoint = grid_step_seconds(run)
+    steps["checkpoint"] = checkpoint / run.spec.checkpoint.every  # amortised
+    total = sum(steps.values())
+    overhead = total - steps["training"]
+
+    table = Table(title="One generation of one cell (2x2 MNIST, defaults, 1 thread)")
+    for column in ("step", "seconds", "share"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for step in [*STEPS, "checkpoint"]:
+        table.add_row(step, f"{steps[step]:.3f}", f"{steps[step] / total:.1%}")
+    table.add_row("total", f"{total:.3f}", "100%", style="bold")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"plain GAN loop, 100 batches: {floor:.3f} s ({100 / floor:.0f} steps/s); the cell's "
+        f"training step: {steps['training']:.3f} s ({100 / steps['training']:.0f} steps/s), "
+        f"{floor / steps['training']:.0%} of the floor's speed"
+    )
+    console.print(
+        f"everything beyond training: {overhead / total:.1%} of a generation (target <= 15%); "
+        f"a generation costs {total / floor:.2f}x the plain loop"
+    )
+    if args.plot:
+        plot(steps, floor, args.plot)
+
+
+def plot(steps: dict[str, float], floor: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    left = 0.0
+    colours = plt.get_cmap("tab10")
+    for i, step in enumerate([*STEPS, "checkpoint"]):
+        ax.barh("Lipizzaner cell", steps[step], left=left, color=colours(i), label=step)
+        left += steps[step]
+    ax.barh("plain GAN loop", floor, color="grey", label="plain loop")
+    ax.set_xlabel("seconds per generation (100 batches of 100, 1 thread)")
+    ax.legend(ncol=4, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

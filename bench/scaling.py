@@ -1,0 +1,166 @@
+"""Weak scaling: 1, 4, 9 and 16 cells as local processes, one torch thread each.
+
+Every cell does the same work per generation (MNIST, the default perceptrons, a fixed
+number of batches), so on a machine with at least as many cores as cells the time per
+generation should stay flat; on fewer cores it grows with cells / cores. The exchange
+bytes each cell receives per generation come from the cells' own metrics and must not
+grow with the grid (each cell talks to its four neighbours, whatever the grid's size).
+
+    python bench/scaling.py --data ../shared/datasets/mnist --sizes 1 2 3 4 --plot docs/scaling.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from lipizzaner_operator.local_launcher import LocalRun
+from lipizzaner_operator.spec import parse_run
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+WATCHED = (
+    "lipizzaner_cell_generations_completed",
+    "lipizzaner_cell_exchange_received_bytes",
+    "lipizzaner_cell_generation_duration_seconds",
+)
+
+
+def manifest(data: str, side: int, generations: int, batches: int, output: str) -> dict:
+    return {
+        "apiVersion": "lipizzaner.io/v1alpha1",
+        "kind": "LipizzanerRun",
+        "metadata": {"name": f"scaling-{side}x{side}"},
+        "spec": {
+            "grid": {"rows": side, "cols": side},
+            "generations": generations,
+            "dataset": {"name": "mnist", "path": data},
+            # A 1x1 neighbourhood holds one individual per population.
+            "coevolution": {"tournamentSize": 1 if side == 1 else 2},
+            "mixture": {"scoreType": "none"},
+            "training": {"batchesPerGeneration": batches, "device": "cpu"},
+            "checkpoint": {"every": generations},
+            "output": {"uri": output},
+        },
+    }
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The watched totals of one cell (summed over labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+        text = answer.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in WATCHED:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_total", "_sum", "_count")):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def measure(data: str, side: int, generations: int, batches: int) -> dict[str, float]:
+    """Run one grid to the end, scraping every cell until it exits; per-cell averages."""
+    with tempfile.TemporaryDirectory() as workdir:
+        run = parse_run(manifest(data, side, generations, batches, f"{workdir}/out"))
+        local = LocalRun(run, Path(workdir), threads=1)
+        last: dict[int, dict[str, float]] = {}
+        local.start()
+        started = time.perf_counter()
+        try:
+            while not local.tick():
+                for index, port in enumerate(local.metrics_ports):
+                    # Starting, or already done: then its last scrape stands.
+                    with contextlib.suppress(OSError):
+                        last[index] = scrape(port)
+                time.sleep(0.2)
+        finally:
+            local.stop_all()
+            local.close()
+        wall = time.perf_counter() - started
+    cells = side * side
+    generations_seen = [
+        c.get("lipizzaner_cell_generations_completed_total", 0) for c in last.values()
+    ]
+    received = [c.get("lipizzaner_cell_exchange_received_bytes_total", 0) for c in last.values()]
+    duration_sum = [
+        c.get("lipizzaner_cell_generation_duration_seconds_sum", 0) for c in last.values()
+    ]
+    done = sum(generations_seen) or 1
+    return {
+        "cells": cells,
+        "seconds_per_generation": sum(duration_sum) / done,
+        "wall": wall,
+        "bytes_per_generation": sum(received) / done,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4], help="grid sides")
+    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=50, help="batches per generation")
+    parser.add_argument("--plot", help="write a chart here (PNG)")
+    args = parser.parse_args()
+    results = [measure(args.data, s, args.generations, args.batches) for s in args.sizes]
+    base = results[0]["seconds_per_generation"]
+    cores = os.cpu_count() or 1
+    table = Table(
+        title=f"Weak scaling on {cores} cores ({platform.processor() or platform.machine()})"
+    )
+    for column in (
+        "cells",
+        "s / generation / cell",
+        "vs 1 cell",
+        "ideal on this machine",
+        "exchange MB / generation / cell",
+        "wall s",
+    ):
+        table.add_column(column, justify="right")
+    for result in results:
+        ideal = max(1.0, result["cells"] / cores)
+        table.add_row(
+            str(result["cells"]),
+            f"{result['seconds_per_generation']:.2f}",
+            f"{result['seconds_per_generation'] / base:.2f}x",
+            f"{ideal:.2f}x",
+            f"{result['bytes_per_generation'] / 1e6:.2f}",
+            f"{result['wall']:.0f}",
+        )
+    Console().print(table)
+    if args.plot:
+        plot(results, cores, args.plot)
+
+
+def plot(results: list[dict[str, float]], cores: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [r["cells"] for r in results]
+    base = results[0]["seconds_per_generation"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(cells, [r["seconds_per_generation"] / base for r in results], "o-", label="measured")
+    left.plot(cells, [max(1.0, c / cores) for c in cells], "k--", label=f"ideal on {cores} cores")
+    left.set_xlabel("cells (one thread each)")
+    left.set_ylabel("time per generation vs 1 cell")
+    left.legend()
+    right.plot(cells, [r["bytes_per_generation"] / 1e6 for r in results], "o-")
+    right.set_xlabel("cells")
+    right.set_ylabel("MB received / generation / cell")
+    right.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
