@@ -4,7 +4,8 @@ A 2x2 MNIST grid at the default settings (the original's four-layer perceptrons,
 population 1, tournament 2, 100 batches of 100 per generation, FID as the mixture score),
 all cells in this process with one torch thread, next to a plain single-GAN PyTorch loop
 over the same number of batches with the same networks, loss and optimizer (the floor).
-Prints each step's share of a generation and the training loop's speed against the floor.
+Prints each step's share of a generation and the training loop's speed against the floor,
+at the defaults and, side by side, with smaller fitness and score samples (--samples).
 
     python bench/overhead.py --data ../shared/datasets/mnist --plot docs/overhead.png
 """
@@ -31,8 +32,16 @@ from rich.table import Table
 STEPS = ["neighbourhood", "fitness", "selection", "training", "replacement", "mixture", "publish"]
 
 
-def manifest(data: str, generations: int, output: str) -> dict:
-    """The defaults, except the data's location and the length of the run."""
+def manifest(data: str, generations: int, output: str, samples: int | None = None) -> dict:
+    """The defaults, except the data's location, the run's length and the sample sizes."""
+    sized = (
+        {}
+        if samples is None
+        else {
+            "coevolution": {"fitness": {"sampleSize": samples}},
+            "mixture": {"scoreSampleSize": samples},
+        }
+    )
     return {
         "apiVersion": "lipizzaner.io/v1alpha1",
         "kind": "LipizzanerRun",
@@ -43,6 +52,7 @@ def manifest(data: str, generations: int, output: str) -> dict:
             "dataset": {"name": "mnist", "path": data},
             "training": {"batchesPerGeneration": 100, "device": "cpu"},
             "output": {"uri": output},
+            **sized,
         },
     }
 
@@ -104,53 +114,69 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
     parser.add_argument("--generations", type=int, default=6)
+    parser.add_argument(
+        "--samples", type=int, default=500, help="the smaller fitness and score sample size"
+    )
     parser.add_argument("--plot", help="write a bar chart here (PNG)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    settings = {"defaults (1000 samples)": None, f"{args.samples} samples": args.samples}
+    measured = {}
     with tempfile.TemporaryDirectory() as output:
-        run = parse_run(manifest(args.data, args.generations, output))
-        floor = plain_loop_seconds(run, 100, repeats=5)
-        steps, checkpoint = grid_step_seconds(run)
-    steps["checkpoint"] = checkpoint / run.spec.checkpoint.every  # amortised
-    total = sum(steps.values())
-    overhead = total - steps["training"]
+        floor = plain_loop_seconds(parse_run(manifest(args.data, 1, output)), 100, repeats=5)
+        for label, samples in settings.items():
+            run = parse_run(manifest(args.data, args.generations, output, samples))
+            steps, checkpoint = grid_step_seconds(run)
+            steps["checkpoint"] = checkpoint / run.spec.checkpoint.every  # amortised
+            measured[label] = steps
 
-    table = Table(title="One generation of one cell (2x2 MNIST, defaults, 1 thread)")
-    for column in ("step", "seconds", "share"):
-        table.add_column(column, justify="left" if column == "step" else "right")
+    table = Table(title="One generation of one cell (2x2 MNIST, 100 batches of 100, 1 thread)")
+    table.add_column("step")
+    for label in measured:
+        table.add_column(f"{label}: s", justify="right")
+        table.add_column("share", justify="right")
+    totals = {label: sum(steps.values()) for label, steps in measured.items()}
     for step in [*STEPS, "checkpoint"]:
-        table.add_row(step, f"{steps[step]:.3f}", f"{steps[step] / total:.1%}")
-    table.add_row("total", f"{total:.3f}", "100%", style="bold")
+        cells = []
+        for label, steps in measured.items():
+            cells += [f"{steps[step]:.3f}", f"{steps[step] / totals[label]:.1%}"]
+        table.add_row(step, *cells)
+    table.add_row(
+        "total", *[c for t in totals.values() for c in (f"{t:.3f}", "100%")], style="bold"
+    )
     console = Console()
     console.print(table)
-    console.print(
-        f"plain GAN loop, 100 batches: {floor:.3f} s ({100 / floor:.0f} steps/s); the cell's "
-        f"training step: {steps['training']:.3f} s ({100 / steps['training']:.0f} steps/s), "
-        f"{floor / steps['training']:.0%} of the floor's speed"
-    )
-    console.print(
-        f"everything beyond training: {overhead / total:.1%} of a generation (target <= 15%); "
-        f"a generation costs {total / floor:.2f}x the plain loop"
-    )
+    console.print(f"plain GAN loop, 100 batches: {floor:.3f} s ({100 / floor:.0f} steps/s)")
+    for label, steps in measured.items():
+        total = totals[label]
+        console.print(
+            f"{label}: training {100 / steps['training']:.0f} steps/s "
+            f"({floor / steps['training']:.0%} of the plain loop's speed); everything beyond "
+            f"training {(total - steps['training']) / total:.1%} of a generation "
+            f"(target <= 15%); a generation costs {total / floor:.2f}x the plain loop"
+        )
     if args.plot:
-        plot(steps, floor, args.plot)
+        plot(measured, floor, args.plot)
 
 
-def plot(steps: dict[str, float], floor: float, path: str) -> None:
+def plot(measured: dict[str, dict[str, float]], floor: float, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 2.8))
-    left = 0.0
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
     colours = plt.get_cmap("tab10")
-    for i, step in enumerate([*STEPS, "checkpoint"]):
-        ax.barh("Lipizzaner cell", steps[step], left=left, color=colours(i), label=step)
-        left += steps[step]
-    ax.barh("plain GAN loop", floor, color="grey", label="plain loop")
-    ax.set_xlabel("seconds per generation (100 batches of 100, 1 thread)")
-    ax.legend(ncol=4, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    for row, (label, steps) in enumerate(measured.items()):
+        left = 0.0
+        for i, step in enumerate([*STEPS, "checkpoint"]):
+            ax.barh(
+                label, steps[step], left=left, color=colours(i), label=step if not row else None
+            )
+            left += steps[step]
+    ax.barh("plain GAN loop", floor, color="black", label="plain loop")
+    ax.set_xlabel("seconds per generation of one cell (100 batches of 100, 1 thread)")
+    ax.legend(ncol=4, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -85,6 +85,7 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 _REAL_STATS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+FEATURE_CHUNK = 256  # images per classifier call: fits the CPU caches
 
 
 class ClassifierScorer:
@@ -97,15 +98,20 @@ class ClassifierScorer:
                 f"needs 28x28 grey images, dataset {real.name} has shape {real.shape}"
             )
         self.objective_name = objective_name
-        self.classifier = load_classifier()
+        # channels_last and small chunks: about 5x faster on a CPU core than NCHW in
+        # chunks of 2,000 (the mixture ES scores twice per generation).
+        self.classifier = load_classifier().to(memory_format=torch.channels_last)
         key = real.identity or str(id(real))
         if key not in _REAL_STATS:
             _REAL_STATS[key] = feature_statistics(self._features(real.data)[0])
         self.real_mu, self.real_cov = _REAL_STATS[key]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [self.classifier(chunk.cpu().float()) for chunk in images.split(2000)]
+        parts = [
+            self.classifier(chunk.cpu().float().contiguous(memory_format=torch.channels_last))
+            for chunk in images.split(FEATURE_CHUNK)
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def scores(self, samples: torch.Tensor) -> dict[str, float]:
