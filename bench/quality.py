@@ -79,7 +79,8 @@ def run_jobs(jobs: list[tuple[int, int, dict]], workers: int) -> list[dict]:
 
 def two_d(args: argparse.Namespace) -> dict[str, list[dict]]:
     results = {}
-    for name, dataset in TWO_D.items():
+    for name in args.datasets:
+        dataset = TWO_D[name]
         spec = two_d_spec(dataset, args.generations, args.batches)
         jobs = [(side, seed, spec) for side in args.sides for seed in range(args.seeds)]
         results[name] = run_jobs(jobs, args.workers)
@@ -140,8 +141,8 @@ def plot(results: dict[str, list[dict]], sides: list[int], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.4))
-    for ax, (name, rows) in zip(axes, results.items(), strict=True):
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.4), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], results.items(), strict=True):
         for offset, side in enumerate(sides):
             mine = [r for r in rows if r["side"] == side]
             jitter = [offset * 0.08 - 0.08 + 0.02 * i for i in range(len(mine))]
@@ -163,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="directory of the MNIST IDX files (part 2)")
     parser.add_argument("--sides", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--datasets", nargs="+", choices=list(TWO_D), default=list(TWO_D))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batches", type=int, default=40)
