@@ -1,0 +1,117 @@
+"""Mode collapse on MNIST: a single GAN against a 2x2 grid at equal total compute.
+
+The single GAN (a 1x1 grid: the original's perceptrons, non-saturating loss, batch 100)
+trains 4 x N generations; the 2x2 grid trains N generations in each of its 4 cells, so
+both spend the same number of training steps. Both use the same aggressive learning rate
+(1e-3 by default), at which a single GAN tends to collapse onto a few digits. At each
+checkpoint along the way the run's ensemble is scored on 10,000 samples: FID and the TVD
+of its digit histogram from uniform (0.9: every sample the same digit).
+
+    python bench/collapse.py --data ../shared/datasets/mnist --plot docs/collapse.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_operator.spec import parse_run
+from rich.console import Console
+from rich.table import Table
+
+
+def manifest(data: str, side: int, generations: int, lr: float, output: str) -> dict:
+    return {
+        "apiVersion": "lipizzaner.io/v1alpha1",
+        "kind": "LipizzanerRun",
+        "metadata": {"name": f"collapse-{side}x{side}"},
+        "spec": {
+            "grid": {"rows": side, "cols": side},
+            "generations": generations,
+            "dataset": {"name": "mnist", "path": data},
+            "coevolution": {"learningRate": lr, "tournamentSize": min(2, side * side)},
+            "training": {"batchesPerGeneration": 100, "device": "cpu"},
+            "output": {"uri": output},
+        },
+    }
+
+
+def trajectory(data: str, side: int, generations: int, every: int, lr: float) -> list[dict]:
+    """Train in legs of `every` generations (each resumes the last); score after each."""
+    points = []
+    with tempfile.TemporaryDirectory() as output:
+        for end in range(every, generations + 1, every):
+            spec = manifest(data, side, end, lr, output)
+            spec["spec"]["checkpoint"] = {"every": every, "keep": 1}
+            outcome = run_in_process(parse_run(spec))
+            scores = outcome.manifest["scores"]
+            steps = end * side * side * 100
+            points.append({"generation": end, "steps": steps, **scores})
+            Console().print(
+                f"{side}x{side} generation {end}: FID {scores['fid']:.1f} TVD {scores['tvd']:.3f}"
+            )
+    return points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--generations", type=int, default=25, help="N: the grid's generations")
+    parser.add_argument("--every", type=int, default=5, help="score every this many generations")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--plot", help="write the trajectories here (PNG)")
+    parser.add_argument("--json", help="write every number here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    single = trajectory(args.data, 1, 4 * args.generations, 4 * args.every, args.lr)
+    grid = trajectory(args.data, 2, args.generations, args.every, args.lr)
+    table = Table(
+        title=f"MNIST at lr {args.lr}: equal training steps (100 batches = 1 cell-generation)"
+    )
+    for column in ("training steps", "single GAN FID", "TVD", "2x2 ensemble FID", "TVD"):
+        table.add_column(column, justify="right")
+    for one, four in zip(single, grid, strict=True):
+        table.add_row(
+            f"{one['steps']:,}",
+            f"{one['fid']:.1f}",
+            f"{one['tvd']:.3f}",
+            f"{four['fid']:.1f}",
+            f"{four['tvd']:.3f}",
+        )
+    best_single = min(p["fid"] for p in single)
+    best_grid = min(p["fid"] for p in grid)
+    table.add_row("best", f"{best_single:.1f}", "", f"{best_grid:.1f}", "", style="bold")
+    Console().print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"single": single, "grid": grid}, indent=2))
+    if args.plot:
+        plot(single, grid, args.lr, args.plot)
+
+
+def plot(single: list[dict], grid: list[dict], lr: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for points, label in ((single, "single GAN"), (grid, "2x2 ensemble")):
+        steps = [p["steps"] for p in points]
+        left.plot(steps, [p["fid"] for p in points], "o-", label=label)
+        right.plot(steps, [p["tvd"] for p in points], "o-", label=label)
+    left.set_ylabel("FID (lower is better)")
+    right.set_ylabel("TVD of the digit histogram")
+    right.axhline(0.9, color="grey", linestyle=":", label="one digit only")
+    for ax in (left, right):
+        ax.set_xlabel(f"training steps (lr {lr})")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
