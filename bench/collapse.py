@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import run_manifest, tournament_size
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_operator.spec import parse_run
 from rich.console import Console
@@ -25,19 +26,16 @@ from rich.table import Table
 
 
 def manifest(data: str, side: int, generations: int, lr: float, output: str) -> dict:
-    return {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": f"collapse-{side}x{side}"},
-        "spec": {
-            "grid": {"rows": side, "cols": side},
-            "generations": generations,
-            "dataset": {"name": "mnist", "path": data},
-            "coevolution": {"learningRate": lr, "tournamentSize": min(2, side * side)},
-            "training": {"batchesPerGeneration": 100, "device": "cpu"},
-            "output": {"uri": output},
-        },
-    }
+    return run_manifest(
+        f"collapse-{side}x{side}",
+        side,
+        side,
+        generations=generations,
+        dataset={"name": "mnist", "path": data},
+        coevolution={"learningRate": lr, "tournamentSize": tournament_size(side)},
+        training={"batchesPerGeneration": 100, "device": "cpu"},
+        output={"uri": output},
+    )
 
 
 def trajectory(data: str, side: int, generations: int, every: int, lr: float) -> list[dict]:

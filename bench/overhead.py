@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 
 import torch
+from common import run_manifest
 from lipizzaner_cell.checkpoint import save_checkpoint
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
@@ -42,19 +43,16 @@ def manifest(data: str, generations: int, output: str, samples: int | None = Non
             "mixture": {"scoreSampleSize": samples},
         }
     )
-    return {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": "overhead"},
-        "spec": {
-            "grid": {"rows": 2, "cols": 2},
-            "generations": generations,
-            "dataset": {"name": "mnist", "path": data},
-            "training": {"batchesPerGeneration": 100, "device": "cpu"},
-            "output": {"uri": output},
-            **sized,
-        },
-    }
+    return run_manifest(
+        "overhead",
+        2,
+        2,
+        generations=generations,
+        dataset={"name": "mnist", "path": data},
+        training={"batchesPerGeneration": 100, "device": "cpu"},
+        output={"uri": output},
+        **sized,
+    )
 
 
 def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from common import run_manifest, tournament_size
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.scores import ClassifierScorer
@@ -33,18 +34,11 @@ TWO_D = {
 
 
 def manifest(side: int, seed: int, spec: dict, output: str) -> dict:
-    return {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": f"quality-{side}x{side}"},
-        "spec": {
-            "grid": {"rows": side, "cols": side},
-            "seed": seed,
-            "output": {"uri": output},
-            **spec,
-            "coevolution": {**spec.get("coevolution", {}), "tournamentSize": min(2, side * side)},
-        },
-    }
+    coevolution = {**spec.get("coevolution", {}), "tournamentSize": tournament_size(side)}
+    sections = {**spec, "coevolution": coevolution}
+    return run_manifest(
+        f"quality-{side}x{side}", side, side, seed=seed, output={"uri": output}, **sections
+    )
 
 
 def two_d_spec(dataset: dict, generations: int, batches: int) -> dict:

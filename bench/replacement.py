@@ -13,6 +13,7 @@ import argparse
 import tempfile
 
 import torch
+from common import run_manifest
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_operator.spec import parse_run
 from rich.console import Console
@@ -20,20 +21,17 @@ from rich.table import Table
 
 
 def manifest(data: str, rule: str, generations: int, batches: int, output: str) -> dict:
-    return {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": f"replacement-{rule}"},
-        "spec": {
-            "grid": {"rows": 2, "cols": 2},
-            "generations": generations,
-            "seed": 0,
-            "dataset": {"name": "mnist", "path": data},
-            "coevolution": {"replacementRule": rule},
-            "training": {"batchesPerGeneration": batches},
-            "output": {"uri": output},
-        },
-    }
+    return run_manifest(
+        f"replacement-{rule}",
+        2,
+        2,
+        generations=generations,
+        seed=0,
+        dataset={"name": "mnist", "path": data},
+        coevolution={"replacementRule": rule},
+        training={"batchesPerGeneration": batches},
+        output={"uri": output},
+    )
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import run_manifest, tournament_size
 from lipizzaner_operator.local_launcher import LocalRun
 from lipizzaner_operator.spec import parse_run
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,22 +35,18 @@ WATCHED = (
 
 
 def manifest(data: str, side: int, generations: int, batches: int, output: str) -> dict:
-    return {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": f"scaling-{side}x{side}"},
-        "spec": {
-            "grid": {"rows": side, "cols": side},
-            "generations": generations,
-            "dataset": {"name": "mnist", "path": data},
-            # A 1x1 neighbourhood holds one individual per population.
-            "coevolution": {"tournamentSize": 1 if side == 1 else 2},
-            "mixture": {"scoreType": "none"},
-            "training": {"batchesPerGeneration": batches, "device": "cpu"},
-            "checkpoint": {"every": generations},
-            "output": {"uri": output},
-        },
-    }
+    return run_manifest(
+        f"scaling-{side}x{side}",
+        side,
+        side,
+        generations=generations,
+        dataset={"name": "mnist", "path": data},
+        coevolution={"tournamentSize": tournament_size(side)},
+        mixture={"scoreType": "none"},
+        training={"batchesPerGeneration": batches, "device": "cpu"},
+        checkpoint={"every": generations},
+        output={"uri": output},
+    )
 
 
 def scrape(port: int) -> dict[str, float]:
