@@ -1,8 +1,9 @@
-"""Mode collapse on MNIST: a single GAN against a 2x2 grid at equal total compute.
+"""Mode collapse on MNIST: a single GAN against a grid at equal total compute.
 
 The single GAN (a 1x1 grid: the original's perceptrons, non-saturating loss, batch 100)
-trains 4 x N generations; the 2x2 grid trains N generations in each of its 4 cells, so
-both spend the same number of training steps. Both use the same aggressive learning rate
+trains S x S x N generations; the S x S grid (2x2 by default) trains N generations in each
+of its cells, so both spend the same number of training steps; the two run side by side
+in two processes. Both use the same aggressive learning rate
 (1e-3 by default), at which a single GAN tends to collapse onto a few digits. At each
 checkpoint along the way the run's ensemble is scored on 10,000 samples: FID and the TVD
 of its digit histogram from uniform (0.9: every sample the same digit).
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -25,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 
-def manifest(data: str, side: int, generations: int, lr: float, output: str) -> dict:
+def manifest(data: str, side: int, generations: int, lr: float, output: str, device: str):
     return run_manifest(
         f"collapse-{side}x{side}",
         side,
@@ -33,17 +36,19 @@ def manifest(data: str, side: int, generations: int, lr: float, output: str) -> 
         generations=generations,
         dataset={"name": "mnist", "path": data},
         coevolution={"learningRate": lr, "tournamentSize": tournament_size(side)},
-        training={"batchesPerGeneration": 100, "device": "cpu"},
+        training={"batchesPerGeneration": 100, "device": device},
         output={"uri": output},
     )
 
 
-def trajectory(data: str, side: int, generations: int, every: int, lr: float) -> list[dict]:
+def trajectory(job: tuple[str, int, int, int, float, str]) -> list[dict]:
     """Train in legs of `every` generations (each resumes the last); score after each."""
+    data, side, generations, every, lr, device = job
+    torch.set_num_threads(1)
     points = []
     with tempfile.TemporaryDirectory() as output:
         for end in range(every, generations + 1, every):
-            spec = manifest(data, side, end, lr, output)
+            spec = manifest(data, side, end, lr, output, device)
             spec["spec"]["checkpoint"] = {"every": every, "keep": 1}
             outcome = run_in_process(parse_run(spec))
             scores = outcome.manifest["scores"]
@@ -60,17 +65,24 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
     parser.add_argument("--generations", type=int, default=25, help="N: the grid's generations")
     parser.add_argument("--every", type=int, default=5, help="score every this many generations")
+    parser.add_argument("--side", type=int, default=2, help="S: the grid is S x S")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--plot", help="write the trajectories here (PNG)")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    single = trajectory(args.data, 1, 4 * args.generations, 4 * args.every, args.lr)
-    grid = trajectory(args.data, 2, args.generations, args.every, args.lr)
+    cells = args.side * args.side
+    jobs = [
+        (args.data, 1, cells * args.generations, cells * args.every, args.lr, args.device),
+        (args.data, args.side, args.generations, args.every, args.lr, args.device),
+    ]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        single, grid = pool.map(trajectory, jobs)
     table = Table(
         title=f"MNIST at lr {args.lr}: equal training steps (100 batches = 1 cell-generation)"
     )
-    for column in ("training steps", "single GAN FID", "TVD", "2x2 ensemble FID", "TVD"):
+    grid_name = f"{args.side}x{args.side} ensemble"
+    for column in ("training steps", "single GAN FID", "TVD", f"{grid_name} FID", "TVD"):
         table.add_column(column, justify="right")
     for one, four in zip(single, grid, strict=True):
         table.add_row(
@@ -87,17 +99,17 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"single": single, "grid": grid}, indent=2))
     if args.plot:
-        plot(single, grid, args.lr, args.plot)
+        plot(single, grid, grid_name, args.lr, args.plot)
 
 
-def plot(single: list[dict], grid: list[dict], lr: float, path: str) -> None:
+def plot(single: list[dict], grid: list[dict], grid_name: str, lr: float, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for points, label in ((single, "single GAN"), (grid, "2x2 ensemble")):
+    for points, label in ((single, "single GAN"), (grid, grid_name)):
         steps = [p["steps"] for p in points]
         left.plot(steps, [p["fid"] for p in points], "o-", label=label)
         right.plot(steps, [p["tvd"] for p in points], "o-", label=label)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,15 +42,15 @@ def manifest(side: int, seed: int, spec: dict, output: str) -> dict:
     )
 
 
-def two_d_spec(dataset: dict, generations: int, batches: int) -> dict:
+def two_d_spec(dataset: dict, generations: int, batches: int, hidden: list[int]) -> dict:
     """The quickstart's settings (examples/quickstart.yaml) on either 2-D data set."""
     return {
         "generations": generations,
         "dataset": dataset,
         "network": {
             "latentSize": 64,
-            "generator": {"hiddenSizes": [128, 128], "output": "linear"},
-            "discriminator": {"hiddenSizes": [128, 128]},
+            "generator": {"hiddenSizes": hidden, "output": "linear"},
+            "discriminator": {"hiddenSizes": hidden},
         },
         "coevolution": {"learningRate": 0.0005, "replacementRule": "offspring"},
         "mixture": {"sigma": 0.05},
@@ -67,7 +68,8 @@ def train(job: tuple[int, int, dict]) -> dict:
 
 
 def run_jobs(jobs: list[tuple[int, int, dict]], workers: int) -> list[dict]:
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn: a forked worker cannot use CUDA.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(train, jobs))
 
 
@@ -75,7 +77,7 @@ def two_d(args: argparse.Namespace) -> dict[str, list[dict]]:
     results = {}
     for name in args.datasets:
         dataset = TWO_D[name]
-        spec = two_d_spec(dataset, args.generations, args.batches)
+        spec = two_d_spec(dataset, args.generations, args.batches, args.hidden)
         jobs = [(side, seed, spec) for side in args.sides for seed in range(args.seeds)]
         results[name] = run_jobs(jobs, args.workers)
         table = Table(
@@ -102,7 +104,7 @@ def mnist(args: argparse.Namespace) -> list[dict]:
     spec = {
         "generations": args.mnist_generations,
         "dataset": {"name": "mnist", "path": args.data},
-        "training": {"batchesPerGeneration": 100, "device": "cpu"},
+        "training": {"batchesPerGeneration": 100, "device": args.mnist_device},
     }
     jobs = [(side, 0, spec) for side in args.mnist_sides]
     results = run_jobs(jobs, args.workers)
@@ -162,8 +164,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", default=[128, 128], help="2-D networks' hidden layers"
+    )
     parser.add_argument("--mnist-sides", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--mnist-generations", type=int, default=10)
+    parser.add_argument("--mnist-device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
     parser.add_argument("--skip-2d", action="store_true")
     parser.add_argument("--plot", help="scatter plot of part 1 (PNG)")

@@ -34,7 +34,9 @@ WATCHED = (
 )
 
 
-def manifest(data: str, side: int, generations: int, batches: int, output: str) -> dict:
+def manifest(
+    data: str, side: int, generations: int, batches: int, output: str, device: str
+) -> dict:
     return run_manifest(
         f"scaling-{side}x{side}",
         side,
@@ -43,7 +45,7 @@ def manifest(data: str, side: int, generations: int, batches: int, output: str) 
         dataset={"name": "mnist", "path": data},
         coevolution={"tournamentSize": tournament_size(side)},
         mixture={"scoreType": "none"},
-        training={"batchesPerGeneration": batches, "device": "cpu"},
+        training={"batchesPerGeneration": batches, "device": device},
         checkpoint={"every": generations},
         output={"uri": output},
     )
@@ -63,10 +65,10 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def measure(data: str, side: int, generations: int, batches: int) -> dict[str, float]:
+def measure(data: str, side: int, generations: int, batches: int, device: str) -> dict[str, float]:
     """Run one grid to the end, scraping every cell until it exits; per-cell averages."""
     with tempfile.TemporaryDirectory() as workdir:
-        run = parse_run(manifest(data, side, generations, batches, f"{workdir}/out"))
+        run = parse_run(manifest(data, side, generations, batches, f"{workdir}/out", device))
         local = LocalRun(run, Path(workdir), threads=1)
         last: dict[int, dict[str, float]] = {}
         local.start()
@@ -105,14 +107,22 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4], help="grid sides")
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--batches", type=int, default=50, help="batches per generation")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: every cell shares GPU 0"
+    )
     parser.add_argument("--plot", help="write a chart here (PNG)")
     args = parser.parse_args()
-    results = [measure(args.data, s, args.generations, args.batches) for s in args.sizes]
+    results = [
+        measure(args.data, s, args.generations, args.batches, args.device) for s in args.sizes
+    ]
     base = results[0]["seconds_per_generation"]
     cores = os.cpu_count() or 1
-    table = Table(
-        title=f"Weak scaling on {cores} cores ({platform.processor() or platform.machine()})"
-    )
+    machine = f"{cores} cores ({platform.processor() or platform.machine()})"
+    if args.device == "cuda":
+        import torch
+
+        machine += f", cells sharing one {torch.cuda.get_device_name()}"
+    table = Table(title=f"Weak scaling on {machine}")
     for column in (
         "cells",
         "s / generation / cell",
@@ -134,10 +144,11 @@ def main() -> None:
         )
     Console().print(table)
     if args.plot:
-        plot(results, cores, args.plot)
+        ideal = f"ideal on {cores} cores" if args.device == "cpu" else "ideal: flat"
+        plot(results, cores, ideal, args.plot)
 
 
-def plot(results: list[dict[str, float]], cores: int, path: str) -> None:
+def plot(results: list[dict[str, float]], cores: int, ideal: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +158,7 @@ def plot(results: list[dict[str, float]], cores: int, path: str) -> None:
     base = results[0]["seconds_per_generation"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     left.plot(cells, [r["seconds_per_generation"] / base for r in results], "o-", label="measured")
-    left.plot(cells, [max(1.0, c / cores) for c in cells], "k--", label=f"ideal on {cores} cores")
+    left.plot(cells, [max(1.0, c / cores) for c in cells], "k--", label=ideal)
     left.set_xlabel("cells (one thread each)")
     left.set_ylabel("time per generation vs 1 cell")
     left.legend()

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from lipizzaner_cell.fitness import evaluate_fitness, loss_tables
+from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes, loss_tables
 from lipizzaner_cell.individual import Individual, mutate_learning_rate
 from lipizzaner_cell.losses import LOSSES
-from lipizzaner_cell.mixture import allocate, es_step, sample_mixture
+from lipizzaner_cell.mixture import MixtureEmbeddings, allocate, es_step, sample_mixture
 from lipizzaner_cell.selection import replace, tournament_select
 from torch import nn
 
@@ -111,7 +111,8 @@ def test_batched_fitness_tables_equal_pairwise_evaluation():
     discs = [Individual.fresh(_Critic(), 1e-3, 0) for _ in range(2)]
     real, noise = torch.randn(10, 3), torch.randn(10, 4)
     loss = LOSSES["heuristic"]
-    g_table, d_table = loss_tables(gens, discs, real, noise, loss)
+    fakes = generator_fakes(gens, noise)
+    g_table, d_table = loss_tables(fakes, discs, real, loss)
     with torch.no_grad():
         for i, g in enumerate(gens):
             for j, d in enumerate(discs):
@@ -120,9 +121,9 @@ def test_batched_fitness_tables_equal_pairwise_evaluation():
                 assert float(d_table[j, i]) == pytest.approx(
                     float(loss.discriminator(d.net(real), d.net(fake)))
                 )
-    evaluate_fitness(gens, discs, real, noise, loss, "worst")
+    evaluate_fitness(gens, discs, real, fakes, loss, "worst")
     assert [g.fitness for g in gens] == pytest.approx(g_table.max(1).values.tolist())
-    evaluate_fitness(gens, discs, real, noise, loss, "average", assign=("g",))
+    evaluate_fitness(gens, discs, None, fakes, loss, "average", assign=("g",))
     assert [g.fitness for g in gens] == pytest.approx(g_table.mean(1).tolist())
     assert [d.fitness for d in discs] == pytest.approx(d_table.max(1).values.tolist())
 
@@ -147,6 +148,43 @@ def test_mixture_draws_each_generators_share():
     constant = [_Constant(float(v)) for v in (0, 1, 2)]
     samples = sample_mixture(constant, torch.tensor([0.5, 0.0, 0.5]), torch.zeros(10, 1))
     assert sorted(samples.squeeze(1).tolist()) == [0.0] * 5 + [2.0] * 5
+
+
+def test_generator_table_without_real_data_matches_the_full_one():
+    torch.manual_seed(1)
+    gens = [Individual.fresh(nn.Sequential(nn.Linear(4, 3), nn.Tanh()), 1e-3, 0) for _ in range(2)]
+    discs = [Individual.fresh(_Critic(), 1e-3, 0) for _ in range(3)]
+    real, noise = torch.randn(6, 3), torch.randn(6, 4)
+    fakes = generator_fakes(gens, noise)
+    full, _ = loss_tables(fakes, discs, real, LOSSES["bce"])
+    alone, missing = loss_tables(fakes, discs, None, LOSSES["bce"])
+    assert missing is None
+    assert torch.allclose(full, alone)
+    with pytest.raises(ValueError, match="real samples"):
+        evaluate_fitness(gens, discs, None, fakes, LOSSES["bce"], "average")
+
+
+def test_mixture_embeddings_reuse_the_rows_a_candidate_shares():
+    torch.manual_seed(2)
+    nets = [nn.Linear(2, 3) for _ in range(3)]
+    noise = torch.randn(3, 100, 2)
+    embedded_rows = []
+
+    def embed(samples: torch.Tensor) -> torch.Tensor:
+        embedded_rows.append(samples.shape[0])
+        return samples * 2
+
+    cache = MixtureEmbeddings(nets, noise, embed)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    with torch.no_grad():
+        expected = torch.cat([nets[k](noise[k, :n]) * 2 for k, n in enumerate([50, 30, 20])])
+    assert torch.allclose(cache.of(weights), expected)
+    assert sum(embedded_rows) == 100
+    moved = cache.of(torch.tensor([0.45, 0.35, 0.2], dtype=torch.float64))
+    assert moved.shape[0] == 100
+    assert sum(embedded_rows) == 105  # only generator 1's five new rows
+    with torch.no_grad():
+        assert torch.allclose(moved[45:80], nets[1](noise[1, :35]) * 2)
 
 
 class _Constant(nn.Module):

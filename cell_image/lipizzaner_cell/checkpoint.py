@@ -19,7 +19,7 @@ from safetensors.torch import save as save_tensors
 from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.individual import Individual
 
-FORMAT = "lipizzaner-cell-checkpoint/1"
+FORMAT = "lipizzaner-cell-checkpoint/2"
 
 
 def _export_individual(individual: Individual, prefix: str, tensors: dict) -> dict[str, Any]:
@@ -58,7 +58,10 @@ def _import_individual(
 
 
 def export_state(engine: CellEngine) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {"rng": engine.rng.get_state()}
+    tensors: dict[str, torch.Tensor] = {
+        "rng": engine.rng.get_state(),
+        "device_rng": engine.device_rng.get_state(),
+    }
     meta: dict[str, Any] = {
         "format": FORMAT,
         "cell": engine.index,
@@ -92,6 +95,7 @@ def import_state(engine: CellEngine, tensors: dict[str, torch.Tensor], meta: dic
         for i, individual in enumerate(population):
             _import_individual(individual, f"{role}.{i}", tensors, meta[role][i])
     engine.rng.set_state(tensors["rng"])
+    engine.device_rng.set_state(tensors["device_rng"])
     engine.mixture_weights = {int(c): w for c, w in meta["mixture_weights"].items()}
     engine.generation = meta["generation"]
     engine.offspring_accepted, engine.offspring_offered = meta["offspring"]

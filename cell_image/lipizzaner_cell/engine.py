@@ -16,10 +16,10 @@ from lipizzaner_operator.spec import LipizzanerRun
 from lipizzaner_operator.topology import Grid, cell_seed
 
 from lipizzaner_cell.datasets import Dataset
-from lipizzaner_cell.fitness import evaluate_fitness
+from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes
 from lipizzaner_cell.individual import Individual, mutate_learning_rate
 from lipizzaner_cell.losses import draw_loss, fitness_loss, gradient_penalty
-from lipizzaner_cell.mixture import es_step, sample_mixture
+from lipizzaner_cell.mixture import MixtureEmbeddings, es_step
 from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.scores import Scorer, build_scorer
@@ -77,10 +77,15 @@ class CellEngine:
         self.grid = Grid(spec.grid.rows, spec.grid.cols, spec.grid.neighbourhood)
         self.neighbour_cells = [n.index for n in self.grid.neighbours(index)]
         self.seed = cell_seed(spec.seed, index)
+        # Decisions (opponents, mutations, tournaments) draw from a CPU generator; noise
+        # and batch order from one on the training device, so nothing waits on a copy.
         self.rng = torch.Generator().manual_seed(self.seed)
+        self.device_rng = torch.Generator(self.device).manual_seed(
+            int(torch.randint(2**62, (1,), generator=self.rng))
+        )
         self.data = dataset.subset(spec.dataset.sampling_ratio, self.seed).data.to(self.device)
         self.shape = dataset.shape
-        self.scorer: Scorer | None = build_scorer(spec.mixture.score_type, dataset)
+        self.scorer: Scorer | None = build_scorer(spec.mixture.score_type, dataset, self.device)
         self.fitness_loss = fitness_loss(spec.loss)
         self.generation = 0
         self.last_batches = 0
@@ -108,11 +113,12 @@ class CellEngine:
             hood = self.snapshot_neighbourhood()  # 1
         with _timed(seconds, "fitness"):
             real, noise = self._fitness_samples()  # 2
+            hood_fakes = generator_fakes(hood.generators, noise)
             evaluate_fitness(
                 hood.generators,
                 hood.discriminators,
                 real,
-                noise,
+                hood_fakes,
                 self.fitness_loss,
                 co.fitness.mode,
             )
@@ -121,7 +127,7 @@ class CellEngine:
         with _timed(seconds, "training"):
             losses = self.train(generators, discriminators, should_stop)  # 4
         with _timed(seconds, "replacement"):
-            accepted = self.replace(hood, generators, discriminators, real, noise)  # 5
+            accepted = self.replace(hood, hood_fakes, generators, discriminators, real, noise)
             self.offspring_accepted += accepted
             self.offspring_offered += 2 * co.replacements
         with _timed(seconds, "mixture"):
@@ -189,8 +195,8 @@ class CellEngine:
             mutate_learning_rate(
                 individual, co.mutation.probability, co.mutation.alpha, co.learning_rate, self.rng
             )
-        order = torch.randperm(len(self.data), generator=self.rng)
-        offsets = torch.arange(batch_size)
+        order = torch.randperm(len(self.data), generator=self.device_rng, device=self.device)
+        offsets = torch.arange(batch_size, device=self.device)
         skip = co.discriminator_skip_every_nth
         g_total = torch.zeros((), device=self.device)
         d_total = torch.zeros((), device=self.device)
@@ -199,8 +205,7 @@ class CellEngine:
             if should_stop is not None and batch and should_stop():
                 break
             batches += 1
-            rows = order[(batch * batch_size + offsets) % len(self.data)]
-            real = self.data[rows.to(self.device)]
+            real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
             if not (skip and (batch + 1) % skip == 0):
                 for discriminator in discriminators:
                     d_total += self._train_discriminator(discriminator, generators, real)
@@ -213,16 +218,26 @@ class CellEngine:
     def replace(
         self,
         hood: Neighbourhood,
+        hood_fakes: list[torch.Tensor],
         generators: list[Individual],
         discriminators: list[Individual],
         real: torch.Tensor,
         noise: torch.Tensor,
     ) -> int:
-        """Step 5: score the offspring against the neighbourhood, put them into the populations."""
+        """Step 5: score the offspring against the neighbourhood, put them into the populations.
+
+        Uses step 2's samples; `hood_fakes` are the neighbourhood generators' fakes from
+        step 2, still valid because training works on clones.
+        """
         co = self.spec.coevolution
         mode, loss = co.fitness.mode, self.fitness_loss
-        evaluate_fitness(generators, hood.discriminators, real, noise, loss, mode, assign=("g",))
-        evaluate_fitness(hood.generators, discriminators, real, noise, loss, mode, assign=("d",))
+        offspring_fakes = generator_fakes(generators, noise)
+        evaluate_fitness(
+            generators, hood.discriminators, None, offspring_fakes, loss, mode, assign=("g",)
+        )
+        evaluate_fitness(
+            hood.generators, discriminators, real, hood_fakes, loss, mode, assign=("d",)
+        )
         rule = co.replacement_rule
         return replace(self.generators, generators, co.replacements, rule) + replace(
             self.discriminators, discriminators, co.replacements, rule
@@ -235,12 +250,15 @@ class CellEngine:
         """
         if self.scorer is None:
             return None
+        scorer = self.scorer
         cells, nets = self.mixture_members(hood)
         mass = sum(self.mixture_weights[c] for c in cells)
-        noise = self.noise(self.spec.mixture.score_sample_size)
+        samples = self.spec.mixture.score_sample_size
+        noise = self.noise(len(nets) * samples).view(len(nets), samples, -1)
+        embeddings = MixtureEmbeddings(nets, noise, scorer.embed)
 
         def score(weights: torch.Tensor) -> float:
-            return self.scorer.objective(sample_mixture(nets, weights, noise))
+            return scorer.objective_of(embeddings.of(weights))
 
         weights = self.mixture_weights_of(cells)
         current = score(weights)
@@ -305,12 +323,12 @@ class CellEngine:
 
     def noise(self, count: int) -> torch.Tensor:
         latent = self.spec.network.latent_size
-        return torch.randn((count, latent), generator=self.rng).to(self.device)
+        return torch.randn((count, latent), generator=self.device_rng, device=self.device)
 
     def _fitness_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.spec.coevolution.fitness.sample_size
-        rows = torch.randint(len(self.data), (size,), generator=self.rng)
-        return self.data[rows.to(self.device)], self.noise(size)
+        rows = torch.randint(len(self.data), (size,), generator=self.device_rng, device=self.device)
+        return self.data[rows], self.noise(size)
 
     def _train_discriminator(
         self, discriminator: Individual, generators: list[Individual], real: torch.Tensor
@@ -322,7 +340,7 @@ class CellEngine:
         logits = discriminator.net(torch.cat([real, fake]))
         value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
         if loss.gradient_penalty:
-            penalty = gradient_penalty(discriminator.net, real, fake, self.rng)
+            penalty = gradient_penalty(discriminator.net, real, fake, self.device_rng)
             value = value + loss.gradient_penalty * penalty
         discriminator.optimizer.zero_grad(set_to_none=True)
         value.backward()

@@ -2,7 +2,9 @@
 
 Each generator produces its fakes once from shared noise; each discriminator then scores
 the real samples and all generators' fakes in one forward pass. That is G + D forward
-passes for a G x D table of losses, instead of 2 x G x D.
+passes for a G x D table of losses, instead of 2 x G x D. The fakes are returned to the
+caller so that replacement, later in the same generation, reuses them: the
+neighbourhood's networks do not change in between.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 
 from lipizzaner_cell.individual import Individual
 from lipizzaner_cell.losses import Loss
+from lipizzaner_cell.networks import evaluation_mode
 
 _COMBINE = {
     "average": lambda table, dim: table.mean(dim),
@@ -20,36 +23,47 @@ _COMBINE = {
 
 
 @torch.no_grad()
-def loss_tables(
-    generators: list[Individual],
-    discriminators: list[Individual],
-    real: torch.Tensor,
-    noise: torch.Tensor,
-    loss: Loss,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(G x D generator losses, D x G discriminator losses)."""
+def generator_fakes(generators: list[Individual], noise: torch.Tensor) -> list[torch.Tensor]:
+    """Each generator's samples of the same noise, in evaluation mode."""
     fakes = []
     for generator in generators:
-        generator.net.eval()
-        fakes.append(generator.net(noise))
-        generator.net.train()
-    batch = torch.cat([real, *fakes])
-    n = real.shape[0]
+        with evaluation_mode(generator.net) as net:
+            fakes.append(net(noise))
+    return fakes
+
+
+@torch.no_grad()
+def loss_tables(
+    fakes: list[torch.Tensor],
+    discriminators: list[Individual],
+    real: torch.Tensor | None,
+    loss: Loss,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(G x D generator losses, D x G discriminator losses) for the generators' `fakes`.
+
+    Without `real` only the generator table is computed, and the discriminators see
+    only fakes.
+    """
+    batch = torch.cat(fakes if real is None else [real, *fakes])
+    n = fakes[0].shape[0]
     g_columns, d_rows = [], []
     for discriminator in discriminators:
         logits = discriminator.net(batch)
-        real_logits, fake_logits = logits[:n], logits[n:].view(len(generators), n)
+        fake_logits = logits[-n * len(fakes) :].view(len(fakes), n)
         g_columns.append(torch.stack([loss.generator(fake) for fake in fake_logits]))
-        d_rows.append(torch.stack([loss.discriminator(real_logits, f) for f in fake_logits]))
-    # One device-to-host copy for the whole table.
-    return torch.stack(g_columns, 1).double().cpu(), torch.stack(d_rows).double().cpu()
+        if real is not None:
+            real_logits = logits[: real.shape[0]]
+            d_rows.append(torch.stack([loss.discriminator(real_logits, f) for f in fake_logits]))
+    # One device-to-host copy per table.
+    g_table = torch.stack(g_columns, 1).double().cpu()
+    return g_table, (torch.stack(d_rows).double().cpu() if d_rows else None)
 
 
 def evaluate_fitness(
     generators: list[Individual],
     discriminators: list[Individual],
-    real: torch.Tensor,
-    noise: torch.Tensor,
+    real: torch.Tensor | None,
+    fakes: list[torch.Tensor],
     loss: Loss,
     mode: str,
     *,
@@ -57,9 +71,12 @@ def evaluate_fitness(
 ) -> None:
     """Set fitness (losses against all opponents, combined per mode) on the sides in `assign`.
 
-    `assign=("g",)` scores generators without touching their opponents' fitness.
+    `fakes` are the generators' samples (`generator_fakes`); `assign=("g",)` scores
+    generators without touching their opponents' fitness, and needs no real data.
     """
-    g_table, d_table = loss_tables(generators, discriminators, real, noise, loss)
+    if "d" in assign and real is None:
+        raise ValueError("discriminator fitness needs real samples")
+    g_table, d_table = loss_tables(fakes, discriminators, real, loss)
     sides = {"g": (generators, g_table), "d": (discriminators, d_table)}
     for side in assign:
         individuals, table = sides[side]

@@ -113,7 +113,7 @@ def gradient_penalty(
 ) -> torch.Tensor:
     """Gulrajani et al.: (||grad D(x_hat)|| - 1)^2 on random interpolates of real and fake."""
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    mix = torch.rand(shape, generator=rng).to(real.device)
+    mix = torch.rand(shape, generator=rng, device=real.device)
     interpolates = (mix * real + (1 - mix) * fake).requires_grad_(True)
     (grads,) = torch.autograd.grad(
         discriminator(interpolates).sum(), interpolates, create_graph=True

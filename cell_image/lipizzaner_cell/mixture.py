@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lipizzaner_cell.networks import evaluation_mode
+
 
 def allocate(weights: torch.Tensor, total: int) -> list[int]:
     """Split `total` samples by weight with largest remainders (deterministic, exact sum)."""
@@ -27,12 +29,45 @@ def sample_mixture(
     parts, start = [], 0
     for generator, count in zip(generators, allocate(weights, noise.shape[0]), strict=True):
         if count:
-            was_training = generator.training
-            generator.eval()
-            parts.append(generator(noise[start : start + count]))
-            generator.train(was_training)
+            with evaluation_mode(generator):
+                parts.append(generator(noise[start : start + count]))
             start += count
     return torch.cat(parts)
+
+
+class MixtureEmbeddings:
+    """The ES objective's view of a mixture: embedded samples, cached per generator.
+
+    Generator k draws from its own noise block `noise[k]` and a mixture takes the first
+    `count_k` of its rows, so a candidate whose weights moved by sigma shares almost all
+    its samples with the current mixture: only the rows it adds are generated and embedded.
+    """
+
+    def __init__(
+        self,
+        generators: list[nn.Module],
+        noise: torch.Tensor,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        if noise.shape[0] != len(generators):
+            raise ValueError(f"one noise block per generator, got {noise.shape[0]}")
+        self.generators, self.noise, self.embed = generators, noise, embed
+        self._rows: list[torch.Tensor | None] = [None] * len(generators)
+
+    def of(self, weights: torch.Tensor) -> torch.Tensor:
+        counts = allocate(weights, self.noise.shape[1])
+        return torch.cat([self._prefix(k, count) for k, count in enumerate(counts) if count])
+
+    @torch.no_grad()
+    def _prefix(self, k: int, count: int) -> torch.Tensor:
+        have = self._rows[k]
+        start = 0 if have is None else have.shape[0]
+        if count > start:
+            with evaluation_mode(self.generators[k]) as generator:
+                added = self.embed(generator(self.noise[k, start:count]))
+            have = added if have is None else torch.cat([have, added])
+            self._rows[k] = have
+        return have[:count]
 
 
 def es_step(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from lipizzaner_operator.spec import NetworkPartSpec
@@ -110,3 +112,14 @@ def build_discriminator(part: NetworkPartSpec, shape: Shape) -> nn.Module:
     if part.architecture == "dcgan":
         return DCGANDiscriminator(part.width, shape)
     return MLPDiscriminator(list(part.hidden_sizes), shape)
+
+
+@contextmanager
+def evaluation_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Batch norm on its running statistics while sampling; the previous mode after."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)

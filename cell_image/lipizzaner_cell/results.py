@@ -53,11 +53,11 @@ def finish_cell(
     scores: dict[str, float] = {}
     objective = None
     if engine.scorer is not None:
-        samples = sample_mixture(nets, weights, engine.noise(FINAL_SAMPLES))
-        scores = engine.scorer.scores(samples)
+        embedded = engine.scorer.embed(sample_mixture(nets, weights, engine.noise(FINAL_SAMPLES)))
+        scores = engine.scorer.scores_of(embedded)
         objective = {
             "name": engine.scorer.objective_name,
-            "value": engine.scorer.objective(samples),
+            "value": engine.scorer.objective_of(embedded),
         }
     mixture = []
     for cell, net, weight in zip(cells, nets, weights.tolist(), strict=True):

@@ -10,62 +10,78 @@ Real-data statistics are computed once per dataset and process and cached.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
-from lipizzaner_cell.classifier import load_classifier
+from lipizzaner_cell.classifier import FEATURES, load_classifier
 from lipizzaner_cell.datasets import Dataset
 
 
-class Scorer(Protocol):
+class Scorer(ABC):
+    """Scores computed from per-sample embeddings (classifier features, mode assignments).
+
+    Embeddings of different samples are independent, so the mixture ES can cache them per
+    generator and score a candidate mixture by re-using the rows it shares with the last.
+    """
+
     objective_name: str
 
-    def scores(self, samples: torch.Tensor) -> dict[str, float]: ...
+    @abstractmethod
+    def embed(self, samples: torch.Tensor) -> torch.Tensor:
+        """One row per sample, on the CPU."""
+
+    @abstractmethod
+    def objective_of(self, embedded: torch.Tensor) -> float:
+        """The objective of embedded samples; lower is better."""
+
+    @abstractmethod
+    def scores_of(self, embedded: torch.Tensor) -> dict[str, float]: ...
 
     def objective(self, samples: torch.Tensor) -> float:
-        """Lower is better."""
-        ...
+        return self.objective_of(self.embed(samples))
+
+    def scores(self, samples: torch.Tensor) -> dict[str, float]:
+        return self.scores_of(self.embed(samples))
 
 
 @dataclass(frozen=True)
-class ModeScorer:
+class ModeScorer(Scorer):
     """Scores for samples of a known mixture of Gaussians, in model space."""
 
     modes: torch.Tensor
     std: float
     objective_name: str = "mode-kl"
 
-    def _assign(self, samples: torch.Tensor) -> torch.Tensor:
+    def embed(self, samples: torch.Tensor) -> torch.Tensor:
         """Index of each sample's mode, or -1 for samples farther than 3 std from all."""
         distances = torch.cdist(samples.double().cpu(), self.modes.double())
         nearest = distances.min(dim=1)
         return torch.where(nearest.values <= 3 * self.std, nearest.indices, -1)
 
-    def _counts(self, samples: torch.Tensor) -> torch.Tensor:
-        assigned = self._assign(samples)
+    def _counts(self, assigned: torch.Tensor) -> torch.Tensor:
         return torch.bincount(assigned[assigned >= 0], minlength=len(self.modes)).double()
 
-    def objective(self, samples: torch.Tensor) -> float:
+    def objective_of(self, embedded: torch.Tensor) -> float:
         """KL(uniform over modes || smoothed high-quality mode histogram).
 
         0 for samples spread evenly over all modes; off-mode samples count as missing mass,
         so both dropped modes and low-quality samples raise it.
         """
         k = len(self.modes)
-        share = (self._counts(samples) + 0.5) / (samples.shape[0] + 0.5 * k)
+        share = (self._counts(embedded) + 0.5) / (embedded.shape[0] + 0.5 * k)
         return float(-math.log(k) - share.log().mean())
 
-    def scores(self, samples: torch.Tensor) -> dict[str, float]:
-        counts = self._counts(samples)
-        n, k = samples.shape[0], len(self.modes)
+    def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
+        counts = self._counts(embedded)
+        n, k = embedded.shape[0], len(self.modes)
         covered = int((counts >= 0.2 * n / k).sum())  # PacGAN: 1/5 of a fair share
         return {
             "modes_covered": float(covered),
             "modes_total": float(k),
             "high_quality_fraction": float(counts.sum() / n),
-            "mode_kl": self.objective(samples),
+            "mode_kl": self.objective_of(embedded),
         }
 
 
@@ -85,48 +101,59 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 _REAL_STATS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-FEATURE_CHUNK = 256  # images per classifier call: fits the CPU caches
+# Images per classifier call: small chunks fit a CPU core's caches, a GPU wants big ones.
+FEATURE_CHUNK = {"cpu": 256, "cuda": 8192}
 
 
-class ClassifierScorer:
+class ClassifierScorer(Scorer):
     """FID and class-histogram TVD under the project's MNIST classifier."""
 
-    def __init__(self, real: Dataset, objective_name: str = "fid") -> None:
+    def __init__(
+        self, real: Dataset, objective_name: str = "fid", device: torch.device | None = None
+    ) -> None:
         if real.shape != (1, 28, 28):
             raise ValueError(
                 f"mixture.scoreType: {objective_name} uses the project's MNIST classifier and "
                 f"needs 28x28 grey images, dataset {real.name} has shape {real.shape}"
             )
         self.objective_name = objective_name
-        # channels_last and small chunks: about 5x faster on a CPU core than NCHW in
-        # chunks of 2,000 (the mixture ES scores twice per generation).
-        self.classifier = load_classifier().to(memory_format=torch.channels_last)
+        self.device = device or torch.device("cpu")
+        self.chunk = FEATURE_CHUNK.get(self.device.type, 256)
+        # channels_last: about 5x faster on a CPU core than NCHW (with the small chunks).
+        self.classifier = load_classifier().to(self.device, memory_format=torch.channels_last)
         key = real.identity or str(id(real))
         if key not in _REAL_STATS:
-            _REAL_STATS[key] = feature_statistics(self._features(real.data)[0])
+            _REAL_STATS[key] = feature_statistics(self.embed(real.data)[:, :FEATURES])
         self.real_mu, self.real_cov = _REAL_STATS[key]
 
     @torch.inference_mode()
-    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, samples: torch.Tensor) -> torch.Tensor:
+        """Features and logits side by side, one row per image."""
         parts = [
-            self.classifier(chunk.cpu().float().contiguous(memory_format=torch.channels_last))
-            for chunk in images.split(FEATURE_CHUNK)
+            torch.cat(self.classifier(self._layout(chunk)), 1)
+            for chunk in samples.split(self.chunk)
         ]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return torch.cat(parts).cpu()
 
-    def scores(self, samples: torch.Tensor) -> dict[str, float]:
-        features, logits = self._features(samples)
-        histogram = torch.bincount(logits.argmax(1), minlength=10).double() / len(samples)
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, torch.float32, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last)
+
+    def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
+        features, logits = embedded[:, :FEATURES], embedded[:, FEATURES:]
+        histogram = torch.bincount(logits.argmax(1), minlength=10).double() / len(embedded)
         return {
             "fid": frechet_distance(*feature_statistics(features), self.real_mu, self.real_cov),
             "tvd": float(0.5 * (histogram - 0.1).abs().sum()),
         }
 
-    def objective(self, samples: torch.Tensor) -> float:
-        return self.scores(samples)[self.objective_name]
+    def objective_of(self, embedded: torch.Tensor) -> float:
+        return self.scores_of(embedded)[self.objective_name]
 
 
-def build_scorer(score_type: str, dataset: Dataset) -> Scorer | None:
+def build_scorer(
+    score_type: str, dataset: Dataset, device: torch.device | None = None
+) -> Scorer | None:
     """The scorer a run uses; `auto` picks by what the data allows, `none` disables it."""
     if score_type == "auto":
         if dataset.modes is not None:
@@ -144,4 +171,4 @@ def build_scorer(score_type: str, dataset: Dataset) -> Scorer | None:
                 f"(gaussian-ring or gaussian-grid), got dataset {dataset.name}"
             )
         return ModeScorer(dataset.modes, float(dataset.mode_std or 0.0))
-    return ClassifierScorer(dataset, score_type)
+    return ClassifierScorer(dataset, score_type, device)

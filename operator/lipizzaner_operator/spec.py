@@ -115,7 +115,7 @@ LossName = Literal["bce", "heuristic", "mse", "wgan-gp", "mustangs"]
 
 
 class FitnessSpec(SpecModel):
-    sample_size: int = Field(1000, ge=1)
+    sample_size: int = Field(500, ge=1)
     mode: Literal["worst", "best", "average"] = "average"
 
 
