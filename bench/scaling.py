@@ -144,11 +144,11 @@ def main() -> None:
         )
     Console().print(table)
     if args.plot:
-        ideal = f"ideal on {cores} cores" if args.device == "cpu" else "ideal: flat"
-        plot(results, cores, ideal, args.plot)
+        ideal_label = f"ideal on {cores} cores" if args.device == "cpu" else "ideal: flat"
+        plot(results, cores, ideal_label, args.plot)
 
 
-def plot(results: list[dict[str, float]], cores: int, ideal: str, path: str) -> None:
+def plot(results: list[dict[str, float]], cores: int, ideal_label: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,7 +158,7 @@ def plot(results: list[dict[str, float]], cores: int, ideal: str, path: str) -> 
     base = results[0]["seconds_per_generation"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     left.plot(cells, [r["seconds_per_generation"] / base for r in results], "o-", label="measured")
-    left.plot(cells, [max(1.0, c / cores) for c in cells], "k--", label=ideal)
+    left.plot(cells, [max(1.0, c / cores) for c in cells], "k--", label=ideal_label)
     left.set_xlabel("cells (one thread each)")
     left.set_ylabel("time per generation vs 1 cell")
     left.legend()
