@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from common import run_manifest, tournament_size
+from common import mnist_manifest
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_operator.spec import parse_run
 from rich.console import Console
@@ -29,15 +29,14 @@ from rich.table import Table
 
 
 def manifest(data: str, side: int, generations: int, lr: float, output: str, device: str):
-    return run_manifest(
+    return mnist_manifest(
         f"collapse-{side}x{side}",
         side,
-        side,
-        generations=generations,
-        dataset={"name": "mnist", "path": data},
-        coevolution={"learningRate": lr, "tournamentSize": tournament_size(side)},
-        training={"batchesPerGeneration": 100, "device": device},
-        output={"uri": output},
+        data,
+        generations,
+        output,
+        device=device,
+        coevolution={"learningRate": lr},
     )
 
 

@@ -18,7 +18,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
-from common import run_manifest
+from common import mnist_manifest
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_operator.spec import parse_run
 from rich.console import Console
@@ -26,16 +26,14 @@ from rich.table import Table
 
 
 def manifest(data: str, size: int, seed: int, generations: int, output: str) -> dict:
-    return run_manifest(
+    return mnist_manifest(
         f"fitness-{size}",
         2,
-        2,
-        generations=generations,
+        data,
+        generations,
+        output,
         seed=seed,
-        dataset={"name": "mnist", "path": data},
         coevolution={"fitness": {"sampleSize": size}},
-        training={"batchesPerGeneration": 100, "device": "cpu"},
-        output={"uri": output},
     )
 
 

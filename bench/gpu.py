@@ -21,7 +21,7 @@ import warnings
 from collections import defaultdict
 
 import torch
-from common import run_manifest
+from common import mnist_manifest
 from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_operator.spec import LipizzanerRun, parse_run
@@ -35,16 +35,16 @@ NETWORKS = {
 
 
 def manifest(data: str, network: str, device: str, generations: int, batches: int, out: str):
-    return run_manifest(
+    return mnist_manifest(
         f"gpu-{network}",
         2,
-        2,
-        generations=generations,
-        dataset={"name": "mnist", "path": data},
+        data,
+        generations,
+        out,
+        batches=batches,
+        device=device,
         network=NETWORKS[network],
-        training={"batchesPerGeneration": batches, "device": device},
         checkpoint={"every": generations},
-        output={"uri": out},
     )
 
 

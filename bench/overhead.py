@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 
 import torch
-from common import run_manifest
+from common import mnist_manifest
 from lipizzaner_cell.checkpoint import save_checkpoint
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
@@ -35,17 +35,8 @@ STEPS = ["neighbourhood", "fitness", "selection", "training", "replacement", "mi
 
 def manifest(data: str, generations: int, output: str, samples: int | None = None) -> dict:
     """The defaults, except the data's location, the run's length and the fitness samples."""
-    sized = {} if samples is None else {"coevolution": {"fitness": {"sampleSize": samples}}}
-    return run_manifest(
-        "overhead",
-        2,
-        2,
-        generations=generations,
-        dataset={"name": "mnist", "path": data},
-        training={"batchesPerGeneration": 100, "device": "cpu"},
-        output={"uri": output},
-        **sized,
-    )
+    sized = None if samples is None else {"fitness": {"sampleSize": samples}}
+    return mnist_manifest("overhead", 2, data, generations, output, coevolution=sized)
 
 
 def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:

@@ -13,7 +13,7 @@ import argparse
 import tempfile
 
 import torch
-from common import run_manifest
+from common import mnist_manifest
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_operator.spec import parse_run
 from rich.console import Console
@@ -21,16 +21,15 @@ from rich.table import Table
 
 
 def manifest(data: str, rule: str, generations: int, batches: int, output: str) -> dict:
-    return run_manifest(
+    return mnist_manifest(
         f"replacement-{rule}",
         2,
-        2,
-        generations=generations,
+        data,
+        generations,
+        output,
+        batches=batches,
         seed=0,
-        dataset={"name": "mnist", "path": data},
         coevolution={"replacementRule": rule},
-        training={"batchesPerGeneration": batches},
-        output={"uri": output},
     )
 
 

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import run_manifest, tournament_size
+from common import mnist_manifest
 from lipizzaner_operator.local_launcher import LocalRun
 from lipizzaner_operator.spec import parse_run
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,17 +37,16 @@ WATCHED = (
 def manifest(
     data: str, side: int, generations: int, batches: int, output: str, device: str
 ) -> dict:
-    return run_manifest(
+    return mnist_manifest(
         f"scaling-{side}x{side}",
         side,
-        side,
-        generations=generations,
-        dataset={"name": "mnist", "path": data},
-        coevolution={"tournamentSize": tournament_size(side)},
+        data,
+        generations,
+        output,
+        batches=batches,
+        device=device,
         mixture={"scoreType": "none"},
-        training={"batchesPerGeneration": batches, "device": device},
         checkpoint={"every": generations},
-        output={"uri": output},
     )
 
 
