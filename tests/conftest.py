@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,35 @@ def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST test split not found at {MNIST_DIR}")
     return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory):
+    """The real API server (hack/envtest.sh), one per test session, with the CRD installed.
+
+    Where it cannot run (no etcd or Go), its tests are skipped, except under CI=true.
+    """
+    from envtest import ControlPlane, control_plane_available
+
+    problem = control_plane_available()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the Kubernetes control plane cannot start: {problem}")
+        pytest.skip(f"the Kubernetes control plane cannot start: {problem}")
+    plane = ControlPlane(tmp_path_factory.mktemp("envtest")).start()
+    try:
+        plane.install_crd()
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def cluster(control_plane, request: pytest.FixtureRequest):
+    """A namespace of this test's own on the real API server, removed afterwards."""
+    from envtest import Cluster
+
+    name = request.node.name.lower().replace("_", "-")
+    view = Cluster(control_plane, "".join(c for c in name if c.isalnum() or c == "-"))
+    yield view
+    view.cleanup()

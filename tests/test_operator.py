@@ -1,15 +1,19 @@
-"""The operator under kopf's real event loop, against the kmock Kubernetes emulator.
+"""The operator under kopf's real event loop, against a real kube-apiserver with
+kube-controller-manager (hack/envtest.sh).
 
-The test plays the kubelet: it moves pods through their phases over the API. Cells'
-progress comes from real gRPC status servers on loopback addresses (the pods' IPs), and
-the ensemble is assembled from real cell results of a tiny in-process run.
+There is no kubelet: the test plays it, moving pods through their phases with the status
+subresource. Cells' progress comes from real gRPC status servers on loopback addresses
+(the pods' IPs), and the ensemble is assembled from real cell results of a tiny
+in-process run. Each test has a namespace of its own and an operator watching only it,
+unless the test is about scope.
 """
 
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Iterator
+import logging
+import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,8 @@ from typing import Any
 import kopf
 import pytest
 from conftest import TINY_RING
+from envtest import GROUP, PLURAL, VERSION, Cluster, wait_for
 from kopf.testing import KopfRunner
-from kube_lab import KubeLab
-from kubernetes import client, config
 from lipizzaner_cell.cell_main import CellStatusBoard
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
@@ -30,93 +33,46 @@ from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.render import CellDefaults
 from lipizzaner_operator.spec import parse_run
 
-NAMESPACE = "lab"
-GROUP, VERSION, PLURAL = "lipizzaner.io", "v1alpha1", "lipizzanerruns"
 
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll until `condition()` is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Cluster:
-    """The test's view of the emulated API: the run, its pods, kubelet-style updates."""
-
-    def __init__(self, lab: KubeLab) -> None:
-        api = config.new_client_from_config(str(lab.kubeconfig))
-        self.lab = lab
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-
-    def create_run(self, manifest: dict, namespace: str = NAMESPACE) -> None:
-        manifest = copy.deepcopy(manifest)
-        manifest["metadata"]["namespace"] = namespace
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
-
-    def run(self, name: str) -> dict | None:
-        for obj in self.lab.objects(PLURAL):
-            if obj["metadata"]["name"] == name:
-                return obj
-        return None
-
-    def status(self, name: str) -> dict:
-        return (self.run(name) or {}).get("status") or {}
-
-    def patch_spec(self, name: str, spec: dict) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, NAMESPACE, PLURAL, name, {"spec": spec}
-        )
-
-    def pods(self) -> dict[int, dict]:
-        return {
-            int(p["metadata"]["labels"]["lipizzaner.io/cell"]): p for p in self.lab.objects("pods")
-        }
-
-    def set_pod_status(self, name: str, status: dict) -> None:
-        self.core.patch_namespaced_pod_status(
-            name, NAMESPACE, {"status": status}, _preload_content=False
-        )
-
-    def events(self) -> list[dict]:
-        return list(self.lab.objects("events"))
-
-
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeLab]:
-    with KubeLab(tmp_path) as kube_lab:
-        monkeypatch.setenv("KUBECONFIG", str(kube_lab.kubeconfig))
-        yield kube_lab
-
-
-@pytest.fixture
-def cluster(lab: KubeLab) -> Cluster:
-    return Cluster(lab)
+@pytest.fixture(autouse=True)
+def _no_inconsistent_status_writes(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """kopf warns when a status patch does not read back as written: never acceptable."""
+    caplog.set_level(logging.INFO)
+    yield
+    messages = [r.getMessage() for r in caplog.get_records("call")]
+    assert [m for m in messages if "inconsistencies" in m] == []
 
 
 @contextmanager
-def operator(grpc_port: int = 50051, namespaces: tuple[str, ...] = ()) -> Iterator[OperatorMetrics]:
-    """The real operator: kopf's CLI and event loop, our handlers in a fresh registry."""
-    registry = kopf.OperatorRegistry()
-    metrics = OperatorMetrics(lambda: [])
-    register(
-        registry,
-        OperatorConfig(
-            cell=CellDefaults(grpc_port=grpc_port),
-            reconcile_seconds=0.2,
-            status_timeout_seconds=1.0,
-        ),
-        metrics,
-    )
-    scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
-    args = ["run", *scope, "--standalone"]
-    with KopfRunner(args, registry=registry, settings=operator_settings(), timeout=30):
-        yield metrics
+def operator(
+    cluster: Cluster,
+    grpc_port: int = 50051,
+    namespaces: tuple[str, ...] | None = None,
+    kubeconfig: Path | None = None,
+) -> Iterator[OperatorMetrics]:
+    """The real operator: kopf's CLI and event loop, our handlers in a fresh registry.
+
+    It watches the test's namespace unless told otherwise (() means all namespaces), and
+    logs in with the admin kubeconfig unless given another.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBECONFIG", str(kubeconfig or cluster.plane.kubeconfig))
+        registry = kopf.OperatorRegistry()
+        metrics = OperatorMetrics(lambda: [])
+        register(
+            registry,
+            OperatorConfig(
+                cell=CellDefaults(grpc_port=grpc_port),
+                reconcile_seconds=0.3,
+                status_timeout_seconds=1.0,
+            ),
+            metrics,
+        )
+        watched = (cluster.namespace,) if namespaces is None else namespaces
+        scope = [f"--namespace={n}" for n in watched] or ["--all-namespaces"]
+        args = ["run", *scope, "--standalone"]
+        with KopfRunner(args, registry=registry, settings=operator_settings(), timeout=60):
+            yield metrics
 
 
 def manifest(tmp_path: Path, name: str = "demo", **spec: Any) -> dict:
@@ -129,7 +85,7 @@ def manifest(tmp_path: Path, name: str = "demo", **spec: Any) -> dict:
 
 
 def running(ip: str) -> dict:
-    return {"phase": "Running", "podIP": ip}
+    return {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
 
 
 def terminated(phase: str, exit_code: int) -> dict:
@@ -148,32 +104,89 @@ def condition(status: dict, kind: str) -> dict:
     return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
 
-def test_a_run_goes_from_creation_to_an_assembled_ensemble(cluster, tmp_path):
-    document = manifest(tmp_path)
-    run = parse_run(document)
-    run_in_process(run, resume=False)  # real cell results for the operator to assemble
-    output = run.output_uri()
-    storage.remove_tree(storage.join(output, "ensemble"))
+def phase_is(cluster: Cluster, phase: str, name: str = "demo", namespace: str | None = None):
+    return lambda: (s := cluster.status(name, namespace)).get("phase") == phase and s
+
+
+def owned_children(cluster: Cluster) -> list[dict]:
+    return [
+        obj
+        for kind in ("pods", "services", "configmaps")
+        for obj in cluster.items(kind)
+        if any(r["kind"] == "LipizzanerRun" for r in obj["metadata"].get("ownerReferences", []))
+    ]
+
+
+def kubectl_wait(cluster: Cluster, run: str) -> subprocess.Popen[str]:
+    """`kubectl wait --for=condition=Succeeded`, as a CI job runs it, in the background."""
+    return subprocess.Popen(
+        [
+            str(cluster.plane.bin / "kubectl"),
+            f"--kubeconfig={cluster.plane.kubeconfig}",
+            f"--namespace={cluster.namespace}",
+            "wait",
+            "--for=condition=Succeeded",
+            f"lpz/{run}",
+            "--timeout=300s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@contextmanager
+def status_servers(boards: list[CellStatusBoard]) -> Iterator[int]:
+    """Real gRPC status servers for the cells, cell i on 127.0.0.(i+1); yields the port."""
     port = free_port_block(1)
-    boards = [CellStatusBoard(i, 2, 0) for i in range(2)]
     servers = [
         start_server(CellService(CentreBoard(), lambda b=b: b.message), port, f"127.0.0.{i + 1}")[0]
         for i, b in enumerate(boards)
     ]
     try:
-        with operator(grpc_port=port):
+        yield port
+    finally:
+        for server in servers:
+            server.stop(None)
+
+
+def drive_to_success(
+    cluster: Cluster, tmp_path: Path, kubeconfig: Path | None = None, namespaces=None
+) -> dict:
+    """A whole run as the operator sees it: created, progressing, succeeded, assembled.
+
+    Returns the final status after checking every step on the way; `kubectl wait` must
+    return once (and only once) the run has succeeded.
+    """
+    document = manifest(tmp_path)
+    run = parse_run(document)
+    run_in_process(run, resume=False)  # real cell results for the operator to assemble
+    storage.remove_tree(storage.join(run.output_uri(), "ensemble"))
+    boards = [CellStatusBoard(i, 2, 0) for i in range(2)]
+    waiter = None
+    try:
+        with (
+            status_servers(boards) as port,
+            operator(cluster, port, namespaces=namespaces, kubeconfig=kubeconfig),
+        ):
             cluster.create_run(document)
             pods = wait_for("two cell pods", lambda: len(cluster.pods()) == 2 and cluster.pods())
             uid = cluster.run("demo")["metadata"]["uid"]
             owner = {"kind": "LipizzanerRun", "name": "demo", "uid": uid}
-            children = [*pods.values(), *cluster.lab.objects("services")]
-            children += list(cluster.lab.objects("configmaps"))
-            assert len(children) == 4
+            children = wait_for(
+                "the pods, Service and ConfigMap",
+                lambda: len(found := owned_children(cluster)) == 4 and found,
+            )
             for child in children:
                 reference = child["metadata"]["ownerReferences"][0]
                 assert {k: reference[k] for k in owner} == owner
                 assert reference["controller"] is True
-            status = wait_for("Pending", lambda: cluster.status("demo").get("phase") == "Pending")
+            assert sorted(p["metadata"]["name"] for p in pods.values()) == [
+                "demo-cell-0",
+                "demo-cell-1",
+            ]
+            wait_for("Pending", phase_is(cluster, "Pending"))
+            waiter = kubectl_wait(cluster, "demo")
 
             for i in range(2):
                 boards[i].update(generation=i + 1, scores={"mixture": 0.5 + i})
@@ -187,24 +200,32 @@ def test_a_run_goes_from_creation_to_an_assembled_ensemble(cluster, tmp_path):
             assert status["generation"] == {"min": 1, "max": 2}
             assert status["bestScore"] == 0.5
             assert status["grid"] == "1x2" and status["cells"]["running"] == 2
+            assert waiter.poll() is None  # still waiting: the run has not succeeded
 
             for i in range(2):
                 cluster.set_pod_status(f"demo-cell-{i}", terminated("Succeeded", 0))
-            status = wait_for(
-                "Succeeded", lambda: (s := cluster.status("demo")).get("phase") == "Succeeded" and s
-            )
+            status = wait_for("Succeeded", phase_is(cluster, "Succeeded"))
+            out, _ = waiter.communicate(timeout=120)
+            assert waiter.returncode == 0 and "condition met" in out, out
     finally:
-        for server in servers:
-            server.stop(None)
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
     assert condition(status, "Succeeded")["status"] == "True"
-    assert status["ensemble"]["uri"] == storage.join(output, "ensemble")
-    manifest_json = storage.read_json(storage.join(output, "ensemble", "manifest.json"))
-    assert manifest_json["run"] == "demo" and manifest_json["generators"]
+    assert status["ensemble"]["uri"] == storage.join(run.output_uri(), "ensemble")
+    ensemble = storage.read_json(storage.join(run.output_uri(), "ensemble", "manifest.json"))
+    assert ensemble["run"] == "demo" and ensemble["generators"]
     assert status["completionTime"] and status["observedGeneration"] == 1
+    return status
+
+
+def test_a_run_goes_from_creation_to_an_assembled_ensemble(cluster, tmp_path):
+    drive_to_success(cluster, tmp_path)
+    printed = cluster.plane.kubectl("get", "lpz", "-n", cluster.namespace)
+    assert "Succeeded" in printed.stdout and "1x2" in printed.stdout
 
 
 def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, tmp_path):
-    with operator() as metrics:
+    with operator(cluster) as metrics:
         cluster.create_run(manifest(tmp_path, failurePolicy={"maxRestartsPerCell": 1}))
         first = wait_for("pods", lambda: len(cluster.pods()) == 2 and cluster.pods())
         old_uid = first[0]["metadata"]["uid"]
@@ -218,14 +239,13 @@ def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, 
         wait_for("restart count", lambda: cluster.status("demo")["cells"]["restarts"] == 1)
         assert metrics.registry.get_sample_value("lipizzaner_operator_cell_restarts_total") == 1
         assert metrics.registry.get_sample_value("lipizzaner_operator_pod_creations_total") == 3
-        wait_for(
+        event = wait_for(
             "a CellRestarted event",
-            lambda: any(e.get("reason") == "CellRestarted" for e in cluster.events()),
+            lambda: next((e for e in cluster.events() if e.get("reason") == "CellRestarted"), None),
         )
+        assert event["involvedObject"]["name"] == "demo" and event["type"] == "Warning"
         cluster.set_pod_status("demo-cell-0", terminated("Failed", 1))
-        status = wait_for(
-            "Failed", lambda: (s := cluster.status("demo")).get("phase") == "Failed" and s
-        )
+        status = wait_for("Failed", phase_is(cluster, "Failed"))
         assert "cell 0 (row 0, col 0) failed (exit code 1) after 1 restarts" in status["message"]
         assert condition(status, "Failed")["reason"] == "CellFailed"
         # The healthy cell is stopped too; the failed pod stays for its logs.
@@ -233,82 +253,111 @@ def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, 
 
 
 def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, tmp_path):
-    with operator():
+    with operator(cluster):
         cluster.create_run(manifest(tmp_path))
         wait_for("pods", lambda: len(cluster.pods()) == 2)
         cluster.patch_spec("demo", {"suspend": True})
         wait_for("no pods", lambda: cluster.pods() == {})
-        status = wait_for(
-            "Suspended", lambda: (s := cluster.status("demo")).get("phase") == "Suspended" and s
-        )
+        status = wait_for("Suspended", phase_is(cluster, "Suspended"))
         assert condition(status, "Suspended")["status"] == "True"
         cluster.patch_spec("demo", {"suspend": False})
         wait_for("pods again", lambda: len(cluster.pods()) == 2)
-        status = wait_for(
-            "Pending", lambda: (s := cluster.status("demo")).get("phase") == "Pending" and s
-        )
+        status = wait_for("Pending", phase_is(cluster, "Pending"))
         assert status["cells"]["restarts"] == 0
         assert condition(status, "Suspended")["status"] == "False"
 
 
+def test_a_run_past_its_active_deadline_fails_and_stops_its_cells(cluster, tmp_path):
+    with operator(cluster):
+        cluster.create_run(manifest(tmp_path, activeDeadlineSeconds=2))
+        wait_for("pods", lambda: len(cluster.pods()) == 2)
+        status = wait_for("Failed", phase_is(cluster, "Failed"))
+        assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
+        assert "activeDeadlineSeconds (2 s)" in status["message"]
+        wait_for("every cell stopped", lambda: cluster.pods() == {})
+
+
 def test_a_restarted_operator_adopts_the_running_pods(cluster, tmp_path):
-    with operator():
+    with operator(cluster):
         cluster.create_run(manifest(tmp_path))
         pods = wait_for("pods", lambda: len(cluster.pods()) == 2 and cluster.pods())
         for i in range(2):
-            cluster.set_pod_status(f"demo-cell-{i}", running(f"10.9.0.{i}"))
-        wait_for("Running", lambda: cluster.status("demo").get("phase") == "Running")
+            cluster.set_pod_status(f"demo-cell-{i}", running(f"10.9.0.{i + 1}"))
+        wait_for("Running", phase_is(cluster, "Running"))
     uids = {i: p["metadata"]["uid"] for i, p in pods.items()}
-    with operator():
+    with operator(cluster):
         cluster.set_pod_status("demo-cell-1", terminated("Succeeded", 0))
         wait_for("the new operator's view", lambda: cluster.status("demo")["cells"]["succeeded"])
         assert {i: p["metadata"]["uid"] for i, p in cluster.pods().items()} == uids
         status = cluster.status("demo")
         assert status["phase"] == "Running" and status["cells"]["restarts"] == 0
+    assert len(cluster.items("pods")) == 2  # no duplicates
 
 
-def test_deleting_a_run_removes_the_finalizer(cluster, tmp_path):
-    with operator():
+def test_deleting_a_run_removes_the_finalizer_and_the_garbage_collector_its_children(
+    cluster, tmp_path
+):
+    with operator(cluster):
         cluster.create_run(manifest(tmp_path))
+        wait_for("the run's pods, Service and ConfigMap", lambda: len(owned_children(cluster)) == 4)
         wait_for(
             "our finalizer",
-            lambda: (
-                "lipizzaner.io/finalizer" in cluster.run("demo")["metadata"].get("finalizers", [])
-            ),
+            lambda: "lipizzaner.io/finalizer" in cluster.run("demo")["metadata"]["finalizers"],
         )
-        cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "demo")
+        cluster.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, cluster.namespace, PLURAL, "demo"
+        )
         wait_for("the run to be gone", lambda: cluster.run("demo") is None)
+    # kube-controller-manager's garbage collector follows the ownerReferences.
+    wait_for("every owned object to be deleted", lambda: owned_children(cluster) == [])
 
 
 def test_an_invalid_run_fails_with_the_field_named(cluster, tmp_path):
-    with operator():
+    with operator(cluster):
         cluster.create_run(manifest(tmp_path, output={"uri": "./runs/{name}"}))
-        status = wait_for(
-            "Failed", lambda: (s := cluster.status("demo")).get("phase") == "Failed" and s
-        )
+        status = wait_for("Failed", phase_is(cluster, "Failed"))
     assert status["message"].startswith("spec.output.uri: must be object storage")
     assert condition(status, "Failed")["reason"] == "InvalidSpec"
     assert cluster.pods() == {}
 
 
 def test_a_failed_run_is_deleted_after_its_ttl(cluster, tmp_path):
-    with operator():
-        cluster.create_run(manifest(tmp_path, ttlSecondsAfterFinished=0))
+    with operator(cluster):
+        cluster.create_run(manifest(tmp_path, ttlSecondsAfterFinished=1))
         wait_for("pods", lambda: len(cluster.pods()) == 2)
         cluster.set_pod_status("demo-cell-1", terminated("Failed", 2))
+        status = wait_for("Failed", phase_is(cluster, "Failed"))
+        assert condition(status, "Failed")["reason"] == "BadConfiguration"
         wait_for("the run to be gone", lambda: cluster.run("demo") is None)
 
 
 def test_a_namespaced_operator_leaves_other_namespaces_alone(cluster, tmp_path):
-    for namespace in ("lab", "elsewhere"):
-        cluster.core.create_namespace({"metadata": {"name": namespace}}, _preload_content=False)
-    with operator(namespaces=("lab",)):
-        cluster.create_run(manifest(tmp_path, name="theirs"), namespace="elsewhere")
-        cluster.create_run(manifest(tmp_path, name="ours"))
-        wait_for("our pods", lambda: len(cluster.pods()) == 2)
-        wait_for("our status", lambda: cluster.status("ours").get("phase") == "Pending")
-    assert {p["metadata"]["namespace"] for p in cluster.pods().values()} == {"lab"}
-    assert cluster.status("theirs") == {}
+    elsewhere = cluster.create_namespace("elsewhere")
+    try:
+        with operator(cluster):
+            cluster.create_run(manifest(tmp_path, name="theirs"), namespace=elsewhere)
+            cluster.create_run(manifest(tmp_path, name="ours"))
+            wait_for("our pods", lambda: len(cluster.pods()) == 2)
+            wait_for("our status", phase_is(cluster, "Pending", "ours"))
+        assert cluster.pods(elsewhere) == {}
+        assert cluster.status("theirs", elsewhere) == {}
+    finally:
+        cluster.delete_namespace(elsewhere)
+
+
+def test_a_cluster_wide_operator_runs_every_namespace(cluster, tmp_path):
+    other = cluster.create_namespace("other")
+    try:
+        with operator(cluster, namespaces=()):
+            cluster.create_run(manifest(tmp_path, name="first"))
+            cluster.create_run(manifest(tmp_path, name="second"), namespace=other)
+            wait_for("pods in both", lambda: len(cluster.pods()) == 2 == len(cluster.pods(other)))
+            wait_for("both statuses", phase_is(cluster, "Pending", "second", other))
+            wait_for("both statuses", phase_is(cluster, "Pending", "first"))
+            cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, other, PLURAL, "second")
+            wait_for("the other run deleted", lambda: cluster.run("second", other) is None)
+    finally:
+        cluster.delete_namespace(other)
 
 
 def test_operator_flags_default_to_their_environment_variables(monkeypatch, capsys):

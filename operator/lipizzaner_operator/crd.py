@@ -29,16 +29,21 @@ Schema = dict[str, Any]
 
 
 class _FactoryDefaults(GenerateJsonSchema):
-    """Show `default_factory` defaults too: `{}` for a section, the value for a list or dict.
+    """Show `default_factory` defaults too: a section's default is the whole section.
 
-    A section's `{}` default makes the API server fill in its nested defaults.
+    The API server checks every CEL rule against each `default` exactly as written (it
+    does not fill nested defaults into a default first), so a section defaults to all of
+    its fields, never to `{}`: a rule such as `self.rows * self.cols <= 1024` then holds
+    for the default as it does for any object the server defaults.
     """
 
     def default_schema(self, schema: Any) -> Schema:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
             value = factory()
-            schema = {**schema, "default": {} if isinstance(value, BaseModel) else value}
+            if isinstance(value, BaseModel):
+                value = value.model_dump(by_alias=True, mode="json", exclude_none=True)
+            schema = {**schema, "default": value}
             schema.pop("default_factory")
         return super().default_schema(schema)
 

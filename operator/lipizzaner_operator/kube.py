@@ -27,22 +27,58 @@ log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 
 
+class CredentialsError(RuntimeError):
+    """No usable Kubernetes configuration or credential: a startup error, one line."""
+
+
 def load_configuration() -> client.Configuration:
-    """In a pod: its service account; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube)."""
+    """In a pod: its service account; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube).
+
+    The kubernetes client resolves every credential a kubeconfig can hold (a token, a
+    client certificate, an exec plugin), so we take what it resolved, never parse it.
+    """
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
     except ConfigException:
-        # KUBECONFIG is read now, not when the kubernetes package was imported.
-        config.load_kube_config(
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-        )
+        try:
+            # KUBECONFIG is read now, not when the kubernetes package was imported.
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
+        except (ConfigException, OSError, ValueError) as exc:
+            where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise CredentialsError(
+                f"no Kubernetes configuration: not in a pod, and {where}: {exc}"
+            ) from None
     return configuration
 
 
+def bearer_token(configuration: client.Configuration) -> str | None:
+    """The token the client would send: kubeconfig token, exec plugin or in-cluster one.
+
+    `auth_settings` is the client's own answer (it knows where each client version keeps
+    the token: `api_key["BearerToken"]` since 36, `["authorization"]` before) and runs
+    the refresh hook that re-reads an in-cluster token.
+    """
+    setting = configuration.auth_settings().get("BearerToken") or {}
+    value = (setting.get("value") or "").strip()
+    return value.removeprefix("Bearer ").strip() or None
+
+
 def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
-    """kopf's own API connection, from the same configuration as our client's."""
-    token = configuration.api_key.get("authorization", "").removeprefix("Bearer ").strip()
+    """kopf's own API connection, from the same configuration as our client's.
+
+    A configuration with no credential at all is refused: an operator that logs in
+    anonymously fails every request later with 403s that name no cause.
+    """
+    token = bearer_token(configuration)
+    certificate = configuration.cert_file if configuration.key_file else None
+    if not (token or certificate or configuration.username):
+        raise CredentialsError(
+            f"no credential for {configuration.host}: the kubeconfig's user has no token, "
+            "client certificate, exec plugin or password the operator can use"
+        )
     return kopf.ConnectionInfo(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,
@@ -50,9 +86,9 @@ def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
         username=configuration.username or None,
         password=configuration.password or None,
         scheme="Bearer" if token else None,
-        token=token or None,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
+        token=token,
+        certificate_path=certificate,
+        private_key_path=configuration.key_file if certificate else None,
     )
 
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 import kopf
+from kubernetes import client
 
 from lipizzaner_operator import __version__
 from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
-from lipizzaner_operator.kube import KubeClient
+from lipizzaner_operator.kube import (
+    CredentialsError,
+    KubeClient,
+    connection_info,
+    load_configuration,
+)
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.render import CellDefaults
 
@@ -75,7 +82,13 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    kube = KubeClient.from_environment()
+    try:
+        configuration = load_configuration()
+        connection_info(configuration)  # refuse now, not with 403s later
+    except CredentialsError as exc:
+        print(f"lipizzaner-operator: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    kube = KubeClient(client.ApiClient(configuration))
     metrics = OperatorMetrics(lambda: kube.list_runs(args.namespace))
     if args.metrics_port:
         metrics.serve(args.metrics_port)

@@ -73,7 +73,13 @@ class RunStatus(StatusModel):
     cell_records: list[CellRecord] = Field(default_factory=list)
 
     def to_patch(self) -> dict:
-        return self.model_dump(by_alias=True, mode="json")
+        """A merge patch: a top-level None clears the field; no None goes inside a list.
+
+        Lists (conditions, cell records) replace the stored list whole, and the server
+        drops their items' null fields, so a null there would never read back as sent.
+        """
+        patch = self.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return {name: patch.get(name) for name in self.model_dump(by_alias=True)}
 
 
 def timestamp(moment: datetime) -> str:
