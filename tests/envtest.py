@@ -94,6 +94,27 @@ class ControlPlane:
             timeout=timeout,
         )
 
+    def apply(self, objects: list[dict], *extra: str) -> None:
+        """`kubectl apply --server-side` with strict field validation, as an installer would."""
+        done = subprocess.run(
+            [
+                str(self.bin / "kubectl"),
+                f"--kubeconfig={self.kubeconfig}",
+                "apply",
+                "--server-side",
+                "--field-manager=tests",
+                "--validate=strict",
+                *extra,
+                "-f",
+                "-",
+            ],
+            input=yaml.safe_dump_all(objects),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+
     def install_crd(self) -> None:
         """Apply the generated CRD (server-side, strict) and wait until it is served."""
         done = self.kubectl("apply", "--server-side", "--field-manager=tests", "-f", str(CRD_FILE))

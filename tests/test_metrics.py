@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_RING
-from kube_lab import KubeLab
-from kubernetes import client, config
 from lipizzaner_cell.engine import GenerationReport
 from lipizzaner_cell.metrics import CellMetrics
 from lipizzaner_operator.kube import KubeClient
@@ -156,66 +154,64 @@ def prometheus_binary() -> str:
 
 
 def test_every_panel_answers_from_prometheus_scraping_a_real_run(
-    prometheus_binary, tmp_path, monkeypatch
+    prometheus_binary, cluster, tmp_path
 ):
     manifest = copy.deepcopy(TINY_RING)
     manifest["spec"].update(generations=5000, output={"uri": str(tmp_path / "out")})
     run = parse_run(manifest)
     local = LocalRun(run, tmp_path, threads=1)
-    with KubeLab(tmp_path) as lab:
-        api = config.new_client_from_config(str(lab.kubeconfig))
-        body = {**copy.deepcopy(manifest), "metadata": {"name": "tiny", "namespace": "lab"}}
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            "lipizzaner.io", "v1alpha1", "lab", "lipizzanerruns", body
-        )
-        operator_port = free_port_block(1)
-        OperatorMetrics(lambda: KubeClient(api).list_runs([])).serve(operator_port, "127.0.0.1")
-        web_port = free_port_block(1)
-        scrape = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                {
-                    "job_name": "cells",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{p}" for p in local.metrics_ports],
-                            "labels": {"namespace": "local"},
-                        }
-                    ],
-                },
-                {
-                    "job_name": "operator",
-                    "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}],
-                },
-            ],
-        }
-        config_file = tmp_path / "prometheus.yml"
-        config_file.write_text(yaml.safe_dump(scrape))
-        server = subprocess.Popen(
-            [
-                prometheus_binary,
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{web_port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{web_port}"
-        local.start()
-        try:
-            empty = expressions()
-            deadline = time.monotonic() + 120
-            while empty and time.monotonic() < deadline:
-                local.check_processes()
-                with contextlib.suppress(OSError):  # Prometheus is still starting
-                    empty = [e for e in empty if not query(base, concrete(e))]
-                time.sleep(0.5)
-            assert not empty, f"panels without data: {empty}"
-            cells = query(base, "count(lipizzaner_cell_generation)")
-            assert cells[0]["value"][1] == "4"
-        finally:
-            local.stop_all()
-            local.close()
-            server.terminate()
-            server.wait(10)
+    # The operator's gauge of runs by phase reads a real API server.
+    cluster.create_run({**copy.deepcopy(manifest), "metadata": {"name": "tiny"}})
+    operator_port = free_port_block(1)
+    OperatorMetrics(lambda: KubeClient(cluster.api).list_runs([cluster.namespace])).serve(
+        operator_port, "127.0.0.1"
+    )
+    web_port = free_port_block(1)
+    scrape = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "cells",
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{p}" for p in local.metrics_ports],
+                        "labels": {"namespace": "local"},
+                    }
+                ],
+            },
+            {
+                "job_name": "operator",
+                "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}],
+            },
+        ],
+    }
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(scrape))
+    server = subprocess.Popen(
+        [
+            prometheus_binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{web_port}"
+    local.start()
+    try:
+        empty = expressions()
+        deadline = time.monotonic() + 120
+        while empty and time.monotonic() < deadline:
+            local.check_processes()
+            with contextlib.suppress(OSError):  # Prometheus is still starting
+                empty = [e for e in empty if not query(base, concrete(e))]
+            time.sleep(0.5)
+        assert not empty, f"panels without data: {empty}"
+        cells = query(base, "count(lipizzaner_cell_generation)")
+        assert cells[0]["value"][1] == "4"
+    finally:
+        local.stop_all()
+        local.close()
+        server.terminate()
+        server.wait(10)

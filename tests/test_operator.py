@@ -11,6 +11,7 @@ unless the test is about scope.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import subprocess
 from collections.abc import Iterator
@@ -23,14 +24,16 @@ import pytest
 from conftest import TINY_RING
 from envtest import GROUP, PLURAL, VERSION, Cluster, wait_for
 from kopf.testing import KopfRunner
+from kubernetes.client.exceptions import ApiException
 from lipizzaner_cell.cell_main import CellStatusBoard
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_operator import storage
 from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
+from lipizzaner_operator.kube import KubeClient
 from lipizzaner_operator.local_launcher import free_port_block
 from lipizzaner_operator.metrics import OperatorMetrics
-from lipizzaner_operator.render import CellDefaults
+from lipizzaner_operator.render import CellDefaults, render_pod
 from lipizzaner_operator.spec import parse_run
 
 
@@ -372,3 +375,16 @@ def test_operator_flags_default_to_their_environment_variables(monkeypatch, caps
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(["--help"])
     assert done.value.code == 0 and "LIPIZZANER_CELL_IMAGE" in capsys.readouterr().out
+
+
+def test_the_operators_own_writes_are_strictly_validated(cluster, tmp_path):
+    """A misspelt field in an object the operator creates is an error, never pruned."""
+    run = parse_run({**manifest(tmp_path), "metadata": {"name": "demo"}})
+    pod = render_pod(run, cluster.namespace, 0, 0, CellDefaults())
+    pod["spec"]["containers"][0]["imagePulPolicy"] = "Always"
+    with pytest.raises(ApiException) as refused:
+        KubeClient(cluster.api).create(pod)
+    assert refused.value.status in (400, 422)
+    message = json.loads(refused.value.body)["message"]
+    assert 'unknown field "spec.containers[0].imagePulPolicy"' in message
+    assert cluster.pods() == {}

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
 from conftest import TINY_RING
@@ -85,15 +84,30 @@ def all_runs():
 
 
 @pytest.mark.parametrize("run", all_runs(), ids=lambda r: r.metadata.name)
-def test_every_rendered_object_is_valid_for_kubernetes_1_30(run):
-    objects = [
-        render_config_map(run, "ml"),
-        render_service(run, "ml", DEFAULTS),
-        render_network_policy(run, "ml", DEFAULTS, "lipizzaner-system"),
-        *(render_pod(run, "ml", i, 0, DEFAULTS) for i in range(run.spec.grid.rows)),
+def test_every_rendered_object_is_accepted_by_the_api_server(cluster, run):
+    """Strict field validation and admission (a dry run) on kube-apiserver."""
+    namespace = cluster.namespace
+    needed = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "lipizzaner-cell", "namespace": namespace},
+        },
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": "training"},
+            "value": 1000,
+        },
     ]
-    for obj in objects:
-        kubernetes_validate.validate(obj, "1.30.0", strict=True)
+    cluster.plane.apply(needed)
+    objects = [
+        render_config_map(run, namespace),
+        render_service(run, namespace, DEFAULTS),
+        render_network_policy(run, namespace, DEFAULTS, "lipizzaner-system"),
+        *(render_pod(run, namespace, i, 0, DEFAULTS) for i in range(run.spec.grid.rows)),
+    ]
+    cluster.plane.apply(objects, "--dry-run=server")
 
 
 def test_cells_find_each_other_through_the_headless_service():

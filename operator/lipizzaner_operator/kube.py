@@ -25,6 +25,8 @@ from lipizzaner_operator.reconcile import CellProgress, PodView
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
+# Every object we write is checked field by field: a typo is an error, never pruned.
+STRICT = "Strict"
 
 
 class CredentialsError(RuntimeError):
@@ -59,11 +61,13 @@ def bearer_token(configuration: client.Configuration) -> str | None:
 
     `auth_settings` is the client's own answer (it knows where each client version keeps
     the token: `api_key["BearerToken"]` since 36, `["authorization"]` before) and runs
-    the refresh hook that re-reads an in-cluster token.
+    the refresh hook that re-reads an in-cluster token. The scheme word is dropped.
     """
     setting = configuration.auth_settings().get("BearerToken") or {}
-    value = (setting.get("value") or "").strip()
-    return value.removeprefix("Bearer ").strip() or None
+    words = (setting.get("value") or "").split()
+    if words and words[0].lower() == "bearer":  # the in-cluster loader writes "bearer"
+        words = words[1:]
+    return " ".join(words) or None
 
 
 def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
@@ -121,7 +125,9 @@ class KubeClient:
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }[obj["kind"]]
         try:
-            create(obj["metadata"]["namespace"], obj, _preload_content=False)
+            create(
+                obj["metadata"]["namespace"], obj, field_validation=STRICT, _preload_content=False
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -138,7 +144,11 @@ class KubeClient:
             return
         if current.data != obj["data"]:
             self.core.patch_namespaced_config_map(
-                name, namespace, {"data": obj["data"]}, _preload_content=False
+                name,
+                namespace,
+                {"data": obj["data"]},
+                field_validation=STRICT,
+                _preload_content=False,
             )
 
     def delete_pod(self, namespace: str, name: str) -> None:
