@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on 127.0.0.1 for the tests (envtest style): etcd,
-# kube-apiserver and kube-controller-manager as local processes, no kubelet.
+# kube-apiserver, kube-controller-manager and kube-scheduler as local processes, no kubelet.
 #
 #   hack/envtest.sh build        build the pinned binaries into the cache (once per machine)
 #   hack/envtest.sh start DIR    build what is missing, start everything on random free ports,
@@ -35,7 +35,16 @@ build() {
     command -v go >/dev/null || die "go is needed to build ${missing[*]} (see .ci/run)"
     echo "envtest: building ${missing[*]} at $VERSION into $BIN (several minutes, once)" >&2
     mkdir -p "$BIN.partial"
-    (cd "$MODULE" && go build -trimpath -ldflags='-s -w' -o "$BIN.partial/" "${missing[@]}")
+    # The version stamps Kubernetes' own build sets (hack/lib/version.sh): without them
+    # every component reports v0.0.0-master and kubectl refuses to parse it.
+    local minor="${VERSION#v1.}"
+    minor="${minor%%.*}"
+    local stamps=""
+    for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        stamps+=" -X $package.gitVersion=$VERSION -X $package.gitMajor=1"
+        stamps+=" -X $package.gitMinor=$minor -X $package.gitTreeState=clean"
+    done
+    (cd "$MODULE" && go build -trimpath -ldflags="-s -w$stamps" -o "$BIN.partial/" "${missing[@]}")
     mkdir -p "$BIN"
     mv "$BIN.partial"/* "$BIN/"
     rmdir "$BIN.partial"
@@ -111,7 +120,7 @@ start() {
     token="$(openssl rand -hex 16)"
     echo "$token" >"$dir/admin-token"
     printf '%s,envtest-admin,envtest-admin,"system:masters"\n' "$token" >"$dir/pki/tokens.csv"
-    read -r etcd_port peer_port api_port kcm_port <<<"$(free_ports 4)"
+    read -r etcd_port peer_port api_port kcm_port scheduler_port <<<"$(free_ports 5)"
     local server="https://127.0.0.1:$api_port"
     echo "ETCD_PORT=$etcd_port API_PORT=$api_port SERVER=$server" >"$dir/ports.env"
 
@@ -162,13 +171,23 @@ start() {
         --leader-elect=false \
         >"$dir/kube-controller-manager.log" 2>&1 &
     echo "kube-controller-manager $!" >>"$dir/pids"
+
+    # The scheduler binds pods to Nodes that tests register (fake GPU nodes, say).
+    "$BIN/kube-scheduler" \
+        --kubeconfig "$dir/kubeconfig" \
+        --authentication-kubeconfig "$dir/kubeconfig" \
+        --authorization-kubeconfig "$dir/kubeconfig" \
+        --bind-address 127.0.0.1 --secure-port "$scheduler_port" \
+        --leader-elect=false \
+        >"$dir/kube-scheduler.log" 2>&1 &
+    echo "kube-scheduler $!" >>"$dir/pids"
     echo "$dir/kubeconfig"
 }
 
 stop() {
     local dir="$1" name pid
     [ -f "$dir/pids" ] || return 0
-    # Reverse order: the controller manager, then the API server, and etcd last.
+    # Reverse order: the scheduler and controller manager, the API server, etcd last.
     tac "$dir/pids" | while read -r name pid; do
         kill "$pid" 2>/dev/null || continue
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

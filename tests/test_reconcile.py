@@ -134,7 +134,7 @@ def test_scheduling_and_image_problems_reach_the_run_message():
     status = step(run, step(run, RunStatus(), {}).status, live).status
     assert status.phase == "Pending"
     assert "cell 1: ImagePullBackOff: not found" in status.message
-    assert "Unschedulable: 0/3 nodes have nvidia.com/gpu" in status.message
+    assert "cannot be scheduled: 0/3 nodes have nvidia.com/gpu" in status.message
 
 
 def test_all_cells_succeeded_asks_for_the_ensemble():

@@ -92,7 +92,8 @@ def view_pod(pod: dict[str, Any]) -> PodView:
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             reason = condition.get("reason", "Unschedulable")
-            problems.append(f"{reason}: {condition.get('message', '')}".strip(": "))
+            said = "cannot be scheduled" if reason == "Unschedulable" else reason
+            problems.append(f"{said}: {condition.get('message', '')}".strip(": "))
     return PodView(
         cell=cell,
         phase=status.get("phase", "Pending"),
