@@ -75,8 +75,8 @@ def count_syncs(engine: CellEngine) -> dict[str, int]:
         # Not the one-time notice that the debug mode is a prototype.
         return sum("called a synchronizing" in str(w.message) for w in caught)
 
-    clones = ([g.clone() for g in engine.generators], [d.clone() for d in engine.discriminators])
-    return {"training": syncs(lambda: engine.train(*clones)), "generation": syncs(engine.step)}
+    players = engine.select(engine.snapshot_neighbourhood())
+    return {"training": syncs(lambda: engine.train(players)), "generation": syncs(engine.step)}
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from lipizzaner_cell.checkpoint import save_checkpoint
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.individual import ADAM_BETAS
-from lipizzaner_cell.losses import HeuristicLoss
+from lipizzaner_cell.losses import LOSSES
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_operator.spec import LipizzanerRun, parse_run
 from rich.console import Console
@@ -48,7 +48,7 @@ def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
     lr, batch = spec.coevolution.learning_rate, spec.training.batch_size
     g_opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
-    loss = HeuristicLoss()
+    loss = LOSSES[spec.loss]
     rng = torch.Generator().manual_seed(0)
     timings = []
     for _ in range(repeats):

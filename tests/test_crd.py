@@ -208,7 +208,7 @@ def test_a_minimal_run_gets_every_default_of_the_model(server):
     stored.pop("dataset"), model.pop("dataset")
     assert stored == model
     assert stored["cell"]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
-    assert stored["loss"] == "heuristic" and stored["grid"] == {
+    assert stored["loss"] == "bce" and stored["grid"] == {
         "rows": 2,
         "cols": 2,
         "neighbourhood": "von-neumann",

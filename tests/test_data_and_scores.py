@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from lipizzaner_cell import idx
-from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.datasets import PIXELS, Dataset, ValueMap, load_dataset
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.scores import ClassifierScorer, ModeScorer, build_scorer
 from lipizzaner_operator.spec import (
@@ -184,3 +184,30 @@ def test_scorer_choice_follows_the_data():
     with pytest.raises(ValueError, match=r"mixture.scoreType: fid .* 28x28 grey"):
         build_scorer("fid", ring())
     assert build_scorer("none", ring()) is None
+
+
+def colour_images(count: int, seed: int, hue: float) -> Dataset:
+    """Blobs of one colour on a dark background, in model space [-1, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.full((count, 3, 32, 32), -0.8)
+    centres = torch.randint(8, 24, (count, 2), generator=gen)
+    for k, (y, x) in enumerate(centres.tolist()):
+        images[k, 0, y - 4 : y + 4, x - 4 : x + 4] = hue
+        images[k, 2, y - 4 : y + 4, x - 4 : x + 4] = -hue
+    return Dataset(name="colour", data=images, values=PIXELS)
+
+
+def test_colour_images_and_arrays_get_the_sliced_wasserstein_score():
+    real = colour_images(2000, 0, 0.9)
+    scorer = build_scorer("auto", real)
+    assert scorer.objective_name == "swd"
+    same = scorer.objective(colour_images(1000, 1, 0.9).data)
+    shifted = scorer.objective(colour_images(1000, 1, 0.0).data)
+    noise = scorer.objective(torch.rand(1000, 3, 32, 32) * 2 - 1)
+    assert same < 0.1 * shifted and shifted < noise
+    assert scorer.objective(colour_images(1000, 1, 0.9).data) == same  # deterministic
+    points = Dataset(name="array", data=torch.randn(3000, 2), values=ValueMap([1.0], [0.0]))
+    assert build_scorer("auto", points).objective_name == "swd"
+    swd = build_scorer("swd", ring())
+    collapsed = ring().data[:1].repeat(1000, 1)
+    assert swd.scores(ring().data[:1000])["swd"] < 0.3 * swd.scores(collapsed)["swd"]

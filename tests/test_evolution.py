@@ -47,20 +47,43 @@ def test_mutation_probability_zero_never_mutates_and_rates_never_go_negative():
         assert ind.learning_rate >= 0.0
 
 
+def trained(ind: Individual, steps: int = 1) -> Individual:
+    for _ in range(steps):
+        ind.optimizer.zero_grad()
+        ind.net(torch.ones(1, 3)).pow(2).sum().backward()
+        ind.optimizer.step()
+    return ind
+
+
+def optimizer_tensors(ind: Individual) -> dict[str, torch.Tensor]:
+    return {
+        f"{param}.{slot}": value.clone()
+        for param, slots in ind.optimizer.state_dict()["state"].items()
+        for slot, value in slots.items()
+    }
+
+
 def test_clones_keep_adam_state_and_train_independently():
-    parent = individual()
-    parent.net(torch.ones(1, 3)).sum().backward()
-    parent.optimizer.step()
+    parent = trained(individual())
     child = parent.clone()
     assert child.optimizer.state_dict()["state"][0]["step"] == 1
     child.net.weight.data.add_(1.0)
     assert not torch.equal(child.net.weight, parent.net.weight)
 
 
-def test_an_import_adopts_local_adam_moments_but_keeps_its_own_rate():
-    local = individual(lr=1e-3, seed=1)
-    local.net(torch.ones(1, 3)).sum().backward()
-    local.optimizer.step()
+def test_training_a_clone_leaves_the_parents_optimizer_state_bit_identical():
+    """The original deep-copies the optimizer state; a shared one would let a rejected
+    offspring's training move its kept parent's Adam moments."""
+    parent = trained(individual(), steps=2)
+    before = optimizer_tensors(parent)
+    trained(parent.clone(), steps=3)
+    after = optimizer_tensors(parent)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the clone moved them"
+
+
+def test_an_import_adopts_a_copy_of_the_local_moments_but_keeps_its_own_rate():
+    local = trained(individual(lr=1e-3, seed=1))
     imported = individual(lr=7e-4, seed=2)
     imported.adopt_moments(local)
     state = imported.optimizer.state_dict()["state"]
@@ -68,6 +91,15 @@ def test_an_import_adopts_local_adam_moments_but_keeps_its_own_rate():
     assert torch.equal(state[0]["exp_avg"], local.optimizer.state_dict()["state"][0]["exp_avg"])
     assert imported.optimizer.param_groups[0]["lr"] == imported.learning_rate == 7e-4
     assert not torch.equal(imported.net.weight, local.net.weight)
+    before = optimizer_tensors(local)
+    trained(imported, steps=2)
+    assert all(torch.equal(v, optimizer_tensors(local)[k]) for k, v in before.items())
+
+
+def test_a_tournament_larger_than_its_pool_is_an_error_not_a_smaller_tournament():
+    pool = [individual(f) for f in (3.0, 0.5)]
+    with pytest.raises(ValueError, match="tournament of 3 from a pool of 2"):
+        tournament_select(pool, count=1, tournament_size=3, rng=torch.Generator())
 
 
 def test_tournament_over_the_whole_pool_always_picks_the_fittest():
@@ -103,6 +135,18 @@ def test_offspring_rule_always_takes_the_best_offspring():
     offspring = [individual(0.9), individual(0.5)]
     assert replace(population, offspring, count=1, rule="offspring") == 1
     assert population[0].fitness == 0.5
+
+
+def test_replacement_pairs_the_ith_best_offspring_with_population_i_minus_n():
+    """The original's pairing: offspring [1.5, 3.5] against locals [1, 2, 3, 4] with two
+    replacements compare 1.5 with 3 and 3.5 with 4, so both are accepted (pairing the
+    best offspring with the very worst would reject 3.5 against 3)."""
+    population = [individual(f) for f in (4.0, 1.0, 3.0, 2.0)]
+    offspring = [individual(3.5), individual(1.5)]
+    assert replace(population, offspring, count=2, rule="faithful") == 2
+    assert [i.fitness for i in population] == [1.0, 1.5, 2.0, 3.5]
+    population = [individual(f) for f in (1.0, 2.0, 3.0, 4.0)]
+    assert replace(population, [individual(3.5), individual(5.0)], 2, "faithful") == 0
 
 
 def test_batched_fitness_tables_equal_pairwise_evaluation():

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from lipizzaner_cell.losses import LOSSES, draw_loss, fitness_loss, gradient_penalty
+from lipizzaner_cell.losses import LOSSES, draw_loss, gradient_penalty, spec_loss
 from torch import nn
 
 REAL = torch.tensor([2.0, -1.0, 0.5])
@@ -22,14 +22,23 @@ def mean(values) -> float:
     ("name", "generator", "discriminator"),
     [
         (
+            # The original's bceloss: BCE against "real" labels, the non-saturating -log D.
             "bce",
-            mean(math.log(1 - sig(f)) for f in FAKE.tolist()),
+            mean(-math.log(sig(f)) for f in FAKE.tolist()),
             mean(-math.log(sig(r)) for r in REAL.tolist())
             + mean(-math.log(1 - sig(f)) for f in FAKE.tolist()),
         ),
         (
+            # The original's HeuristicLoss: -0.5 mean(log D(G(z))).
             "heuristic",
-            mean(-math.log(sig(f)) for f in FAKE.tolist()),
+            -0.5 * mean(math.log(sig(f)) for f in FAKE.tolist()),
+            mean(-math.log(sig(r)) for r in REAL.tolist())
+            + mean(-math.log(1 - sig(f)) for f in FAKE.tolist()),
+        ),
+        (
+            # Goodfellow's saturating minimax form: log(1 - D(G(z))).
+            "minimax",
+            mean(math.log(1 - sig(f)) for f in FAKE.tolist()),
             mean(-math.log(sig(r)) for r in REAL.tolist())
             + mean(-math.log(1 - sig(f)) for f in FAKE.tolist()),
         ),
@@ -39,6 +48,7 @@ def mean(values) -> float:
             mean((sig(r) - 1) ** 2 for r in REAL.tolist())
             + mean(sig(f) ** 2 for f in FAKE.tolist()),
         ),
+        ("wgan", -mean(FAKE.tolist()), mean(FAKE.tolist()) - mean(REAL.tolist())),
         ("wgan-gp", -mean(FAKE.tolist()), mean(FAKE.tolist()) - mean(REAL.tolist())),
     ],
 )
@@ -48,12 +58,18 @@ def test_losses_match_their_closed_forms(name, generator, discriminator):
     assert float(loss.discriminator(REAL, FAKE)) == pytest.approx(discriminator, rel=1e-6)
 
 
-def test_only_wgan_adds_a_gradient_penalty():
-    assert {name: loss.gradient_penalty for name, loss in LOSSES.items()} == {
-        "bce": 0.0,
-        "heuristic": 0.0,
-        "mse": 0.0,
-        "wgan-gp": 10.0,
+def test_each_loss_trains_as_the_original_does():
+    """(gradient penalty, weight clip, critic steps per generator step, optimizer)."""
+    assert {
+        name: (loss.gradient_penalty, loss.clip, loss.critic_steps, loss.optimizer)
+        for name, loss in LOSSES.items()
+    } == {
+        "bce": (0.0, 0.0, 1, "adam"),
+        "heuristic": (0.0, 0.0, 1, "adam"),
+        "minimax": (0.0, 0.0, 1, "adam"),
+        "mse": (0.0, 0.0, 1, "adam"),
+        "wgan": (0.0, 0.01, 5, "rmsprop"),
+        "wgan-gp": (10.0, 0.0, 1, "adam"),
     }
 
 
@@ -78,4 +94,4 @@ def test_mustangs_draws_each_of_its_losses_and_each_individual_draws_alone():
     drawn = [draw_loss("mustangs", rng).name for _ in range(300)]
     assert set(drawn) == {"bce", "mse", "heuristic"}
     assert all(draw_loss("heuristic", rng).name == "heuristic" for _ in range(5))
-    assert fitness_loss("mustangs").name == "bce"
+    assert spec_loss("mustangs").name == "bce"

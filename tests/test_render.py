@@ -1,4 +1,4 @@
-"""Rendering is pure: golden manifests, Kubernetes 1.30 schema validation, passthrough."""
+"""Rendering is pure: golden manifests, admission on a real API server, passthrough."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A cell's full state as safetensors + JSON, written through fsspec; never pickle.
 
 Layout under a cell's directory:
-    checkpoints/000010/state.safetensors   every tensor: weights, Adam moments, RNG states
+    checkpoints/000010/state.safetensors   every tensor: weights, optimizer state, RNG states
     checkpoints/000010/state.json          everything else; written last, so it marks the
                                            checkpoint complete
 Restoring makes the engine continue bit for bit as if it had never stopped.
@@ -19,7 +19,8 @@ from safetensors.torch import save as save_tensors
 from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.individual import Individual
 
-FORMAT = "lipizzaner-cell-checkpoint/2"
+# 3: per-batch mutation, the original's batch order and loss names (2 continues differently).
+FORMAT = "lipizzaner-cell-checkpoint/3"
 
 
 def _export_individual(individual: Individual, prefix: str, tensors: dict) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def _export_individual(individual: Individual, prefix: str, tensors: dict) -> di
     optimizer = individual.optimizer.state_dict()
     for param, slots in optimizer["state"].items():
         for slot, tensor in slots.items():
-            tensors[f"{prefix}.adam.{param}.{slot}"] = tensor
+            tensors[f"{prefix}.optimizer.{param}.{slot}"] = tensor
     return {
         "learning_rate": individual.learning_rate,
         "fitness": individual.fitness,
@@ -40,17 +41,20 @@ def _export_individual(individual: Individual, prefix: str, tensors: dict) -> di
 def _import_individual(
     individual: Individual, prefix: str, tensors: dict, meta: dict[str, Any]
 ) -> None:
-    net_prefix, adam_prefix = f"{prefix}.net.", f"{prefix}.adam."
+    net_prefix, optimizer_prefix = f"{prefix}.net.", f"{prefix}.optimizer."
     individual.net.load_state_dict(
         {k[len(net_prefix) :]: v for k, v in tensors.items() if k.startswith(net_prefix)}
     )
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        if key.startswith(adam_prefix):
-            param, slot = key[len(adam_prefix) :].split(".", 1)
+        if key.startswith(optimizer_prefix):
+            param, slot = key[len(optimizer_prefix) :].split(".", 1)
             state.setdefault(int(param), {})[slot] = tensor
     # JSON has no tuples; Adam keeps its betas as one.
-    groups = [{**group, "betas": tuple(group["betas"])} for group in meta["param_groups"]]
+    groups = [
+        {**group, "betas": tuple(group["betas"])} if "betas" in group else group
+        for group in meta["param_groups"]
+    ]
     individual.optimizer.load_state_dict({"state": state, "param_groups": groups})
     individual.set_learning_rate(meta["learning_rate"])
     individual.fitness = meta["fitness"]

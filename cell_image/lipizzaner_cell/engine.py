@@ -6,6 +6,7 @@ and results are written by whoever drives it (the in-process runner, a cell proc
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,12 +19,14 @@ from lipizzaner_operator.topology import Grid, cell_seed
 from lipizzaner_cell.datasets import Dataset
 from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes
 from lipizzaner_cell.individual import Individual, mutate_learning_rate
-from lipizzaner_cell.losses import draw_loss, fitness_loss, gradient_penalty
+from lipizzaner_cell.losses import Loss, draw_loss, gradient_penalty, spec_loss
 from lipizzaner_cell.mixture import MixtureEmbeddings, es_step
 from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.scores import Scorer, build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +53,21 @@ class Neighbourhood:
     generators: list[Individual]
     discriminators: list[Individual]
     neighbour_cells: list[int]
+
+
+@dataclass
+class Players:
+    """Step 3's outcome: who trains in step 4, and against whom.
+
+    With selection, the tournament winners (clones) train against each other; without,
+    as in the original's `enable_selection: False`, the local individuals train in place
+    against the whole neighbourhood.
+    """
+
+    generators: list[Individual]
+    discriminators: list[Individual]
+    generator_opponents: list[Individual]
+    discriminator_opponents: list[Individual]
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -86,7 +104,8 @@ class CellEngine:
         self.data = dataset.subset(spec.dataset.sampling_ratio, self.seed).data.to(self.device)
         self.shape = dataset.shape
         self.scorer: Scorer | None = build_scorer(spec.mixture.score_type, dataset, self.device)
-        self.fitness_loss = fitness_loss(spec.loss)
+        # Fitness is measured with it; it also fixes the schedule and the optimizer.
+        self.loss: Loss = spec_loss(spec.loss)
         self.generation = 0
         self.last_batches = 0
         # Replacement's running totals: the acceptance rate is accepted / offered.
@@ -119,17 +138,18 @@ class CellEngine:
                 hood.discriminators,
                 real,
                 hood_fakes,
-                self.fitness_loss,
+                self.loss,
                 co.fitness.mode,
             )
         with _timed(seconds, "selection"):
-            generators, discriminators = self.select(hood)  # 3
+            players = self.select(hood)  # 3
         with _timed(seconds, "training"):
-            losses = self.train(generators, discriminators, should_stop)  # 4
+            losses = self.train(players, should_stop)  # 4
         with _timed(seconds, "replacement"):
-            accepted = self.replace(hood, hood_fakes, generators, discriminators, real, noise)
+            accepted = self.replace(hood, hood_fakes, players, real, noise)  # 5
+            offered = 2 * co.replacements if co.selection else 0
             self.offspring_accepted += accepted
-            self.offspring_offered += 2 * co.replacements
+            self.offspring_offered += offered
         with _timed(seconds, "mixture"):
             score = self.evolve_mixture(hood)  # 6
         with _timed(seconds, "publish"):
@@ -145,7 +165,7 @@ class CellEngine:
             generator_lr=centre_g.learning_rate,
             discriminator_lr=centre_d.learning_rate,
             mixture_score=score,
-            offspring_offered=2 * co.replacements,
+            offspring_offered=offered,
             offspring_accepted=accepted,
             neighbours_present=len(hood.neighbour_cells),
             samples_trained=self.last_batches * self.spec.training.batch_size,
@@ -163,84 +183,119 @@ class CellEngine:
             neighbour_cells=cells,
         )
 
-    def select(self, hood: Neighbourhood) -> tuple[list[Individual], list[Individual]]:
-        """Step 3: tournament selection from the whole neighbourhood (or the local copies)."""
+    def select(self, hood: Neighbourhood) -> Players:
+        """Step 3: tournament selection from the whole neighbourhood, or, with selection
+        off, the local individuals themselves."""
         co = self.spec.coevolution
         if not co.selection:
-            return [g.clone() for g in self.generators], [d.clone() for d in self.discriminators]
+            return Players(
+                self.generators, self.discriminators, hood.discriminators, hood.generators
+            )
         selected = []
         for pool, local in (
             (hood.generators, self.generators),
             (hood.discriminators, self.discriminators),
         ):
-            winners = tournament_select(pool, co.population_size, co.tournament_size, self.rng)
+            size = co.tournament_size
+            if size > len(pool):
+                # Validation sizes the tournament for the full pool; missing neighbours
+                # shrink it, and that is said, never done silently.
+                log.warning(
+                    "cell %d: %d of %d neighbours missing; tournaments of %d from a pool of %d",
+                    self.index,
+                    len(self.neighbour_cells) - len(hood.neighbour_cells),
+                    len(self.neighbour_cells),
+                    len(pool),
+                    len(pool),
+                )
+                size = len(pool)
+            winners = tournament_select(pool, co.population_size, size, self.rng)
             for slot, winner in enumerate(winners):
-                if not winner.optimizer.state:  # a neighbour's: no Adam state travels
+                if not winner.optimizer.state:  # a neighbour's: no optimizer state travels
                     winner.adopt_moments(local[slot])
             selected.append(winners)
-        return selected[0], selected[1]
+        generators, discriminators = selected
+        return Players(generators, discriminators, discriminators, generators)
 
     def train(
-        self,
-        generators: list[Individual],
-        discriminators: list[Individual],
-        should_stop: Callable[[], bool] | None = None,
+        self, players: Players, should_stop: Callable[[], bool] | None = None
     ) -> tuple[float, float]:
-        """Step 4: mutate learning rates, then alternate D and G steps over the batches.
+        """Step 4: the original's batch loop.
+
+        Each batch the generators take a step against one drawn discriminator, then the
+        discriminators take one against one drawn generator (on the batches
+        `discriminatorSkipEveryNth` leaves them); each step first mutates the player's
+        learning rate. With `wgan` the critic trains on every batch and the generators
+        after each `critic_steps` batches, as in the original's WGAN trainer.
 
         Returns the mean generator and discriminator training losses.
         """
-        co, batch_size = self.spec.coevolution, self.spec.training.batch_size
-        for individual in generators + discriminators:
-            mutate_learning_rate(
-                individual, co.mutation.probability, co.mutation.alpha, co.learning_rate, self.rng
-            )
+        batch_size = self.spec.training.batch_size
         order = torch.randperm(len(self.data), generator=self.device_rng, device=self.device)
         offsets = torch.arange(batch_size, device=self.device)
-        skip = co.discriminator_skip_every_nth
-        g_total = torch.zeros((), device=self.device)
-        d_total = torch.zeros((), device=self.device)
-        d_steps = batches = 0
+        totals = {
+            "g": torch.zeros((), device=self.device),
+            "d": torch.zeros((), device=self.device),
+        }
+        steps = {"g": 0, "d": 0}
+        batches = 0
         for batch in range(self._batches):
             if should_stop is not None and batch and should_stop():
                 break
             batches += 1
             real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
-            if not (skip and (batch + 1) % skip == 0):
-                for discriminator in discriminators:
-                    d_total += self._train_discriminator(discriminator, generators, real)
-                    d_steps += 1
-            for generator in generators:
-                g_total += self._train_generator(generator, discriminators, batch_size)
+            for role in self._roles_training_on(batch):
+                if role == "g":
+                    totals["g"] += self._generators_step(players, batch_size)
+                else:
+                    totals["d"] += self._discriminators_step(players, real)
+                steps[role] += 1
         self.last_batches = batches
-        return float(g_total) / (batches * len(generators)), float(d_total) / max(1, d_steps)
+        return (
+            float(totals["g"]) / max(1, steps["g"] * len(players.generators)),
+            float(totals["d"]) / max(1, steps["d"] * len(players.discriminators)),
+        )
+
+    def _roles_training_on(self, batch: int) -> tuple[str, ...]:
+        """Who steps on this batch, in order: "g" generators, "d" discriminators."""
+        critic_steps = self.loss.critic_steps
+        if critic_steps > 1:
+            last = batch == self._batches - 1
+            return ("d", "g") if (batch + 1) % critic_steps == 0 or last else ("d",)
+        skip = self.spec.coevolution.discriminator_skip_every_nth
+        return ("g", "d") if skip == 0 or batch % (skip + 1) == 0 else ("g",)
 
     def replace(
         self,
         hood: Neighbourhood,
         hood_fakes: list[torch.Tensor],
-        generators: list[Individual],
-        discriminators: list[Individual],
+        players: Players,
         real: torch.Tensor,
         noise: torch.Tensor,
     ) -> int:
-        """Step 5: score the offspring against the neighbourhood, put them into the populations.
+        """Step 5: score the trained individuals against the neighbourhood and, with
+        selection, put the better offspring in place of the worst locals.
 
-        Uses step 2's samples; `hood_fakes` are the neighbourhood generators' fakes from
-        step 2, still valid because training works on clones.
+        Uses step 2's samples. With selection `hood_fakes` are still valid (training
+        worked on clones); without, the local generators trained in place and make fresh
+        fakes, and nothing is replaced.
         """
         co = self.spec.coevolution
-        mode, loss = co.fitness.mode, self.fitness_loss
-        offspring_fakes = generator_fakes(generators, noise)
+        mode, loss = co.fitness.mode, self.loss
+        trained_fakes = generator_fakes(players.generators, noise)
         evaluate_fitness(
-            generators, hood.discriminators, None, offspring_fakes, loss, mode, assign=("g",)
+            players.generators, hood.discriminators, None, trained_fakes, loss, mode, assign=("g",)
         )
+        if not co.selection:
+            hood_fakes = trained_fakes + hood_fakes[len(self.generators) :]
         evaluate_fitness(
-            hood.generators, discriminators, real, hood_fakes, loss, mode, assign=("d",)
+            hood.generators, players.discriminators, real, hood_fakes, loss, mode, assign=("d",)
         )
+        if not co.selection:
+            return 0
         rule = co.replacement_rule
-        return replace(self.generators, generators, co.replacements, rule) + replace(
-            self.discriminators, discriminators, co.replacements, rule
+        return replace(self.generators, players.generators, co.replacements, rule) + replace(
+            self.discriminators, players.discriminators, co.replacements, rule
         )
 
     def evolve_mixture(self, hood: Neighbourhood, steps: int = 1) -> float | None:
@@ -297,7 +352,8 @@ class CellEngine:
         return per_generation or max(1, len(self.data) // self.spec.training.batch_size)
 
     def _new(self, role: str) -> Individual:
-        return Individual.fresh(self._build(role), self.spec.coevolution.learning_rate, self.index)
+        rate = self.spec.coevolution.initial_rate(role)
+        return Individual.fresh(self._build(role), rate, self.index, self.loss.optimizer)
 
     def _build(self, role: str) -> torch.nn.Module:
         network = self.spec.network
@@ -312,7 +368,8 @@ class CellEngine:
         key = (role, state.cell)
         if key not in self._imports:
             with torch.random.fork_rng(devices=[]):
-                self._imports[key] = Individual.fresh(self._build(role), 0.0, state.cell)
+                net = self._build(role)
+                self._imports[key] = Individual.fresh(net, 0.0, state.cell, self.loss.optimizer)
         imported = self._imports[key]
         weights = state.generator if role == "generator" else state.discriminator
         imported.net.load_state_dict(weights)
@@ -330,33 +387,50 @@ class CellEngine:
         rows = torch.randint(len(self.data), (size,), generator=self.device_rng, device=self.device)
         return self.data[rows], self.noise(size)
 
-    def _train_discriminator(
-        self, discriminator: Individual, generators: list[Individual], real: torch.Tensor
-    ) -> torch.Tensor:
-        opponent = generators[int(torch.randint(len(generators), (1,), generator=self.rng))]
-        loss = draw_loss(self.spec.loss, self.rng)
-        with torch.no_grad():
-            fake = opponent.net(self.noise(real.shape[0]))
-        logits = discriminator.net(torch.cat([real, fake]))
-        value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
-        if loss.gradient_penalty:
-            penalty = gradient_penalty(discriminator.net, real, fake, self.device_rng)
-            value = value + loss.gradient_penalty * penalty
-        discriminator.optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        discriminator.optimizer.step()
-        return value.detach()
+    def _mutate(self, individual: Individual, role: str) -> None:
+        co = self.spec.coevolution
+        rate = co.initial_rate(role)
+        mutate_learning_rate(individual, co.mutation.probability, co.mutation.alpha, rate, self.rng)
 
-    def _train_generator(
-        self, generator: Individual, discriminators: list[Individual], batch_size: int
-    ) -> torch.Tensor:
-        opponent = discriminators[int(torch.randint(len(discriminators), (1,), generator=self.rng))]
-        loss = draw_loss(self.spec.loss, self.rng)
-        value = loss.generator(opponent.net(generator.net(self.noise(batch_size))))
-        generator.optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        generator.optimizer.step()
-        return value.detach()
+    def _opponent(self, opponents: list[Individual]) -> Individual:
+        """One opponent per batch for all of a role's players, as the original draws."""
+        return opponents[int(torch.randint(len(opponents), (1,), generator=self.rng))]
+
+    def _generators_step(self, players: Players, batch_size: int) -> torch.Tensor:
+        opponent = self._opponent(players.generator_opponents)
+        total = torch.zeros((), device=self.device)
+        for generator in players.generators:
+            self._mutate(generator, "generator")
+            loss = draw_loss(self.spec.loss, self.rng)
+            value = loss.generator(opponent.net(generator.net(self.noise(batch_size))))
+            generator.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            generator.optimizer.step()
+            total += value.detach()
+        return total
+
+    def _discriminators_step(self, players: Players, real: torch.Tensor) -> torch.Tensor:
+        opponent = self._opponent(players.discriminator_opponents)
+        total = torch.zeros((), device=self.device)
+        for discriminator in players.discriminators:
+            self._mutate(discriminator, "discriminator")
+            loss = draw_loss(self.spec.loss, self.rng)
+            with torch.no_grad():
+                fake = opponent.net(self.noise(real.shape[0]))
+            logits = discriminator.net(torch.cat([real, fake]))
+            value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
+            if loss.gradient_penalty:
+                penalty = gradient_penalty(discriminator.net, real, fake, self.device_rng)
+                value = value + loss.gradient_penalty * penalty
+            discriminator.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            discriminator.optimizer.step()
+            if loss.clip:
+                with torch.no_grad():
+                    for parameter in discriminator.net.parameters():
+                        parameter.clamp_(-loss.clip, loss.clip)
+            total += value.detach()
+        return total
 
     def centre_state(self) -> CentreState:
         centre_g, centre_d = best(self.generators), best(self.discriminators)

@@ -1,8 +1,21 @@
-"""GAN losses on discriminator logits.
+"""GAN losses on discriminator logits, named as in the original Lipizzaner.
 
 Every loss returns the quantity its player minimises, so a lower fitness is always better.
-`mustangs` is not a loss of its own: each individual draws one of bce, mse and heuristic
-for every batch (see `draw_loss`).
+The discriminator's last layer gives a logit; D = sigmoid(logit) is the original's
+sigmoid output, computed stably.
+
+| name | generator minimises | discriminator | the original's |
+| --- | --- | --- | --- |
+| `bce` | -log D(G(z)) (non-saturating) | BCE | `bceloss` |
+| `heuristic` | -0.5 log D(G(z)) | BCE | `heuristicloss` (inside Mustangs) |
+| `minimax` | log(1 - D(G(z))) (Goodfellow's saturating form) | BCE | none |
+| `mse` | (D(G(z)) - 1)^2 | (D(x) - 1)^2 + D(G(z))^2 | `mseloss` |
+| `wgan` | -critic(G(z)) | weight-clipped critic, RMSprop, 5 critic steps | `lipizzaner_wgan` |
+| `wgan-gp` | -critic(G(z)) | critic with gradient penalty 10, Adam | none |
+
+`mustangs` is not a loss of its own: every batch, each player draws one of bce, mse and
+heuristic (see `draw_loss`), as the original's MustangsLoss; a discriminator that draws
+heuristic trains with BCE, as the original's does.
 """
 
 from __future__ import annotations
@@ -14,10 +27,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lipizzaner_cell.individual import OptimizerName
+
 
 class Loss(Protocol):
     name: str
     gradient_penalty: float
+    # Weight clipping of the critic after each of its steps (0: none).
+    clip: float
+    # Discriminator steps per generator step; each takes a batch of its own.
+    critic_steps: int
+    optimizer: OptimizerName
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor: ...
 
@@ -32,11 +52,32 @@ def _bce_discriminator(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
 
 
 @dataclass(frozen=True)
+class BinaryCrossEntropyLoss:
+    """The original's `bceloss`: BCE against "real" labels, i.e. -log D(G(z))."""
+
+    name: str = "bce"
+    scale: float = 1.0
+    gradient_penalty: float = 0.0
+    clip: float = 0.0
+    critic_steps: int = 1
+    optimizer: OptimizerName = "adam"
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.softplus(-fake_logits).mean()
+
+    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return _bce_discriminator(real_logits, fake_logits)
+
+
+@dataclass(frozen=True)
 class MinimaxLoss:
     """Goodfellow's minimax game: the generator minimises log(1 - D(G(z)))."""
 
-    name: str = "bce"
+    name: str = "minimax"
     gradient_penalty: float = 0.0
+    clip: float = 0.0
+    critic_steps: int = 1
+    optimizer: OptimizerName = "adam"
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return -F.softplus(fake_logits).mean()
@@ -46,25 +87,14 @@ class MinimaxLoss:
 
 
 @dataclass(frozen=True)
-class HeuristicLoss:
-    """Non-saturating: the generator minimises -log D(G(z))."""
-
-    name: str = "heuristic"
-    gradient_penalty: float = 0.0
-
-    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        return F.softplus(-fake_logits).mean()
-
-    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        return _bce_discriminator(real_logits, fake_logits)
-
-
-@dataclass(frozen=True)
 class LeastSquaresLoss:
-    """Least squares on D's probability, as the original Lipizzaner's MSE loss."""
+    """Least squares on D's probability, as the original's `mseloss`."""
 
     name: str = "mse"
     gradient_penalty: float = 0.0
+    clip: float = 0.0
+    critic_steps: int = 1
+    optimizer: OptimizerName = "adam"
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return ((torch.sigmoid(fake_logits) - 1) ** 2).mean()
@@ -76,10 +106,14 @@ class LeastSquaresLoss:
 
 @dataclass(frozen=True)
 class WassersteinLoss:
-    """WGAN critic loss; training adds `gradient_penalty` times the penalty term."""
+    """The WGAN critic loss; `wgan` clips the critic's weights, `wgan-gp` penalises its
+    gradient instead."""
 
-    name: str = "wgan-gp"
-    gradient_penalty: float = 10.0
+    name: str
+    gradient_penalty: float = 0.0
+    clip: float = 0.0
+    critic_steps: int = 1
+    optimizer: OptimizerName = "adam"
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return -fake_logits.mean()
@@ -90,21 +124,30 @@ class WassersteinLoss:
 
 LOSSES: dict[str, Loss] = {
     loss.name: loss
-    for loss in (MinimaxLoss(), HeuristicLoss(), LeastSquaresLoss(), WassersteinLoss())
+    for loss in (
+        BinaryCrossEntropyLoss(),
+        BinaryCrossEntropyLoss(name="heuristic", scale=0.5),
+        MinimaxLoss(),
+        LeastSquaresLoss(),
+        # The original's WGAN trainer: clip to [-0.01, 0.01], 5 critic steps, RMSprop.
+        WassersteinLoss(name="wgan", clip=0.01, critic_steps=5, optimizer="rmsprop"),
+        WassersteinLoss(name="wgan-gp", gradient_penalty=10.0),
+    )
 }
 MUSTANGS_CHOICES = ("bce", "mse", "heuristic")
 
 
 def draw_loss(name: str, rng: torch.Generator) -> Loss:
-    """The loss an individual trains with for one batch."""
+    """The loss a player trains with for one batch."""
     if name == "mustangs":
         pick = int(torch.randint(len(MUSTANGS_CHOICES), (1,), generator=rng))
         return LOSSES[MUSTANGS_CHOICES[pick]]
     return LOSSES[name]
 
 
-def fitness_loss(name: str) -> Loss:
-    """The loss fitness is measured with: mustangs individuals are compared under bce."""
+def spec_loss(name: str) -> Loss:
+    """The loss that fixes a run's training schedule and optimizer, and measures fitness:
+    mustangs individuals are compared under bce."""
     return LOSSES["bce" if name == "mustangs" else name]
 
 

@@ -123,6 +123,8 @@ def _print_summary(manifest: dict, output_uri: str) -> None:
             *(f"{cell['scores'].get(n, float('nan')):.4g}" for n in names),
         )
     Console().print(table)
+    if not names:
+        Console().print("no score for this dataset (spec.mixture.scoreType is none)")
     Console().print(
         f"ensemble (cell {manifest['bestCell']}'s mixture, {len(manifest['generators'])} "
         f"generators): {output_uri.rstrip('/')}/ensemble/manifest.json\n"

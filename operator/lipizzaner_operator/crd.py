@@ -61,9 +61,11 @@ _NEIGHBOURHOOD_SIZE = (
 
 SPEC_RULES: list[Schema] = [
     {
-        "rule": f"self.coevolution.tournamentSize <= self.coevolution.populationSize * "
-        f"{_NEIGHBOURHOOD_SIZE}",
-        "message": "coevolution.tournamentSize: must be <= populationSize x neighbourhood size",
+        # The pool: the local population plus one centre per neighbour.
+        "rule": f"self.coevolution.tournamentSize <= self.coevolution.populationSize + "
+        f"{_NEIGHBOURHOOD_SIZE} - 1",
+        "message": "coevolution.tournamentSize: must be <= the selection pool, the local "
+        "populationSize plus one centre per neighbour",
         "fieldPath": ".coevolution.tournamentSize",
         "reason": "FieldValueInvalid",
     },

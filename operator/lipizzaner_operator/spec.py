@@ -111,7 +111,8 @@ class NetworkSpec(SpecModel):
     discriminator: NetworkPartSpec = Field(default_factory=NetworkPartSpec)
 
 
-LossName = Literal["bce", "heuristic", "mse", "wgan-gp", "mustangs"]
+# The original's names and meanings (see the cell's losses.py); minimax and wgan-gp are ours.
+LossName = Literal["bce", "heuristic", "minimax", "mse", "wgan", "wgan-gp", "mustangs"]
 
 
 class FitnessSpec(SpecModel):
@@ -130,12 +131,30 @@ class CoevolutionSpec(SpecModel):
     replacements: int = Field(1, ge=0)
     replacement_rule: Literal["faithful", "offspring"] = "faithful"
     selection: bool = True
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, description="Both players' initial rate")
+    generator_learning_rate: float | None = Field(
+        None, gt=0, description="The generators' initial rate (default: learningRate)"
+    )
+    discriminator_learning_rate: float | None = Field(
+        None, gt=0, description="The discriminators' initial rate (default: learningRate)"
+    )
     mutation: MutationSpec = Field(default_factory=MutationSpec)
     fitness: FitnessSpec = Field(default_factory=FitnessSpec)
     discriminator_skip_every_nth: int = Field(
-        0, ge=0, description="Skip the discriminator's step on every n-th batch (0 = never)"
+        0,
+        ge=0,
+        description="The original's discriminator_skip_each_nth_step: the discriminator "
+        "trains on batches where batch % (n + 1) == 0 (0: every batch, 1: every other)",
     )
+
+    def initial_rate(self, role: str) -> float:
+        """A player's initial learning rate, also the scale of its rate mutation."""
+        own = (
+            self.generator_learning_rate
+            if role == "generator"
+            else (self.discriminator_learning_rate)
+        )
+        return own if own is not None else self.learning_rate
 
     @model_validator(mode="after")
     def _replacements_fit_population(self) -> CoevolutionSpec:
@@ -149,7 +168,7 @@ class CoevolutionSpec(SpecModel):
 
 class MixtureSpec(SpecModel):
     sigma: float = Field(0.01, gt=0)
-    score_type: Literal["auto", "fid", "tvd", "mode-kl", "none"] = "auto"
+    score_type: Literal["auto", "fid", "tvd", "mode-kl", "swd", "none"] = "auto"
     score_sample_size: int = Field(1000, ge=10)
     es_generations_at_end: int = Field(0, ge=0)
 
@@ -217,7 +236,7 @@ class RunSpecBody(SpecModel):
     seed: int = Field(0, ge=0)
     dataset: DatasetSpec
     network: NetworkSpec = Field(default_factory=NetworkSpec)
-    loss: LossName = "heuristic"
+    loss: LossName = "bce"
     coevolution: CoevolutionSpec = Field(default_factory=CoevolutionSpec)
     mixture: MixtureSpec = Field(default_factory=MixtureSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -239,13 +258,13 @@ class RunSpecBody(SpecModel):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunSpecBody:
         grid = self.grid
-        pool = self.coevolution.population_size * neighbourhood_size(
-            grid.rows, grid.cols, grid.neighbourhood
-        )
+        neighbours = neighbourhood_size(grid.rows, grid.cols, grid.neighbourhood) - 1
+        pool = self.coevolution.population_size + neighbours
         if self.coevolution.tournament_size > pool:
             raise ValueError(
-                "coevolution.tournamentSize: must be <= populationSize x neighbourhood size "
-                f"({pool}), got {self.coevolution.tournament_size}"
+                "coevolution.tournamentSize: must be <= the selection pool, the local "
+                f"populationSize ({self.coevolution.population_size}) plus one centre per "
+                f"neighbour ({neighbours}) = {pool}, got {self.coevolution.tournament_size}"
             )
         if is_image_dataset(self.dataset):
             return self
