@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lipizzaner_operator.spec import API_VERSION, KIND
+from lipizzaner_core.spec import API_VERSION, KIND
 
 
 def run_manifest(name: str, rows: int, cols: int, **spec: Any) -> dict:

@@ -24,7 +24,7 @@ import torch
 from common import mnist_manifest
 from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_operator.spec import LipizzanerRun, parse_run
+from lipizzaner_core.spec import LipizzanerRun, parse_run
 from rich.console import Console
 from rich.table import Table
 

@@ -26,7 +26,7 @@ from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.individual import ADAM_BETAS
 from lipizzaner_cell.losses import LOSSES
 from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_operator.spec import LipizzanerRun, parse_run
+from lipizzaner_core.spec import LipizzanerRun, parse_run
 from rich.console import Console
 from rich.table import Table
 

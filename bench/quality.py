@@ -24,7 +24,7 @@ from common import run_manifest, tournament_size
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.scores import ClassifierScorer
-from lipizzaner_operator.spec import parse_run
+from lipizzaner_core.spec import parse_run
 from rich.console import Console
 from rich.table import Table
 

@@ -15,7 +15,7 @@ import tempfile
 import torch
 from common import mnist_manifest
 from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_operator.spec import parse_run
+from lipizzaner_core.spec import parse_run
 from rich.console import Console
 from rich.table import Table
 

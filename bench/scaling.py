@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 
 from common import mnist_manifest
-from lipizzaner_operator.local_launcher import LocalRun
-from lipizzaner_operator.spec import parse_run
+from lipizzaner_cell.local_launcher import LocalRun
+from lipizzaner_core.spec import parse_run
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table

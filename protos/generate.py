@@ -1,6 +1,6 @@
 """Regenerate the committed Python stubs from protos/ with grpcio-tools.
 
-    python protos/generate.py            # writes cell_image/lipizzaner_cell/wire/
+    python protos/generate.py            # writes core/lipizzaner_core/wire/
 The stubs are committed (the cell image needs no protoc at build time);
 tests/test_wire.py regenerates them into a temporary folder and fails if they differ.
 """
@@ -14,7 +14,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "protos" / "lipizzaner" / "v1"
-TARGET = ROOT / "cell_image" / "lipizzaner_cell" / "wire"
+TARGET = ROOT / "core" / "lipizzaner_core" / "wire"
 GENERATED = ("cell_pb2.py", "cell_pb2.pyi", "cell_pb2_grpc.py")
 
 

@@ -19,9 +19,9 @@ import yaml
 from conftest import TINY_RING
 from envtest import GROUP, PLURAL, VERSION, Cluster
 from kubernetes.client.exceptions import ApiException
-from lipizzaner_operator.cli import main as cli_main
-from lipizzaner_operator.crd import crd_manifest
-from lipizzaner_operator.spec import SpecError, dump_run, parse_run
+from lipizzaner_cell.cli import main as cli_main
+from lipizzaner_core.crd import crd_manifest
+from lipizzaner_core.spec import SpecError, dump_run, parse_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / "lipizzanerruns.yaml"

@@ -11,7 +11,7 @@ from lipizzaner_cell import idx
 from lipizzaner_cell.datasets import PIXELS, Dataset, ValueMap, load_dataset
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.scores import ClassifierScorer, ModeScorer, build_scorer
-from lipizzaner_operator.spec import (
+from lipizzaner_core.spec import (
     ArraySpec,
     GaussianGridSpec,
     GaussianRingSpec,

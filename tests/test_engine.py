@@ -10,9 +10,9 @@ from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.neighbourhood import InProcessExchange
 from lipizzaner_cell.scores import ModeScorer
-from lipizzaner_operator import storage
-from lipizzaner_operator.spec import parse_run
-from lipizzaner_operator.topology import Grid
+from lipizzaner_core.spec import parse_run
+from lipizzaner_core.storage import Storage
+from lipizzaner_core.topology import Grid
 
 
 def with_spec(manifest: dict, **changes) -> dict:
@@ -78,7 +78,7 @@ def test_resume_is_bit_exact_with_larger_populations(tiny_manifest, tmp_path, co
 def test_checkpoints_are_pruned_to_keep(tiny_manifest, tmp_path):
     manifest = with_spec(tiny_manifest, generations=6, checkpoint={"every": 1, "keep": 2})
     run_in_process(parse_run(manifest), resume=False)
-    names = storage.list_dir(f"{tiny_manifest['spec']['output']['uri']}/cells/0/checkpoints")
+    names = Storage().list_dir(f"{tiny_manifest['spec']['output']['uri']}/cells/0/checkpoints")
     assert names == ["000005", "000006"]
 
 

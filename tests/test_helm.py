@@ -8,8 +8,8 @@ from pathlib import Path
 import helm_python as helm
 import pytest
 import yaml
+from lipizzaner_core.spec import load_run
 from lipizzaner_operator.render import OPERATOR_LABELS, CellDefaults, render_pod
-from lipizzaner_operator.spec import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "lipizzaner"

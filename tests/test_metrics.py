@@ -19,11 +19,11 @@ import pytest
 import yaml
 from conftest import TINY_RING
 from lipizzaner_cell.engine import GenerationReport
+from lipizzaner_cell.local_launcher import LocalRun, free_port_block
 from lipizzaner_cell.metrics import CellMetrics
+from lipizzaner_core.spec import parse_run
 from lipizzaner_operator.kube import KubeClient
-from lipizzaner_operator.local_launcher import LocalRun, free_port_block
 from lipizzaner_operator.metrics import OperatorMetrics
-from lipizzaner_operator.spec import parse_run
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "helm/lipizzaner/dashboards/lipizzaner.json"
 

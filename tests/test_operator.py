@@ -27,14 +27,14 @@ from kopf.testing import KopfRunner
 from kubernetes.client.exceptions import ApiException
 from lipizzaner_cell.cell_main import CellStatusBoard
 from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_cell.local_launcher import free_port_block
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
-from lipizzaner_operator import storage
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.spec import parse_run
 from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
 from lipizzaner_operator.kube import KubeClient
-from lipizzaner_operator.local_launcher import free_port_block
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.render import CellDefaults, render_pod
-from lipizzaner_operator.spec import parse_run
 
 
 @pytest.fixture(autouse=True)
@@ -164,7 +164,8 @@ def drive_to_success(
     document = manifest(tmp_path)
     run = parse_run(document)
     run_in_process(run, resume=False)  # real cell results for the operator to assemble
-    storage.remove_tree(storage.join(run.output_uri(), "ensemble"))
+    layout = RunLayout.of(run)
+    layout.storage.remove_tree(layout.ensemble)
     boards = [CellStatusBoard(i, 2, 0) for i in range(2)]
     waiter = None
     try:
@@ -214,8 +215,8 @@ def drive_to_success(
         if waiter is not None and waiter.poll() is None:
             waiter.kill()
     assert condition(status, "Succeeded")["status"] == "True"
-    assert status["ensemble"]["uri"] == storage.join(run.output_uri(), "ensemble")
-    ensemble = storage.read_json(storage.join(run.output_uri(), "ensemble", "manifest.json"))
+    assert status["ensemble"]["uri"] == layout.ensemble
+    ensemble = layout.storage.read_json(layout.ensemble_manifest)
     assert ensemble["run"] == "demo" and ensemble["generators"]
     assert status["completionTime"] and status["observedGeneration"] == 1
     return status

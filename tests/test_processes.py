@@ -10,11 +10,11 @@ import time
 import grpc
 import pytest
 import yaml
-from lipizzaner_cell.wire import cell_pb2, cell_pb2_grpc
-from lipizzaner_operator import storage
-from lipizzaner_operator.local_launcher import LocalRun, free_port_block, run_local
-from lipizzaner_operator.local_launcher import cell_command as launcher_cell_command
-from lipizzaner_operator.spec import parse_run
+from lipizzaner_cell.local_launcher import LocalRun, free_port_block, run_local
+from lipizzaner_cell.local_launcher import cell_command as launcher_cell_command
+from lipizzaner_core.spec import parse_run
+from lipizzaner_core.storage import Storage
+from lipizzaner_core.wire import cell_pb2, cell_pb2_grpc
 
 
 def quick(manifest: dict, **spec_changes) -> dict:
@@ -59,12 +59,14 @@ def test_a_2x2_run_in_processes_writes_its_ensemble_to_s3(tiny_manifest, s3_endp
     run = parse_run(manifest)
     result = run_local(run, show_progress=False, threads=1)
     assert result["bestCell"] in range(4)
+    storage = Storage.with_endpoint(s3_endpoint)
     stored = storage.read_json("s3://runs/tiny/ensemble/manifest.json")
     assert stored["generators"] == result["generators"]
     for entry in stored["generators"]:
         assert len(storage.read_bytes(f"s3://runs/tiny/ensemble/{entry['file']}")) > 0
     for cell in range(4):
         cell_result = storage.read_json(f"s3://runs/tiny/cells/{cell}/result.json")
+        assert storage.exists(f"s3://runs/tiny/cells/{cell}/logs/attempt-0.log")
         assert cell_result["generation"] == 4 and cell_result["missingNeighbours"] == []
 
 
@@ -85,23 +87,29 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
 
         def victim_checkpointed() -> bool:
             local.tick()
-            return storage.exists(checkpoint)
+            return Storage().exists(checkpoint)
 
-        assert wait_until(victim_checkpointed, timeout=120)
+        assert wait_until(victim_checkpointed, timeout=300)
         victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(30)
 
         def neighbour_generations() -> list[int]:
+            local.poll_status()  # statuses only: no tick, so the victim stays down for now
             return [local.cells[i].status.generation for i in (0, 3)]
 
         at_kill = neighbour_generations()
+        # The neighbours train on while the victim is down: wait until both have moved.
+        assert wait_until(
+            lambda: all(g > k for g, k in zip(neighbour_generations(), at_kill, strict=True)),
+            timeout=300,
+        )
 
         def victim_back() -> bool:
             local.tick()
             return victim.restarts == 1 and getattr(victim.status, "restarts", 0) == 1
 
-        assert wait_until(victim_back, timeout=120)
-        at_return = neighbour_generations()
-        assert wait_until(local.tick, timeout=180, poll=0.1)
+        assert wait_until(victim_back, timeout=300)
+        assert wait_until(local.tick, timeout=600, poll=0.1)
     finally:
         local.stop_all(grace_seconds=5)
         local.close()
@@ -109,9 +117,7 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
     log = victim.log_path.read_text()
     resumed = [line for line in log.splitlines() if "resumed from its checkpoint" in line]
     assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) >= 4
-    # The neighbours trained on while the victim was down and restarting.
-    assert all(back > then for back, then in zip(at_return, at_kill, strict=True))
-    results = [storage.read_json(f"{output}/cells/{i}/result.json") for i in range(4)]
+    results = [Storage().read_json(f"{output}/cells/{i}/result.json") for i in range(4)]
     assert all(r["generation"] == 40 for r in results)
 
 
@@ -166,7 +172,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
         assert process.wait(timeout=30) == 0
     finally:
         process.kill()
-    names = storage.list_dir(str(tmp_path / "out" / "cells" / "0" / "checkpoints"))
+    names = Storage().list_dir(str(tmp_path / "out" / "cells" / "0" / "checkpoints"))
     assert len(names) == 1 and int(names[0]) >= 3
     assert "stopped by SIGTERM" in process.stderr.read()
 
@@ -184,7 +190,7 @@ def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
         [
             sys.executable,
             "-m",
-            "lipizzaner_operator.cli",
+            "lipizzaner_cell.cli",
             "run",
             str(spec_path),
             "--quiet",
@@ -198,7 +204,7 @@ def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
     checkpoints = [tmp_path / "out" / "cells" / str(cell) / "checkpoints" for cell in range(4)]
 
     def all_training() -> bool:
-        return all(storage.list_dir(str(path)) for path in checkpoints)
+        return all(Storage().list_dir(str(path)) for path in checkpoints)
 
     def cells_running() -> bool:
         found = subprocess.run(["pgrep", "-f", "lipizzaner-interrupted-"], capture_output=True)
@@ -213,7 +219,7 @@ def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
     assert not cells_running()
     assert "resume" in launcher.stdout.read()
     for path in checkpoints:
-        names = storage.list_dir(str(path))
+        names = Storage().list_dir(str(path))
         assert len(names) == 1 and int(names[0]) >= 1
 
 

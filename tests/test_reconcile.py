@@ -6,9 +6,9 @@ import copy
 from datetime import UTC, datetime, timedelta
 
 from conftest import TINY_RING
+from lipizzaner_core.spec import parse_run
+from lipizzaner_core.status import RunStatus
 from lipizzaner_operator.reconcile import CellProgress, PodView, decide, succeed, view_pod
-from lipizzaner_operator.spec import parse_run
-from lipizzaner_operator.status import RunStatus
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_RING
+from lipizzaner_core.spec import load_run, parse_run
 from lipizzaner_operator.render import (
     CellDefaults,
     cell_selector,
@@ -19,7 +20,6 @@ from lipizzaner_operator.render import (
     render_pod,
     render_service,
 )
-from lipizzaner_operator.spec import load_run, parse_run
 
 GOLDEN = Path(__file__).parent / "golden"
 DEFAULTS = CellDefaults(image="registry.example/lipizzaner-cell:1.0")
@@ -159,7 +159,7 @@ def test_the_operator_imports_no_torch():
     code = (
         "import sys\n"
         "import lipizzaner_operator.operator_main, lipizzaner_operator.kube\n"
-        "import lipizzaner_cell.wire.cell_pb2_grpc\n"
+        "import lipizzaner_core.wire.cell_pb2_grpc\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

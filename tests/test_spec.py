@@ -2,8 +2,8 @@ import copy
 
 import pytest
 import yaml
-from lipizzaner_operator.cli import main
-from lipizzaner_operator.spec import SpecError, dump_run, load_run, parse_run
+from lipizzaner_cell.cli import main
+from lipizzaner_core.spec import SpecError, dump_run, load_run, parse_run
 
 from tests.conftest import TINY_RING
 
@@ -42,7 +42,7 @@ def test_defaults_are_the_original_mnist_configuration_with_half_the_fitness_sam
         ({"spec.grid.neighbourhood": "hex"}, "spec.grid.neighbourhood: must be "),
         ({"spec.generations": 0}, "spec.generations: must be >= 1, got 0"),
         ({"spec.grid.colums": 3}, "spec.grid.colums: unknown field"),
-        ({"spec.dataset": {"name": "cifar"}}, "spec.dataset: must be one of"),
+        ({"spec.dataset": {"name": "cifar"}}, "spec.dataset.name: must be one of"),
         ({"spec.dataset": {"name": "mnist"}}, "spec.dataset.path: required field is missing"),
         ({"spec.dataset.samplingRatio": 1.5}, "spec.dataset.samplingRatio: must be <= 1"),
         ({"spec.coevolution.mutation.probability": 2}, "spec.coevolution.mutation.probability"),

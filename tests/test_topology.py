@@ -1,5 +1,5 @@
 import pytest
-from lipizzaner_operator.topology import Grid, cell_seed, neighbourhood_size
+from lipizzaner_core.topology import Grid, cell_seed, neighbourhood_size
 
 
 def neighbour_set(grid: Grid, index: int) -> set[int]:

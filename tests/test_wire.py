@@ -10,10 +10,10 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lipizzaner_cell.neighbourhood import CentreState
-from lipizzaner_cell.wire import cell_pb2
 from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
 from lipizzaner_cell.wire.codec import CHUNK_BYTES, architecture_of, encode_centre
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+from lipizzaner_core.wire import cell_pb2
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_committed_stubs_are_what_the_proto_generates(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for fresh in module.generate(tmp_path):
-        committed = ROOT / "cell_image" / "lipizzaner_cell" / "wire" / fresh.name
+        committed = ROOT / "core" / "lipizzaner_core" / "wire" / fresh.name
         assert filecmp.cmp(fresh, committed, shallow=False), (
             f"{fresh.name} is stale: run protos/generate.py"
         )

@@ -3,8 +3,8 @@
 Order matters: the gRPC server starts first (so neighbours and probes can reach the cell
 at once), the cell resumes from its latest checkpoint if the output has one, waits a
 bounded time for its neighbours' first states, then trains.
-Exit codes: 0 success (also after SIGTERM, once the checkpoint is written), 1 failure,
-2 bad configuration.
+Exit codes (`lipizzaner_core.contract.ExitCode`): 0 success (also after SIGTERM, once the
+checkpoint is written), 1 failure, 2 bad configuration.
 """
 
 from __future__ import annotations
@@ -20,22 +20,20 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from lipizzaner_operator import storage
-from lipizzaner_operator.spec import LipizzanerRun, SpecError, load_run
-from lipizzaner_operator.topology import Grid
+from lipizzaner_core.contract import CELL_FLAGS, ExitCode
+from lipizzaner_core.layout import CellLayout, RunLayout
+from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
+from lipizzaner_core.wire import cell_pb2
 
-from lipizzaner_cell.checkpoint import restore_latest, save_checkpoint
 from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.driver import CellDriver
 from lipizzaner_cell.engine import CellEngine, GenerationReport
 from lipizzaner_cell.metrics import CellMetrics
-from lipizzaner_cell.results import finish_cell
-from lipizzaner_cell.selection import best
-from lipizzaner_cell.wire import cell_pb2
+from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.wire.client import GrpcNeighbourhood, NeighbourPuller, PullPolicy
 from lipizzaner_cell.wire.codec import architecture_of
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 log = logging.getLogger("lipizzaner.cell")
 Phase = cell_pb2.CellStatus.Phase
 
@@ -96,28 +94,96 @@ class CellStatusBoard:
         )
 
 
-def checkpoint(engine: CellEngine, cell_uri: str, keep: int, metrics: CellMetrics | None) -> None:
-    started = time.perf_counter()
-    save_checkpoint(engine, cell_uri, keep)
-    if metrics is not None:
-        metrics.checkpoint.observe(time.perf_counter() - started)
+def neighbour_pullers(
+    run: LipizzanerRun,
+    args: argparse.Namespace,
+    data_shape: tuple[int, ...],
+    metrics: CellMetrics | None,
+) -> dict[int, NeighbourPuller]:
+    """One puller per neighbour, expecting the architectures the spec gives every cell."""
+    policy = PullPolicy(max_state_bytes=run.spec.exchange.max_state_megabytes << 20)
+    network = run.spec.network
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        generator = architecture_of(
+            build_generator(network.generator, network.latent_size, data_shape).state_dict()
+        )
+        discriminator = architecture_of(
+            build_discriminator(network.discriminator, data_shape).state_dict()
+        )
+    pullers = {}
+    for neighbour in run.spec.grid.topology().neighbours(args.cell):
+        address = peer_address(
+            args.peer_template,
+            run.metadata.name,
+            neighbour.index,
+            args.grpc_port_base,
+            args.port_stride,
+        )
+        record = None if metrics is None else partial(metrics.record_pull, neighbour.direction)
+        pullers[neighbour.index] = NeighbourPuller(
+            neighbour.index, address, generator, discriminator, policy, on_pull=record
+        )
+    return pullers
+
+
+def finished_cell(cell: CellLayout, generations: int) -> bool:
+    """Whether a cell's result says it has finished the run's generations."""
+    if not cell.storage.exists(cell.result):
+        return False
+    return cell.storage.read_json(cell.result)["generation"] >= generations
+
+
+def start_metrics(run: LipizzanerRun, args: argparse.Namespace) -> CellMetrics | None:
+    if args.metrics_port is None:
+        return None
+    grid = run.spec.grid.topology()
+    row, col = grid.position(args.cell)
+    metrics = CellMetrics(run.metadata.name, args.cell, row, col, args.restarts)
+    metrics.serve(args.metrics_port + args.port_stride * args.cell, args.listen_host)
+    metrics.prepare_directions([n.direction for n in grid.neighbours(args.cell)])
+    return metrics
+
+
+def train(
+    driver: CellDriver,
+    neighbourhood: GrpcNeighbourhood,
+    status: CellStatusBoard,
+    metrics: CellMetrics | None,
+    stop: threading.Event,
+) -> None:
+    """Generations until the spec's last, or until SIGTERM (then a checkpoint)."""
+    engine, spec = driver.engine, driver.spec
+    score_name = engine.scorer.objective_name if engine.scorer else None
+    while not driver.done and not stop.is_set():
+        started = time.perf_counter()
+        report = driver.advance(should_stop=stop.is_set)
+        status.report(engine, report, neighbourhood)
+        if metrics is not None:
+            metrics.record_generation(
+                report, time.perf_counter() - started, score_name, engine.mixture_weights
+            )
+        score = "" if report.mixture_score is None else f" score {report.mixture_score:.4f}"
+        log.info(
+            "generation %d/%d: G %.4f D %.4f%s",
+            report.generation,
+            spec.generations,
+            report.generator_loss,
+            report.discriminator_loss,
+            score,
+        )
+    if stop.is_set():
+        driver.checkpoint()
+        log.info("stopped by SIGTERM at generation %d, checkpoint written", engine.generation)
 
 
 def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
     spec = run.spec
-    grid = Grid(spec.grid.rows, spec.grid.cols, spec.grid.neighbourhood)
-    if not 0 <= args.cell < grid.size:
-        log.error("--cell %d is outside the %dx%d grid", args.cell, grid.rows, grid.cols)
-        return EXIT_BAD_CONFIG
-    storage.configure_s3(spec.output.endpoint_url)
-    output = args.output or run.output_uri()
-    cell_uri = storage.join(output, "cells", str(args.cell))
+    if not 0 <= args.cell < spec.grid.size:
+        log.error("--cell %d is outside the %dx%d grid", args.cell, spec.grid.rows, spec.grid.cols)
+        return ExitCode.BAD_INPUT
+    layout = RunLayout.of(run, args.output)
     status = CellStatusBoard(args.cell, spec.generations, args.restarts)
-    metrics = None
-    if args.metrics_port is not None:
-        row, col = grid.position(args.cell)
-        metrics = CellMetrics(run.metadata.name, args.cell, row, col, args.restarts)
-        metrics.serve(args.metrics_port + args.port_stride * args.cell, args.listen_host)
+    metrics = start_metrics(run, args)
     board = CentreBoard()
     server, _ = start_server(
         CellService(board, lambda: status.message),
@@ -128,134 +194,43 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     neighbourhood = None
     try:
-        dataset = load_dataset(spec.dataset, spec.seed)
-        neighbours = grid.neighbours(args.cell)
-        if metrics is not None:
-            metrics.prepare_directions([n.direction for n in neighbours])
-        # The provider is filled in below, once the engine knows its architectures.
-        neighbourhood = GrpcNeighbourhood(board, {})
+        dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
+        pullers = neighbour_pullers(run, args, dataset.shape, metrics)
+        neighbourhood = GrpcNeighbourhood(board, pullers)
         engine = CellEngine(run, args.cell, neighbourhood, dataset)
-        policy = PullPolicy(max_state_bytes=spec.exchange.max_state_megabytes << 20)
-        generator = architecture_of(best(engine.generators).net.state_dict())
-        discriminator = architecture_of(best(engine.discriminators).net.state_dict())
-        neighbourhood.pullers = {
-            n.index: NeighbourPuller(
-                n.index,
-                peer_address(
-                    args.peer_template,
-                    run.metadata.name,
-                    n.index,
-                    args.grpc_port_base,
-                    args.port_stride,
-                ),
-                generator,
-                discriminator,
-                policy,
-                on_pull=None if metrics is None else partial(metrics.record_pull, n.direction),
-            )
-            for n in neighbours
-        }
-        if restore_latest(engine, cell_uri):
-            log.info(
-                "cell %d resumed from its checkpoint at generation %d", args.cell, engine.generation
-            )
+        on_checkpoint = None if metrics is None else metrics.checkpoint.observe
+        driver = CellDriver(engine, layout.cell(args.cell), on_checkpoint)
+        if driver.resume():
+            log.info("resumed from its checkpoint at generation %d", engine.generation)
         engine.publish_centre()
         neighbourhood.start()
         missing = neighbourhood.wait_for_first_states(spec.exchange.first_state_timeout_seconds)
         if missing:
-            log.warning(
-                "cell %d: no state yet from neighbours %s; training without them",
-                args.cell,
-                missing,
-            )
+            log.warning("no state yet from neighbours %s; training without them", missing)
         status.update(phase=Phase.TRAINING, generation=engine.generation)
-        score_name = engine.scorer.objective_name if engine.scorer else None
-        while engine.generation < spec.generations and not stop.is_set():
-            started = time.perf_counter()
-            report = engine.step(should_stop=stop.is_set)
-            status.report(engine, report, neighbourhood)
-            if metrics is not None:
-                metrics.record_generation(
-                    report, time.perf_counter() - started, score_name, engine.mixture_weights
-                )
-            if report.generation % spec.checkpoint.every == 0 or (
-                report.generation == spec.generations
-            ):
-                checkpoint(engine, cell_uri, spec.checkpoint.keep, metrics)
-            log.info(
-                "cell %d generation %d/%d: G %.4f D %.4f%s",
-                args.cell,
-                report.generation,
-                spec.generations,
-                report.generator_loss,
-                report.discriminator_loss,
-                "" if report.mixture_score is None else f" score {report.mixture_score:.4f}",
-            )
+        train(driver, neighbourhood, status, metrics, stop)
         if stop.is_set():
-            checkpoint(engine, cell_uri, spec.checkpoint.keep, metrics)
-            log.info(
-                "cell %d stopped by SIGTERM at generation %d, checkpoint written",
-                args.cell,
-                engine.generation,
-            )
-            return EXIT_OK
+            return ExitCode.OK
         status.update(phase=Phase.FINISHING)
-        result = finish_cell(engine, dataset, cell_uri, missing_neighbours=neighbourhood.missing())
+        result = driver.finish(dataset, missing_neighbours=neighbourhood.missing())
         status.update(phase=Phase.SUCCEEDED, scores=result["scores"])
-        return EXIT_OK
+        left = neighbourhood.linger(
+            spec.generations,
+            spec.exchange.first_state_timeout_seconds,
+            stop,
+            finished=lambda cell: finished_cell(layout.cell(cell), spec.generations),
+        )
+        if left:
+            log.warning("leaving before neighbours %s finished", left)
+        return ExitCode.OK
     except (FileNotFoundError, KeyError, ValueError) as exc:
-        log.error("cell %d cannot start: %s", args.cell, exc)
+        log.error("cannot start: %s", exc)
         status.update(phase=Phase.FAILED)
-        return EXIT_BAD_CONFIG
+        return ExitCode.BAD_INPUT
     finally:
         if neighbourhood is not None:
             neighbourhood.close()
         server.stop(grace=1.0)
-
-
-# flag, environment variable, type, default, help: every flag can come from its variable.
-FLAGS: list[tuple[str, str, type, str | None, str]] = [
-    ("--run-spec", "LIPIZZANER_RUN_SPEC", str, None, "LipizzanerRun manifest file"),
-    ("--cell", "LIPIZZANER_CELL", int, None, "this cell's index, row-major"),
-    (
-        "--peer-template",
-        "LIPIZZANER_PEER_TEMPLATE",
-        str,
-        "127.0.0.1:{port}",
-        "a peer's address from {run}, {index}, {port}",
-    ),
-    ("--grpc-port-base", "LIPIZZANER_GRPC_PORT", int, "50051", "gRPC port of cell 0"),
-    (
-        "--port-stride",
-        "LIPIZZANER_PORT_STRIDE",
-        int,
-        "0",
-        "cell i listens on base + stride * i: 1 on one machine, 0 in pods",
-    ),
-    (
-        "--metrics-port",
-        "LIPIZZANER_METRICS_PORT",
-        int,
-        None,
-        "serve /metrics on this port (+ stride * cell, like gRPC); default: no metrics",
-    ),
-    ("--listen-host", "LIPIZZANER_LISTEN_HOST", str, "0.0.0.0", "address to listen on"),
-    ("--output", "LIPIZZANER_OUTPUT", str, None, "override spec.output.uri"),
-    (
-        "--threads",
-        "LIPIZZANER_THREADS",
-        int,
-        None,
-        "torch intra-op threads (default: the container's CPU limit, else all cores)",
-    ),
-    (
-        "--restarts",
-        "LIPIZZANER_RESTARTS",
-        int,
-        "0",
-        "how often this cell was restarted (reported in its status)",
-    ),
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,13 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one Lipizzaner cell (used by `lipizzaner run` and by the operator's "
         "pods). Every flag can also come from the LIPIZZANER_* variable named in its help.",
     )
-    for flag, variable, kind, default, text in FLAGS:
-        shown = f", default {default}" if default is not None else ""
+    for flag in CELL_FLAGS.values():
+        shown = f", default {flag.default}" if flag.default is not None else ""
         parser.add_argument(
-            flag,
-            type=kind,
-            default=os.environ.get(variable, default),
-            help=f"{text} [{variable}{shown}]",
+            flag.flag,
+            type=flag.kind,
+            default=os.environ.get(flag.variable, flag.default),
+            help=f"{flag.help} [{flag.variable}{shown}]",
         )
     return parser
 
@@ -280,18 +255,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s cell {args.cell} %(message)s")
     if args.run_spec is None or args.cell is None:
         log.error("--run-spec and --cell are required")
-        return EXIT_BAD_CONFIG
+        return ExitCode.BAD_INPUT
     try:
         run = load_run(args.run_spec)
     except (FileNotFoundError, SpecError) as exc:
         log.error("bad run spec %s: %s", args.run_spec, exc)
-        return EXIT_BAD_CONFIG
+        return ExitCode.BAD_INPUT
     torch.set_num_threads(args.threads or default_threads())
     try:
         return run_cell(run, args)
     except Exception:
-        log.exception("cell %d failed", args.cell)
-        return EXIT_FAILED
+        log.exception("failed")
+        return ExitCode.FAILED
 
 
 if __name__ == "__main__":

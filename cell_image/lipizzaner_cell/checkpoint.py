@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lipizzaner_operator import storage
+from lipizzaner_core.layout import CellLayout
+from lipizzaner_core.storage import join
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
@@ -105,34 +106,25 @@ def import_state(engine: CellEngine, tensors: dict[str, torch.Tensor], meta: dic
     engine.offspring_accepted, engine.offspring_offered = meta["offspring"]
 
 
-def save_checkpoint(engine: CellEngine, cell_uri: str, keep: int) -> str:
+def save_checkpoint(engine: CellEngine, cell: CellLayout, keep: int) -> str:
     """Write the engine's state; prune all but the newest `keep` checkpoints."""
     tensors, meta = export_state(engine)
-    target = storage.join(cell_uri, "checkpoints", f"{engine.generation:06d}")
-    storage.write_bytes(storage.join(target, "state.safetensors"), save_tensors(tensors))
-    storage.write_json(storage.join(target, "state.json"), meta)
-    for old in completed_checkpoints(cell_uri)[:-keep]:
-        storage.remove_tree(storage.join(cell_uri, "checkpoints", old))
+    storage = cell.storage
+    target = cell.checkpoint(cell.checkpoint_name(engine.generation))
+    storage.write_bytes(join(target, "state.safetensors"), save_tensors(tensors))
+    storage.write_json(join(target, "state.json"), meta)
+    for old in cell.completed_checkpoints()[:-keep]:
+        storage.remove_tree(cell.checkpoint(old))
     return target
 
 
-def completed_checkpoints(cell_uri: str) -> list[str]:
-    """Names of the checkpoints whose state.json exists, oldest first."""
-    base = storage.join(cell_uri, "checkpoints")
-    return [
-        name
-        for name in storage.list_dir(base)
-        if name.isdigit() and storage.exists(storage.join(base, name, "state.json"))
-    ]
-
-
-def restore_latest(engine: CellEngine, cell_uri: str) -> bool:
+def restore_latest(engine: CellEngine, cell: CellLayout) -> bool:
     """Load the newest complete checkpoint into the engine; False if there is none."""
-    done = completed_checkpoints(cell_uri)
+    done = cell.completed_checkpoints()
     if not done:
         return False
-    target = storage.join(cell_uri, "checkpoints", done[-1])
-    meta = storage.read_json(storage.join(target, "state.json"))
-    tensors = load_tensors(storage.read_bytes(storage.join(target, "state.safetensors")))
+    target = cell.checkpoint(done[-1])
+    meta = cell.storage.read_json(join(target, "state.json"))
+    tensors = load_tensors(cell.storage.read_bytes(join(target, "state.safetensors")))
     import_state(engine, tensors, meta)
     return True

@@ -11,34 +11,60 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
-from lipizzaner_operator import storage
-from lipizzaner_operator.spec import (
+from lipizzaner_core.spec import (
     ArraySpec,
     GaussianGridSpec,
     GaussianRingSpec,
     ImageFolderSpec,
     MnistSpec,
 )
+from lipizzaner_core.storage import Storage
 
 from lipizzaner_cell import idx
 
 
 @dataclass(frozen=True)
 class ValueMap:
-    """data = model * scale + offset, per feature or as scalars."""
+    """data = model * scale + offset, per feature or as scalars; `dtype` is the data's own.
+
+    Bounded data (images, arrays) lives in [-1, 1] in model space, so its own range is
+    offset - scale .. offset + scale; unbounded data (the 2-D Gaussians) is not clipped.
+    """
 
     scale: list[float]
     offset: list[float]
+    dtype: str = "float32"
+    bounded: bool = True
 
     def to_data(self, x: np.ndarray) -> np.ndarray:
+        """Model-space samples in the data's own range and dtype (integers rounded)."""
         flat = x.reshape(x.shape[0], -1).astype(np.float64)
-        return (flat * np.asarray(self.scale) + np.asarray(self.offset)).reshape(x.shape)
+        if self.bounded:
+            flat = np.clip(flat, -1.0, 1.0)
+        values = (flat * np.asarray(self.scale) + np.asarray(self.offset)).reshape(x.shape)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            values = np.rint(values)
+        return values.astype(self.dtype)
 
-    def as_dict(self) -> dict[str, list[float]]:
-        return {"scale": self.scale, "offset": self.offset}
+    @property
+    def low(self) -> float:
+        return float(np.min(np.asarray(self.offset) - np.asarray(self.scale)))
+
+    @property
+    def high(self) -> float:
+        return float(np.max(np.asarray(self.offset) + np.asarray(self.scale)))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "offset": self.offset,
+            "dtype": self.dtype,
+            "bounded": self.bounded,
+        }
 
 
 @dataclass
@@ -86,7 +112,7 @@ def _mixture_of_gaussians(
     return Dataset(
         name=name,
         data=torch.from_numpy(points / extent).float(),
-        values=ValueMap([extent], [0.0]),
+        values=ValueMap([extent], [0.0], "float32", bounded=False),
         labels=torch.from_numpy(which),
         modes=torch.from_numpy(centres / extent).float(),
         mode_std=std / extent,
@@ -94,14 +120,14 @@ def _mixture_of_gaussians(
     )
 
 
-def load_gaussian_ring(spec: GaussianRingSpec, seed: int) -> Dataset:
+def load_gaussian_ring(spec: GaussianRingSpec, seed: int, storage: Storage) -> Dataset:
     angles = 2 * math.pi * np.arange(spec.modes) / spec.modes
     centres = spec.radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     identity = f"gaussian-ring:{spec.modes}:{spec.radius}:{spec.std}"
     return _mixture_of_gaussians(centres, spec.std, spec.size, seed, spec.name, identity)
 
 
-def load_gaussian_grid(spec: GaussianGridSpec, seed: int) -> Dataset:
+def load_gaussian_grid(spec: GaussianGridSpec, seed: int, storage: Storage) -> Dataset:
     k = spec.modes_per_side
     ticks = (np.arange(k) - (k - 1) / 2) * spec.spacing
     centres = np.array([(x, y) for x in ticks for y in ticks], dtype=np.float64)
@@ -109,27 +135,31 @@ def load_gaussian_grid(spec: GaussianGridSpec, seed: int) -> Dataset:
     return _mixture_of_gaussians(centres, spec.std, spec.size, seed, spec.name, identity)
 
 
-PIXELS = ValueMap([127.5], [127.5])
+PIXELS = ValueMap([127.5], [127.5], "uint8")
 
 
 def _images_to_model_space(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)
 
 
-def load_mnist(spec: MnistSpec, seed: int) -> Dataset:
+def load_mnist(spec: MnistSpec, seed: int, storage: Storage) -> Dataset:
     splits = ["train", "test"] if spec.split == "auto" else [spec.split]
-    found = next(((s, f) for s in splits if (f := idx.find_split_files(spec.path, s))), None)
+    candidates = ((s, idx.find_split_files(storage, spec.path, s)) for s in splits)
+    found: tuple[str, tuple[str, str] | None] | None = next(
+        ((s, f) for s, f in candidates if f), None
+    )
     if found is None and spec.download:
-        split = "train" if spec.split == "auto" else spec.split
-        idx.download_mnist(spec.path, split, spec.mirror)
-        found = (split, idx.find_split_files(spec.path, split))
-    if found is None or found[1] is None:
+        wanted_split = "train" if spec.split == "auto" else spec.split
+        idx.download_mnist(storage, spec.path, wanted_split, spec.mirror)
+        found = (wanted_split, idx.find_split_files(storage, spec.path, wanted_split))
+    files = None if found is None else found[1]
+    if files is None:
         wanted = " or ".join(f"{idx.SPLIT_PREFIX[s]}-images-idx3-ubyte[.gz]" for s in splits)
         raise FileNotFoundError(
             f"dataset.path: no MNIST files ({wanted} with its labels) under {spec.path}; "
             "set dataset.download: true to fetch them"
         )
-    split, (images_uri, labels_uri) = found
+    images_uri, labels_uri = files
     images = idx.parse_idx(storage.read_bytes(images_uri))
     labels = idx.parse_idx(storage.read_bytes(labels_uri))
     if images.ndim != 3 or labels.shape[0] != images.shape[0]:
@@ -143,7 +173,7 @@ def load_mnist(spec: MnistSpec, seed: int) -> Dataset:
     )
 
 
-def load_image_folder(spec: ImageFolderSpec, seed: int) -> Dataset:
+def load_image_folder(spec: ImageFolderSpec, seed: int, storage: Storage) -> Dataset:
     from PIL import Image
 
     files = storage.find_files(spec.path, (".png", ".jpg", ".jpeg"))
@@ -154,7 +184,7 @@ def load_image_folder(spec: ImageFolderSpec, seed: int) -> Dataset:
     images = []
     for path in files:
         with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
-            pixels = np.asarray(image.convert(mode).resize(size, Image.BILINEAR))
+            pixels = np.asarray(image.convert(mode).resize(size, Image.Resampling.BILINEAR))
         images.append(pixels.reshape(spec.image_size, spec.image_size, spec.channels))
     stacked = np.stack(images).transpose(0, 3, 1, 2)
     return Dataset(
@@ -165,7 +195,7 @@ def load_image_folder(spec: ImageFolderSpec, seed: int) -> Dataset:
     )
 
 
-def load_array(spec: ArraySpec, seed: int) -> Dataset:
+def load_array(spec: ArraySpec, seed: int, storage: Storage) -> Dataset:
     raw = storage.read_bytes(spec.path)
     loaded = np.load(io.BytesIO(raw), allow_pickle=False)
     if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -176,6 +206,7 @@ def load_array(spec: ArraySpec, seed: int) -> Dataset:
         array = loaded[key]
     else:
         array = loaded
+    source_dtype = array.dtype
     array = np.asarray(array, dtype=np.float64)
     if array.ndim < 2 or array.shape[0] < 2:
         raise ValueError(f"dataset.path: need an array of N >= 2 samples, got shape {array.shape}")
@@ -187,7 +218,7 @@ def load_array(spec: ArraySpec, seed: int) -> Dataset:
     return Dataset(
         name="array",
         data=torch.from_numpy(model).float(),
-        values=ValueMap(scale.tolist(), offset.tolist()),
+        values=ValueMap(scale.tolist(), offset.tolist(), str(source_dtype)),
         identity=f"array:{spec.path}:{array.shape}",
     )
 
@@ -201,6 +232,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def load_dataset(spec, seed: int) -> Dataset:
-    """The full dataset of a run; synthetic data is drawn from the run's seed."""
-    return LOADERS[spec.name](spec, seed)
+def load_dataset(spec, seed: int, storage: Storage | None = None) -> Dataset:
+    """The full dataset of a run; synthetic data is drawn from the run's seed. Files are
+    read through `storage` (the run's: its S3 endpoint too)."""
+    return LOADERS[spec.name](spec, seed, storage or Storage())

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from lipizzaner_operator.spec import LipizzanerRun
-from lipizzaner_operator.topology import Grid, cell_seed
+from lipizzaner_core.spec import LipizzanerRun
+from lipizzaner_core.topology import cell_seed
 
 from lipizzaner_cell.datasets import Dataset
 from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes
@@ -92,7 +92,7 @@ class CellEngine:
         self.index = index
         self.provider = provider
         self.device = device or resolve_device(spec.training.device)
-        self.grid = Grid(spec.grid.rows, spec.grid.cols, spec.grid.neighbourhood)
+        self.grid = spec.grid.topology()
         self.neighbour_cells = [n.index for n in self.grid.neighbours(index)]
         self.seed = cell_seed(spec.seed, index)
         # Decisions (opponents, mutations, tournaments) draw from a CPU generator; noise

@@ -8,7 +8,7 @@ import logging
 import urllib.request
 
 import numpy as np
-from lipizzaner_operator import storage
+from lipizzaner_core.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ def parse_idx(data: bytes) -> np.ndarray:
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_DTYPES[data[2]])
+    dtype: np.dtype = np.dtype(str(_DTYPES[data[2]]))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
         raise ValueError(f"IDX file truncated: expected {expected} data bytes for shape {shape}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
-def find_split_files(base: str, split: str) -> tuple[str, str] | None:
+def find_split_files(storage: Storage, base: str, split: str) -> tuple[str, str] | None:
     """(images URI, labels URI) of a split under `base`, gzipped or not, if both exist."""
     names = set(storage.list_dir(base))
     prefix = SPLIT_PREFIX[split]
@@ -49,11 +49,11 @@ def find_split_files(base: str, split: str) -> tuple[str, str] | None:
         name = next((n for n in (f"{stem}.gz", stem) if n in names), None)
         if name is None:
             return None
-        found.append(storage.join(base, name))
+        found.append(join(base, name))
     return found[0], found[1]
 
 
-def download_mnist(base: str, split: str, mirror: str) -> None:
+def download_mnist(storage: Storage, base: str, split: str, mirror: str) -> None:
     """Fetch a split's gzipped files into `base`; refuse any whose content MD5 differs."""
     prefix = SPLIT_PREFIX[split]
     for name, md5 in MNIST_MD5.items():
@@ -66,4 +66,4 @@ def download_mnist(base: str, split: str, mirror: str) -> None:
         digest = hashlib.md5(gzip.decompress(data)).hexdigest()
         if digest != md5:
             raise ValueError(f"{url}: checksum mismatch (md5 {digest}, expected {md5})")
-        storage.write_bytes(storage.join(base, f"{name}.gz"), data)
+        storage.write_bytes(join(base, f"{name}.gz"), data)

@@ -12,18 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lipizzaner_operator import storage
-from lipizzaner_operator.ensemble import assemble_ensemble
-from lipizzaner_operator.spec import LipizzanerRun
-from lipizzaner_operator.topology import Grid
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from lipizzaner_core.ensemble import assemble_ensemble
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.spec import LipizzanerRun
 
-from lipizzaner_cell.checkpoint import restore_latest, save_checkpoint
 from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.driver import CellDriver
 from lipizzaner_cell.engine import CellEngine, GenerationReport
 from lipizzaner_cell.neighbourhood import InProcessExchange
-from lipizzaner_cell.results import finish_cell
-from lipizzaner_cell.sampling import load_ensemble, write_samples
+from lipizzaner_cell.progress import progress_bar
+from lipizzaner_cell.sampling import load_ensemble, preview_title, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,6 @@ class RunOutcome:
     resumed_at: dict[int, int] = field(default_factory=dict)
 
 
-def cell_uri(output_uri: str, index: int) -> str:
-    return storage.join(output_uri, "cells", str(index))
-
-
 def run_in_process(
     run: LipizzanerRun,
     *,
@@ -49,64 +43,61 @@ def run_in_process(
     on_report: Callable[[int, GenerationReport], None] | None = None,
 ) -> RunOutcome:
     spec = run.spec
-    output = run.output_uri()
-    grid = Grid(spec.grid.rows, spec.grid.cols, spec.grid.neighbourhood)
-    dataset = load_dataset(spec.dataset, spec.seed)
+    layout = RunLayout.of(run)
+    grid = spec.grid.topology()
+    dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
     exchange = InProcessExchange()
-    engines = [
-        CellEngine(run, i, exchange.provider([n.index for n in grid.neighbours(i)]), dataset)
+    drivers = [
+        CellDriver(
+            CellEngine(run, i, exchange.provider([n.index for n in grid.neighbours(i)]), dataset),
+            layout.cell(i),
+        )
         for i in range(grid.size)
     ]
-    outcome = RunOutcome(output, {}, engines, [[] for _ in engines])
-    for engine in engines:
-        if resume and restore_latest(engine, cell_uri(output, engine.index)):
-            outcome.resumed_at[engine.index] = engine.generation
-            log.info("cell %d resumed at generation %d", engine.index, engine.generation)
-        engine.publish_centre()
+    engines = [d.engine for d in drivers]
+    outcome = RunOutcome(layout.output, {}, engines, [[] for _ in engines])
+    for driver in drivers:
+        if resume and driver.resume():
+            outcome.resumed_at[driver.engine.index] = driver.engine.generation
+            log.info(
+                "cell %d resumed at generation %d", driver.engine.index, driver.engine.generation
+            )
+        driver.engine.publish_centre()
     exchange.commit()
 
-    total = grid.size * spec.generations
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    ) as progress:
+    with progress_bar(show_progress) as progress:
         done = sum(min(e.generation, spec.generations) for e in engines)
-        task = progress.add_task("cell-generations", total=total, completed=done, status="")
-        while any(e.generation < spec.generations for e in engines):
-            for engine in engines:
-                if engine.generation >= spec.generations:
+        task = progress.add_task(
+            "cell-generations", total=grid.size * spec.generations, completed=done, status=""
+        )
+        while not all(d.done for d in drivers):
+            for driver in drivers:
+                if driver.done:
                     continue
-                report = engine.step()
-                outcome.reports[engine.index].append(report)
+                report = driver.advance()
+                outcome.reports[driver.engine.index].append(report)
                 if on_report:
-                    on_report(engine.index, report)
-                if report.generation % spec.checkpoint.every == 0 or (
-                    report.generation == spec.generations
-                ):
-                    save_checkpoint(engine, cell_uri(output, engine.index), spec.checkpoint.keep)
-                progress.update(task, advance=1, status=_status(engine.index, report))
+                    on_report(driver.engine.index, report)
+                progress.update(task, advance=1, status=_status(driver.engine.index, report))
             exchange.commit()
 
-    for engine in engines:
-        finish_cell(engine, dataset, cell_uri(output, engine.index))
-    outcome.manifest = assemble_ensemble(run, output)
-    write_preview(output, run.metadata.name)
+    for driver in drivers:
+        driver.finish(dataset)
+    outcome.manifest = assemble_ensemble(run, layout)
+    write_preview(layout, run.metadata.name)
     return outcome
 
 
-def write_preview(output_uri: str, title: str) -> None:
-    """<output>/samples.png: what the final ensemble draws."""
-    ensemble = load_ensemble(storage.join(output_uri, "ensemble"))
+def write_preview(layout: RunLayout, title: str) -> None:
+    """<output>/samples.png: what the final ensemble draws, with its score."""
+    ensemble = load_ensemble(layout.ensemble, layout.storage)
     count = 1000 if len(ensemble.manifest["data"]["shape"]) == 1 else 64
     write_samples(
-        storage.join(output_uri, "samples.png"),
+        layout.preview,
         ensemble.sample(count),
         ensemble.manifest["data"],
-        title=f"{title}: ensemble of cell {ensemble.manifest['bestCell']}",
+        title=preview_title(title, ensemble.manifest, count),
+        storage=layout.storage,
     )
 
 

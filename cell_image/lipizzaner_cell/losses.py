@@ -31,13 +31,22 @@ from lipizzaner_cell.individual import OptimizerName
 
 
 class Loss(Protocol):
-    name: str
-    gradient_penalty: float
-    # Weight clipping of the critic after each of its steps (0: none).
-    clip: float
-    # Discriminator steps per generator step; each takes a batch of its own.
-    critic_steps: int
-    optimizer: OptimizerName
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def gradient_penalty(self) -> float: ...
+
+    @property
+    def clip(self) -> float:
+        """Weight clipping of the critic after each of its steps (0: none)."""
+
+    @property
+    def critic_steps(self) -> int:
+        """Discriminator steps per generator step; each takes a batch of its own."""
+
+    @property
+    def optimizer(self) -> OptimizerName: ...
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor: ...
 
@@ -122,18 +131,16 @@ class WassersteinLoss:
         return fake_logits.mean() - real_logits.mean()
 
 
-LOSSES: dict[str, Loss] = {
-    loss.name: loss
-    for loss in (
-        BinaryCrossEntropyLoss(),
-        BinaryCrossEntropyLoss(name="heuristic", scale=0.5),
-        MinimaxLoss(),
-        LeastSquaresLoss(),
-        # The original's WGAN trainer: clip to [-0.01, 0.01], 5 critic steps, RMSprop.
-        WassersteinLoss(name="wgan", clip=0.01, critic_steps=5, optimizer="rmsprop"),
-        WassersteinLoss(name="wgan-gp", gradient_penalty=10.0),
-    )
-}
+_ALL: tuple[Loss, ...] = (
+    BinaryCrossEntropyLoss(),
+    BinaryCrossEntropyLoss(name="heuristic", scale=0.5),
+    MinimaxLoss(),
+    LeastSquaresLoss(),
+    # The original's WGAN trainer: clip to [-0.01, 0.01], 5 critic steps, RMSprop.
+    WassersteinLoss(name="wgan", clip=0.01, critic_steps=5, optimizer="rmsprop"),
+    WassersteinLoss(name="wgan-gp", gradient_penalty=10.0),
+)
+LOSSES: dict[str, Loss] = {loss.name: loss for loss in _ALL}
 MUSTANGS_CHOICES = ("bce", "mse", "heuristic")
 
 

@@ -62,7 +62,7 @@ class MixtureEmbeddings:
     def _prefix(self, k: int, count: int) -> torch.Tensor:
         have = self._rows[k]
         start = 0 if have is None else have.shape[0]
-        if count > start:
+        if have is None or count > start:
             with evaluation_mode(self.generators[k]) as generator:
                 added = self.embed(generator(self.noise[k, start:count]))
             have = added if have is None else torch.cat([have, added])

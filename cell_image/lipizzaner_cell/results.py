@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import platform
 import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import torch
-from lipizzaner_operator import __version__, storage
+from lipizzaner_core import __version__
+from lipizzaner_core.layout import CellLayout
+from lipizzaner_core.storage import join
 from safetensors.torch import save as save_tensors
 
 from lipizzaner_cell.datasets import Dataset
@@ -22,23 +25,30 @@ from lipizzaner_cell.mixture import sample_mixture
 from lipizzaner_cell.selection import best
 
 FINAL_SAMPLES = 10_000
+REFERENCE_POINTS = 1000
 
 
 def data_description(dataset: Dataset) -> dict[str, Any]:
     """What sampling needs to know about the data, without loading it."""
-    modes = None
+    modes = reference = None
     if dataset.modes is not None:
         modes = dataset.values.to_data(dataset.modes.numpy()).tolist()
+    if len(dataset.shape) == 1:  # low-dimensional data: a sample of it for the preview
+        reference = dataset.values.to_data(dataset.data[:REFERENCE_POINTS].numpy()).tolist()
     return {
         "dataset": dataset.name,
         "shape": list(dataset.shape),
         "values": dataset.values.as_dict(),
         "modes": modes,
+        "reference": reference,
     }
 
 
 def finish_cell(
-    engine: CellEngine, dataset: Dataset, cell_uri: str, missing_neighbours: list[int] = ()
+    engine: CellEngine,
+    dataset: Dataset,
+    layout: CellLayout,
+    missing_neighbours: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Final mixture ES steps, final scores, and the cell's result files.
 
@@ -60,10 +70,11 @@ def finish_cell(
             "value": engine.scorer.objective_of(embedded),
         }
     mixture = []
+    layout.storage.remove_tree(layout.mixture)  # no member of an earlier mixture stays
     for cell, net, weight in zip(cells, nets, weights.tolist(), strict=True):
-        name = f"mixture/generator-{cell}.safetensors"
+        name = layout.mixture_generator(cell)
         tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        storage.write_bytes(storage.join(cell_uri, name), save_tensors(tensors))
+        layout.storage.write_bytes(join(layout.uri, name), save_tensors(tensors))
         mixture.append({"cell": cell, "weight": weight, "file": name})
     row, col = engine.grid.position(engine.index)
     result = {
@@ -91,5 +102,5 @@ def finish_cell(
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     }
-    storage.write_json(storage.join(cell_uri, "result.json"), result)
+    layout.storage.write_json(layout.result, result)
     return result

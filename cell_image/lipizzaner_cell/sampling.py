@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from lipizzaner_operator import storage
-from lipizzaner_operator.spec import NetworkPartSpec
+from lipizzaner_core.spec import NetworkPartSpec
+from lipizzaner_core.storage import Storage, join
 from safetensors.torch import load as load_tensors
 
 from lipizzaner_cell.datasets import ValueMap
@@ -36,16 +36,17 @@ class Ensemble:
         return self.values.to_data(model.numpy())
 
 
-def load_ensemble(uri: str) -> Ensemble:
+def load_ensemble(uri: str, storage: Storage | None = None) -> Ensemble:
     """An ensemble from `<uri>/manifest.json` (`uri` may also name the manifest itself)."""
+    storage = storage or Storage()
     base = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri
-    manifest = storage.read_json(storage.join(base, "manifest.json"))
+    manifest = storage.read_json(join(base, "manifest.json"))
     part = NetworkPartSpec.model_validate(manifest["network"]["generator"])
     shape = tuple(manifest["data"]["shape"])
     generators = []
     for entry in manifest["generators"]:
         net = build_generator(part, manifest["network"]["latentSize"], shape)
-        net.load_state_dict(load_tensors(storage.read_bytes(storage.join(base, entry["file"]))))
+        net.load_state_dict(load_tensors(storage.read_bytes(join(base, entry["file"]))))
         generators.append(net.eval())
     weights = torch.tensor([g["weight"] for g in manifest["generators"]], dtype=torch.float64)
     return Ensemble(manifest, generators, weights)
@@ -60,6 +61,9 @@ def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> by
 
     if len(data["shape"]) == 1:
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+        if data.get("reference"):
+            real = np.asarray(data["reference"])
+            ax.scatter(real[:, 0], real[:, 1], s=4, alpha=0.3, c="grey", label="data")
         ax.scatter(samples[:, 0], samples[:, 1], s=4, alpha=0.5, label="samples")
         if data.get("modes"):
             modes = np.asarray(data["modes"])
@@ -69,15 +73,18 @@ def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> by
     else:
         side = int(np.ceil(np.sqrt(len(samples))))
         channels, height, width = data["shape"]
-        canvas = np.full((side * height, side * width, channels), 255.0)
+        values = ValueMap(**data["values"])
+        # The data's own range to [0, 1]: pixels 0-255, floats in [0, 1] or [-1, 1] alike.
+        samples = (samples.astype(np.float64) - values.low) / max(values.high - values.low, 1e-12)
+        canvas = np.ones((side * height, side * width, channels))
         for k, image in enumerate(samples):
             row, col = divmod(k, side)
             canvas[row * height : (row + 1) * height, col * width : (col + 1) * width] = (
                 image.transpose(1, 2, 0)
             )
         fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
-        pixels = np.clip(canvas, 0, 255).astype(np.uint8)
-        ax.imshow(pixels.squeeze(-1) if channels == 1 else pixels, cmap="gray")
+        pixels = np.clip(canvas, 0.0, 1.0)
+        ax.imshow(pixels.squeeze(-1) if channels == 1 else pixels, cmap="gray", vmin=0, vmax=1)
         ax.axis("off")
     if title:
         ax.set_title(title)
@@ -87,11 +94,50 @@ def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> by
     return buffer.getvalue()
 
 
-def write_samples(target: str, samples: np.ndarray, data: dict[str, Any], title: str = "") -> None:
-    """`.npz` writes the raw samples (key `samples`); anything else a PNG picture."""
-    if target.endswith(".npz"):
+SAMPLE_FORMATS = (".png", ".npz")
+
+
+def write_samples(
+    target: str,
+    samples: np.ndarray,
+    data: dict[str, Any],
+    title: str = "",
+    storage: Storage | None = None,
+) -> None:
+    """`.npz` writes the raw samples (key `samples`), `.png` a picture."""
+    storage = storage or Storage()
+    if not target.lower().endswith(SAMPLE_FORMATS):
+        raise ValueError(f"{target}: the output must end in .png (a picture) or .npz (samples)")
+    if target.lower().endswith(".npz"):
         buffer = io.BytesIO()
         np.savez(buffer, samples=samples)
         storage.write_bytes(target, buffer.getvalue())
     else:
         storage.write_bytes(target, render_png(samples, data, title))
+
+
+def preview_title(run: str, manifest: dict[str, Any], count: int) -> str:
+    """Which run, which mixture, how many samples, and its score with what that score is."""
+    generators = len(manifest["generators"])
+    plural = "" if generators == 1 else "s"
+    title = (
+        f"{run}: ensemble of cell {manifest['bestCell']} ({generators} generator{plural}), "
+        f"{count} samples"
+    )
+    objective = manifest.get("objective")
+    if objective:
+        title += f"\n{describe_score(objective['name'], objective['value'])}"
+    return title
+
+
+SCORE_NAMES = {
+    "fid": "FID (MNIST classifier)",
+    "tvd": "class TVD from uniform",
+    "mode-kl": "mode KL",
+    "swd": "sliced Wasserstein distance",
+}
+
+
+def describe_score(name: str, value: float) -> str:
+    """`FID (MNIST classifier) 12.3, lower is better`: every score here is a distance."""
+    return f"{SCORE_NAMES.get(name, name)} {value:.4g}, lower is better"

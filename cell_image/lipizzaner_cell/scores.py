@@ -123,7 +123,8 @@ class ClassifierScorer(Scorer):
         self.device = device or torch.device("cpu")
         self.chunk = FEATURE_CHUNK.get(self.device.type, 256)
         # channels_last: about 5x faster on a CPU core than NCHW (with the small chunks).
-        self.classifier = load_classifier().to(self.device, memory_format=torch.channels_last)
+        self.classifier = load_classifier().to(self.device)
+        self.classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         key = real.identity or str(id(real))
         if key not in _REAL_STATS:
             _REAL_STATS[key] = feature_statistics(self.embed(real.data)[:, :FEATURES])

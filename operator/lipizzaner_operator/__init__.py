@@ -1,3 +1,1 @@
-"""Lipizzaner for Kubernetes: spec, topology, ensemble assembly, CLI (all torch-free)."""
-
-__version__ = "0.1.0"
+"""Lipizzaner for Kubernetes: the kopf operator (torch-free; depends on lipizzaner_core only)."""

@@ -8,16 +8,17 @@ registered into a registry passed in, so every test gets its own.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from lipizzaner_core.crd import GROUP, PLURAL, VERSION
+from lipizzaner_core.ensemble import assemble_ensemble
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.spec import LipizzanerRun, SpecError, parse_run
+from lipizzaner_core.status import RunStatus
 
-from lipizzaner_operator import storage
-from lipizzaner_operator.crd import GROUP, PLURAL, VERSION
-from lipizzaner_operator.ensemble import assemble_ensemble
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.reconcile import Decision, decide, fail, succeed, view_pod
@@ -30,14 +31,10 @@ from lipizzaner_operator.render import (
     render_pod,
     render_service,
 )
-from lipizzaner_operator.spec import LipizzanerRun, SpecError, parse_run
-from lipizzaner_operator.status import RunStatus
 
 PREFIX = "lipizzaner.io"
 RESTART_REASONS = {"CellRestarted", "CellPodLost"}
 FINALIZER = f"{PREFIX}/finalizer"
-# Storage endpoints are process-wide fsspec settings: one assembly at a time.
-_ASSEMBLY_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -156,15 +153,13 @@ def _carry_out(
 def _assemble(
     run: LipizzanerRun, status: RunStatus, now: datetime, logger: logging.Logger | kopf.Logger
 ) -> RunStatus:
-    output = run.output_uri()
+    layout = RunLayout.of(run)  # its own storage options: no lock, nothing global
     try:
-        with _ASSEMBLY_LOCK:
-            storage.configure_s3(run.spec.output.endpoint_url)
-            assemble_ensemble(run, output)
+        assemble_ensemble(run, layout)
     except Exception as exc:  # storage errors come in many types; all end the run the same way
         logger.exception("assembling the ensemble failed")
         return fail(status, "EnsembleFailed", f"assembling the ensemble failed: {exc}", now)
-    return succeed(status, storage.join(output, "ensemble"), now)
+    return succeed(status, layout.ensemble, now)
 
 
 def register(

@@ -19,8 +19,9 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from lipizzaner_core.crd import GROUP, PLURAL, VERSION
+from lipizzaner_core.wire.status import get_status
 
-from lipizzaner_operator.crd import GROUP, PLURAL, VERSION
 from lipizzaner_operator.reconcile import CellProgress, PodView
 
 log = logging.getLogger(__name__)
@@ -178,16 +179,10 @@ class KubeClient:
 
 def cell_progress(address: str, timeout: float) -> CellProgress | None:
     """A cell's GetStatus, or None while it cannot answer (starting, gone, partitioned)."""
-    from lipizzaner_cell.wire import cell_pb2, cell_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            status = cell_pb2_grpc.CellStub(channel).GetStatus(
-                cell_pb2.StatusRequest(), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            log.debug("no status from %s: %s", address, exc.code())
-            return None
+    with grpc.insecure_channel(address) as cell_channel:
+        status = get_status(cell_channel, timeout)
+    if status is None:
+        return None
     return CellProgress(generation=status.generation, score=status.scores.get("mixture"))
 
 

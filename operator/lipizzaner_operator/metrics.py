@@ -11,11 +11,10 @@ import logging
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
+from lipizzaner_core.status import RunPhase
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from lipizzaner_operator.status import RunPhase
 
 log = logging.getLogger(__name__)
 PHASES: tuple[RunPhase, ...] = ("Pending", "Running", "Succeeded", "Failed", "Suspended")

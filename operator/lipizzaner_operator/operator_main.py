@@ -9,8 +9,8 @@ import sys
 
 import kopf
 from kubernetes import client
+from lipizzaner_core import __version__
 
-from lipizzaner_operator import __version__
 from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
 from lipizzaner_operator.kube import (
     CredentialsError,

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from lipizzaner_operator.spec import LipizzanerRun
-from lipizzaner_operator.status import (
+from lipizzaner_core.policy import Verdict, judge
+from lipizzaner_core.spec import LipizzanerRun
+from lipizzaner_core.status import (
     CellCounts,
     CellRecord,
     EnsembleStatus,
@@ -26,9 +27,7 @@ from lipizzaner_operator.status import (
     timestamp,
     with_conditions,
 )
-from lipizzaner_operator.topology import Grid
 
-EXIT_BAD_CONFIG = 2  # the cell's own exit code for a spec it cannot run
 # Waiting reasons that mean a pod will not start by itself.
 STUCK_REASONS = {
     "ErrImagePull",
@@ -105,13 +104,13 @@ def view_pod(pod: dict[str, Any]) -> PodView:
 
 
 def _records(run: LipizzanerRun, status: RunStatus) -> dict[int, CellRecord]:
-    size = run.spec.grid.rows * run.spec.grid.cols
+    size = run.spec.grid.size
     old = {r.cell: r for r in status.cell_records}
     return {i: old[i].model_copy() if i in old else CellRecord(cell=i) for i in range(size)}
 
 
 def _position(run: LipizzanerRun, index: int) -> str:
-    row, col = Grid(run.spec.grid.rows, run.spec.grid.cols).position(index)
+    row, col = run.spec.grid.topology().position(index)
     return f"cell {index} (row {row}, col {col})"
 
 
@@ -200,7 +199,7 @@ def decide(
     if status.phase != "Failed":  # `fail` has set the conditions with its own reason
         status.conditions = with_conditions(status, reason, status.message, now)
     if status.phase != old.phase:
-        kind = "Warning" if status.phase == "Failed" else "Normal"
+        kind: Literal["Normal", "Warning"] = "Warning" if status.phase == "Failed" else "Normal"
         decision.events.append(Event(kind, status.phase, status.message or status.phase))
     return decision
 
@@ -214,89 +213,98 @@ def _active(
     now: datetime,
 ) -> Decision:
     decision = Decision(status=status)
-    limit = run.spec.failure_policy.max_restarts_per_cell
     deadline = run.spec.active_deadline_seconds
     if status.start_time is None:
         status.start_time = timestamp(now)
     elif deadline is not None and now >= parse_timestamp(status.start_time) + timedelta(
         seconds=deadline
     ):
-        decision.status = fail(
-            status,
-            "DeadlineExceeded",
-            f"the run took longer than spec.activeDeadlineSeconds ({deadline} s)",
-            now,
-        )
-        decision.delete = _live(pods)
-        return decision
-
-    def give_up(index: int, what: str) -> Decision:
-        decision.status = fail(
-            status,
-            "CellFailed",
-            f"{_position(run, index)} {what} after {records[index].restarts} restarts, the "
-            f"limit of spec.failurePolicy.maxRestartsPerCell ({limit})",
-            now,
-        )
-        decision.delete = _live(pods)
-        return decision
-
+        message = f"the run took longer than spec.activeDeadlineSeconds ({deadline} s)"
+        return _failed(decision, pods, "DeadlineExceeded", message, now)
     for index, record in records.items():
-        pod = pods.get(index)
-        if record.phase == "Succeeded":
-            continue
-        if pod is None:
-            if record.phase in ("Pending", "Running"):  # it existed and vanished
-                if record.restarts >= limit:
-                    return give_up(index, "lost its pod")
-                record.restarts += 1
-                decision.events.append(
-                    Event(
-                        "Warning",
-                        "CellPodLost",
-                        f"{_position(run, index)}: pod disappeared; recreating it to resume "
-                        f"from its checkpoint ({record.restarts}/{limit})",
-                    )
-                )
+        verdict = _observe(run, index, record, pods.get(index), decision)
+        if verdict is not None and verdict.action == "fail":
+            message = f"{_position(run, index)} {verdict.message}"
+            if verdict.reason == "BadConfiguration":
+                message += f"; see `kubectl logs {run.metadata.name}-cell-{index}`"
+            return _failed(decision, pods, verdict.reason, message, now)
+        _take_progress(record, progress.get(index))
+    _summarise(status, records, decision)
+    return decision
+
+
+def _failed(
+    decision: Decision, pods: dict[int, PodView], reason: str, message: str, now: datetime
+) -> Decision:
+    """The run fails: its status says why, and every cell still running is stopped."""
+    decision.status = fail(decision.status, reason, message, now)
+    decision.delete = _live(pods)
+    return decision
+
+
+def _observe(
+    run: LipizzanerRun, index: int, record: CellRecord, pod: PodView | None, decision: Decision
+) -> Verdict | None:
+    """Bring one cell's record up to date with its pod; a stopped cell gets a verdict
+    (`lipizzaner_core.policy`), and a restart is scheduled here."""
+    limit = run.spec.failure_policy.max_restarts_per_cell
+    if record.phase == "Succeeded" or (pod is not None and pod.deleting):
+        return None
+    if pod is None:
+        existed = record.phase in ("Pending", "Running")
+        verdict = judge(None, record.restarts, limit, vanished=True) if existed else None
+        if verdict is None or verdict.action == "restart":
             decision.create.append(index)
             record.phase, record.message = "Pending", ""
-            continue
-        if pod.deleting:
-            continue
-        if pod.phase == "Succeeded":
-            record.phase, record.generation, record.message = "Succeeded", run.spec.generations, ""
-        elif pod.phase == "Failed":
-            if pod.exit_code == EXIT_BAD_CONFIG:
-                decision.status = fail(
-                    status,
-                    "BadConfiguration",
-                    f"{_position(run, index)} rejected its configuration (exit code 2); "
-                    f"see `kubectl logs {run.metadata.name}-cell-{index}`",
-                    now,
-                )
-                decision.delete = _live(pods)
-                return decision
-            if record.restarts >= limit:
-                return give_up(index, f"failed (exit code {pod.exit_code})")
-            record.restarts += 1
-            record.phase = "Restarting"
-            decision.delete.append(index)
-            decision.events.append(
-                Event(
-                    "Warning",
-                    "CellRestarted",
-                    f"{_position(run, index)} failed (exit code {pod.exit_code}); recreating "
-                    f"its pod to resume from its checkpoint ({record.restarts}/{limit})",
-                )
-            )
-        else:
-            record.phase = "Running" if pod.phase == "Running" else "Pending"
-            record.message = pod.problem
-        if index in progress and record.phase != "Succeeded":
-            record.generation = max(record.generation, progress[index].generation)
-        if index in progress and progress[index].score is not None:
-            record.score = progress[index].score
+        if verdict is not None and verdict.action == "restart":
+            _restart(run, index, record, verdict, "CellPodLost", decision)
+        return verdict
+    if pod.phase == "Succeeded":
+        record.phase, record.generation, record.message = "Succeeded", run.spec.generations, ""
+        return None
+    if pod.phase != "Failed":
+        record.phase = "Running" if pod.phase == "Running" else "Pending"
+        record.message = pod.problem
+        return None
+    verdict = judge(pod.exit_code, record.restarts, limit)
+    if verdict.action == "restart":
+        record.phase = "Restarting"
+        decision.delete.append(index)
+        _restart(run, index, record, verdict, "CellRestarted", decision)
+    return verdict
 
+
+def _restart(
+    run: LipizzanerRun,
+    index: int,
+    record: CellRecord,
+    verdict: Verdict,
+    reason: str,
+    decision: Decision,
+) -> None:
+    record.restarts += 1
+    limit = run.spec.failure_policy.max_restarts_per_cell
+    decision.events.append(
+        Event(
+            "Warning",
+            reason,
+            f"{_position(run, index)} {verdict.message}; recreating its pod to resume from "
+            f"its checkpoint ({record.restarts}/{limit})",
+        )
+    )
+
+
+def _take_progress(record: CellRecord, progress: CellProgress | None) -> None:
+    if progress is None:
+        return
+    if record.phase != "Succeeded":
+        record.generation = max(record.generation, progress.generation)
+    if progress.score is not None:
+        record.score = progress.score
+
+
+def _summarise(status: RunStatus, records: dict[int, CellRecord], decision: Decision) -> None:
+    """The run's phase and message from its cells' records."""
     problems = [f"cell {i}: {r.message}" for i, r in records.items() if r.message]
     if all(r.phase == "Succeeded" for r in records.values()):
         decision.assemble = True
@@ -306,7 +314,6 @@ def _active(
     else:
         status.phase = "Pending"
         status.message = "; ".join(problems[:3]) or "waiting for cell pods to run"
-    return decision
 
 
 def _counts(records) -> CellCounts:

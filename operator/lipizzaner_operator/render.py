@@ -13,13 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from lipizzaner_core.contract import (
+    CELL_LABEL,
+    COL_LABEL,
+    GRPC_PORT,
+    METRICS_PORT,
+    ROW_LABEL,
+    RUN_LABEL,
+    SPEC_FILE,
+    cell_environment,
+)
+from lipizzaner_core.spec import LipizzanerRun, dump_run
 
-from lipizzaner_operator.spec import LipizzanerRun, dump_run
-from lipizzaner_operator.topology import Grid
-
-SPEC_FILE = "/etc/lipizzaner/run.yaml"
-RUN_LABEL, CELL_LABEL = "lipizzaner.io/run", "lipizzaner.io/cell"
-ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
 # Time for a cell to finish its batch and write a checkpoint after SIGTERM.
 TERMINATION_GRACE_SECONDS = 120
 
@@ -32,8 +37,8 @@ class CellDefaults:
 
     image: str = "ghcr.io/lipizzaner-k8s/cell:0.1.0"
     image_pull_policy: str = "IfNotPresent"
-    grpc_port: int = 50051
-    metrics_port: int = 9090
+    grpc_port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
 
 
 def config_map_name(run: LipizzanerRun) -> str:
@@ -133,16 +138,15 @@ def render_network_policy(
 def _cell_env(
     run: LipizzanerRun, namespace: str, index: int, restarts: int, defaults: CellDefaults
 ) -> list[Manifest]:
-    peers = f"{{run}}-cell-{{index}}.{service_name(run)}.{namespace}.svc:{{port}}"
-    values = {
-        "LIPIZZANER_RUN_SPEC": SPEC_FILE,
-        "LIPIZZANER_CELL": str(index),
-        "LIPIZZANER_PEER_TEMPLATE": peers,
-        "LIPIZZANER_GRPC_PORT": str(defaults.grpc_port),
-        "LIPIZZANER_PORT_STRIDE": "0",
-        "LIPIZZANER_METRICS_PORT": str(defaults.metrics_port),
-        "LIPIZZANER_RESTARTS": str(restarts),
-    }
+    values = cell_environment(
+        run_spec=SPEC_FILE,
+        cell=index,
+        peer_template=f"{{run}}-cell-{{index}}.{service_name(run)}.{namespace}.svc:{{port}}",
+        grpc_port_base=defaults.grpc_port,
+        port_stride=0,
+        metrics_port=defaults.metrics_port,
+        restarts=restarts,
+    )
     return [{"name": k, "value": v} for k, v in values.items()] + list(run.spec.cell.env)
 
 
@@ -151,7 +155,7 @@ def render_pod(
 ) -> Manifest:
     """The pod of one cell; `restarts` is how often it was recreated (shown in its status)."""
     template = run.spec.cell
-    grid = Grid(run.spec.grid.rows, run.spec.grid.cols, run.spec.grid.neighbourhood)
+    grid = run.spec.grid.topology()
     row, col = grid.position(index)
     name = pod_name(run, index)
     labels = {

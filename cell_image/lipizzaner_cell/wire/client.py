@@ -16,13 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from lipizzaner_core.wire import cell_pb2
+from lipizzaner_core.wire.channels import channel
+from lipizzaner_core.wire.status import get_status
 
 from lipizzaner_cell.neighbourhood import CentreState
-from lipizzaner_cell.wire import cell_pb2
-from lipizzaner_cell.wire.channels import channel
 from lipizzaner_cell.wire.codec import CHUNK_BYTES, Architecture, StateRejected, decode_centre
 
 log = logging.getLogger(__name__)
+_Phase = cell_pb2.CellStatus.Phase
+FINISHED_PHASES = (_Phase.FINISHING, _Phase.SUCCEEDED, _Phase.FAILED)
 GET_CENTRE = "/lipizzaner.v1.Cell/GetCentre"
 
 
@@ -180,6 +183,43 @@ class GrpcNeighbourhood:
 
     def missing(self) -> list[int]:
         return sorted(c for c, p in self.pullers.items() if p.latest is None)
+
+    def linger(
+        self,
+        generations: int,
+        timeout: float,
+        stop: threading.Event,
+        finished: Callable[[int], bool] = lambda cell: False,
+    ) -> list[int]:
+        """Keep serving this cell's final state until no neighbour needs it any more.
+
+        A neighbour is done once it has finished the run's `generations`: its last state
+        arrived here, its status says so, or, once it is gone, `finished(cell)` (its
+        result in the output). A cell that left at once would starve a slower neighbour
+        still waiting for its states. Bounded by `timeout` and `stop`; returns the
+        neighbours it stopped waiting for.
+        """
+        deadline = time.monotonic() + timeout
+        pending = dict(self.pullers)
+        channels = {c: channel(p.address, backoff_max=1.0) for c, p in pending.items()}
+        try:
+            while pending and time.monotonic() < deadline and not stop.is_set():
+                for cell, puller in list(pending.items()):
+                    if puller.latest is not None and puller.latest.generation >= generations:
+                        del pending[cell]
+                        continue
+                    status = get_status(channels[cell], timeout=1.0)
+                    if status is None:
+                        done = finished(cell)
+                    else:
+                        done = status.generation >= generations or status.phase in FINISHED_PHASES
+                    if done:
+                        del pending[cell]
+                stop.wait(0.2 if pending else 0)
+        finally:
+            for grpc_channel in channels.values():
+                grpc_channel.close()
+        return sorted(pending)
 
     def rejected(self) -> int:
         return sum(p.stats.rejected for p in self.pullers.values())

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from google.protobuf.message import DecodeError
+from lipizzaner_core.wire import cell_pb2
 
 from lipizzaner_cell.neighbourhood import CentreState
-from lipizzaner_cell.wire import cell_pb2
 
 CHUNK_BYTES = 1 << 20
 DTYPES: dict[str, torch.dtype] = {
@@ -236,7 +236,7 @@ def _data_of(item: cell_pb2.CentreChunk | bytes) -> bytes | memoryview:
                     return memoryview(item)[position:]
                 break
     chunk = _parse(item)
-    if not chunk.HasField("data"):
+    if chunk is None or not chunk.HasField("data"):
         raise StateRejected("a second header inside the stream")
     return chunk.data
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from lipizzaner_core.wire import cell_pb2
 
 from lipizzaner_cell.neighbourhood import CentreState
-from lipizzaner_cell.wire import cell_pb2
 from lipizzaner_cell.wire.codec import encode_centre
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class CentreBoard:
 MALFORMED = object()  # gRPC itself answers INTERNAL when a deserializer returns None
 
 
-def _lenient(message_type: type) -> Callable[[bytes], object]:
+def _lenient(message_type: Any) -> Callable[[bytes], object]:
     """Parse a request, or return MALFORMED so the handler can answer INVALID_ARGUMENT."""
 
     def parse(data: bytes) -> object:

@@ -100,16 +100,18 @@ def with_conditions(status: RunStatus, reason: str, message: str, now: datetime)
     old = {c.type: c for c in status.conditions}
     conditions = []
     for kind in CONDITION_TYPES:
-        value = "True" if kind == status.phase else "False"
+        value: Literal["True", "False"] = "True" if kind == status.phase else "False"
         previous = old.get(kind)
-        changed = previous is None or previous.status != value
+        transition = timestamp(now)
+        if previous is not None and previous.status == value:
+            transition = previous.last_transition_time
         conditions.append(
             Condition(
                 type=kind,
                 status=value,
                 reason=reason,
                 message=message,
-                last_transition_time=timestamp(now) if changed else previous.last_transition_time,
+                last_transition_time=transition,
                 observed_generation=status.observed_generation,
             )
         )

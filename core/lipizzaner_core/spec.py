@@ -7,6 +7,7 @@ in Python. Unknown fields are errors, so a typo never silently falls back to a d
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from lipizzaner_operator.topology import neighbourhood_size
+from lipizzaner_core.topology import Grid, neighbourhood_size
 
 API_VERSION = "lipizzaner.io/v1alpha1"
 KIND = "LipizzanerRun"
@@ -24,8 +25,9 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$"
 class SpecModel(BaseModel):
     """Base for every spec section: camelCase aliases, no unknown fields."""
 
+    # Strict, as the CRD's schema is: "3" is not an integer, "yes" is not a boolean.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
     )
 
 
@@ -42,6 +44,13 @@ class GridSpec(SpecModel):
         if self.rows * self.cols > MAX_CELLS:
             raise ValueError(f"rows * cols: must be <= {MAX_CELLS}, got {self.rows * self.cols}")
         return self
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+    def topology(self) -> Grid:
+        return Grid(self.rows, self.cols, self.neighbourhood)
 
 
 class DatasetBase(SpecModel):
@@ -318,26 +327,58 @@ _MESSAGES = {
     "union_tag_invalid": "must be one of {expected_tags}",
     "string_pattern_mismatch": "must match {pattern}",
     "too_short": "must have at least {min_length} item(s)",
+    "int_type": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     """One pydantic error as `path: reason, got value`."""
     loc = [str(part) for part in error["loc"] if part not in _DISCRIMINATOR_TAGS]
     path = ".".join(loc)
+    context = error.get("ctx", {})
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        # The tag is the discriminator field itself: say so, and what was given.
+        field = context.get("discriminator", "'name'").strip("'")
+        given = context.get("tag")
+        got = f", got {given!r}" if given is not None else ""
+        return f"{path}.{field}: must be one of {context.get('expected_tags')}{got}"
     template = _MESSAGES.get(error["type"])
     if template is not None:
-        reason = template.format(**error.get("ctx", {}))
+        reason = template.format(**context)
     else:
         reason = error["msg"].removeprefix("Value error, ")
         # Model validators report their own field path first.
         if ": " in reason and " " not in reason.split(": ")[0]:
             inner, reason = reason.split(": ", 1)
             return f"{path}.{inner}: {reason}" if path else f"{inner}: {reason}"
+    if error["type"] == "extra_forbidden":
+        reason += _suggestion(loc[-1] if loc else "")
     value = error.get("input")
     if error["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict):
         reason += f", got {value!r}"
     return f"{path}: {reason}" if path else reason
+
+
+def _field_names(model: type[BaseModel], names: set[str]) -> set[str]:
+    """Every camelCase field name of a model and of the models inside it."""
+    for name, info in model.model_fields.items():
+        names.add(info.alias or name)
+        for kind in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            for inner in (kind, *getattr(kind, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    _field_names(inner, names)
+    return names
+
+
+def _suggestion(field: str) -> str:
+    close = difflib.get_close_matches(field, sorted(_field_names(LipizzanerRun, set())), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 _DISCRIMINATOR_TAGS = {"gaussian-ring", "gaussian-grid", "mnist", "image-folder", "array"}
@@ -355,11 +396,12 @@ def parse_run(document: Any) -> LipizzanerRun:
 
 def load_run(path: str | Path) -> LipizzanerRun:
     """Read and validate a YAML manifest from a local path."""
-    text = Path(path).read_text()
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError([f"{path}: not valid YAML: {exc}"]) from None
+    with Path(path).open() as stream:  # YAML errors then name the file, not "<unicode string>"
+        try:
+            document = yaml.safe_load(stream)
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(exc).split())
+            raise SpecError([f"not valid YAML: {reason}"]) from None
     return parse_run(document)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
-from lipizzaner_operator.spec import API_VERSION, KIND, MAX_CELLS, NAME_PATTERN, RunSpecBody
-from lipizzaner_operator.status import RunStatus
+from lipizzaner_core.spec import API_VERSION, KIND, MAX_CELLS, NAME_PATTERN, RunSpecBody
+from lipizzaner_core.status import RunStatus
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL, SINGULAR, SHORT_NAME = "lipizzanerruns", "lipizzanerrun", "lpz"
@@ -115,36 +115,45 @@ def _inline(node: Any, defs: dict[str, Schema]) -> Any:
 def structural(node: Schema) -> Schema:
     """One inlined pydantic JSON-schema node as a structural Kubernetes schema node."""
     if "anyOf" in node:
-        options = [o for o in node["anyOf"] if o.get("type") != "null"]
-        if len(options) != 1 or len(node["anyOf"]) != 2:
-            raise ValueError(f"only Optional[X] unions are supported, got {node['anyOf']}")
-        outer = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
-        result = {**structural({**options[0], **outer}), "nullable": True}
-        if node.get("default") is not None:
-            result["default"] = node["default"]
-        return result
+        return _optional(node)
     if "oneOf" in node:
         return _tagged_union(node)
     result: Schema = {}
     for key, value in node.items():
         if key in ("title", "additionalProperties", "discriminator", "$defs"):
             continue
-        if key == "const":
-            result["enum"] = [value]
-        elif key == "exclusiveMinimum":
-            result.update(minimum=value, exclusiveMinimum=True)
-        elif key == "properties":
-            result["properties"] = {name: structural(sub) for name, sub in value.items()}
-        elif key == "items":
-            result["items"] = structural(value)
-        else:
-            result[key] = value
+        result.update(_keyword(key, value))
     extra = node.get("additionalProperties")
     if extra is True or (node.get("type") == "object" and "properties" not in node and not extra):
         result["x-kubernetes-preserve-unknown-fields"] = True
     elif isinstance(extra, dict):
         result["additionalProperties"] = structural(extra)
     return result
+
+
+def _optional(node: Schema) -> Schema:
+    """Optional[X] as X with `nullable`; the only union besides the tagged one."""
+    options = [o for o in node["anyOf"] if o.get("type") != "null"]
+    if len(options) != 1 or len(node["anyOf"]) != 2:
+        raise ValueError(f"only Optional[X] unions are supported, got {node['anyOf']}")
+    outer = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
+    result = {**structural({**options[0], **outer}), "nullable": True}
+    if node.get("default") is not None:
+        result["default"] = node["default"]
+    return result
+
+
+def _keyword(key: str, value: Any) -> Schema:
+    """One JSON-schema keyword in its OpenAPI v3 spelling."""
+    if key == "const":
+        return {"enum": [value]}
+    if key == "exclusiveMinimum":
+        return {"minimum": value, "exclusiveMinimum": True}
+    if key == "properties":
+        return {"properties": {name: structural(sub) for name, sub in value.items()}}
+    if key == "items":
+        return {"items": structural(value)}
+    return {key: value}
 
 
 def _tagged_union(node: Schema) -> Schema:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from lipizzaner_operator import __version__, storage
-from lipizzaner_operator.spec import LipizzanerRun, dump_run
+from lipizzaner_core import __version__
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.spec import LipizzanerRun, dump_run
+from lipizzaner_core.storage import join
 
 FORMAT = "lipizzaner-ensemble/1"
 
@@ -44,8 +46,12 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
         },
         "data": winner["data"],
         "generators": [
-            {"file": f"generator-{k}.safetensors", "weight": m["weight"], "sourceCell": m["cell"]}
-            for k, m in enumerate(winner["mixture"])
+            {
+                "file": RunLayout.ensemble_generator(k),
+                "weight": member["weight"],
+                "sourceCell": member["cell"],
+            }
+            for k, member in enumerate(winner["mixture"])
         ],
         "cells": [
             {key: r[key] for key in ("cell", "row", "col", "generation", "objective", "scores")}
@@ -60,24 +66,39 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
     }
 
 
-def read_results(output_uri: str, cells: int) -> list[dict[str, Any]]:
+def read_results(layout: RunLayout, cells: int) -> list[dict[str, Any]]:
     results = []
     for index in range(cells):
-        uri = storage.join(output_uri, "cells", str(index), "result.json")
-        if storage.exists(uri):
-            results.append(storage.read_json(uri))
+        uri = layout.cell(index).result
+        if layout.storage.exists(uri):
+            results.append(layout.storage.read_json(uri))
     return results
 
 
-def assemble_ensemble(run: LipizzanerRun, output_uri: str) -> dict[str, Any]:
-    """Copy the best cell's mixture into <output>/ensemble/ and write its manifest.json."""
-    grid = run.spec.grid
-    results = read_results(output_uri, grid.rows * grid.cols)
+def assemble_ensemble(run: LipizzanerRun, layout: RunLayout) -> dict[str, Any]:
+    """Copy the best cell's mixture into <output>/ensemble/ and write its manifest.json.
+
+    The ensemble directory is replaced whole, so no file of an earlier assembly stays.
+    """
+    results = read_results(layout, run.spec.grid.size)
     manifest = build_manifest(run, results)
     winner = next(r for r in results if r["cell"] == manifest["bestCell"])
-    cell_uri = storage.join(output_uri, "cells", str(winner["cell"]))
-    target = storage.join(output_uri, "ensemble")
+    cell = layout.cell(winner["cell"])
+    layout.storage.remove_tree(layout.ensemble)
     for member, entry in zip(winner["mixture"], manifest["generators"], strict=True):
-        storage.copy(storage.join(cell_uri, member["file"]), storage.join(target, entry["file"]))
-    storage.write_json(storage.join(target, "manifest.json"), manifest)
+        layout.storage.copy(join(cell.uri, member["file"]), join(layout.ensemble, entry["file"]))
+    layout.storage.write_json(layout.ensemble_manifest, manifest)
     return manifest
+
+
+def completed_run(run: LipizzanerRun, layout: RunLayout) -> dict[str, Any] | None:
+    """The ensemble manifest of a run whose every cell has finished the spec's
+    generations, else None (not started, under way, or extended by a larger count)."""
+    if not layout.storage.exists(layout.ensemble_manifest):
+        return None
+    results = read_results(layout, run.spec.grid.size)
+    if len(results) < run.spec.grid.size:
+        return None
+    if any(result["generation"] < run.spec.generations for result in results):
+        return None
+    return layout.storage.read_json(layout.ensemble_manifest)

@@ -1,0 +1,330 @@
+"""The `lipizzaner` command line.
+
+Commands that train or sample import torch only when they run, so `lipizzaner validate`
+and `lipizzaner crd` start fast. Exit codes (`lipizzaner_core.contract.ExitCode`): 0
+success, 1 the work failed, 2 bad input (usage, spec or file errors), always with a
+one-line reason and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from lipizzaner_core import __version__
+from lipizzaner_core.contract import ExitCode
+from lipizzaner_core.ensemble import completed_run
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.spec import LipizzanerRun, SpecError, dump_run, load_run, parse_run
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+def error(message: str) -> None:
+    """One line on stderr, as written: no markup is interpreted in it."""
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _load_or_report(path: str) -> LipizzanerRun | None:
+    try:
+        return load_run(path)
+    except FileNotFoundError:
+        error(f"{path}: no such file")
+    except SpecError as exc:
+        error(f"{path}: invalid LipizzanerRun")
+        for line in exc.errors:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = ExitCode.OK
+    for path in args.manifests:
+        run = _load_or_report(path)
+        if run is None:
+            status = ExitCode.BAD_INPUT
+        else:
+            grid = run.spec.grid
+            console.print(
+                f"[green]{path}: valid[/] ({run.metadata.name}, {grid.rows}x{grid.cols} grid, "
+                f"{run.spec.generations} generations, {run.spec.dataset.name})"
+            )
+    return status
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    import yaml
+    from lipizzaner_core.crd import crd_manifest
+
+    sys.stdout.write(yaml.safe_dump(crd_manifest(), sort_keys=False))
+    return ExitCode.OK
+
+
+def with_overrides(run: LipizzanerRun, args: argparse.Namespace) -> LipizzanerRun:
+    """The run with the command line's overrides, validated as the manifest is."""
+    document = dump_run(run)
+    if args.output is not None:
+        document["spec"]["output"]["uri"] = args.output
+    if args.generations is not None:
+        document["spec"]["generations"] = args.generations
+    return parse_run(document)
+
+
+def announce_resume(layout: RunLayout, run: LipizzanerRun) -> None:
+    """Say so when a run continues from checkpoints, and from which generations."""
+    resumed = {}
+    for index in range(run.spec.grid.size):
+        done = layout.cell(index).completed_checkpoints()
+        if done:
+            resumed[index] = int(done[-1])
+    if resumed:
+        where = ", ".join(f"cell {i} at {g}" for i, g in resumed.items())
+        console.print(f"resuming from checkpoints in {layout.output}: {where}")
+
+
+def train(run: LipizzanerRun, layout: RunLayout, args: argparse.Namespace) -> dict[str, Any]:
+    """Train the run, in this process or as one process per cell; the ensemble manifest."""
+    if args.in_process:
+        import torch
+
+        from lipizzaner_cell.in_process import run_in_process
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return run_in_process(run, show_progress=not args.quiet).manifest
+    from lipizzaner_cell.in_process import write_preview
+    from lipizzaner_cell.local_launcher import run_local
+
+    manifest = run_local(run, show_progress=not args.quiet, threads=args.threads)
+    write_preview(layout, run.metadata.name)
+    return manifest
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run = _load_or_report(args.manifest)
+    if run is None:
+        return ExitCode.BAD_INPUT
+    try:
+        run = with_overrides(run, args)
+    except SpecError as exc:
+        for line in exc.errors:
+            error(f"{args.manifest} with the command line's overrides: {line}")
+        return ExitCode.BAD_INPUT
+    layout = RunLayout.of(run)
+    if args.fresh:
+        for uri in (layout.cells, layout.ensemble, layout.preview):
+            layout.storage.remove_tree(uri)
+    else:
+        finished = completed_run(run, layout)
+        if finished is not None:
+            console.print(
+                f"{run.metadata.name} is complete ({run.spec.generations} generations); "
+                "nothing to do. --generations N continues it, --fresh starts it anew."
+            )
+            print_results(finished, layout)
+            return ExitCode.OK
+        announce_resume(layout, run)
+    grid = run.spec.grid
+    where = "all cells in this process" if args.in_process else "one process per cell"
+    console.print(
+        f"[bold]{run.metadata.name}[/]: {grid.rows}x{grid.cols} grid, "
+        f"{run.spec.generations} generations, {where} -> {layout.output}"
+    )
+    try:
+        manifest = train(run, layout, args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        error(f"run failed: {exc}")
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        console.print("stopped; run the same command again to resume", style="yellow")
+        return ExitCode.FAILED
+    print_results(manifest, layout)
+    return ExitCode.OK
+
+
+def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
+    """Each cell's final mixture scores, which one is the ensemble, and where it is."""
+    from lipizzaner_cell.sampling import describe_score
+
+    names = sorted({name for cell in manifest["cells"] for name in cell["scores"]})
+    table = Table(title="cells: scores of each final neighbourhood mixture (lower is better)")
+    for column in ["cell", "row", "col", *names]:
+        table.add_column(column, justify="right", min_width=len(column), no_wrap=True)
+    for cell in manifest["cells"]:
+        marker = " *" if cell["cell"] == manifest["bestCell"] else ""
+        table.add_row(
+            f"{cell['cell']}{marker}",
+            str(cell["row"]),
+            str(cell["col"]),
+            *(f"{cell['scores'].get(n, float('nan')):.4g}" for n in names),
+        )
+    out.print(table)
+    objective = manifest.get("objective")
+    if objective:
+        out.print(
+            f"* the ensemble: the mixture with the best "
+            f"{describe_score(objective['name'], objective['value'])}"
+        )
+    else:
+        out.print("no score for this dataset (spec.mixture.scoreType is none); * the ensemble")
+    generators = len(manifest["generators"])
+    out.print(
+        f"ensemble: cell {manifest['bestCell']}'s mixture of {generators} "
+        f"generator{'' if generators == 1 else 's'}: {layout.ensemble_manifest}\n"
+        f"preview: {layout.preview}\n"
+        f"cell logs: {layout.cells}/<i>/logs/"
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        error(f"-n: must be >= 1, got {args.n}")
+        return ExitCode.BAD_INPUT
+    from lipizzaner_cell.sampling import SAMPLE_FORMATS, load_ensemble, write_samples
+
+    if not args.output.lower().endswith(SAMPLE_FORMATS):
+        error(f"-o {args.output}: must end in .png (a picture) or .npz (the raw samples)")
+        return ExitCode.BAD_INPUT
+    try:
+        ensemble = load_ensemble(args.ensemble)
+    except FileNotFoundError:
+        error(f"{args.ensemble}: no ensemble manifest.json there")
+        return ExitCode.BAD_INPUT
+    samples = ensemble.sample(args.n, seed=args.seed)
+    write_samples(args.output, samples, ensemble.manifest["data"])
+    console.print(f"wrote {args.n} samples to {args.output}")
+    return ExitCode.OK
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from lipizzaner_core.spec import MnistSpec
+    from lipizzaner_core.storage import Storage
+
+    from lipizzaner_cell.classifier import train_classifier
+    from lipizzaner_cell.datasets import load_mnist
+
+    try:
+        dataset = load_mnist(MnistSpec(name="mnist", path=args.data), 0, Storage())
+    except (FileNotFoundError, ValueError) as exc:
+        reason = str(exc).split(";")[0].removeprefix("dataset.path: ")
+        error(f"--data {args.data}: {reason}")
+        return ExitCode.BAD_INPUT
+    out_path = Path(args.out)
+    assert dataset.labels is not None  # MNIST always has its labels
+    report = train_classifier(dataset.data, dataset.labels, out_path, epochs=args.epochs)
+    console.print(
+        f"trained on {report.train_images} images, test accuracy "
+        f"{report.test_accuracy:.4f} on {report.test_images} held-out images -> {out_path}"
+    )
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lipizzaner",
+        description="Robust GAN training by spatially distributed co-evolution.",
+    )
+    parser.add_argument("--version", action="version", version=f"lipizzaner {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check LipizzanerRun manifests without running them",
+        description="Print every error with its field path; exit 2 if any manifest is invalid.",
+    )
+    validate.add_argument("manifests", nargs="+", metavar="RUN.yaml")
+    validate.set_defaults(func=cmd_validate)
+
+    run = commands.add_parser(
+        "run",
+        help="train a run on this machine",
+        description="Train every cell of the grid as its own process (gRPC between them), "
+        "restart crashed cells from their checkpoints, then write the ensemble and a preview. "
+        "A run resumes from the cells' latest checkpoints in its output.",
+    )
+    run.add_argument("manifest", metavar="RUN.yaml")
+    run.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run all cells in this process, round-robin, without gRPC (tests, debugging)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads per cell process (default: cores / cells, at least 1); "
+        "with --in-process, torch threads of this process",
+    )
+    run.add_argument("--output", metavar="URI", help="override spec.output.uri")
+    run.add_argument(
+        "--generations",
+        type=int,
+        metavar="N",
+        help="override spec.generations (more than a finished run had continues it)",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the output's cell checkpoints and results first instead of resuming",
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    sample = commands.add_parser(
+        "sample",
+        help="draw samples from a saved ensemble",
+        description="Draw by the ensemble's mixture weights. -o out.png writes a picture; "
+        "-o out.npz writes the raw samples in the data's own value range (key 'samples').",
+    )
+    sample.add_argument("ensemble", metavar="ENSEMBLE_URI", help="directory of manifest.json")
+    sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("-o", "--output", required=True, metavar="OUT.png|OUT.npz")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=cmd_sample)
+
+    crd = commands.add_parser(
+        "crd",
+        help="print the LipizzanerRun CustomResourceDefinition",
+        description="The CRD generated from the run-spec model (crds/lipizzanerruns.yaml is "
+        "this output): `lipizzaner crd | kubectl apply -f -`.",
+    )
+    crd.set_defaults(func=cmd_crd)
+
+    classifier = commands.add_parser(
+        "train-classifier",
+        help="rebuild the MNIST classifier used for FID and TVD",
+        description="Train on all but the last 2000 images of the IDX files, report accuracy "
+        "on those 2000, and save the weights as safetensors.",
+    )
+    classifier.add_argument("--data", required=True, help="directory or URI of MNIST IDX files")
+    classifier.add_argument(
+        "--out",
+        default="mnist-classifier.safetensors",
+        help="weights file to write (default: %(default)s here; the packaged one is never "
+        "overwritten)",
+    )
+    classifier.add_argument("--epochs", type=int, default=4)
+    classifier.set_defaults(func=cmd_train_classifier)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

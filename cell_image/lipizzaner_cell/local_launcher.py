@@ -1,0 +1,289 @@
+"""`lipizzaner run` on one machine: one `lipizzaner-cell` process per grid cell.
+
+The local twin of the operator: start the cells, watch them through GetStatus, judge a
+cell that stopped by the one restart policy (`lipizzaner_core.policy`), stop them all
+cleanly on Ctrl-C, and assemble the ensemble when every cell has succeeded. Each
+attempt's log is kept in the run's output (`cells/<i>/logs/attempt-<k>.log`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from lipizzaner_core.contract import cell_arguments
+from lipizzaner_core.ensemble import assemble_ensemble
+from lipizzaner_core.layout import CellLayout, RunLayout
+from lipizzaner_core.policy import judge
+from lipizzaner_core.spec import LipizzanerRun, dump_run
+from lipizzaner_core.wire import cell_pb2
+from lipizzaner_core.wire.channels import channel
+from lipizzaner_core.wire.status import get_status
+
+from lipizzaner_cell.progress import progress_bar
+
+log = logging.getLogger(__name__)
+STATUS_POLL_SECONDS = 0.5
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class LocalCell:
+    index: int
+    command: list[str]
+    env: dict[str, str]
+    workdir: Path
+    layout: CellLayout
+    restarts: int = 0
+    process: subprocess.Popen | None = None
+    succeeded: bool = False
+    status: cell_pb2.CellStatus | None = None
+    history: list[int] = field(default_factory=list)  # exit codes of earlier attempts
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"cell-{self.index}-attempt-{self.restarts}.log"
+
+    def start(self) -> None:
+        with self.log_path.open("a") as log_file:
+            self.process = subprocess.Popen(
+                [*self.command, *cell_arguments(restarts=self.restarts)],
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the cells
+            )
+
+    def keep_log(self) -> None:
+        """Copy this attempt's log into the run's output."""
+        if self.log_path.exists():
+            self.layout.storage.write_bytes(
+                self.layout.log(self.restarts), self.log_path.read_bytes()
+            )
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+
+
+def free_port_block(count: int, attempts: int = 50) -> int:
+    """A base port such that base .. base + count - 1 are all free on 127.0.0.1."""
+    for _ in range(attempts):
+        base = random.randint(20_000, 60_000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RunFailed(f"found no block of {count} free ports")
+
+
+def cell_command(
+    spec_path: Path,
+    cell: int,
+    port_base: int,
+    threads: int,
+    metrics_port_base: int | None = None,
+    output: str | None = None,
+) -> list[str]:
+    """The command line of one local cell process: cell i listens on port_base + i
+    (and serves /metrics on metrics_port_base + i)."""
+    return [
+        sys.executable,
+        "-m",
+        "lipizzaner_cell",
+        *cell_arguments(
+            run_spec=spec_path,
+            cell=cell,
+            grpc_port_base=port_base,
+            port_stride=1,
+            listen_host="127.0.0.1",
+            threads=threads,
+            metrics_port=metrics_port_base,
+            output=output,
+        ),
+    ]
+
+
+def threads_per_cell(cells: int) -> int:
+    """Cores shared evenly: contending torch threads cost far more than they bring."""
+    return max(1, (os.cpu_count() or 1) // cells)
+
+
+class LocalRun:
+    def __init__(self, run: LipizzanerRun, workdir: Path, threads: int | None = None) -> None:
+        self.run = run
+        self.layout = RunLayout.of(run)
+        count = run.spec.grid.size
+        spec_path = workdir / "run.yaml"
+        spec_path.write_text(yaml.safe_dump(dump_run(run), sort_keys=False))
+        base_port = free_port_block(2 * count)
+        self.ports = [base_port + i for i in range(count)]
+        self.metrics_ports = [base_port + count + i for i in range(count)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        threads = threads or threads_per_cell(count)
+        self.cells = [
+            LocalCell(
+                index=i,
+                command=cell_command(
+                    spec_path, i, base_port, threads, base_port + count, self.layout.output
+                ),
+                env=env,
+                workdir=workdir,
+                layout=self.layout.cell(i),
+            )
+            for i in range(count)
+        ]
+        self._channels = [channel(f"127.0.0.1:{p}", backoff_max=1.0) for p in self.ports]
+
+    def start(self) -> None:
+        for cell in self.cells:
+            cell.start()
+
+    def tick(self) -> bool:
+        """Handle exits and refresh statuses; True once every cell has succeeded."""
+        self.check_processes()
+        self.poll_status()
+        return all(c.succeeded for c in self.cells)
+
+    def poll_status(self) -> None:
+        for cell, cell_channel in zip(self.cells, self._channels, strict=True):
+            if not cell.succeeded:
+                # Starting, restarting or gone: its exit code tells, not its silence.
+                cell.status = get_status(cell_channel, timeout=1.0) or cell.status
+
+    def check_processes(self) -> None:
+        """Judge every cell that stopped: done, restarted from its checkpoint, or the end."""
+        limit = self.run.spec.failure_policy.max_restarts_per_cell
+        for cell in self.cells:
+            code = None if cell.succeeded or cell.process is None else cell.process.poll()
+            if code is None:
+                continue
+            cell.keep_log()
+            verdict = judge(code, cell.restarts, limit)
+            if verdict.action == "succeeded":
+                cell.succeeded = True
+            elif verdict.action == "fail":
+                raise RunFailed(f"cell {cell.index} {verdict.message}\n{cell.log_tail()}")
+            else:
+                cell.history.append(code)
+                cell.restarts += 1
+                log.warning(
+                    "cell %d %s; restarting it from its checkpoint (%d/%d)",
+                    cell.index,
+                    verdict.message,
+                    cell.restarts,
+                    limit,
+                )
+                cell.start()
+
+    def generations_done(self) -> list[int]:
+        total = self.run.spec.generations
+        return [
+            total if c.succeeded else int(getattr(c.status, "generation", 0)) for c in self.cells
+        ]
+
+    def stop_all(self, grace_seconds: float = 30.0) -> None:
+        """SIGTERM every running cell (each writes a checkpoint), SIGKILL stragglers."""
+        running = [(c, c.process) for c in self.cells if c.process and c.process.poll() is None]
+        for _, process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for cell, process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            cell.keep_log()
+
+    def close(self) -> None:
+        for cell_channel in self._channels:
+            cell_channel.close()
+
+
+def run_local(
+    run: LipizzanerRun, *, show_progress: bool = True, threads: int | None = None
+) -> dict:
+    """Train the run as local processes and return the ensemble manifest."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"lipizzaner-{run.metadata.name}-"))
+    local = LocalRun(run, workdir, threads)
+    log.info("cell logs: %s", local.layout.cell(0).logs.replace("/cells/0/", "/cells/<i>/"))
+    log.info(
+        "cell metrics: http://127.0.0.1:%d/metrics (cell 0) to :%d (cell %d)",
+        local.metrics_ports[0],
+        local.metrics_ports[-1],
+        len(local.cells) - 1,
+    )
+    try:
+        watch(local, show_progress)
+    except (KeyboardInterrupt, RunFailed):
+        log.warning("stopping all cells (they checkpoint first)")
+        local.stop_all()
+        raise
+    finally:
+        local.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    restarts = {c.index: c.restarts for c in local.cells if c.restarts}
+    if restarts:
+        log.info("restarts per cell: %s", restarts)
+    return assemble_ensemble(run, local.layout)
+
+
+def watch(local: LocalRun, show_progress: bool) -> None:
+    """Start the cells and follow them to the end, with a progress row per cell."""
+    generations = local.run.spec.generations
+    with progress_bar(show_progress) as progress:
+        overall = progress.add_task("all cells", total=generations * len(local.cells), status="")
+        rows = [
+            progress.add_task(f"cell {c.index}", total=generations, status="starting")
+            for c in local.cells
+        ]
+        local.start()
+        finished = False
+        while not finished:
+            finished = local.tick()
+            done = local.generations_done()
+            for cell, row, count in zip(local.cells, rows, done, strict=True):
+                progress.update(row, completed=count, status=_describe(cell))
+            progress.update(overall, completed=sum(done))
+            if not finished:
+                time.sleep(STATUS_POLL_SECONDS)
+
+
+def _describe(cell: LocalCell) -> str:
+    if cell.succeeded:
+        return "done"
+    status = cell.status
+    if status is None:
+        return "starting"
+    parts = [f"G {status.generator_loss:.3f} D {status.discriminator_loss:.3f}"]
+    if "mixture" in status.scores:
+        parts.append(f"score {status.scores['mixture']:.3f}")
+    if cell.restarts:
+        parts.append(f"restarts {cell.restarts}")
+    if status.offspring_offered:
+        parts.append(f"accepted {status.offspring_accepted / status.offspring_offered:.0%}")
+    if status.missing_neighbours:
+        parts.append(f"missing {list(status.missing_neighbours)}")
+    return " ".join(parts)

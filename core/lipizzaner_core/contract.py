@@ -1,0 +1,103 @@
+"""The cell contract: what the launcher, the operator and the cell agree on.
+
+One place for each fact: the cell's flags and the environment variables they may come
+from, exit codes, ports, pod labels and the spec file's path in a pod.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every command and of the cell: 2 is never worth a retry."""
+
+    OK = 0
+    FAILED = 1
+    BAD_INPUT = 2  # bad configuration or arguments
+
+
+GRPC_PORT = 50051
+METRICS_PORT = 9090
+SPEC_FILE = "/etc/lipizzaner/run.yaml"  # where a pod mounts its run's manifest
+RUN_LABEL, CELL_LABEL = "lipizzaner.io/run", "lipizzaner.io/cell"
+ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
+
+
+@dataclass(frozen=True)
+class CellFlag:
+    """One `lipizzaner-cell` flag; its value may also come from `variable`."""
+
+    flag: str
+    variable: str
+    kind: type
+    default: str | None
+    help: str
+
+    @property
+    def name(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+CELL_FLAGS: dict[str, CellFlag] = {
+    flag.name: flag
+    for flag in (
+        CellFlag("--run-spec", "LIPIZZANER_RUN_SPEC", str, None, "LipizzanerRun manifest file"),
+        CellFlag("--cell", "LIPIZZANER_CELL", int, None, "this cell's index, row-major"),
+        CellFlag(
+            "--peer-template",
+            "LIPIZZANER_PEER_TEMPLATE",
+            str,
+            "127.0.0.1:{port}",
+            "a peer's address from {run}, {index}, {port}",
+        ),
+        CellFlag(
+            "--grpc-port-base", "LIPIZZANER_GRPC_PORT", int, str(GRPC_PORT), "gRPC port of cell 0"
+        ),
+        CellFlag(
+            "--port-stride",
+            "LIPIZZANER_PORT_STRIDE",
+            int,
+            "0",
+            "cell i listens on base + stride * i: 1 on one machine, 0 in pods",
+        ),
+        CellFlag(
+            "--metrics-port",
+            "LIPIZZANER_METRICS_PORT",
+            int,
+            None,
+            "serve /metrics on this port (+ stride * cell, like gRPC); default: no metrics",
+        ),
+        CellFlag("--listen-host", "LIPIZZANER_LISTEN_HOST", str, "0.0.0.0", "address to listen on"),
+        CellFlag("--output", "LIPIZZANER_OUTPUT", str, None, "override spec.output.uri"),
+        CellFlag(
+            "--threads",
+            "LIPIZZANER_THREADS",
+            int,
+            None,
+            "torch intra-op threads (default: the container's CPU limit, else all cores)",
+        ),
+        CellFlag(
+            "--restarts",
+            "LIPIZZANER_RESTARTS",
+            int,
+            "0",
+            "how often this cell was restarted (reported in its status)",
+        ),
+    )
+}
+
+
+def cell_arguments(**values: object) -> list[str]:
+    """The cell's command-line arguments for these values (flag names as keywords)."""
+    arguments = []
+    for name, value in values.items():
+        if value is not None:
+            arguments += [CELL_FLAGS[name].flag, str(value)]
+    return arguments
+
+
+def cell_environment(**values: object) -> dict[str, str]:
+    """The same values as the environment variables a pod passes them in."""
+    return {CELL_FLAGS[name].variable: str(v) for name, v in values.items() if v is not None}

@@ -1,0 +1,96 @@
+"""Where everything of a run lives under its output URI: the one place that knows.
+
+<output>/cells/<i>/checkpoints/<generation>/state.{safetensors,json}   a cell's state
+<output>/cells/<i>/result.json, mixture/generator-<cell>.safetensors    its mixture
+<output>/cells/<i>/logs/attempt-<k>.log                                 its logs (local)
+<output>/ensemble/manifest.json, generator-<k>.safetensors             the ensemble
+<output>/samples.png                                                   a preview
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lipizzaner_core.spec import LipizzanerRun
+from lipizzaner_core.storage import Storage, join
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    uri: str
+    storage: Storage
+
+    @property
+    def checkpoints(self) -> str:
+        return join(self.uri, "checkpoints")
+
+    def checkpoint(self, name: str) -> str:
+        return join(self.checkpoints, name)
+
+    @staticmethod
+    def checkpoint_name(generation: int) -> str:
+        return f"{generation:06d}"
+
+    def completed_checkpoints(self) -> list[str]:
+        """Names of the checkpoints whose state.json exists (it is written last), oldest
+        first; a name is the generation it was written at."""
+        return [
+            name
+            for name in self.storage.list_dir(self.checkpoints)
+            if name.isdigit() and self.storage.exists(join(self.checkpoint(name), "state.json"))
+        ]
+
+    def log(self, attempt: int) -> str:
+        return join(self.logs, f"attempt-{attempt}.log")
+
+    @property
+    def result(self) -> str:
+        return join(self.uri, "result.json")
+
+    @property
+    def mixture(self) -> str:
+        return join(self.uri, "mixture")
+
+    def mixture_generator(self, source_cell: int) -> str:
+        """Relative to the cell: result.json names its files this way."""
+        return f"mixture/generator-{source_cell}.safetensors"
+
+    @property
+    def logs(self) -> str:
+        return join(self.uri, "logs")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    output: str
+    storage: Storage
+
+    @classmethod
+    def of(cls, run: LipizzanerRun, output: str | None = None) -> RunLayout:
+        """The run's layout; `output` overrides spec.output.uri (e.g. `--output`)."""
+        storage = Storage.with_endpoint(run.spec.output.endpoint_url)
+        return cls(output or run.output_uri(), storage)
+
+    @property
+    def cells(self) -> str:
+        return join(self.output, "cells")
+
+    def cell(self, index: int) -> CellLayout:
+        return CellLayout(join(self.cells, str(index)), self.storage)
+
+    @property
+    def ensemble(self) -> str:
+        return join(self.output, "ensemble")
+
+    @property
+    def ensemble_manifest(self) -> str:
+        return join(self.ensemble, "manifest.json")
+
+    @staticmethod
+    def ensemble_generator(k: int) -> str:
+        """Relative to the ensemble directory: the manifest names its files this way."""
+        return f"generator-{k}.safetensors"
+
+    @property
+    def preview(self) -> str:
+        return join(self.output, "samples.png")

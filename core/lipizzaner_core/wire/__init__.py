@@ -1,0 +1,1 @@
+"""The gRPC wire contract: generated stubs and channel helpers (torch-free)."""

@@ -1,0 +1,138 @@
+"""Every manifest and command in the README and docs/ is checked.
+
+Manifests (YAML blocks) must parse, and a `LipizzanerRun` must validate. Commands are
+parsed as the shell would split them and validated against what they name: the
+`lipizzaner` and `lipizzaner-operator` parsers accept their arguments, a bench script
+accepts every flag it is given, and every file a command names exists (a Helm `--set`
+names a value the chart has). Running them happens elsewhere: the README's set-up in
+.ci/run and tests/test_quickstart.py, the envtest script in the operator tests.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from lipizzaner_cell.cli import build_parser as lipizzaner_parser
+from lipizzaner_core.spec import parse_run
+from lipizzaner_operator.operator_main import build_parser as operator_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+COMMANDS = ("lipizzaner", "lipizzaner-operator", "python", "kubectl", "helm", "docker")
+COMMANDS += ("hack/envtest.sh", ".venv/bin/", "python3", "bash", "source", "KUBECONFIG=")
+
+
+def blocks() -> list[tuple[str, str, str]]:
+    """(where, language, text) of every fenced block."""
+    found = []
+    for doc in DOCS:
+        for match in FENCE.finditer(doc.read_text()):
+            line = doc.read_text()[: match.start()].count("\n") + 1
+            found.append((f"{doc.relative_to(ROOT)}:{line}", match.group(1), match.group(2)))
+    return found
+
+
+def is_commands(language: str, text: str) -> bool:
+    first = [line.strip() for line in text.splitlines() if line.strip()]
+    return language in ("bash", "sh") or (bool(first) and first[0].startswith(COMMANDS))
+
+
+def commands_in(text: str) -> list[list[str]]:
+    """Each command of a shell block, split as the shell would (comments, `&&`, pipes)."""
+    joined = text.replace("\\\n", " ")
+    commands = []
+    for line in joined.splitlines():
+        words = shlex.split(line, comments=True)
+        command: list[str] = []
+        for word in [*words, "&&"]:
+            if word in ("&&", "|", ";"):
+                if command:
+                    commands.append(command)
+                command = []
+            else:
+                command.append(word)
+    return commands
+
+
+YAML_BLOCKS = [b for b in blocks() if b[1] == "yaml"]
+COMMAND_BLOCKS = [b for b in blocks() if b[1] != "yaml" and is_commands(b[1], b[2])]
+
+
+def test_the_docs_have_manifests_and_commands_to_check():
+    assert len(YAML_BLOCKS) >= 1 and len(COMMAND_BLOCKS) >= 10
+
+
+@pytest.mark.parametrize(("where", "language", "text"), YAML_BLOCKS, ids=lambda b: str(b)[:40])
+def test_every_manifest_in_the_docs_parses_and_validates(where, language, text):
+    for document in yaml.safe_load_all(text):
+        if isinstance(document, dict) and document.get("kind") == "LipizzanerRun":
+            parse_run(document)
+
+
+def check_lipizzaner(arguments: list[str], parser) -> None:
+    try:
+        parser.parse_args(arguments)
+    except SystemExit as exit_:
+        assert exit_.code == 0, f"rejected: {arguments}"
+
+
+def check_bench(script: Path, arguments: list[str]) -> None:
+    assert script.exists(), script
+    helped = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert helped.returncode == 0, helped.stderr
+    for flag in (a.split("=")[0] for a in arguments if a.startswith("--")):
+        assert flag in helped.stdout, f"{script.name} has no {flag}"
+
+
+def helm_values() -> dict:
+    return yaml.safe_load((ROOT / "helm" / "lipizzaner" / "values.yaml").read_text())
+
+
+def check_helm(arguments: list[str]) -> None:
+    values = helm_values()
+    for index, word in enumerate(arguments):
+        if word == "--set":
+            key = arguments[index + 1].split("=")[0]
+            node = values
+            for part in key.split("."):
+                if node == {}:
+                    break  # a free-form map (labels, annotations): any key goes
+                assert isinstance(node, dict) and part in node, f"the chart has no value {key}"
+                node = node[part]
+        elif word.startswith("helm/"):
+            assert (ROOT / word).exists(), word
+
+
+def check_files(arguments: list[str]) -> None:
+    """Repository paths a command names (examples/..., crds/..., -f FILE) must exist."""
+    for word in arguments:
+        if re.match(r"^(examples|crds|helm|operator|cell_image|hack|bench)/", word):
+            assert (ROOT / word).exists(), f"{word} does not exist"
+
+
+@pytest.mark.parametrize(("where", "language", "text"), COMMAND_BLOCKS, ids=lambda b: str(b)[:40])
+def test_every_command_in_the_docs_names_real_flags_and_files(where, language, text):
+    for command in commands_in(text):
+        while command and "=" in command[0] and not command[0].startswith("-"):
+            command = command[1:]  # VAR=value prefixes
+        if not command:
+            continue
+        program, arguments = Path(command[0]).name, command[1:]
+        check_files(arguments)
+        if program == "lipizzaner":
+            check_lipizzaner(arguments, lipizzaner_parser())
+        elif program == "lipizzaner-operator":
+            check_lipizzaner(arguments, operator_parser())
+        elif program in ("python", "python3") and arguments and arguments[0].startswith("bench/"):
+            check_bench(ROOT / arguments[0], arguments[1:])
+        elif program == "helm":
+            check_helm(arguments)
