@@ -17,9 +17,15 @@ def run_manifest(name: str, rows: int, cols: int, **spec: Any) -> dict:
     }
 
 
-def tournament_size(side: int) -> int:
-    """The default 2, except on a 1x1 grid, whose neighbourhood holds one individual."""
-    return min(2, side * side)
+def grid_coevolution(side: int) -> dict[str, Any]:
+    """The defaults, except on a 1x1 grid: a tournament of 1 (its pool holds one
+    individual), and a lone cell keeps its own training, as a plain GAN does. With no
+    neighbour, the original's rule judges the offspring only by the parent's opponent and
+    froze a lone MNIST cell after its first generation (0 of 2 offspring accepted in each
+    of generations 2 to 6, FID stuck at 873)."""
+    if side > 1:
+        return {}
+    return {"tournamentSize": 1, "replacementRule": "offspring"}
 
 
 def mnist_manifest(
@@ -41,7 +47,7 @@ def mnist_manifest(
         side,
         generations=generations,
         dataset={"name": "mnist", "path": data},
-        coevolution={"tournamentSize": tournament_size(side), **(coevolution or {})},
+        coevolution={**grid_coevolution(side), **(coevolution or {})},
         training={"batchesPerGeneration": batches, "device": device},
         output={"uri": output},
         **spec,

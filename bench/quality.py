@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from common import run_manifest, tournament_size
+from common import grid_coevolution, run_manifest
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.scores import ClassifierScorer
@@ -35,7 +35,7 @@ TWO_D = {
 
 
 def manifest(side: int, seed: int, spec: dict, output: str) -> dict:
-    coevolution = {**spec.get("coevolution", {}), "tournamentSize": tournament_size(side)}
+    coevolution = {**spec.get("coevolution", {}), **grid_coevolution(side)}
     sections = {**spec, "coevolution": coevolution}
     return run_manifest(
         f"quality-{side}x{side}", side, side, seed=seed, output={"uri": output}, **sections

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +55,14 @@ def test_the_operator_image_installs_core_and_operator_only(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     command = install_command("operator")
     assert command[:2] == ["pip", "install"] and command[-2:] == ["./core", "./operator"]
+    # From a copy of the two folders, as the image's build context has them: the build
+    # leaves nothing in the repository, and nothing else is there to be picked up.
+    source = tmp_path / "src"
+    for folder in ("core", "operator"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("build"))
     subprocess.run(
         [str(venv / "bin" / "python"), "-m", *command],
-        cwd=ROOT,
+        cwd=source,
         check=True,
         stdout=subprocess.DEVNULL,
     )

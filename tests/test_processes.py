@@ -10,8 +10,11 @@ import time
 import grpc
 import pytest
 import yaml
+from lipizzaner_cell.cli import main as cli_main
 from lipizzaner_cell.local_launcher import LocalRun, free_port_block, run_local
 from lipizzaner_cell.local_launcher import cell_command as launcher_cell_command
+from lipizzaner_core.ensemble import assemble_ensemble
+from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.storage import Storage
 from lipizzaner_core.wire import cell_pb2, cell_pb2_grpc
@@ -68,6 +71,28 @@ def test_a_2x2_run_in_processes_writes_its_ensemble_to_s3(tiny_manifest, s3_endp
         cell_result = storage.read_json(f"s3://runs/tiny/cells/{cell}/result.json")
         assert storage.exists(f"s3://runs/tiny/cells/{cell}/logs/attempt-0.log")
         assert cell_result["generation"] == 4 and cell_result["missingNeighbours"] == []
+
+
+def test_the_runs_own_s3_endpoint_serves_in_process_fresh_and_assembly(
+    tiny_manifest, s3_endpoint, tmp_path, monkeypatch
+):
+    """No path falls back to AWS's default endpoint: the spec's endpointUrl is used
+    in-process, by --fresh and by the ensemble's assembly (as the operator does it)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    output = {"uri": "s3://runs/inproc", "endpointUrl": s3_endpoint}
+    manifest = quick(tiny_manifest, generations=1, output=output)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    storage = Storage.with_endpoint(s3_endpoint)
+    assert cli_main(["run", str(path), "--in-process", "--quiet"]) == 0
+    first = storage.read_json("s3://runs/inproc/ensemble/manifest.json")
+    storage.write_bytes("s3://runs/inproc/cells/0/stale.txt", b"left from before")
+    assert cli_main(["run", str(path), "--in-process", "--quiet", "--fresh"]) == 0
+    assert not storage.exists("s3://runs/inproc/cells/0/stale.txt")
+    storage.remove_tree("s3://runs/inproc/ensemble")
+    run = parse_run(manifest)
+    assert assemble_ensemble(run, RunLayout.of(run))["generators"] == first["generators"]
+    assert storage.exists("s3://runs/inproc/ensemble/manifest.json")
 
 
 def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifest, tmp_path):

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lipizzaner_core.layout import ENSEMBLE_MANIFEST
 from lipizzaner_core.spec import NetworkPartSpec
 from lipizzaner_core.storage import Storage, join
 from safetensors.torch import load as load_tensors
@@ -39,8 +40,8 @@ class Ensemble:
 def load_ensemble(uri: str, storage: Storage | None = None) -> Ensemble:
     """An ensemble from `<uri>/manifest.json` (`uri` may also name the manifest itself)."""
     storage = storage or Storage()
-    base = uri[: -len("/manifest.json")] if uri.endswith("/manifest.json") else uri
-    manifest = storage.read_json(join(base, "manifest.json"))
+    base = uri.removesuffix(f"/{ENSEMBLE_MANIFEST}")
+    manifest = storage.read_json(join(base, ENSEMBLE_MANIFEST))
     part = NetworkPartSpec.model_validate(manifest["network"]["generator"])
     shape = tuple(manifest["data"]["shape"])
     generators = []

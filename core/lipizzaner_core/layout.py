@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.storage import Storage, join
 
+ENSEMBLE_MANIFEST = "manifest.json"  # inside an ensemble's directory
+
 
 @dataclass(frozen=True)
 class CellLayout:
@@ -84,7 +86,7 @@ class RunLayout:
 
     @property
     def ensemble_manifest(self) -> str:
-        return join(self.ensemble, "manifest.json")
+        return join(self.ensemble, ENSEMBLE_MANIFEST)
 
     @staticmethod
     def ensemble_generator(k: int) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from lipizzaner_core.contract import CELL_LABEL
 from lipizzaner_core.policy import Verdict, judge
 from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.status import (
@@ -79,7 +80,7 @@ class Decision:
 def view_pod(pod: dict[str, Any]) -> PodView:
     """Read a pod object (camelCase JSON) into a PodView."""
     meta, status = pod.get("metadata", {}), pod.get("status") or {}
-    cell = int(meta["labels"]["lipizzaner.io/cell"])
+    cell = int(meta["labels"][CELL_LABEL])
     exit_code, problems = None, []
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
