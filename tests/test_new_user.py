@@ -209,3 +209,22 @@ def test_samples_and_previews_keep_the_datas_own_range_and_dtype(values, low, hi
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
     grey = pixels[pixels.shape[0] // 2, pixels.shape[1] // 2]
     assert 90 < grey < 170, "a mid-range sample must show as mid grey, not black or white"
+
+
+def test_a_first_preview_says_nothing_about_matplotlibs_font_cache(tmp_path):
+    """A fresh matplotlib configuration makes it build its font cache and say so, at the
+    INFO level the `lipizzaner` command logs at."""
+    script = (
+        "import logging; logging.basicConfig(level=logging.INFO); "
+        "import numpy as np; from lipizzaner_cell.sampling import render_png; "
+        "render_png(np.zeros((4, 2)), {'shape': [2], 'values': {'scale': [1], 'offset': [0]}})"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"MPLCONFIGDIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "font cache" not in done.stderr and done.stderr.strip() == ""

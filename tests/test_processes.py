@@ -140,6 +140,7 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
         local.close()
     assert victim.restarts == 1 and victim.history == [-signal.SIGKILL]
     log = victim.log_path.read_text()
+    assert "cell 1 cell" not in log and "cell 1 generation" in log  # one prefix, said once
     resumed = [line for line in log.splitlines() if "resumed from its checkpoint" in line]
     assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) >= 4
     results = [Storage().read_json(f"{output}/cells/{i}/result.json") for i in range(4)]

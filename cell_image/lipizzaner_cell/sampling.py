@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,9 @@ def load_ensemble(uri: str, storage: Storage | None = None) -> Ensemble:
 
 
 def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> bytes:
-    """2-D data: a scatter over the true modes; images: a square grid."""
+    """2-D data: a scatter over the data and its modes; images: a square grid."""
+    # Not "Matplotlib is building the font cache" on a user's first run: nothing to act on.
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     import matplotlib
 
     matplotlib.use("Agg")

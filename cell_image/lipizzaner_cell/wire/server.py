@@ -108,5 +108,5 @@ def start_server(service: CellService, port: int, host: str = "0.0.0.0") -> tupl
     server.start()
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("cell gRPC server listening on %s:%d", host, bound)
+    log.info("gRPC server listening on %s:%d", host, bound)
     return server, bound
