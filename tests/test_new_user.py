@@ -228,3 +228,31 @@ def test_a_first_preview_says_nothing_about_matplotlibs_font_cache(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "font cache" not in done.stderr and done.stderr.strip() == ""
+
+
+def test_the_progress_display_ends_at_100_percent(tiny_manifest, tmp_path):
+    from lipizzaner_cell.local_launcher import LocalRun, watch
+    from lipizzaner_core.spec import parse_run
+
+    manifest = copy.deepcopy(tiny_manifest)
+    manifest["spec"].update(generations=2, grid={"rows": 1, "cols": 2})
+    local = LocalRun(parse_run(manifest), tmp_path, threads=1)
+    try:
+        rows = watch(local, show_progress=False)
+    finally:
+        local.stop_all(grace_seconds=5)
+        local.close()
+    assert rows and all(completed == total for completed, total in rows), rows
+
+
+def test_the_preview_names_the_run_the_samples_and_the_score(finished_ensemble):
+    from lipizzaner_cell.sampling import preview_title
+
+    manifest = json.loads((finished_ensemble / "manifest.json").read_text())
+    title = preview_title("tiny", manifest, 1000)
+    generators = len(manifest["generators"])
+    assert title.startswith(f"tiny: ensemble of cell {manifest['bestCell']} ({generators} ")
+    assert "1000 samples" in title and "mode KL" in title and "lower is better" in title
+    # 2-D data: the preview draws the data itself, kept in the manifest for that.
+    assert len(manifest["data"]["reference"]) == 1000
+    assert len(manifest["data"]["reference"][0]) == 2

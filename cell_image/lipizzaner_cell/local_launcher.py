@@ -250,8 +250,9 @@ def run_local(
     return assemble_ensemble(run, local.layout)
 
 
-def watch(local: LocalRun, show_progress: bool) -> None:
-    """Start the cells and follow them to the end, with a progress row per cell."""
+def watch(local: LocalRun, show_progress: bool) -> list[tuple[float, float | None]]:
+    """Start the cells and follow them to the end, with a progress row per cell; returns
+    each row's (completed, total) as last shown."""
     generations = local.run.spec.generations
     with progress_bar(show_progress) as progress:
         overall = progress.add_task("all cells", total=generations * len(local.cells), status="")
@@ -269,6 +270,7 @@ def watch(local: LocalRun, show_progress: bool) -> None:
             progress.update(overall, completed=sum(done))
             if not finished:
                 time.sleep(STATUS_POLL_SECONDS)
+        return [(task.completed, task.total) for task in progress.tasks]
 
 
 def _describe(cell: LocalCell) -> str:
