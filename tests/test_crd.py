@@ -126,6 +126,12 @@ INVALID = [
     ({"spec.loss": "hinge"}, "spec.loss", "spec.loss"),
     ({"spec.coevolution.populationSize": 0}, "populationSize", "populationSize"),
     ({"spec.coevolution.tournamentSize": 4}, "tournamentSize", "tournamentSize"),
+    # The pool is the local population plus one centre per neighbour: 2 + 2 on 2x2.
+    (
+        {"spec.coevolution.populationSize": 2, "spec.coevolution.tournamentSize": 5},
+        "tournamentSize",
+        "selection pool, the local populationSize (2) plus one centre per neighbour (2) = 4",
+    ),
     ({"spec.coevolution.replacements": 2}, "replacements", "replacements"),
     ({"spec.coevolution.replacementRule": "elitist"}, "replacementRule", "replacementRule"),
     ({"spec.coevolution.learningRate": 0}, "learningRate", "learningRate"),

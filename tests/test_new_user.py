@@ -256,3 +256,12 @@ def test_the_preview_names_the_run_the_samples_and_the_score(finished_ensemble):
     # 2-D data: the preview draws the data itself, kept in the manifest for that.
     assert len(manifest["data"]["reference"]) == 1000
     assert len(manifest["data"]["reference"][0]) == 2
+
+
+def test_a_run_without_a_score_says_so(tiny_manifest, tmp_path, capsys):
+    manifest = copy.deepcopy(tiny_manifest)
+    manifest["spec"].update(generations=1, grid={"rows": 1, "cols": 2})
+    manifest["spec"]["mixture"]["scoreType"] = "none"
+    assert main(["run", write(tmp_path, manifest), "--quiet", "--in-process"]) == 0
+    said = capsys.readouterr().out
+    assert "no score for this dataset" in said and "None" not in said
