@@ -203,6 +203,45 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """A run's history: a summary per cell, and curves of its score and losses."""
+    from lipizzaner_core.storage import Storage
+
+    from lipizzaner_cell.history import render_curves, run_histories
+
+    if not args.output.lower().endswith(".png"):
+        error(f"-o {args.output}: must end in .png")
+        return ExitCode.BAD_INPUT
+    storage = Storage()
+    histories = run_histories(storage, args.run)
+    if not histories:
+        error(f"{args.run}: no cell history there (cells/<i>/history.jsonl)")
+        return ExitCode.BAD_INPUT
+    table = Table(title=f"{args.run}: per-generation history of each cell")
+    columns = ["cell", "generations", "G loss", "D loss", "best score", "at generation"]
+    for column in [*columns, "offspring accepted"]:
+        table.add_column(column, justify="right", min_width=len(column), no_wrap=True)
+    for cell, lines in histories.items():
+        last = lines[-1]
+        scored = [line for line in lines if line["score"] is not None]
+        best = min(scored, key=lambda line: line["score"]) if scored else None
+        offered = sum(line["offspring_offered"] for line in lines)
+        accepted = sum(line["offspring_accepted"] for line in lines)
+        table.add_row(
+            str(cell),
+            str(last["generation"]),
+            f"{last['generator_loss']:.4g}",
+            f"{last['discriminator_loss']:.4g}",
+            "-" if best is None else f"{best['score_name']} {best['score']:.4g}",
+            "-" if best is None else str(best["generation"]),
+            f"{accepted / offered:.0%}" if offered else "-",
+        )
+    out.print(table)
+    storage.write_bytes(args.output, render_curves(histories, args.run))
+    out.print(f"curves: {args.output} (scores are distances: lower is better)")
+    return ExitCode.OK
+
+
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from lipizzaner_core.spec import MnistSpec
     from lipizzaner_core.storage import Storage
@@ -289,6 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--output", required=True, metavar="OUT.png|OUT.npz")
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=cmd_sample)
+
+    history = commands.add_parser(
+        "history",
+        help="summarise a run's per-generation history and plot its curves",
+        description="Read cells/<i>/history.jsonl under RUN_URI (a run's output, local or "
+        "object storage): print a summary per cell and write PNG curves of the score and "
+        "both losses.",
+    )
+    history.add_argument("run", metavar="RUN_URI", help="the run's output")
+    history.add_argument(
+        "-o", "--output", default="history.png", help="curves picture (default: %(default)s)"
+    )
+    history.set_defaults(func=cmd_history)
 
     crd = commands.add_parser(
         "crd",

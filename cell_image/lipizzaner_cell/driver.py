@@ -12,6 +12,7 @@ from lipizzaner_core.layout import CellLayout
 from lipizzaner_cell.checkpoint import restore_latest, save_checkpoint
 from lipizzaner_cell.datasets import Dataset
 from lipizzaner_cell.engine import CellEngine, GenerationReport
+from lipizzaner_cell.history import History, record
 from lipizzaner_cell.results import finish_cell
 
 
@@ -26,24 +27,33 @@ class CellDriver:
         self.layout = layout
         self.spec = engine.spec
         self.on_checkpoint = on_checkpoint  # told each checkpoint's seconds
+        self.history = History(layout)
 
     @property
     def done(self) -> bool:
         return self.engine.generation >= self.spec.generations
 
     def resume(self) -> bool:
-        """Continue from the newest complete checkpoint, if the output has one."""
-        return restore_latest(self.engine, self.layout)
+        """Continue from the newest complete checkpoint, if the output has one, with the
+        history up to it."""
+        resumed = restore_latest(self.engine, self.layout)
+        if resumed:
+            self.history.load(self.engine.generation)
+        return resumed
 
     def advance(self, should_stop: Callable[[], bool] | None = None) -> GenerationReport:
         """One generation; a checkpoint every `checkpoint.every` generations and at the end."""
         report = self.engine.step(should_stop)
+        self.history.append(record(self.engine, report))
         if report.generation % self.spec.checkpoint.every == 0 or self.done:
             self.checkpoint()
         return report
 
     def checkpoint(self) -> None:
+        """The history first, then the state: a crash between leaves history ahead of the
+        checkpoint, and resuming drops those lines."""
         started = time.perf_counter()
+        self.history.write()
         save_checkpoint(self.engine, self.layout, self.spec.checkpoint.keep)
         if self.on_checkpoint is not None:
             self.on_checkpoint(time.perf_counter() - started)

@@ -50,6 +50,10 @@ class CellLayout:
         return join(self.uri, "result.json")
 
     @property
+    def history(self) -> str:
+        return join(self.uri, "history.jsonl")
+
+    @property
     def mixture(self) -> str:
         return join(self.uri, "mixture")
 
