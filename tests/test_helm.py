@@ -20,6 +20,7 @@ VALUE_SETS = {
     "monitors": {
         "podMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
     },
     "network-policy": {"networkPolicy": {"enabled": True}},
     "everything": {

@@ -234,7 +234,7 @@ def test_every_object_the_chart_renders_is_accepted_by_the_server(cluster, name)
     for namespace in watched:
         ensure_namespace(cluster, namespace)
     cluster.plane.apply(list(yaml.safe_load_all(MONITOR_CRDS.read_text())))
-    for crd in ("podmonitors", "servicemonitors"):
+    for crd in ("podmonitors", "servicemonitors", "prometheusrules"):
         cluster.plane.kubectl(
             "wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com"
         )
