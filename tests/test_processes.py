@@ -172,6 +172,9 @@ def test_a_neighbour_that_never_starts_is_reported_and_the_cell_finishes(tiny_ma
     result = json.loads((tmp_path / "out" / "cells" / "0" / "result.json").read_text())
     assert result["missingNeighbours"] == [1]
     assert [m["cell"] for m in result["mixture"]] == [0]
+    # The cell keeps its own log in the output (what a pod leaves behind).
+    kept = (tmp_path / "out" / "cells" / "0" / "logs" / "attempt-0.log").read_text()
+    assert "no state yet from neighbours [1]" in kept and "generation 4/4" in kept
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
@@ -201,6 +204,8 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
     names = Storage().list_dir(str(tmp_path / "out" / "cells" / "0" / "checkpoints"))
     assert len(names) == 1 and int(names[0]) >= 3
     assert "stopped by SIGTERM" in process.stderr.read()
+    kept = (tmp_path / "out" / "cells" / "0" / "logs" / "attempt-0.log").read_text()
+    assert "stopped by SIGTERM" in kept
 
 
 def test_bad_configuration_exits_with_code_2(tiny_manifest, tmp_path):

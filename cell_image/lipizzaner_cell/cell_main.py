@@ -30,6 +30,7 @@ from lipizzaner_cell.driver import CellDriver
 from lipizzaner_cell.engine import CellEngine, GenerationReport
 from lipizzaner_cell.metrics import CellMetrics
 from lipizzaner_cell.networks import build_discriminator, build_generator
+from lipizzaner_cell.output_log import OutputLog
 from lipizzaner_cell.wire.client import GrpcNeighbourhood, NeighbourPuller, PullPolicy
 from lipizzaner_cell.wire.codec import architecture_of
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
@@ -182,6 +183,28 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
         log.error("--cell %d is outside the %dx%d grid", args.cell, spec.grid.rows, spec.grid.cols)
         return ExitCode.BAD_INPUT
     layout = RunLayout.of(run, args.output)
+    root = logging.getLogger()
+    kept = OutputLog(
+        layout.storage,
+        layout.cell(args.cell).log(args.restarts),
+        root.handlers[0].formatter if root.handlers else None,
+    )
+    root.addHandler(kept)
+    try:
+        return serve_and_train(run, args, layout, kept)
+    except Exception:
+        log.exception("failed")  # into the kept log too
+        return ExitCode.FAILED
+    finally:
+        root.removeHandler(kept)
+        kept.save()
+
+
+def serve_and_train(
+    run: LipizzanerRun, args: argparse.Namespace, layout: RunLayout, kept: OutputLog
+) -> int:
+    """The cell's life: serve, resume, wait for neighbours, train, finish, linger."""
+    spec = run.spec
     status = CellStatusBoard(args.cell, spec.generations, args.restarts)
     metrics = start_metrics(run, args)
     board = CentreBoard()
@@ -198,7 +221,12 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
         pullers = neighbour_pullers(run, args, dataset.shape, metrics)
         neighbourhood = GrpcNeighbourhood(board, pullers)
         engine = CellEngine(run, args.cell, neighbourhood, dataset)
-        on_checkpoint = None if metrics is None else metrics.checkpoint.observe
+
+        def on_checkpoint(seconds: float) -> None:
+            kept.save()
+            if metrics is not None:
+                metrics.checkpoint.observe(seconds)
+
         driver = CellDriver(engine, layout.cell(args.cell), on_checkpoint)
         if driver.resume():
             log.info("resumed from its checkpoint at generation %d", engine.generation)
