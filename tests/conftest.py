@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,22 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
+def unavailable(problem: str) -> None:
+    """A real server a test needs cannot run here: skip locally, fail under CI=true
+    (.ci/run installs everything, so there it is a broken install)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+def required_tool(name: str, package: str) -> str:
+    """The path of a program from Debian's `package` that a test runs for real."""
+    found = shutil.which(name)
+    if found is None:
+        unavailable(f"{name} is not installed (apt-get install {package}; .ci/run does)")
+    return str(found)
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory):
     """The real API server (hack/envtest.sh), one per test session, with the CRD installed.
@@ -62,9 +79,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory):
 
     problem = control_plane_available()
     if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the Kubernetes control plane cannot start: {problem}")
-        pytest.skip(f"the Kubernetes control plane cannot start: {problem}")
+        unavailable(f"the Kubernetes control plane cannot start: {problem}")
     plane = ControlPlane(tmp_path_factory.mktemp("envtest")).start()
     try:
         plane.install_crd()

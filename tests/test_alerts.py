@@ -4,13 +4,12 @@ run raises none."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import required_tool
 from test_helm import render
 
 HEALTHY = 'lipizzaner_cell_generation{namespace="ml", run="r", cell="0"}'
@@ -19,12 +18,7 @@ LABELS = {"namespace": "ml", "run": "r", "cell": "0"}
 
 @pytest.fixture
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed; .ci/run installs Debian's prometheus")
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
-    return found
+    return required_tool("promtool", "prometheus")
 
 
 def rule_groups(values: dict) -> list[dict]:

@@ -237,7 +237,7 @@ def test_a_missing_neighbour_is_left_out_and_its_weight_kept(tiny_manifest):
     assert engine.mixture_weights[1] == engine.mixture_weights[2] == pytest.approx(1 / 3)
 
 
-def test_a_colour_image_run_runs_the_mixture_es_and_reports_a_score(tmp_path):
+def test_a_colour_image_run_runs_the_mixture_es_and_reports_a_score(tiny_manifest, tmp_path):
     from PIL import Image
 
     images = tmp_path / "images"
@@ -246,25 +246,9 @@ def test_a_colour_image_run_runs_the_mixture_es_and_reports_a_score(tmp_path):
     for k in range(40):
         colour = tuple(int(c) for c in torch.randint(0, 256, (3,), generator=gen))
         Image.new("RGB", (32, 32), colour).save(images / f"{k}.png")
-    manifest = {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": "colour"},
-        "spec": {
-            "grid": {"rows": 1, "cols": 2},
-            "generations": 3,
-            "dataset": {"name": "image-folder", "path": str(images), "imageSize": 32},
-            "network": {
-                "latentSize": 8,
-                "generator": {"hiddenSizes": [16]},
-                "discriminator": {"hiddenSizes": [16]},
-            },
-            "coevolution": {"fitness": {"sampleSize": 50}},
-            "mixture": {"scoreSampleSize": 100, "sigma": 0.2},
-            "training": {"batchSize": 20, "batchesPerGeneration": 2, "device": "cpu"},
-            "output": {"uri": str(tmp_path / "out")},
-        },
-    }
+    dataset = {"name": "image-folder", "path": str(images), "imageSize": 32}
+    manifest = with_spec(tiny_manifest, grid={"rows": 1, "cols": 2}, generations=3)
+    manifest["spec"].update(dataset=dataset, training={"batchSize": 20, "batchesPerGeneration": 2})
     outcome = run_in_process(parse_run(manifest), resume=False)
     scores = [r.mixture_score for r in outcome.reports[0]]
     assert all(s is not None and s > 0 for s in scores)

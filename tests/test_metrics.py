@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_RING
+from conftest import TINY_RING, required_tool
 from lipizzaner_cell.engine import GenerationReport
 from lipizzaner_cell.local_launcher import LocalRun, free_port_block
 from lipizzaner_cell.metrics import CellMetrics
@@ -145,12 +143,7 @@ def concrete(expr: str) -> str:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is not installed; .ci/run installs Debian's package")
-        pytest.skip("prometheus is not installed (apt-get install prometheus)")
-    return found
+    return required_tool("prometheus", "prometheus")
 
 
 def test_every_panel_answers_from_prometheus_scraping_a_real_run(

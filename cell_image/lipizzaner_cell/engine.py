@@ -18,13 +18,14 @@ from lipizzaner_core.topology import cell_seed
 
 from lipizzaner_cell.datasets import Dataset
 from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes
-from lipizzaner_cell.individual import Individual, mutate_learning_rate
-from lipizzaner_cell.losses import Loss, draw_loss, gradient_penalty, spec_loss
+from lipizzaner_cell.individual import Individual
+from lipizzaner_cell.losses import Loss, spec_loss
 from lipizzaner_cell.mixture import MixtureEmbeddings, es_step
 from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.scores import Scorer, build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
+from lipizzaner_cell.training import BatchTrainer, Players
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +54,6 @@ class Neighbourhood:
     generators: list[Individual]
     discriminators: list[Individual]
     neighbour_cells: list[int]
-
-
-@dataclass
-class Players:
-    """Step 3's outcome: who trains in step 4, and against whom.
-
-    With selection, the tournament winners (clones) train against each other; without,
-    as in the original's `enable_selection: False`, the local individuals train in place
-    against the whole neighbourhood.
-    """
-
-    generators: list[Individual]
-    discriminators: list[Individual]
-    generator_opponents: list[Individual]
-    discriminator_opponents: list[Individual]
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -117,6 +103,9 @@ class CellEngine:
         hood = [index, *self.neighbour_cells]
         self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
         self._imports: dict[tuple[str, int], Individual] = {}
+        self.trainer = BatchTrainer(
+            spec, self.loss, self.data, self._batches, self.rng, self.device_rng, self.noise
+        )
 
     # ----------------------------------------------------------------- the generation loop
     def step(self, should_stop: Callable[[], bool] | None = None) -> GenerationReport:
@@ -220,50 +209,9 @@ class CellEngine:
     def train(
         self, players: Players, should_stop: Callable[[], bool] | None = None
     ) -> tuple[float, float]:
-        """Step 4: the original's batch loop.
-
-        Each batch the generators take a step against one drawn discriminator, then the
-        discriminators take one against one drawn generator (on the batches
-        `discriminatorSkipEveryNth` leaves them); each step first mutates the player's
-        learning rate. With `wgan` the critic trains on every batch and the generators
-        after each `critic_steps` batches, as in the original's WGAN trainer.
-
-        Returns the mean generator and discriminator training losses.
-        """
-        batch_size = self.spec.training.batch_size
-        order = torch.randperm(len(self.data), generator=self.device_rng, device=self.device)
-        offsets = torch.arange(batch_size, device=self.device)
-        totals = {
-            "g": torch.zeros((), device=self.device),
-            "d": torch.zeros((), device=self.device),
-        }
-        steps = {"g": 0, "d": 0}
-        batches = 0
-        for batch in range(self._batches):
-            if should_stop is not None and batch and should_stop():
-                break
-            batches += 1
-            real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
-            for role in self._roles_training_on(batch):
-                if role == "g":
-                    totals["g"] += self._generators_step(players, batch_size)
-                else:
-                    totals["d"] += self._discriminators_step(players, real)
-                steps[role] += 1
-        self.last_batches = batches
-        return (
-            float(totals["g"]) / max(1, steps["g"] * len(players.generators)),
-            float(totals["d"]) / max(1, steps["d"] * len(players.discriminators)),
-        )
-
-    def _roles_training_on(self, batch: int) -> tuple[str, ...]:
-        """Who steps on this batch, in order: "g" generators, "d" discriminators."""
-        critic_steps = self.loss.critic_steps
-        if critic_steps > 1:
-            last = batch == self._batches - 1
-            return ("d", "g") if (batch + 1) % critic_steps == 0 or last else ("d",)
-        skip = self.spec.coevolution.discriminator_skip_every_nth
-        return ("g", "d") if skip == 0 or batch % (skip + 1) == 0 else ("g",)
+        """Step 4 (`training.py`): the mean generator and discriminator training losses."""
+        g_loss, d_loss, self.last_batches = self.trainer.run(players, should_stop)
+        return g_loss, d_loss
 
     def replace(
         self,
@@ -386,51 +334,6 @@ class CellEngine:
         size = self.spec.coevolution.fitness.sample_size
         rows = torch.randint(len(self.data), (size,), generator=self.device_rng, device=self.device)
         return self.data[rows], self.noise(size)
-
-    def _mutate(self, individual: Individual, role: str) -> None:
-        co = self.spec.coevolution
-        rate = co.initial_rate(role)
-        mutate_learning_rate(individual, co.mutation.probability, co.mutation.alpha, rate, self.rng)
-
-    def _opponent(self, opponents: list[Individual]) -> Individual:
-        """One opponent per batch for all of a role's players, as the original draws."""
-        return opponents[int(torch.randint(len(opponents), (1,), generator=self.rng))]
-
-    def _generators_step(self, players: Players, batch_size: int) -> torch.Tensor:
-        opponent = self._opponent(players.generator_opponents)
-        total = torch.zeros((), device=self.device)
-        for generator in players.generators:
-            self._mutate(generator, "generator")
-            loss = draw_loss(self.spec.loss, self.rng)
-            value = loss.generator(opponent.net(generator.net(self.noise(batch_size))))
-            generator.optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            generator.optimizer.step()
-            total += value.detach()
-        return total
-
-    def _discriminators_step(self, players: Players, real: torch.Tensor) -> torch.Tensor:
-        opponent = self._opponent(players.discriminator_opponents)
-        total = torch.zeros((), device=self.device)
-        for discriminator in players.discriminators:
-            self._mutate(discriminator, "discriminator")
-            loss = draw_loss(self.spec.loss, self.rng)
-            with torch.no_grad():
-                fake = opponent.net(self.noise(real.shape[0]))
-            logits = discriminator.net(torch.cat([real, fake]))
-            value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
-            if loss.gradient_penalty:
-                penalty = gradient_penalty(discriminator.net, real, fake, self.device_rng)
-                value = value + loss.gradient_penalty * penalty
-            discriminator.optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            discriminator.optimizer.step()
-            if loss.clip:
-                with torch.no_grad():
-                    for parameter in discriminator.net.parameters():
-                        parameter.clamp_(-loss.clip, loss.clip)
-            total += value.detach()
-        return total
 
     def centre_state(self) -> CentreState:
         centre_g, centre_d = best(self.generators), best(self.discriminators)

@@ -1,0 +1,139 @@
+"""Step 4 of a generation: the original's batch loop over the selected players.
+
+On each batch the generators step, each against one discriminator drawn for them all, then
+the discriminators (on the batches `discriminatorSkipEveryNth` leaves them) against one
+drawn generator; every step first mutates the player's learning rate. Kept apart from the
+engine so the loop reads on its own; it shares the engine's generators, so a checkpoint of
+the engine's RNG states covers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from lipizzaner_core.spec import RunSpecBody
+
+from lipizzaner_cell.individual import Individual, mutate_learning_rate
+from lipizzaner_cell.losses import Loss, draw_loss, gradient_penalty
+
+
+@dataclass
+class Players:
+    """Step 3's outcome: who trains in step 4, and against whom.
+
+    With selection, the tournament winners (clones) train against each other; without,
+    as in the original's `enable_selection: False`, the local individuals train in place
+    against the whole neighbourhood.
+    """
+
+    generators: list[Individual]
+    discriminators: list[Individual]
+    generator_opponents: list[Individual]
+    discriminator_opponents: list[Individual]
+
+
+@dataclass
+class BatchTrainer:
+    spec: RunSpecBody
+    loss: Loss  # the run's loss: it fixes the schedule (critic steps)
+    data: torch.Tensor  # the cell's data, on the training device
+    batches: int  # per generation
+    rng: torch.Generator  # decisions: opponents, mutations, mustangs' draws
+    device_rng: torch.Generator  # batch order, gradient-penalty mixing
+    noise: Callable[[int], torch.Tensor]
+
+    def run(
+        self, players: Players, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[float, float, int]:
+        """Step 4: the original's batch loop.
+
+        Each batch the generators take a step against one drawn discriminator, then the
+        discriminators take one against one drawn generator (on the batches
+        `discriminatorSkipEveryNth` leaves them); each step first mutates the player's
+        learning rate. With `wgan` the critic trains on every batch and the generators
+        after each `critic_steps` batches, as in the original's WGAN trainer.
+
+        Returns the mean generator and discriminator training losses and the batches run
+        (fewer than planned when `should_stop` turned true).
+        """
+        batch_size = self.spec.training.batch_size
+        order = torch.randperm(len(self.data), generator=self.device_rng, device=self.data.device)
+        offsets = torch.arange(batch_size, device=self.data.device)
+        totals = {
+            "g": torch.zeros((), device=self.data.device),
+            "d": torch.zeros((), device=self.data.device),
+        }
+        steps = {"g": 0, "d": 0}
+        batches = 0
+        for batch in range(self.batches):
+            if should_stop is not None and batch and should_stop():
+                break
+            batches += 1
+            real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
+            for role in self.roles_training_on(batch):
+                if role == "g":
+                    totals["g"] += self._generators_step(players, batch_size)
+                else:
+                    totals["d"] += self._discriminators_step(players, real)
+                steps[role] += 1
+        return (
+            float(totals["g"]) / max(1, steps["g"] * len(players.generators)),
+            float(totals["d"]) / max(1, steps["d"] * len(players.discriminators)),
+            batches,
+        )
+
+    def roles_training_on(self, batch: int) -> tuple[str, ...]:
+        """Who steps on this batch, in order: "g" generators, "d" discriminators."""
+        critic_steps = self.loss.critic_steps
+        if critic_steps > 1:
+            last = batch == self.batches - 1
+            return ("d", "g") if (batch + 1) % critic_steps == 0 or last else ("d",)
+        skip = self.spec.coevolution.discriminator_skip_every_nth
+        return ("g", "d") if skip == 0 or batch % (skip + 1) == 0 else ("g",)
+
+    def _mutate(self, individual: Individual, role: str) -> None:
+        co = self.spec.coevolution
+        rate = co.initial_rate(role)
+        mutate_learning_rate(individual, co.mutation.probability, co.mutation.alpha, rate, self.rng)
+
+    def _opponent(self, opponents: list[Individual]) -> Individual:
+        """One opponent per batch for all of a role's players, as the original draws."""
+        return opponents[int(torch.randint(len(opponents), (1,), generator=self.rng))]
+
+    def _generators_step(self, players: Players, batch_size: int) -> torch.Tensor:
+        opponent = self._opponent(players.generator_opponents)
+        total = torch.zeros((), device=self.data.device)
+        for generator in players.generators:
+            self._mutate(generator, "generator")
+            loss = draw_loss(self.spec.loss, self.rng)
+            value = loss.generator(opponent.net(generator.net(self.noise(batch_size))))
+            generator.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            generator.optimizer.step()
+            total += value.detach()
+        return total
+
+    def _discriminators_step(self, players: Players, real: torch.Tensor) -> torch.Tensor:
+        opponent = self._opponent(players.discriminator_opponents)
+        total = torch.zeros((), device=self.data.device)
+        for discriminator in players.discriminators:
+            self._mutate(discriminator, "discriminator")
+            loss = draw_loss(self.spec.loss, self.rng)
+            with torch.no_grad():
+                fake = opponent.net(self.noise(real.shape[0]))
+            logits = discriminator.net(torch.cat([real, fake]))
+            value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
+            if loss.gradient_penalty:
+                penalty = gradient_penalty(discriminator.net, real, fake, self.device_rng)
+                value = value + loss.gradient_penalty * penalty
+            discriminator.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            discriminator.optimizer.step()
+            if loss.clip:
+                with torch.no_grad():
+                    for parameter in discriminator.net.parameters():
+                        parameter.clamp_(-loss.clip, loss.clip)
+            total += value.detach()
+        return total
