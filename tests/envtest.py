@@ -28,7 +28,7 @@ GROUP, VERSION, PLURAL = "lipizzaner.io", "v1alpha1", "lipizzanerruns"
 START_TIMEOUT = float(os.environ.get("LIPIZZANER_ENVTEST_START_TIMEOUT", "2400"))
 
 
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60.0) -> Any:
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 180.0) -> Any:
     """Poll until `condition()` is truthy; fail naming `what` after `timeout` seconds.
 
     The deadline is generous on purpose: the suite must pass on a busy 2-core machine.

@@ -335,6 +335,26 @@ def test_a_failed_run_is_deleted_after_its_ttl(cluster, tmp_path):
         wait_for("the run to be gone", lambda: cluster.run("demo") is None)
 
 
+def test_deleting_a_run_past_its_ttl_keeps_other_controllers_finalizers(cluster, tmp_path):
+    """The operator lets go of its own finalizer only: another controller's stays, and
+    the run waits, being deleted, until that controller is done."""
+    with operator(cluster):
+        document = manifest(tmp_path, ttlSecondsAfterFinished=1)
+        document["metadata"]["finalizers"] = ["example.com/keep"]
+        cluster.create_run(document)
+        wait_for("pods", lambda: len(cluster.pods()) == 2)
+        cluster.set_pod_status("demo-cell-1", terminated("Failed", 2))
+        deleting = wait_for(
+            "the run being deleted",
+            lambda: (r := cluster.run("demo")) and r["metadata"].get("deletionTimestamp") and r,
+        )
+        wait_for(
+            "our finalizer released",
+            lambda: cluster.run("demo")["metadata"]["finalizers"] == ["example.com/keep"],
+        )
+    assert deleting["metadata"]["deletionTimestamp"]
+
+
 def test_a_namespaced_operator_leaves_other_namespaces_alone(cluster, tmp_path):
     elsewhere = cluster.create_namespace("elsewhere")
     try:

@@ -104,7 +104,7 @@ def reconcile(
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if decision.delete_run:
         logger.info("deleting the finished run: spec.ttlSecondsAfterFinished has passed")
-        kube.delete_run(namespace, run.metadata.name)
+        kube.delete_run(namespace, run.metadata.name, FINALIZER)
         return old, old  # nothing left to patch
     return old, decision.status
 
