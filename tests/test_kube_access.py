@@ -98,13 +98,14 @@ def mount_in_cluster_credentials(
 
 
 def test_least_privilege_runs_a_whole_run_in_cluster(cluster, tmp_path, monkeypatch):
-    """The cluster-wide chart's grants, the in-cluster token: a run from start to end."""
+    """The cluster-wide chart's grants, the in-cluster token: a run from start to end,
+    with mutual TLS (the operator makes the run's Secret and reads the cells with it)."""
     namespace, account = install_rbac(cluster, {})
     token = token_for(cluster, namespace, account)
     mount_in_cluster_credentials(monkeypatch, cluster.plane, token, tmp_path)
     info = connection_info(load_configuration())
     assert (info.token, info.scheme, info.ca_path) == (token, "Bearer", str(tmp_path / "ca.crt"))
-    drive_to_success(cluster, tmp_path, namespaces=())
+    drive_to_success(cluster, tmp_path, namespaces=(), tls=True)
     cluster.custom.delete_namespaced_custom_object(
         GROUP, VERSION, cluster.namespace, PLURAL, "demo"
     )

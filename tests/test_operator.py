@@ -10,12 +10,13 @@ unless the test is about scope.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from lipizzaner_cell.local_launcher import free_port_block
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
+from lipizzaner_core.wire.tls import TlsMaterial, run_identity
 from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
 from lipizzaner_operator.kube import KubeClient
 from lipizzaner_operator.metrics import OperatorMetrics
@@ -139,39 +141,52 @@ def kubectl_wait(cluster: Cluster, run: str) -> subprocess.Popen[str]:
 
 
 @contextmanager
-def status_servers(boards: list[CellStatusBoard]) -> Iterator[int]:
-    """Real gRPC status servers for the cells, cell i on 127.0.0.(i+1); yields the port."""
-    port = free_port_block(1)
+def status_servers(
+    boards: list[CellStatusBoard], port: int, tls: TlsMaterial | None = None
+) -> Iterator[None]:
+    """Real gRPC status servers for the cells, cell i on 127.0.0.(i+1)."""
+    identity = None if tls is None else tls.identity
     servers = [
-        start_server(CellService(CentreBoard(), lambda b=b: b.message), port, f"127.0.0.{i + 1}")[0]
+        start_server(
+            CellService(CentreBoard(), lambda b=b: b.message, identity),
+            port,
+            f"127.0.0.{i + 1}",
+            tls,
+        )[0]
         for i, b in enumerate(boards)
     ]
     try:
-        yield port
+        yield
     finally:
         for server in servers:
             server.stop(None)
 
 
 def drive_to_success(
-    cluster: Cluster, tmp_path: Path, kubeconfig: Path | None = None, namespaces=None
+    cluster: Cluster,
+    tmp_path: Path,
+    kubeconfig: Path | None = None,
+    namespaces=None,
+    tls: bool = False,
 ) -> dict:
     """A whole run as the operator sees it: created, progressing, succeeded, assembled.
 
     Returns the final status after checking every step on the way; `kubectl wait` must
-    return once (and only once) the run has succeeded.
+    return once (and only once) the run has succeeded. With `tls`, the cells serve over
+    mutual TLS with the certificates the operator made, and it reads their progress so.
     """
-    document = manifest(tmp_path)
+    document = manifest(tmp_path, exchange={"tls": {"enabled": tls}})
     run = parse_run(document)
     run_in_process(run, resume=False)  # real cell results for the operator to assemble
     layout = RunLayout.of(run)
     layout.storage.remove_tree(layout.ensemble)
     boards = [CellStatusBoard(i, 2, 0) for i in range(2)]
     waiter = None
+    port = free_port_block(1)
     try:
         with (
-            status_servers(boards) as port,
             operator(cluster, port, namespaces=namespaces, kubeconfig=kubeconfig),
+            ExitStack() as servers,
         ):
             cluster.create_run(document)
             pods = wait_for("two cell pods", lambda: len(cluster.pods()) == 2 and cluster.pods())
@@ -191,6 +206,8 @@ def drive_to_success(
             ]
             wait_for("Pending", phase_is(cluster, "Pending"))
             waiter = kubectl_wait(cluster, "demo")
+            material = run_certificates(cluster, pods[0], uid) if tls else None
+            servers.enter_context(status_servers(boards, port, material))
 
             for i in range(2):
                 boards[i].update(generation=i + 1, scores={"mixture": 0.5 + i})
@@ -220,6 +237,18 @@ def drive_to_success(
     assert ensemble["run"] == "demo" and ensemble["generators"]
     assert status["completionTime"] and status["observedGeneration"] == 1
     return status
+
+
+def run_certificates(cluster: Cluster, pod: dict, uid: str) -> TlsMaterial:
+    """The Secret the operator made for the run: owned by it, mounted by its pods."""
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "demo-tls"
+    secret = cluster.core.read_namespaced_secret("demo-tls", cluster.namespace)
+    assert secret.metadata.owner_references[0].uid == uid
+    files = {k: base64.b64decode(v) for k, v in secret.data.items()}
+    material = TlsMaterial.from_files(files, "Secret demo-tls")
+    assert material.identity == run_identity("demo", cluster.namespace)
+    return material
 
 
 def test_a_run_goes_from_creation_to_an_assembled_ensemble(cluster, tmp_path):

@@ -265,3 +265,26 @@ def test_cell_threads_follow_the_container_cpu_limit(tmp_path):
     limit.write_text("max 100000\n")
     assert default_threads(str(limit)) >= 1
     assert default_threads(str(tmp_path / "missing")) >= 1
+
+
+def test_a_run_with_mutual_tls_exchanges_and_finishes(tiny_manifest):
+    """`lipizzaner run` makes the run's certificates; every cell serves and pulls over mTLS."""
+    manifest = quick(tiny_manifest, grid={"rows": 1, "cols": 2}, generations=2)
+    manifest["spec"]["exchange"]["tls"] = {"enabled": True}
+    run = parse_run(manifest)
+    result = run_local(run, show_progress=False, threads=1)
+    layout = RunLayout.of(run)
+    for cell in range(2):
+        assert layout.storage.read_json(layout.cell(cell).result)["missingNeighbours"] == []
+        kept = layout.storage.read_bytes(layout.cell(cell).log(0)).decode()
+        assert "(mutual TLS)" in kept
+    assert result["bestCell"] in (0, 1) and result["generators"]
+
+
+def test_unusable_tls_material_exits_with_code_2(tiny_manifest, tmp_path):
+    spec_path = write_spec(tmp_path, tiny_manifest)
+    command = [*cell_command(spec_path, 0, free_port_block(1)), "--tls-dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "bad TLS material" in done.stderr and "missing ca.crt, tls.crt, tls.key" in done.stderr
+    assert "Traceback" not in done.stderr

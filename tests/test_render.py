@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import TINY_RING
 from lipizzaner_core.spec import load_run, parse_run
+from lipizzaner_core.wire.tls import generate
 from lipizzaner_operator.render import (
     CellDefaults,
     cell_selector,
@@ -19,6 +20,7 @@ from lipizzaner_operator.render import (
     render_network_policy,
     render_pod,
     render_service,
+    render_tls_secret,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -57,6 +59,7 @@ def full_run():
         "volumes": [{"name": "mnist", "persistentVolumeClaim": {"claimName": "mnist-data"}}],
         "volumeMounts": [{"name": "mnist", "mountPath": "/data", "readOnly": True}],
     }
+    manifest["spec"]["exchange"] = {"tls": {"enabled": True, "secretName": "mnist-grid-certs"}}
     return parse_run(manifest)
 
 
@@ -107,6 +110,8 @@ def test_every_rendered_object_is_accepted_by_the_api_server(cluster, run):
         render_network_policy(run, namespace, DEFAULTS, "lipizzaner-system"),
         *(render_pod(run, namespace, i, 0, DEFAULTS) for i in range(run.spec.grid.rows)),
     ]
+    if run.spec.exchange.tls.enabled:
+        objects.append(render_tls_secret(run, namespace, generate("x.y.lipizzaner")))
     cluster.plane.apply(objects, "--dry-run=server")
 
 
@@ -178,3 +183,34 @@ def test_the_network_policy_admits_only_the_runs_cells_and_the_operator_to_grpc(
         "kubernetes.io/metadata.name": "lipizzaner-system"
     }
     assert "from" not in metrics_rule  # Prometheus may scrape from anywhere
+
+
+def test_with_mutual_tls_the_pods_mount_the_runs_certificates():
+    """The user's Secret, or else the run's own; the probe turns to TCP (kubelets' gRPC
+    probes speak no TLS)."""
+    run = full_run()
+    pod = render_pod(run, "ml", 0, 0, DEFAULTS)
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LIPIZZANER_TLS_DIR"] == "/etc/lipizzaner/tls"
+    assert {"name": "tls", "mountPath": "/etc/lipizzaner/tls", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "mnist-grid-certs"
+    assert container["readinessProbe"]["tcpSocket"] == {"port": DEFAULTS.grpc_port}
+
+    own_manifest = copy.deepcopy(TINY_RING)
+    own_manifest["spec"]["exchange"] = {"tls": {"enabled": True}}
+    own = parse_run(own_manifest)
+    secret = render_tls_secret(own, "ml", generate("tiny.ml.lipizzaner"))
+    assert secret["metadata"]["name"] == "tiny-tls" and secret["type"] == "kubernetes.io/tls"
+    assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key"]
+    own_pod = render_pod(own, "ml", 0, 0, DEFAULTS)
+    assert {"name": "tls", "secret": {"secretName": "tiny-tls", "defaultMode": 0o400}} in own_pod[
+        "spec"
+    ]["volumes"]
+
+    plain = render_pod(parse_run(copy.deepcopy(TINY_RING)), "ml", 0, 0, DEFAULTS)
+    assert plain["spec"]["containers"][0]["readinessProbe"]["grpc"] == {"port": DEFAULTS.grpc_port}
+    assert all(v["name"] != "tls" for v in plain["spec"]["volumes"])

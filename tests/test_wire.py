@@ -202,4 +202,4 @@ def test_garbage_requests_get_invalid_argument_and_the_cell_keeps_serving(served
             response_deserializer=cell_pb2.CellStatus.FromString,
         )(cell_pb2.StatusRequest(), timeout=5)
         assert status.generation == 3
-    assert service.rejected_requests == 2
+    assert service.refused == {"malformed": 2, "peer": 0}

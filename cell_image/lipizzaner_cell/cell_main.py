@@ -24,6 +24,7 @@ from lipizzaner_core.contract import CELL_FLAGS, ExitCode
 from lipizzaner_core.layout import CellLayout, RunLayout
 from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
 from lipizzaner_core.wire import cell_pb2
+from lipizzaner_core.wire.tls import TlsError, TlsMaterial
 
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.driver import CellDriver
@@ -100,9 +101,10 @@ def neighbour_pullers(
     args: argparse.Namespace,
     data_shape: tuple[int, ...],
     metrics: CellMetrics | None,
+    tls: TlsMaterial | None,
 ) -> dict[int, NeighbourPuller]:
     """One puller per neighbour, expecting the architectures the spec gives every cell."""
-    policy = PullPolicy(max_state_bytes=run.spec.exchange.max_state_megabytes << 20)
+    policy = PullPolicy(max_state_bytes=run.spec.exchange.max_state_megabytes << 20, tls=tls)
     network = run.spec.network
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
         generator = architecture_of(
@@ -134,7 +136,9 @@ def finished_cell(cell: CellLayout, generations: int) -> bool:
     return cell.storage.read_json(cell.result)["generation"] >= generations
 
 
-def start_metrics(run: LipizzanerRun, args: argparse.Namespace) -> CellMetrics | None:
+def start_metrics(
+    run: LipizzanerRun, args: argparse.Namespace, tls: TlsMaterial | None
+) -> CellMetrics | None:
     if args.metrics_port is None:
         return None
     grid = run.spec.grid.topology()
@@ -142,6 +146,7 @@ def start_metrics(run: LipizzanerRun, args: argparse.Namespace) -> CellMetrics |
     metrics = CellMetrics(run.metadata.name, args.cell, row, col, args.restarts)
     metrics.serve(args.metrics_port + args.port_stride * args.cell, args.listen_host)
     metrics.prepare_directions([n.direction for n in grid.neighbours(args.cell)])
+    metrics.tls.set(tls is not None)
     return metrics
 
 
@@ -182,6 +187,11 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
     if not 0 <= args.cell < spec.grid.size:
         log.error("--cell %d is outside the %dx%d grid", args.cell, spec.grid.rows, spec.grid.cols)
         return ExitCode.BAD_INPUT
+    try:
+        tls = None if args.tls_dir is None else TlsMaterial.read(args.tls_dir)
+    except TlsError as exc:
+        log.error("bad TLS material: %s", exc)
+        return ExitCode.BAD_INPUT
     layout = RunLayout.of(run, args.output)
     root = logging.getLogger()
     kept = OutputLog(
@@ -191,7 +201,7 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
     )
     root.addHandler(kept)
     try:
-        return serve_and_train(run, args, layout, kept)
+        return serve_and_train(run, args, layout, kept, tls)
     except Exception:
         log.exception("failed")  # into the kept log too
         return ExitCode.FAILED
@@ -201,24 +211,32 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
 
 
 def serve_and_train(
-    run: LipizzanerRun, args: argparse.Namespace, layout: RunLayout, kept: OutputLog
+    run: LipizzanerRun,
+    args: argparse.Namespace,
+    layout: RunLayout,
+    kept: OutputLog,
+    tls: TlsMaterial | None,
 ) -> int:
     """The cell's life: serve, resume, wait for neighbours, train, finish, linger."""
     spec = run.spec
     status = CellStatusBoard(args.cell, spec.generations, args.restarts)
-    metrics = start_metrics(run, args)
+    metrics = start_metrics(run, args, tls)
     board = CentreBoard()
+    service = CellService(
+        board,
+        lambda: status.message,
+        identity=None if tls is None else tls.identity,
+        on_refused=None if metrics is None else metrics.record_refused,
+    )
     server, _ = start_server(
-        CellService(board, lambda: status.message),
-        args.grpc_port_base + args.port_stride * args.cell,
-        host=args.listen_host,
+        service, args.grpc_port_base + args.port_stride * args.cell, args.listen_host, tls
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     neighbourhood = None
     try:
         dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
-        pullers = neighbour_pullers(run, args, dataset.shape, metrics)
+        pullers = neighbour_pullers(run, args, dataset.shape, metrics, tls)
         neighbourhood = GrpcNeighbourhood(board, pullers)
         engine = CellEngine(run, args.cell, neighbourhood, dataset)
 

@@ -30,6 +30,7 @@ from lipizzaner_core.spec import LipizzanerRun, dump_run
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.status import get_status
+from lipizzaner_core.wire.tls import TlsMaterial, generate, run_identity
 
 from lipizzaner_cell.progress import progress_bar
 
@@ -105,6 +106,7 @@ def cell_command(
     threads: int,
     metrics_port_base: int | None = None,
     output: str | None = None,
+    tls_dir: Path | None = None,
 ) -> list[str]:
     """The command line of one local cell process: cell i listens on port_base + i
     (and serves /metrics on metrics_port_base + i)."""
@@ -121,6 +123,7 @@ def cell_command(
             threads=threads,
             metrics_port=metrics_port_base,
             output=output,
+            tls_dir=tls_dir,
         ),
     ]
 
@@ -128,6 +131,13 @@ def cell_command(
 def threads_per_cell(cells: int) -> int:
     """Cores shared evenly: contending torch threads cost far more than they bring."""
     return max(1, (os.cpu_count() or 1) // cells)
+
+
+def local_tls(run: LipizzanerRun) -> TlsMaterial | None:
+    """With spec.exchange.tls: a fresh CA and certificate for this run, gone when it ends."""
+    if not run.spec.exchange.tls.enabled:
+        return None
+    return generate(run_identity(run.metadata.name, run.metadata.namespace))
 
 
 class LocalRun:
@@ -142,11 +152,13 @@ class LocalRun:
         self.metrics_ports = [base_port + count + i for i in range(count)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         threads = threads or threads_per_cell(count)
+        self.tls = local_tls(run)
+        tls_dir = None if self.tls is None else self.tls.write(workdir / "tls")
         self.cells = [
             LocalCell(
                 index=i,
                 command=cell_command(
-                    spec_path, i, base_port, threads, base_port + count, self.layout.output
+                    spec_path, i, base_port, threads, base_port + count, self.layout.output, tls_dir
                 ),
                 env=env,
                 workdir=workdir,
@@ -154,7 +166,9 @@ class LocalRun:
             )
             for i in range(count)
         ]
-        self._channels = [channel(f"127.0.0.1:{p}", backoff_max=1.0) for p in self.ports]
+        self._channels = [
+            channel(f"127.0.0.1:{p}", backoff_max=1.0, tls=self.tls) for p in self.ports
+        ]
 
     def start(self) -> None:
         for cell in self.cells:

@@ -92,6 +92,13 @@ class CellMetrics:
             "Neighbour states rejected as malformed",
             ("direction",),
         )
+        self.refused = metric(
+            Counter,
+            "exchange_refused_requests",
+            "Requests this cell's server refused: malformed, or from a peer of another run",
+            ("reason",),
+        )
+        self.tls = metric(Gauge, "exchange_tls", "1 when the exchange uses mutual TLS")
         self.restarts = metric(Gauge, "restarts", "How often this cell was restarted")
         self.restarts.set(restarts)
 
@@ -100,6 +107,8 @@ class CellMetrics:
         for direction in directions:
             for family in (self.received, self.failures, self.rejected):
                 family.labels(**self.labels, direction=direction)
+        for reason in ("malformed", "peer"):
+            self.refused.labels(**self.labels, reason=reason)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, host, registry=self.registry)
@@ -125,6 +134,9 @@ class CellMetrics:
             self.score.labels(**self.labels, score=score_name).set(report.mixture_score)
         for member, weight in weights.items():
             self.mixture_weight.labels(**self.labels, member=str(member)).set(weight)
+
+    def record_refused(self, reason: str) -> None:
+        self.refused.labels(**self.labels, reason=reason).inc()
 
     def record_pull(self, direction: str, outcome: str, seconds: float, received: int) -> None:
         """One pull of a neighbour's state; outcome: new, unchanged, failed or rejected."""

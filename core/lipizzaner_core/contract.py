@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
 GRPC_PORT = 50051
 METRICS_PORT = 9090
 SPEC_FILE = "/etc/lipizzaner/run.yaml"  # where a pod mounts its run's manifest
+TLS_DIR = "/etc/lipizzaner/tls"  # where a pod mounts its run's certificates
 RUN_LABEL, CELL_LABEL = "lipizzaner.io/run", "lipizzaner.io/cell"
 ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
 
@@ -77,6 +78,13 @@ CELL_FLAGS: dict[str, CellFlag] = {
             int,
             None,
             "torch intra-op threads (default: the container's CPU limit, else all cores)",
+        ),
+        CellFlag(
+            "--tls-dir",
+            "LIPIZZANER_TLS_DIR",
+            str,
+            None,
+            "serve and pull over mutual TLS with ca.crt, tls.crt and tls.key from here",
         ),
         CellFlag(
             "--restarts",

@@ -209,11 +209,24 @@ class FailurePolicySpec(SpecModel):
     max_restarts_per_cell: int = Field(3, ge=0)
 
 
+class ExchangeTlsSpec(SpecModel):
+    enabled: bool = Field(
+        False, description="Mutual TLS between the cells (and the operator's status calls)"
+    )
+    secret_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$",
+        description="Kubernetes: a Secret with ca.crt, tls.crt and tls.key (a cert-manager "
+        "Certificate's); default: the operator creates <run>-tls with a CA of the run's own",
+    )
+
+
 class ExchangeSpec(SpecModel):
     first_state_timeout_seconds: float = Field(
         60.0, ge=0, description="How long a starting cell waits for its neighbours' first states"
     )
     max_state_megabytes: int = Field(512, ge=1, description="Larger neighbour states are rejected")
+    tls: ExchangeTlsSpec = Field(default_factory=ExchangeTlsSpec)
 
 
 KubeObject = dict[str, Any]

@@ -18,6 +18,7 @@ from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun, SpecError, parse_run
 from lipizzaner_core.status import RunStatus
+from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.metrics import OperatorMetrics
@@ -30,8 +31,11 @@ from lipizzaner_operator.render import (
     render_network_policy,
     render_pod,
     render_service,
+    render_tls_secret,
+    tls_secret_name,
 )
 
+log = logging.getLogger(__name__)
 PREFIX = "lipizzaner.io"
 RESTART_REASONS = {"CellRestarted", "CellPodLost"}
 FINALIZER = f"{PREFIX}/finalizer"
@@ -89,11 +93,13 @@ def reconcile(
     problem = output_problem(run)
     if problem is not None:
         return old, _invalid(old, problem, now)
+    tls = None
     if old.phase not in ("Succeeded", "Failed"):
         _ensure_shared_children(body, run, namespace, kube, config)
+        tls = _run_tls(body, run, namespace, kube)
     pods = [view_pod(p) for p in kube.list_pods(namespace, cell_selector(run))]
     views = {p.cell: p for p in pods}
-    progress = poll_cells(views, config.cell.grpc_port, config.status_timeout_seconds)
+    progress = poll_cells(views, config.cell.grpc_port, config.status_timeout_seconds, tls)
     decision = decide(run, body["metadata"].get("generation"), old, views, progress, now)
     _carry_out(body, run, namespace, decision, kube, config, logger)
     metrics.pod_creations.inc(len(decision.create))
@@ -129,6 +135,34 @@ def _ensure_shared_children(
             kube.apply_config_map(child)
         else:
             kube.create(child)
+
+
+def _run_tls(
+    body: kopf.Body, run: LipizzanerRun, namespace: str, kube: KubeClient
+) -> TlsMaterial | None:
+    """The run's certificates, for its pods and the operator's own status calls.
+
+    Without a Secret of the user's, the first pass creates `<run>-tls` with a fresh CA; it
+    is read back, so two passes that raced agree on the one the server kept.
+    """
+    if not run.spec.exchange.tls.enabled:
+        return None
+    name = tls_secret_name(run)
+    files = kube.read_secret(namespace, name)
+    if files is None and not run.spec.exchange.tls.secret_name:
+        identity = run_identity(run.metadata.name, namespace)
+        secret = render_tls_secret(run, namespace, generate(identity))
+        kopf.adopt(secret, owner=body)
+        kube.create(secret)
+        files = kube.read_secret(namespace, name)
+    if files is None:
+        log.warning("run %s: no Secret %s for spec.exchange.tls", run.metadata.name, name)
+        return None
+    try:
+        return TlsMaterial.from_files(files, f"Secret {name}")
+    except TlsError as exc:
+        log.warning("run %s: %s", run.metadata.name, exc)
+        return None
 
 
 def _carry_out(

@@ -7,6 +7,7 @@ level-triggered and may repeat itself.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -14,13 +15,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
 import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
+from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.status import get_status
+from lipizzaner_core.wire.tls import TlsMaterial
 
 from lipizzaner_operator.reconcile import CellProgress, PodView
 
@@ -114,7 +116,8 @@ class KubeClient:
         return json.loads(response.data)["items"]
 
     def create(self, obj: Manifest) -> None:
-        """Create a Pod, Service, ConfigMap or NetworkPolicy; one that exists is left as it is.
+        """Create a Pod, Service, ConfigMap, Secret or NetworkPolicy; one that exists is left
+        as it is.
 
         Responses stay unparsed: we never read them, and the client's models reject
         objects that other controllers filled in only partly.
@@ -123,6 +126,7 @@ class KubeClient:
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
+            "Secret": self.core.create_namespaced_secret,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }[obj["kind"]]
         try:
@@ -132,6 +136,17 @@ class KubeClient:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's data, decoded; None when there is no such Secret."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+        data = json.loads(secret.data).get("data") or {}
+        return {key: base64.b64decode(value) for key, value in data.items()}
 
     def apply_config_map(self, obj: Manifest) -> None:
         """Create the ConfigMap, or bring its data up to date (new pods read the new spec)."""
@@ -191,9 +206,11 @@ class KubeClient:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
-def cell_progress(address: str, timeout: float) -> CellProgress | None:
+def cell_progress(
+    address: str, timeout: float, tls: TlsMaterial | None = None
+) -> CellProgress | None:
     """A cell's GetStatus, or None while it cannot answer (starting, gone, partitioned)."""
-    with grpc.insecure_channel(address) as cell_channel:
+    with channel(address, tls=tls) as cell_channel:
         status = get_status(cell_channel, timeout)
     if status is None:
         return None
@@ -204,11 +221,15 @@ def _address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def poll_cells(pods: dict[int, PodView], port: int, timeout: float) -> dict[int, CellProgress]:
-    """GetStatus of every running cell pod, in parallel."""
+def poll_cells(
+    pods: dict[int, PodView], port: int, timeout: float, tls: TlsMaterial | None = None
+) -> dict[int, CellProgress]:
+    """GetStatus of every running cell pod, in parallel (with the run's certificate, if any)."""
     running = {i: p.ip for i, p in pods.items() if p.phase == "Running" and p.ip}
     if not running:
         return {}
     with ThreadPoolExecutor(max_workers=min(16, len(running))) as pool:
-        answers = pool.map(lambda ip: cell_progress(_address(ip, port), timeout), running.values())
+        answers = pool.map(
+            lambda ip: cell_progress(_address(ip, port), timeout, tls), running.values()
+        )
         return {i: a for i, a in zip(running, answers, strict=True) if a is not None}

@@ -2,13 +2,15 @@
 
 A run owns: a ConfigMap `<run>-spec` holding the full manifest (defaults filled in), a
 headless Service `<run>-cells` (peers resolve `<run>-cell-<i>.<run>-cells.<ns>.svc`, also
-before they are ready), and one Pod `<run>-cell-<i>` per cell. Pods never restart in place
-(`restartPolicy: Never`): the operator recreates a failed pod under the same name, and the
-new container resumes from the cell's checkpoint.
+before they are ready), one Pod `<run>-cell-<i>` per cell and, with mutual TLS and no
+Secret of the user's, a Secret `<run>-tls` holding the run's own CA and certificate. Pods
+never restart in place (`restartPolicy: Never`): the operator recreates a failed pod under
+the same name, and the new container resumes from the cell's checkpoint.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +23,11 @@ from lipizzaner_core.contract import (
     ROW_LABEL,
     RUN_LABEL,
     SPEC_FILE,
+    TLS_DIR,
     cell_environment,
 )
 from lipizzaner_core.spec import LipizzanerRun, dump_run
+from lipizzaner_core.wire.tls import TlsMaterial
 
 # Time for a cell to finish its batch and write a checkpoint after SIGTERM.
 TERMINATION_GRACE_SECONDS = 120
@@ -53,6 +57,11 @@ def pod_name(run: LipizzanerRun, index: int) -> str:
     return f"{run.metadata.name}-cell-{index}"
 
 
+def tls_secret_name(run: LipizzanerRun) -> str:
+    """The Secret the cells' certificates come from: the user's, or the run's own."""
+    return run.spec.exchange.tls.secret_name or f"{run.metadata.name}-tls"
+
+
 def run_labels(run: LipizzanerRun, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "lipizzaner",
@@ -78,6 +87,17 @@ def render_config_map(run: LipizzanerRun, namespace: str) -> Manifest:
         "kind": "ConfigMap",
         "metadata": _metadata(config_map_name(run), namespace, run_labels(run, "spec")),
         "data": {"run.yaml": yaml.safe_dump(dump_run(run), sort_keys=False)},
+    }
+
+
+def render_tls_secret(run: LipizzanerRun, namespace: str, material: TlsMaterial) -> Manifest:
+    """The run's own CA and certificate, in the shape of a cert-manager Secret."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(tls_secret_name(run), namespace, run_labels(run, "tls")),
+        "type": "kubernetes.io/tls",
+        "data": {key: base64.b64encode(value).decode() for key, value in material.files().items()},
     }
 
 
@@ -146,8 +166,20 @@ def _cell_env(
         port_stride=0,
         metrics_port=defaults.metrics_port,
         restarts=restarts,
+        tls_dir=TLS_DIR if run.spec.exchange.tls.enabled else None,
     )
     return [{"name": k, "value": v} for k, v in values.items()] + list(run.spec.cell.env)
+
+
+def _readiness_probe(run: LipizzanerRun, defaults: CellDefaults) -> Manifest:
+    """The kubelet's gRPC probe speaks no TLS: with mTLS, a TCP probe of the same port
+    (the health service says SERVING from the moment the port listens, so both agree)."""
+    check: Manifest = (
+        {"tcpSocket": {"port": defaults.grpc_port}}
+        if run.spec.exchange.tls.enabled
+        else {"grpc": {"port": defaults.grpc_port}}
+    )
+    return {**check, "periodSeconds": 10, "failureThreshold": 3}
 
 
 def render_pod(
@@ -174,11 +206,7 @@ def render_pod(
             {"name": port_name, "containerPort": port, "protocol": "TCP"}
             for port_name, port in _ports(defaults)
         ],
-        "readinessProbe": {
-            "grpc": {"port": defaults.grpc_port},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
+        "readinessProbe": _readiness_probe(run, defaults),
         "resources": template.resources,
         "volumeMounts": [
             {"name": "run-spec", "mountPath": SPEC_FILE.rsplit("/", 1)[0], "readOnly": True},
@@ -189,6 +217,12 @@ def render_pod(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    volumes = [{"name": "run-spec", "configMap": {"name": config_map_name(run)}}]
+    if run.spec.exchange.tls.enabled:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append(
+            {"name": "tls", "secret": {"secretName": tls_secret_name(run), "defaultMode": 0o400}}
+        )
     if run.spec.output.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": run.spec.output.credentials_secret}}]
     pod_spec: Manifest = {
@@ -198,10 +232,7 @@ def render_pod(
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [
-            {"name": "run-spec", "configMap": {"name": config_map_name(run)}},
-            *template.volumes,
-        ],
+        "volumes": [*volumes, *template.volumes],
     }
     optional = {
         "nodeSelector": template.node_selector,

@@ -19,6 +19,7 @@ import grpc
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.status import get_status
+from lipizzaner_core.wire.tls import TlsMaterial
 
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire.codec import CHUNK_BYTES, Architecture, StateRejected, decode_centre
@@ -36,6 +37,7 @@ class PullPolicy:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     max_state_bytes: int = 512 << 20
+    tls: TlsMaterial | None = None  # mutual TLS with the run's certificate
 
 
 @dataclass
@@ -90,6 +92,7 @@ class NeighbourPuller(threading.Thread):
             self.policy.backoff_initial,
             self.policy.backoff_max,
             max_receive_bytes=CHUNK_BYTES + (64 << 10),
+            tls=self.policy.tls,
         ) as grpc_channel:
             get_centre = centre_call(grpc_channel)
             backoff = self.policy.backoff_initial
@@ -201,7 +204,9 @@ class GrpcNeighbourhood:
         """
         deadline = time.monotonic() + timeout
         pending = dict(self.pullers)
-        channels = {c: channel(p.address, backoff_max=1.0) for c, p in pending.items()}
+        channels = {
+            c: channel(p.address, backoff_max=1.0, tls=p.policy.tls) for c, p in pending.items()
+        }
         try:
             while pending and time.monotonic() < deadline and not stop.is_set():
                 for cell, puller in list(pending.items()):

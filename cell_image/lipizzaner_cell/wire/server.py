@@ -1,7 +1,9 @@
 """A cell's gRPC server: its newest centre, its status, and the standard health service.
 
 Publishing swaps one reference to an already-encoded snapshot, so serving never waits on
-training and training never waits on a slow reader.
+training and training never waits on a slow reader. With TLS, the transport admits only
+clients with a certificate from the run's CA, and every call checks that the client's
+certificate names the run's identity too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from lipizzaner_core.wire import cell_pb2
+from lipizzaner_core.wire.tls import TlsMaterial, peer_identities
 
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire.codec import encode_centre
@@ -54,28 +57,53 @@ def _lenient(message_type: Any) -> Callable[[bytes], object]:
     return parse
 
 
+# Told of every refused request: "malformed" (undecodable) or "peer" (another identity).
+RefusalObserver = Callable[[str], None]
+
+
 class CellService:
-    def __init__(self, board: CentreBoard, status: Callable[[], cell_pb2.CellStatus]) -> None:
+    def __init__(
+        self,
+        board: CentreBoard,
+        status: Callable[[], cell_pb2.CellStatus],
+        identity: str | None = None,
+        on_refused: RefusalObserver | None = None,
+    ) -> None:
         self.board = board
         self.status = status
-        self.rejected_requests = 0
+        self.identity = identity  # with TLS: the run's identity every caller must carry
+        self.on_refused = on_refused
+        self.refused: dict[str, int] = {"malformed": 0, "peer": 0}
 
-    def _reject(self, context: grpc.ServicerContext, what: str) -> None:
-        self.rejected_requests += 1
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {what}")
+    def _refuse(self, context: grpc.ServicerContext, reason: str, code, message: str) -> None:
+        self.refused[reason] += 1
+        if self.on_refused is not None:
+            self.on_refused(reason)
+        context.abort(code, message)
+
+    def _admit(self, request: object, what: str, context: grpc.ServicerContext) -> None:
+        if self.identity is not None and self.identity not in peer_identities(context):
+            self._refuse(
+                context,
+                "peer",
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the client's certificate does not name this run ({self.identity})",
+            )
+        if request is MALFORMED:
+            self._refuse(
+                context, "malformed", grpc.StatusCode.INVALID_ARGUMENT, f"malformed {what}"
+            )
 
     def get_centre(
         self, request: cell_pb2.CentreRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        if request is MALFORMED:
-            self._reject(context, "CentreRequest")
+        self._admit(request, "CentreRequest", context)
         yield from self.board.newer_than(request.newer_than_generation)
 
     def get_status(
         self, request: cell_pb2.StatusRequest, context: grpc.ServicerContext
     ) -> cell_pb2.CellStatus:
-        if request is MALFORMED:
-            self._reject(context, "StatusRequest")
+        self._admit(request, "StatusRequest", context)
         return self.status()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -96,17 +124,23 @@ class CellService:
         )
 
 
-def start_server(service: CellService, port: int, host: str = "0.0.0.0") -> tuple[grpc.Server, int]:
+def start_server(
+    service: CellService, port: int, host: str = "0.0.0.0", tls: TlsMaterial | None = None
+) -> tuple[grpc.Server, int]:
     """Serve the cell and grpc.health.v1 (SERVING for "" and the Cell service)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((service.handler(),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, tls.server_credentials())
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC server listening on %s:%d", host, bound)
+    log.info("gRPC server listening on %s:%d%s", host, bound, " (mutual TLS)" if tls else "")
     return server, bound
