@@ -3,6 +3,7 @@
 For states of 1, 10, 50 and 200 MB, in one run:
   raw TCP   the same bytes through a plain socket: the physical limit here;
   gRPC      one GetCentre pull between two cell servers, decoding and validation included;
+  mTLS      the same pull over mutual TLS (spec.exchange.tls) with the run's certificates;
   original  the original Lipizzaner's path, re-created here only as a reference:
             torch.save to bytes, base64, JSON, one HTTP response; the reader reverses it.
 Prints MB/s and the ratios; each figure is the best of --repeats transfers.
@@ -22,12 +23,13 @@ import threading
 import time
 import urllib.request
 
-import grpc
 import torch
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
 from lipizzaner_cell.wire.codec import architecture_of
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+from lipizzaner_core.wire.channels import channel
+from lipizzaner_core.wire.tls import TlsMaterial, generate, run_identity
 from rich.console import Console
 from rich.table import Table
 
@@ -73,21 +75,26 @@ def raw_tcp_seconds(payload: bytes, repeats: int) -> float:
     return seconds
 
 
-def grpc_seconds(state: CentreState, repeats: int) -> tuple[float, float]:
+def grpc_seconds(
+    state: CentreState, repeats: int, tls: TlsMaterial | None = None
+) -> tuple[float, float]:
     board = CentreBoard()
     started = time.perf_counter()
     board.publish(state)  # once per generation, whatever the number of readers
     publish = time.perf_counter() - started
-    server, port = start_server(CellService(board, lambda: None), 0, host="127.0.0.1")
+    identity = None if tls is None else tls.identity
+    service = CellService(board, lambda: None, identity)
+    server, port = start_server(service, 0, "127.0.0.1", tls)
+    address = f"127.0.0.1:{port}"
     puller = NeighbourPuller(
         1,
-        f"127.0.0.1:{port}",
+        address,
         architecture_of(state.generator),
         architecture_of(state.discriminator),
-        PullPolicy(max_state_bytes=1 << 31),
+        PullPolicy(max_state_bytes=1 << 31, tls=tls),
     )
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = centre_call(channel)
+    with channel(address, tls=tls) as grpc_channel:
+        call = centre_call(grpc_channel)
 
         def pull() -> None:
             puller.latest = None  # ask for the state afresh every time
@@ -137,32 +144,43 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plot", metavar="PNG", help="also draw the MB/s figure to this file")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"raw TCP": [], "gRPC (ours)": [], "original": []}
+    rates: dict[str, list[float]] = {
+        "raw TCP": [],
+        "gRPC (ours)": [],
+        "gRPC, mTLS": [],
+        "original": [],
+    }
     table = Table(title=f"Neighbour state over loopback, MB/s (best of {args.repeats})")
     for column in (
         "state",
         "raw TCP",
         "gRPC",
+        "mTLS",
         "original",
         "gRPC / raw",
+        "mTLS / gRPC",
         "gRPC / original",
         "publish (once)",
     ):
         table.add_column(column, justify="right")
+    tls = generate(run_identity("bench", None))
     for size in args.sizes:
         state = make_state(size)
         payload = state.generator["weight"].numpy().tobytes()
         raw = raw_tcp_seconds(payload, args.repeats)
         ours, publish = grpc_seconds(state, args.repeats)
+        secured, _ = grpc_seconds(state, args.repeats, tls)
         original = original_seconds(state, args.repeats)
-        for name, seconds in zip(rates, (raw, ours, original), strict=True):
+        for name, seconds in zip(rates, (raw, ours, secured, original), strict=True):
             rates[name].append(size / seconds)
         table.add_row(
             f"{size} MB",
             f"{size / raw:,.0f}",
             f"{size / ours:,.0f}",
+            f"{size / secured:,.0f}",
             f"{size / original:,.0f}",
             f"{raw / ours:.2f}",
+            f"{ours / secured:.2f}",
             f"{original / ours:.1f}x",
             f"{publish * 1000:.0f} ms",
         )

@@ -106,6 +106,7 @@ def test_cluster_wide_rbac_grants_only_what_the_operator_uses():
         "/pods": {"list", "create", "delete"},
         "/configmaps": {"get", "create", "patch"},
         "/services": {"create"},
+        "/secrets": {"get", "create"},  # spec.exchange.tls: the run's certificates
         "/events": {"create"},
     }
     assert roles["lpz-lipizzaner-operator-discovery"] == {

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import stat
+import textwrap
+from pathlib import Path
 
 import grpc
 import pytest
 import torch
+import yaml
 from lipizzaner_cell.wire.client import centre_call
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire import cell_pb2
@@ -152,3 +156,19 @@ def test_missing_or_broken_material_is_named(material, tmp_path):
             {"ca.crt": material.ca, "tls.crt": b"not a certificate", "tls.key": material.key},
             "Secret demo-tls",
         )
+
+
+def test_the_documented_cert_manager_certificate_names_the_runs_identity():
+    """docs/exchange.md's Certificate: its first DNS name is what the run's cells expect."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "exchange.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    certificate = next(
+        d
+        for d in map(yaml.safe_load, map(textwrap.dedent, blocks))
+        if d.get("kind") == "Certificate"
+    )
+    identity = certificate["spec"]["dnsNames"][0]
+    assert identity == run_identity("demo", certificate["metadata"]["namespace"])
+    assert certificate["spec"]["secretName"] == certificate["metadata"]["name"]
+    issued = CertificateAuthority.new("lipizzaner-ca").issue(identity)
+    assert issued.identity == identity
