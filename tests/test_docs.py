@@ -83,6 +83,9 @@ def check_lipizzaner(arguments: list[str], parser) -> None:
         assert exit_.code == 0, f"rejected: {arguments}"
 
 
+SCRIPTS = ("bench/", "fuzz/")  # scripts whose --help names every flag they take
+
+
 def check_bench(script: Path, arguments: list[str]) -> None:
     assert script.exists(), script
     helped = subprocess.run(
@@ -115,7 +118,7 @@ def check_helm(arguments: list[str]) -> None:
 def check_files(arguments: list[str]) -> None:
     """Repository paths a command names (examples/..., crds/..., -f FILE) must exist."""
     for word in arguments:
-        if re.match(r"^(examples|crds|helm|operator|cell_image|hack|bench)/", word):
+        if re.match(r"^(examples|crds|helm|operator|cell_image|hack|bench|fuzz)/", word):
             assert (ROOT / word).exists(), f"{word} does not exist"
 
 
@@ -132,7 +135,7 @@ def test_every_command_in_the_docs_names_real_flags_and_files(where, language, t
             check_lipizzaner(arguments, lipizzaner_parser())
         elif program == "lipizzaner-operator":
             check_lipizzaner(arguments, operator_parser())
-        elif program in ("python", "python3") and arguments and arguments[0].startswith("bench/"):
+        elif program in ("python", "python3") and arguments[:1] and arguments[0][:5] in SCRIPTS:
             check_bench(ROOT / arguments[0], arguments[1:])
         elif program == "helm":
             check_helm(arguments)

@@ -1,0 +1,53 @@
+"""The network edge under atheris (libFuzzer) for a bounded time: no finding may appear.
+
+Both fuzzers run at once, each for FUZZ_SECONDS, from the corpus kept in fuzz/corpus/
+(which replays every input found before, crashes included); what they find new goes to a
+temporary folder, never into the repository. fuzz/*.py say what each one checks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FUZZERS = ("codec", "server")
+FUZZ_SECONDS = int(os.environ.get("LIPIZZANER_FUZZ_SECONDS", "25"))
+
+
+@pytest.fixture(scope="module")
+def fuzzing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Popen[str]]:
+    pytest.importorskip("atheris")
+    runs = {}
+    for name in FUZZERS:
+        scratch = tmp_path_factory.mktemp(f"fuzz-{name}")
+        runs[name] = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "fuzz" / f"{name}_fuzz.py"),
+                str(scratch),  # new inputs land here
+                str(ROOT / "fuzz" / "corpus" / name),
+                f"-max_total_time={FUZZ_SECONDS}",
+                "-rss_limit_mb=1536",  # unbounded memory is a finding
+                "-timeout=30",  # so is a call that hangs
+                f"-artifact_prefix={scratch}/",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+    return runs
+
+
+@pytest.mark.parametrize("name", FUZZERS)
+def test_no_input_crashes_or_hangs_the_network_edge(fuzzing, name):
+    output, _ = fuzzing[name].communicate(timeout=FUZZ_SECONDS + 300)
+    tail = "\n".join(line for line in output.splitlines() if "Instrumenting" not in line)[-3000:]
+    assert fuzzing[name].returncode == 0, tail
+    done = [line for line in output.splitlines() if line.startswith("Done ")]
+    assert done and int(done[0].split()[1]) > 100, tail  # it really ran inputs
