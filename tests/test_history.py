@@ -7,10 +7,12 @@ import copy
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from lipizzaner_cell.cli import main
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_core.spec import parse_run
+from lipizzaner_core.storage import Storage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMINGS = "seconds"  # the one field that differs between a straight and a resumed run
@@ -76,3 +78,38 @@ def test_the_history_command_summarises_and_plots(tiny_manifest, tmp_path, capsy
     assert curves.read_bytes()[:8] == PNG_MAGIC
     assert main(["history", str(tmp_path / "nowhere"), "-o", str(curves)]) == 2
     assert main(["history", str(tmp_path / "out"), "-o", str(tmp_path / "c.jpg")]) == 2
+
+
+def tensorboard_scalars(data: bytes) -> dict[str, dict[int, float]]:
+    """Scalars of one TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    found: dict[str, dict[int, float]] = {}
+    position = 0
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 8], "little")
+        event = Event.FromString(data[position + 12 : position + 12 + length])
+        position += 12 + length + 4
+        for value in event.summary.value:
+            found.setdefault(value.tag, {})[event.step] = value.simple_value
+    return found
+
+
+def test_the_history_goes_to_tensorboard_a_run_per_cell(tiny_manifest, tmp_path, capsys):
+    output = tmp_path / "out"
+    run_in_process(parse_run(leg(tiny_manifest, output, 3)), resume=False)
+    curves = str(tmp_path / "curves.png")
+    assert main(["history", str(output), "-o", curves, "--tensorboard"]) == 0
+    assert f"tensorboard --logdir {output / 'tensorboard'}" in capsys.readouterr().out
+    for cell in range(4):
+        (events,) = (output / "tensorboard" / f"cell-{cell}").iterdir()
+        scalars = tensorboard_scalars(events.read_bytes())
+        lines = history(output, cell)
+        assert scalars["loss/generator"] == pytest.approx(
+            {line["generation"]: line["generator_loss"] for line in lines}
+        )
+        assert set(scalars["score/mode-kl"]) == {1, 2, 3}
+        assert {"seconds/training", "learning_rate/discriminator"} <= set(scalars)
+    # Any fsspec URI: written locally, then copied where it belongs.
+    assert main(["history", str(output), "-o", curves, "--tensorboard", "memory://tb/x"]) == 0
+    assert len(Storage().list_dir("memory://tb/x")) == 4

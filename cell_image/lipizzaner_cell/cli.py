@@ -205,9 +205,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """A run's history: a summary per cell, and curves of its score and losses."""
-    from lipizzaner_core.storage import Storage
+    from lipizzaner_core.storage import Storage, join
 
-    from lipizzaner_cell.history import render_curves, run_histories
+    from lipizzaner_cell.history import render_curves, run_histories, write_tensorboard
 
     if not args.output.lower().endswith(".png"):
         error(f"-o {args.output}: must end in .png")
@@ -238,6 +238,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         )
     out.print(table)
     storage.write_bytes(args.output, render_curves(histories, args.run))
+    if args.tensorboard is not None:
+        target = args.tensorboard or join(args.run, "tensorboard")
+        written = write_tensorboard(histories, storage, target)
+        out.print(f"TensorBoard: {len(written)} event files, tensorboard --logdir {target}")
     out.print(f"curves: {args.output} (scores are distances: lower is better)")
     return ExitCode.OK
 
@@ -339,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("run", metavar="RUN_URI", help="the run's output")
     history.add_argument(
         "-o", "--output", default="history.png", help="curves picture (default: %(default)s)"
+    )
+    history.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="also write TensorBoard event files, a run per cell, to DIR (any local path or "
+        "fsspec URI; default RUN_URI/tensorboard)",
     )
     history.set_defaults(func=cmd_history)
 

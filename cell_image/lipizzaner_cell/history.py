@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from lipizzaner_core.layout import CellLayout
@@ -88,3 +90,50 @@ def render_curves(histories: dict[int, list[dict[str, Any]]], title: str) -> byt
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def scalars(line: dict[str, Any]) -> dict[str, float]:
+    """One history line as TensorBoard scalars, grouped by tag prefix."""
+    values = {
+        "loss/generator": line["generator_loss"],
+        "loss/discriminator": line["discriminator_loss"],
+        "fitness/generator": line["generator_fitness"],
+        "fitness/discriminator": line["discriminator_fitness"],
+        "learning_rate/generator": line["generator_lr"],
+        "learning_rate/discriminator": line["discriminator_lr"],
+        "exchange/neighbours_present": line["neighbours_present"],
+    }
+    if line["score"] is not None:
+        values[f"score/{line['score_name']}"] = line["score"]
+    if line["offspring_offered"]:
+        values["selection/offspring_accepted"] = (
+            line["offspring_accepted"] / line["offspring_offered"]
+        )
+    values.update({f"seconds/{step}": s for step, s in line["seconds"].items()})
+    values.update({f"mixture_weight/cell_{c}": w for c, w in line["mixture_weights"].items()})
+    return values
+
+
+def write_tensorboard(
+    histories: dict[int, list[dict[str, Any]]], storage: Storage, target: str
+) -> list[str]:
+    """TensorBoard event files, one run per cell (`<target>/cell-<i>/`), local or remote.
+
+    Written to a local folder first and then copied, so any fsspec URI works as the
+    target (`tensorboard --logdir s3://...` reads them where they land).
+    """
+    from tensorboardX import SummaryWriter
+
+    written = []
+    with tempfile.TemporaryDirectory(prefix="lipizzaner-tensorboard-") as local:
+        for cell, lines in histories.items():
+            folder = Path(local) / f"cell-{cell}"
+            with SummaryWriter(str(folder)) as writer:
+                for line in lines:
+                    for tag, value in scalars(line).items():
+                        writer.add_scalar(tag, value, line["generation"])
+            for path in sorted(folder.iterdir()):
+                uri = join(target, f"cell-{cell}", path.name)
+                storage.write_bytes(uri, path.read_bytes())
+                written.append(uri)
+    return written
