@@ -5,6 +5,10 @@ number of batches), so on a machine with at least as many cores as cells the tim
 generation should stay flat; on fewer cores it grows with cells / cores. The exchange
 bytes each cell receives per generation come from the cells' own metrics and must not
 grow with the grid (each cell talks to its four neighbours, whatever the grid's size).
+Memory per cell is each cell process's peak resident set (RSS) and proportional set (PSS:
+pages shared with other processes, such as torch's libraries, count once in all), read
+from /proc while it runs. `--score auto` measures the default cell, FID classifier
+included; `--cell-env` sets variables in the cells' environment (thread pools, say).
 
     python bench/scaling.py --data ../shared/datasets/mnist --sizes 1 2 3 4 --plot docs/scaling.png
 """
@@ -18,6 +22,7 @@ import platform
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import mnist_manifest
@@ -34,20 +39,42 @@ WATCHED = (
 )
 
 
-def manifest(
-    data: str, side: int, generations: int, batches: int, output: str, device: str
-) -> dict:
+@dataclass
+class Setting:
+    data: str
+    generations: int
+    batches: int
+    device: str
+    score: str  # the mixture's scoreType: none, or auto (FID on MNIST: the default)
+    cell_env: dict[str, str]
+
+
+def manifest(setting: Setting, side: int, output: str) -> dict:
     return mnist_manifest(
         f"scaling-{side}x{side}",
         side,
-        data,
-        generations,
+        setting.data,
+        setting.generations,
         output,
-        batches=batches,
-        device=device,
-        mixture={"scoreType": "none"},
-        checkpoint={"every": generations},
+        batches=setting.batches,
+        device=setting.device,
+        mixture={"scoreType": setting.score},
+        checkpoint={"every": setting.generations},
     )
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """A process's resident and proportional set sizes in MB (Linux), or {} once gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            values[key.lower()] = int(rest.split()[0]) / 1024
+    return values
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -64,12 +91,15 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def measure(data: str, side: int, generations: int, batches: int, device: str) -> dict[str, float]:
+def measure(setting: Setting, side: int) -> dict[str, float]:
     """Run one grid to the end, scraping every cell until it exits; per-cell averages."""
     with tempfile.TemporaryDirectory() as workdir:
-        run = parse_run(manifest(data, side, generations, batches, f"{workdir}/out", device))
+        run = parse_run(manifest(setting, side, f"{workdir}/out"))
         local = LocalRun(run, Path(workdir), threads=1)
+        for cell in local.cells:
+            cell.env = {**cell.env, **setting.cell_env}
         last: dict[int, dict[str, float]] = {}
+        peak = {"rss": 0.0, "pss": 0.0}
         local.start()
         started = time.perf_counter()
         try:
@@ -78,6 +108,10 @@ def measure(data: str, side: int, generations: int, batches: int, device: str) -
                     # Starting, or already done: then its last scrape stands.
                     with contextlib.suppress(OSError):
                         last[index] = scrape(port)
+                for cell in local.cells:
+                    if cell.process is not None:
+                        for key, value in memory_mb(cell.process.pid).items():
+                            peak[key] = max(peak[key], value)
                 time.sleep(0.2)
         finally:
             local.stop_all()
@@ -97,6 +131,8 @@ def measure(data: str, side: int, generations: int, batches: int, device: str) -
         "seconds_per_generation": sum(duration_sum) / done,
         "wall": wall,
         "bytes_per_generation": sum(received) / done,
+        "rss": peak["rss"],
+        "pss": peak["pss"],
     }
 
 
@@ -109,11 +145,13 @@ def main() -> None:
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: every cell shares GPU 0"
     )
+    parser.add_argument("--score", choices=["none", "auto"], default="none")
+    parser.add_argument("--cell-env", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--plot", help="write a chart here (PNG)")
     args = parser.parse_args()
-    results = [
-        measure(args.data, s, args.generations, args.batches, args.device) for s in args.sizes
-    ]
+    cell_env = dict(item.split("=", 1) for item in args.cell_env)
+    setting = Setting(args.data, args.generations, args.batches, args.device, args.score, cell_env)
+    results = [measure(setting, s) for s in args.sizes]
     base = results[0]["seconds_per_generation"]
     cores = os.cpu_count() or 1
     machine = f"{cores} cores ({platform.processor() or platform.machine()})"
@@ -121,13 +159,16 @@ def main() -> None:
         import torch
 
         machine += f", cells sharing one {torch.cuda.get_device_name()}"
-    table = Table(title=f"Weak scaling on {machine}")
+    extra = "".join(f", {k}={v}" for k, v in cell_env.items())
+    table = Table(title=f"Weak scaling on {machine}, mixture score {args.score}{extra}")
     for column in (
         "cells",
         "s / generation / cell",
         "vs 1 cell",
         "ideal on this machine",
         "exchange MB / generation / cell",
+        "peak RSS MB / cell",
+        "peak PSS MB / cell",
         "wall s",
     ):
         table.add_column(column, justify="right")
@@ -139,6 +180,8 @@ def main() -> None:
             f"{result['seconds_per_generation'] / base:.2f}x",
             f"{ideal:.2f}x",
             f"{result['bytes_per_generation'] / 1e6:.2f}",
+            f"{result['rss']:.0f}",
+            f"{result['pss']:.0f}",
             f"{result['wall']:.0f}",
         )
     Console().print(table)
