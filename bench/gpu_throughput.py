@@ -67,16 +67,27 @@ def d_loss(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Inputs:
-    """Where a step's real batch and noise come from: drawn each step, or a fixed list."""
+    """A step's real batch and noise: drawn inside the step, or fixed batches that
+    `advance` copies into static buffers outside it (what a CUDA graph reads)."""
 
     data: torch.Tensor  # [N, 784] stand-in for the cell's data, on the device
     latent: int
     fixed: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
-    def draw(self, cells: int | None, step: int) -> tuple[torch.Tensor, ...]:
-        if self.fixed is not None:
-            real, z1, z2 = self.fixed[step % len(self.fixed)]
-            return (real, z1, z2) if cells is None else (real[None], z1[None], z2[None])
+    def __post_init__(self) -> None:
+        self.position = 0
+        self.static = None if self.fixed is None else [t.clone() for t in self.fixed[0]]
+
+    def advance(self) -> None:
+        if self.fixed is not None and self.static is not None:
+            batch = self.fixed[self.position % len(self.fixed)]
+            for buffer, value in zip(self.static, batch, strict=True):
+                buffer.copy_(value)
+            self.position += 1
+
+    def draw(self, cells: int | None) -> tuple[torch.Tensor, ...]:
+        if self.static is not None:
+            return tuple(self.static) if cells is None else tuple(t[None] for t in self.static)
         lead = () if cells is None else (cells,)
         index = torch.randint(len(self.data), (*lead, BATCH), device=self.data.device)
         noise = (*lead, BATCH, self.latent)
@@ -87,18 +98,19 @@ class Inputs:
         )
 
 
-def eager(device: torch.device, inputs: Inputs, capturable: bool = False) -> tuple[Step, list]:
+Built = tuple[Step, list[torch.Tensor], Callable[[], list[torch.Tensor]]]
+
+
+def eager(device: torch.device, inputs: Inputs, capturable: bool = False) -> Built:
     """Today's step: G against D, then D against G, each after setting its learning rate."""
     generator, discriminator = networks(device, seed=0)
     lr = torch.tensor(LEARNING_RATE, device=device) if capturable else LEARNING_RATE
     options = {"lr": lr, "betas": ADAM_BETAS, "fused": True, "capturable": capturable}
     g_opt = torch.optim.Adam(generator.parameters(), **options)
     d_opt = torch.optim.Adam(discriminator.parameters(), **options)
-    counter = [0]
 
     def step() -> None:
-        real, z1, z2 = inputs.draw(None, counter[0])
-        counter[0] += 1
+        real, z1, z2 = inputs.draw(None)
         for group in (*g_opt.param_groups, *d_opt.param_groups):
             if not capturable:
                 group["lr"] = LEARNING_RATE  # the per-step mutation sets it, as today
@@ -113,22 +125,41 @@ def eager(device: torch.device, inputs: Inputs, capturable: bool = False) -> tup
         value.backward()
         d_opt.step()
 
-    return step, [*generator.parameters(), *discriminator.parameters()]
+    def states() -> list[torch.Tensor]:
+        return [t for opt in (g_opt, d_opt) for st in opt.state.values() for t in st.values()]
+
+    return step, [*generator.parameters(), *discriminator.parameters()], states
 
 
-def graphed(device: torch.device, inputs: Inputs) -> tuple[Step, list]:
-    """`eager` captured once: replays run the same kernels without Python or launches."""
-    step, parameters = eager(device, inputs, capturable=True)
+def captured(built: Built) -> Built:
+    """A step captured once as a CUDA graph; replays run its kernels with no Python.
+
+    The warm-up steps that capturing needs (they create the optimizers' state and the
+    autograd buffers) are undone: parameters restored, optimizer state zeroed, so the
+    first replay is the first step, as in the uncaptured version.
+    """
+    step, parameters, states = built
+    before = [p.detach().clone() for p in parameters]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(3):  # warm-up: the optimizers' state and the autograd buffers
+        for _ in range(3):
             step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    return graph.replay, parameters
+    with torch.no_grad():
+        for parameter, value in zip(parameters, before, strict=True):
+            parameter.copy_(value)
+        for state in states():
+            state.zero_()
+    return graph.replay, parameters, states
+
+
+def graphed(device: torch.device, inputs: Inputs) -> Built:
+    """`eager`, captured."""
+    return captured(eager(device, inputs, capturable=True))
 
 
 class StackedAdam:
@@ -156,7 +187,7 @@ class StackedAdam:
             p.sub_(rate * m / d)
 
 
-def vmapped(device: torch.device, inputs: Inputs, cells: int) -> tuple[Step, list]:
+def vmapped(device: torch.device, inputs: Inputs, cells: int) -> Built:
     """K cells in one step: forward, gradients and Adam batched over the cells."""
     pairs = [networks(device, seed=0 if cells == 1 else k) for k in range(cells)]
     g_params, _ = stack_module_state([g for g, _ in pairs])
@@ -177,11 +208,9 @@ def vmapped(device: torch.device, inputs: Inputs, cells: int) -> tuple[Step, lis
 
     g_grad = vmap(grad(generator_loss))
     d_grad = vmap(grad(discriminator_loss))
-    counter = [0]
 
     def step() -> None:
-        real, z1, z2 = inputs.draw(cells, counter[0])
-        counter[0] += 1
+        real, z1, z2 = inputs.draw(cells)
         grads = g_grad(g_params, d_params, z1)
         with torch.no_grad():
             g_opt.step([grads[name] for name in g_params])
@@ -189,23 +218,12 @@ def vmapped(device: torch.device, inputs: Inputs, cells: int) -> tuple[Step, lis
         with torch.no_grad():
             d_opt.step([grads[name] for name in d_params])
 
+    def states() -> list[torch.Tensor]:
+        return [*g_opt.m, *g_opt.v, g_opt.step_count, *d_opt.m, *d_opt.v, d_opt.step_count]
+
     for p in [*g_params.values(), *d_params.values()]:
         p.requires_grad_(False)  # torch.func takes gradients itself
-    return step, [*g_params.values(), *d_params.values()]
-
-
-def vmapped_graph(device: torch.device, inputs: Inputs, cells: int) -> tuple[Step, list]:
-    step, parameters = vmapped(device, inputs, cells)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay, parameters
+    return step, [*g_params.values(), *d_params.values()], states
 
 
 def synchronize(device: torch.device) -> None:
@@ -226,7 +244,7 @@ def steps_per_second(step: Step, device: torch.device, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-def difference(device: torch.device, build: Callable[[Inputs], tuple[Step, list]]) -> float:
+def difference(device: torch.device, build: Callable[[Inputs], Built]) -> float:
     """Largest parameter difference from `eager` after 20 steps on the same inputs."""
     torch.manual_seed(1)
     data = torch.rand(1000, 784, device=device) * 2 - 1
@@ -242,8 +260,9 @@ def difference(device: torch.device, build: Callable[[Inputs], tuple[Step, list]
     results = []
     for builder in (lambda i: eager(device, i), build):
         inputs = Inputs(data, latent, fixed=batches)
-        step, parameters = builder(inputs)
+        step, parameters, _ = builder(inputs)
         for _ in range(20):
+            inputs.advance()
             step()
         synchronize(device)
         results.append([p.detach().reshape(-1) for p in parameters])
@@ -253,7 +272,7 @@ def difference(device: torch.device, build: Callable[[Inputs], tuple[Step, list]
 def worker(device: torch.device, start_at: float, seconds: float) -> None:
     """One of `processes N`: an eager cell that counts its steps inside a shared window."""
     inputs = Inputs(torch.rand(10_000, 784, device=device) * 2 - 1, NetworkSpec().latent_size)
-    step, _ = eager(device, inputs)
+    step, _, _ = eager(device, inputs)
     for _ in range(5):
         step()
     synchronize(device)
@@ -305,6 +324,7 @@ def main() -> None:
     checks = {"vmap 1": lambda i: vmapped(device, i, 1)}
     if cuda:
         checks["graph"] = lambda i: graphed(device, i)
+        checks["vmap 1 graph"] = lambda i: captured(vmapped(device, i, 1))
     for label, build in checks.items():
         gap = difference(device, build)
         console.print(f"{label} vs eager after 20 steps, largest parameter difference: {gap:.3g}")
@@ -319,7 +339,8 @@ def main() -> None:
         rate = steps_per_second(vmapped(device, inputs, cells)[0], device, args.seconds)
         rows.append((f"vmap {cells}", cells, rate * cells))
         if cuda:
-            rate = steps_per_second(vmapped_graph(device, inputs, cells)[0], device, args.seconds)
+            built = captured(vmapped(device, inputs, cells))
+            rate = steps_per_second(built[0], device, args.seconds)
             rows.append((f"vmap {cells} graph", cells, rate * cells))
     for count in args.processes:
         rows.append((f"processes {count}", count, processes(device, count, args.seconds)))
