@@ -37,6 +37,7 @@ def mnist_manifest(
     *,
     batches: int = 100,
     device: str = "cpu",
+    cuda_graphs: bool = True,
     coevolution: dict | None = None,
     **spec: Any,
 ) -> dict:
@@ -48,7 +49,7 @@ def mnist_manifest(
         generations=generations,
         dataset={"name": "mnist", "path": data},
         coevolution={**grid_coevolution(side), **(coevolution or {})},
-        training={"batchesPerGeneration": batches, "device": device},
+        training={"batchesPerGeneration": batches, "device": device, "cudaGraphs": cuda_graphs},
         output={"uri": output},
         **spec,
     )

@@ -34,7 +34,9 @@ NETWORKS = {
 }
 
 
-def manifest(data: str, network: str, device: str, generations: int, batches: int, out: str):
+def manifest(
+    data: str, network: str, device: str, graphs: bool, generations: int, batches: int, out: str
+):
     return mnist_manifest(
         f"gpu-{network}",
         2,
@@ -43,6 +45,7 @@ def manifest(data: str, network: str, device: str, generations: int, batches: in
         out,
         batches=batches,
         device=device,
+        cuda_graphs=graphs,
         network=NETWORKS[network],
         checkpoint={"every": generations},
     )
@@ -91,26 +94,33 @@ def main() -> None:
         metavar=("MLP", "DCGAN"),
         help="batches per generation for each network (the DCGAN is slow on one CPU core)",
     )
+    parser.add_argument("--cuda-only", action="store_true", help="skip the CPU rows")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("no CUDA device: this benchmark compares CUDA with the CPU")
     cores = os.cpu_count() or 1
-    settings = {"CPU, 1 thread": ("cpu", 1), f"CPU, {cores} threads": ("cpu", cores)}
-    settings["CUDA"] = ("cuda", 1)
+    settings = {}
+    if not args.cuda_only:
+        settings = {
+            "CPU, 1 thread": ("cpu", 1, False),
+            f"CPU, {cores} threads": ("cpu", cores, False),
+        }
+    settings["CUDA, plain steps"] = ("cuda", 1, False)
+    settings["CUDA, graphs"] = ("cuda", 1, True)
     console = Console()
     table = Table(
         title=f"One cell-generation of a 2x2 MNIST grid: {torch.cuda.get_device_name()}, "
         f"{cores} cores ({platform.processor() or platform.machine()})"
     )
-    for column in ("network", "batches", "device", "s / generation", "training s", "vs 1 thread"):
+    for column in ("network", "batches", "device", "s / generation", "training s", "vs first"):
         table.add_column(column, justify="right")
     syncs = {}
     with tempfile.TemporaryDirectory() as out:
         for network, batches in zip(NETWORKS, args.batches, strict=True):
             baseline = None
-            for label, (device, threads) in settings.items():
+            for label, (device, threads, graphs) in settings.items():
                 torch.set_num_threads(threads)
-                spec = manifest(args.data, network, device, args.generations, batches, out)
+                spec = manifest(args.data, network, device, graphs, args.generations, batches, out)
                 run = parse_run(spec)
                 seconds, engine = generation_seconds(run)
                 baseline = baseline or seconds["total"]
@@ -123,12 +133,11 @@ def main() -> None:
                     f"{baseline / seconds['total']:.1f}x",
                 )
                 if device == "cuda":
-                    syncs[network] = count_syncs(engine)
+                    syncs[f"{network}, {label}"] = count_syncs(engine)
     console.print(table)
-    for network, counted in syncs.items():
+    for setting, counted in syncs.items():
         console.print(
-            f"{network} on CUDA: {counted['training']} synchronisations in the batch loop "
-            f"({args.batches[list(NETWORKS).index(network)]} batches), "
+            f"{setting}: {counted['training']} synchronisations in the batch loop, "
             f"{counted['generation']} in a whole generation"
         )
 

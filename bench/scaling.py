@@ -47,6 +47,7 @@ class Setting:
     device: str
     score: str  # the mixture's scoreType: none, or auto (FID on MNIST: the default)
     cell_env: dict[str, str]
+    cuda_graphs: bool = True
 
 
 def manifest(setting: Setting, side: int, output: str) -> dict:
@@ -58,6 +59,7 @@ def manifest(setting: Setting, side: int, output: str) -> dict:
         output,
         batches=setting.batches,
         device=setting.device,
+        cuda_graphs=setting.cuda_graphs,
         mixture={"scoreType": setting.score},
         checkpoint={"every": setting.generations},
     )
@@ -147,6 +149,9 @@ def main() -> None:
     )
     parser.add_argument("--score", choices=["none", "auto"], default="none")
     parser.add_argument("--cell-env", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--plain-steps", action="store_true", help="CUDA: no graphs (training.cudaGraphs false)"
+    )
     parser.add_argument("--plot", help="write a chart here (PNG)")
     args = parser.parse_args()
     cell_env = dict(item.split("=", 1) for item in args.cell_env)
@@ -160,12 +165,14 @@ def main() -> None:
 
         machine += f", cells sharing one {torch.cuda.get_device_name()}"
     extra = "".join(f", {k}={v}" for k, v in cell_env.items())
-    table = Table(title=f"Weak scaling on {machine}, mixture score {args.score}{extra}")
+    steps = ", plain steps" if args.plain_steps and args.device == "cuda" else ""
+    table = Table(title=f"Weak scaling on {machine}, mixture score {args.score}{extra}{steps}")
     for column in (
         "cells",
         "s / generation / cell",
         "vs 1 cell",
         "ideal on this machine",
+        "cell-generations / s",
         "exchange MB / generation / cell",
         "peak RSS MB / cell",
         "peak PSS MB / cell",
@@ -179,6 +186,7 @@ def main() -> None:
             f"{result['seconds_per_generation']:.2f}",
             f"{result['seconds_per_generation'] / base:.2f}x",
             f"{ideal:.2f}x",
+            f"{result['cells'] / result['seconds_per_generation']:.2f}",
             f"{result['bytes_per_generation'] / 1e6:.2f}",
             f"{result['rss']:.0f}",
             f"{result['pss']:.0f}",

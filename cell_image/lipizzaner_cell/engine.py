@@ -18,6 +18,7 @@ from lipizzaner_core.topology import cell_seed
 
 from lipizzaner_cell.datasets import Dataset
 from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes
+from lipizzaner_cell.graphed import GraphedSteps, graphable
 from lipizzaner_cell.individual import Individual
 from lipizzaner_cell.losses import Loss, spec_loss
 from lipizzaner_cell.mixture import MixtureEmbeddings, es_step
@@ -25,7 +26,7 @@ from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.scores import Scorer, build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
-from lipizzaner_cell.training import BatchTrainer, Players
+from lipizzaner_cell.training import BatchTrainer, EagerSteps, Players
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,25 @@ class CellEngine:
         self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
         self._imports: dict[tuple[str, int], Individual] = {}
         self.trainer = BatchTrainer(
-            spec, self.loss, self.data, self._batches, self.rng, self.device_rng, self.noise
+            spec,
+            self.loss,
+            self.data,
+            self._batches,
+            self.rng,
+            self.device_rng,
+            self.noise,
+            self._graphed_steps() or EagerSteps(self.device_rng),
         )
+
+    def _graphed_steps(self) -> GraphedSteps | None:
+        """Captured CUDA graphs for step 4 where they apply (`graphed.py`), else None."""
+        spec = self.spec
+        if self.device.type != "cuda" or not spec.training.cuda_graphs:
+            return None
+        if not graphable(self.loss):
+            log.info("cell %d: %s steps run without CUDA graphs", self.index, spec.loss)
+            return None
+        return GraphedSteps(self.device)
 
     # ----------------------------------------------------------------- the generation loop
     def step(self, should_stop: Callable[[], bool] | None = None) -> GenerationReport:

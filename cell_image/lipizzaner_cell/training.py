@@ -5,12 +5,18 @@ the discriminators (on the batches `discriminatorSkipEveryNth` leaves them) agai
 drawn generator; every step first mutates the player's learning rate. Kept apart from the
 engine so the loop reads on its own; it shares the engine's generators, so a checkpoint of
 the engine's RNG states covers it.
+
+How one player's step runs is a `Steps` object's business: `EagerSteps` runs it as plain
+PyTorch; `graphed.GraphedSteps` replays it as a captured CUDA graph. The loop draws every
+decision and every random tensor itself, in the same order for both, so both compute the
+same numbers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from lipizzaner_core.spec import RunSpecBody
@@ -34,6 +40,75 @@ class Players:
     discriminator_opponents: list[Individual]
 
 
+class Steps(Protocol):
+    """One player's optimisation step against one opponent; returns the detached loss."""
+
+    def begin(self, players: Players) -> None:
+        """Before a generation's batch loop."""
+
+    def end(self, players: Players) -> None:
+        """After it, also when it stopped early."""
+
+    def generator(
+        self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def discriminator(
+        self,
+        player: Individual,
+        opponent: Individual,
+        loss: Loss,
+        real: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class EagerSteps:
+    """Each step as plain PyTorch: the reference every other way of stepping must match."""
+
+    device_rng: torch.Generator  # gradient-penalty mixing
+
+    def begin(self, players: Players) -> None:
+        pass
+
+    def end(self, players: Players) -> None:
+        pass
+
+    def generator(
+        self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
+    ) -> torch.Tensor:
+        value = loss.generator(opponent.net(player.net(noise)))
+        player.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        player.optimizer.step()
+        return value.detach()
+
+    def discriminator(
+        self,
+        player: Individual,
+        opponent: Individual,
+        loss: Loss,
+        real: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            fake = opponent.net(noise)
+        logits = player.net(torch.cat([real, fake]))
+        value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
+        if loss.gradient_penalty:
+            penalty = gradient_penalty(player.net, real, fake, self.device_rng)
+            value = value + loss.gradient_penalty * penalty
+        player.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        player.optimizer.step()
+        if loss.clip:
+            with torch.no_grad():
+                for parameter in player.net.parameters():
+                    parameter.clamp_(-loss.clip, loss.clip)
+        return value.detach()
+
+
 @dataclass
 class BatchTrainer:
     spec: RunSpecBody
@@ -43,6 +118,7 @@ class BatchTrainer:
     rng: torch.Generator  # decisions: opponents, mutations, mustangs' draws
     device_rng: torch.Generator  # batch order, gradient-penalty mixing
     noise: Callable[[int], torch.Tensor]
+    steps: Steps  # how one player's step runs: EagerSteps, or graphed.GraphedSteps
 
     def run(
         self, players: Players, should_stop: Callable[[], bool] | None = None
@@ -67,17 +143,21 @@ class BatchTrainer:
         }
         steps = {"g": 0, "d": 0}
         batches = 0
-        for batch in range(self.batches):
-            if should_stop is not None and batch and should_stop():
-                break
-            batches += 1
-            real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
-            for role in self.roles_training_on(batch):
-                if role == "g":
-                    totals["g"] += self._generators_step(players, batch_size)
-                else:
-                    totals["d"] += self._discriminators_step(players, real)
-                steps[role] += 1
+        self.steps.begin(players)
+        try:
+            for batch in range(self.batches):
+                if should_stop is not None and batch and should_stop():
+                    break
+                batches += 1
+                real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
+                for role in self.roles_training_on(batch):
+                    if role == "g":
+                        totals["g"] += self._generators_step(players, batch_size)
+                    else:
+                        totals["d"] += self._discriminators_step(players, real)
+                    steps[role] += 1
+        finally:
+            self.steps.end(players)
         return (
             float(totals["g"]) / max(1, steps["g"] * len(players.generators)),
             float(totals["d"]) / max(1, steps["d"] * len(players.discriminators)),
@@ -108,11 +188,7 @@ class BatchTrainer:
         for generator in players.generators:
             self._mutate(generator, "generator")
             loss = draw_loss(self.spec.loss, self.rng)
-            value = loss.generator(opponent.net(generator.net(self.noise(batch_size))))
-            generator.optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            generator.optimizer.step()
-            total += value.detach()
+            total += self.steps.generator(generator, opponent, loss, self.noise(batch_size))
         return total
 
     def _discriminators_step(self, players: Players, real: torch.Tensor) -> torch.Tensor:
@@ -121,19 +197,6 @@ class BatchTrainer:
         for discriminator in players.discriminators:
             self._mutate(discriminator, "discriminator")
             loss = draw_loss(self.spec.loss, self.rng)
-            with torch.no_grad():
-                fake = opponent.net(self.noise(real.shape[0]))
-            logits = discriminator.net(torch.cat([real, fake]))
-            value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
-            if loss.gradient_penalty:
-                penalty = gradient_penalty(discriminator.net, real, fake, self.device_rng)
-                value = value + loss.gradient_penalty * penalty
-            discriminator.optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            discriminator.optimizer.step()
-            if loss.clip:
-                with torch.no_grad():
-                    for parameter in discriminator.net.parameters():
-                        parameter.clamp_(-loss.clip, loss.clip)
-            total += value.detach()
+            noise = self.noise(real.shape[0])
+            total += self.steps.discriminator(discriminator, opponent, loss, real, noise)
         return total
