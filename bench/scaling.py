@@ -158,7 +158,15 @@ def main() -> None:
     parser.add_argument("--plot", help="write a chart here (PNG)")
     args = parser.parse_args()
     cell_env = dict(item.split("=", 1) for item in args.cell_env)
-    setting = Setting(args.data, args.generations, args.batches, args.device, args.score, cell_env)
+    setting = Setting(
+        args.data,
+        args.generations,
+        args.batches,
+        args.device,
+        args.score,
+        cell_env,
+        cuda_graphs=not args.plain_steps,
+    )
     results = [measure(setting, s) for s in args.sizes]
     base = results[0]["seconds_per_generation"]
     cores = os.cpu_count() or 1
