@@ -11,9 +11,6 @@ memory past -rss_limit_mb is a finding.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import atheris
 from harness import OUR_PACKAGES, frame, run, target_state, unframe  # imports torch
 
@@ -68,10 +65,4 @@ def seeds() -> dict[str, bytes]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write-seeds"]:
-        folder = Path(sys.argv[2])
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in seeds().items():
-            (folder / f"seed-{name}").write_bytes(data)
-    else:
-        run(test_one_input, __doc__)
+    run(test_one_input, __doc__, seeds)

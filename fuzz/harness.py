@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import atheris
 import torch
@@ -44,10 +45,18 @@ def target_state(generation: int = 3) -> dict[str, dict[str, torch.Tensor]]:
     return {"generator": generator, "discriminator": discriminator}
 
 
-def run(test_one_input: Callable[[bytes], None], doc: str) -> None:
-    """`--help` prints the script's doc; anything else goes to libFuzzer."""
+def run(
+    test_one_input: Callable[[bytes], None], doc: str, seeds: Callable[[], dict[str, bytes]]
+) -> None:
+    """`--help` prints the script's doc, `--write-seeds DIR` writes its hand-made seeds
+    (`seed-<name>`); anything else goes to libFuzzer."""
     if "--help" in sys.argv or "-h" in sys.argv:
         print(doc)
-        return
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    elif sys.argv[1:2] == ["--write-seeds"]:
+        folder = Path(sys.argv[2])
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in seeds().items():
+            (folder / f"seed-{name}").write_bytes(data)
+    else:
+        atheris.Setup(sys.argv, test_one_input)
+        atheris.Fuzz()

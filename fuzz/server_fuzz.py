@@ -12,8 +12,7 @@ crash, or a server that stops answering (health checked every 64 inputs) is a fi
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import functools
 
 import atheris
 from harness import OUR_PACKAGES, run, target_state  # imports torch
@@ -86,6 +85,15 @@ class Target:
                 raise AssertionError(f"generator.{name} changed on the way")
 
 
+@functools.cache
+def target() -> Target:
+    return Target()
+
+
+def test_one_input(data: bytes) -> None:
+    target().check(data)
+
+
 def seeds() -> dict[str, bytes]:
     centre = cell_pb2.CentreRequest
     return {
@@ -98,10 +106,4 @@ def seeds() -> dict[str, bytes]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write-seeds"]:
-        folder = Path(sys.argv[2])
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in seeds().items():
-            (folder / f"seed-{name}").write_bytes(data)
-    else:
-        run(Target().check, __doc__)
+    run(test_one_input, __doc__, seeds)

@@ -28,7 +28,7 @@ from torch import nn
 
 from lipizzaner_cell.individual import ADAM_BETAS, Individual
 from lipizzaner_cell.losses import Loss
-from lipizzaner_cell.training import Players
+from lipizzaner_cell.training import Players, clip_weights, discriminator_value, generator_value
 
 WARM_UP_STEPS = 3  # before capturing: creates the optimizer state and autograd's buffers
 
@@ -185,7 +185,7 @@ class GraphedSteps:
 
         def build(buffers: list[torch.Tensor], value: torch.Tensor) -> Callable[[], None]:
             def step() -> None:
-                result = loss.generator(theirs.net(mine.net(buffers[0])))
+                result = generator_value(mine.net, theirs.net, loss, buffers[0])
                 _optimise(mine, result)
                 value.copy_(result.detach())
 
@@ -206,17 +206,10 @@ class GraphedSteps:
 
         def build(buffers: list[torch.Tensor], value: torch.Tensor) -> Callable[[], None]:
             def step() -> None:
-                real_batch, noise_batch = buffers
-                with torch.no_grad():
-                    fake = theirs.net(noise_batch)
-                logits = mine.net(torch.cat([real_batch, fake]))
-                n = real_batch.shape[0]
-                result = loss.discriminator(logits[:n], logits[n:])
+                result, _ = discriminator_value(mine.net, theirs.net, loss, *buffers)
                 _optimise(mine, result)
                 if loss.clip:
-                    with torch.no_grad():
-                        for parameter in mine.net.parameters():
-                            parameter.clamp_(-loss.clip, loss.clip)
+                    clip_weights(mine.net, loss.clip)
                 value.copy_(result.detach())
 
             return step

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 from lipizzaner_core.spec import RunSpecBody
+from torch import nn
 
 from lipizzaner_cell.individual import Individual, mutate_learning_rate
 from lipizzaner_cell.losses import Loss, draw_loss, gradient_penalty
@@ -63,6 +64,30 @@ class Steps(Protocol):
     ) -> torch.Tensor: ...
 
 
+def generator_value(
+    player: nn.Module, opponent: nn.Module, loss: Loss, noise: torch.Tensor
+) -> torch.Tensor:
+    """The generator's loss on one batch: what every way of stepping computes."""
+    return loss.generator(opponent(player(noise)))
+
+
+def discriminator_value(
+    player: nn.Module, opponent: nn.Module, loss: Loss, real: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's loss on real data and the opponent's fakes; and the fakes."""
+    with torch.no_grad():
+        fake = opponent(noise)
+    logits = player(torch.cat([real, fake]))
+    return loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :]), fake
+
+
+def clip_weights(net: nn.Module, clip: float) -> None:
+    """WGAN's critic: every weight back into [-clip, clip] after its step."""
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.clamp_(-clip, clip)
+
+
 @dataclass
 class EagerSteps:
     """Each step as plain PyTorch: the reference every other way of stepping must match."""
@@ -78,7 +103,7 @@ class EagerSteps:
     def generator(
         self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
     ) -> torch.Tensor:
-        value = loss.generator(opponent.net(player.net(noise)))
+        value = generator_value(player.net, opponent.net, loss, noise)
         player.optimizer.zero_grad(set_to_none=True)
         value.backward()
         player.optimizer.step()
@@ -92,10 +117,7 @@ class EagerSteps:
         real: torch.Tensor,
         noise: torch.Tensor,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            fake = opponent.net(noise)
-        logits = player.net(torch.cat([real, fake]))
-        value = loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :])
+        value, fake = discriminator_value(player.net, opponent.net, loss, real, noise)
         if loss.gradient_penalty:
             penalty = gradient_penalty(player.net, real, fake, self.device_rng)
             value = value + loss.gradient_penalty * penalty
@@ -103,9 +125,7 @@ class EagerSteps:
         value.backward()
         player.optimizer.step()
         if loss.clip:
-            with torch.no_grad():
-                for parameter in player.net.parameters():
-                    parameter.clamp_(-loss.clip, loss.clip)
+            clip_weights(player.net, loss.clip)
         return value.detach()
 
 
