@@ -3,7 +3,7 @@
 Every input is a stream of chunks (fuzz/harness.py frames them). Each stream must be
 decoded into tensors of exactly the receiving cell's architecture, be empty (None), or be
 refused with StateRejected, the codec's INVALID_ARGUMENT; any other exception, a crash or
-memory past -rss_limit_mb is a finding.
+memory that keeps growing (harness.MemoryGuard) is a finding.
 
     python fuzz/codec_fuzz.py fuzz/corpus/codec -max_total_time=60
     python fuzz/codec_fuzz.py --write-seeds fuzz/corpus/codec

@@ -1,11 +1,13 @@
 """What the fuzzers share: the command line, the input framing and the target architecture.
 
 Each fuzzer is a libFuzzer program run by atheris: corpus directories and libFuzzer's own
-`-flag=value` options are its arguments (`-max_total_time=60`, `-rss_limit_mb=1024`).
+`-flag=value` options are its arguments (`-max_total_time=60`); memory is watched by
+`MemoryGuard`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +47,35 @@ def target_state(generation: int = 3) -> dict[str, dict[str, torch.Tensor]]:
     return {"generator": generator, "discriminator": discriminator}
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (Linux), not its peak."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class MemoryGuard:
+    """Fails an input once resident memory has grown past `limit_mb` over what it was
+    after the first `settle` inputs: unbounded memory is a finding.
+
+    libFuzzer's own -rss_limit_mb reads the peak RSS, which Linux carries over from the
+    parent process through fork and exec (a test runner's peak, say), so it is off.
+    """
+
+    def __init__(self, limit_mb: float = 256, settle: int = 2000, every: int = 500) -> None:
+        self.limit_mb, self.settle, self.every = limit_mb, settle, every
+        self.calls = 0
+        self.baseline: float | None = None
+
+    def check(self) -> None:
+        self.calls += 1
+        if self.calls == self.settle:
+            self.baseline = resident_mb()
+        elif self.baseline is not None and self.calls % self.every == 0:
+            grown = resident_mb() - self.baseline
+            if grown > self.limit_mb:
+                raise MemoryError(f"resident memory grew {grown:.0f} MB in {self.calls} inputs")
+
+
 def run(
     test_one_input: Callable[[bytes], None], doc: str, seeds: Callable[[], dict[str, bytes]]
 ) -> None:
@@ -58,5 +89,11 @@ def run(
         for name, data in seeds().items():
             (folder / f"seed-{name}").write_bytes(data)
     else:
-        atheris.Setup(sys.argv, test_one_input)
+        guard = MemoryGuard()
+
+        def guarded(data: bytes) -> None:
+            test_one_input(data)
+            guard.check()
+
+        atheris.Setup([*sys.argv, "-rss_limit_mb=0"], guarded)
         atheris.Fuzz()

@@ -4,7 +4,8 @@ Each input is one request: its first byte picks GetCentre or GetStatus, the rest
 request's bytes, sent as they are. Every call must be answered correctly (a GetCentre
 stream decodes into the published state, or is empty when the caller has it already; a
 GetStatus is the cell's status) or refused with INVALID_ARGUMENT. Any other status, a
-crash, or a server that stops answering (health checked every 64 inputs) is a finding.
+crash, growing memory, or a server that stops answering (health checked every 64
+inputs) is a finding.
 
     python fuzz/server_fuzz.py fuzz/corpus/server -max_total_time=60
     python fuzz/server_fuzz.py --write-seeds fuzz/corpus/server

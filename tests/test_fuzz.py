@@ -32,8 +32,7 @@ def fuzzing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Po
                 str(scratch),  # new inputs land here
                 str(ROOT / "fuzz" / "corpus" / name),
                 f"-max_total_time={FUZZ_SECONDS}",
-                "-rss_limit_mb=1536",  # unbounded memory is a finding
-                "-timeout=30",  # so is a call that hangs
+                "-timeout=30",  # a call that hangs is a finding (memory: harness.MemoryGuard)
                 f"-artifact_prefix={scratch}/",
             ],
             stdout=subprocess.PIPE,
@@ -51,3 +50,18 @@ def test_no_input_crashes_or_hangs_the_network_edge(fuzzing, name):
     assert fuzzing[name].returncode == 0, tail
     done = [line for line in output.splitlines() if line.startswith("Done ")]
     assert done and int(done[0].split()[1]) > 100, tail  # it really ran inputs
+
+
+def test_the_memory_guard_fails_an_input_once_memory_keeps_growing(monkeypatch):
+    pytest.importorskip("atheris")
+    monkeypatch.syspath_prepend(str(ROOT / "fuzz"))
+    from harness import MemoryGuard
+
+    guard = MemoryGuard(limit_mb=32, settle=1, every=1)
+    guard.check()  # the baseline
+    kept = []
+    with pytest.raises(MemoryError, match="resident memory grew"):
+        for _ in range(32):
+            kept.append(bytearray(8 << 20))  # written, so resident
+            guard.check()
+    assert len(kept) >= 3  # it let the first 24 MB pass
