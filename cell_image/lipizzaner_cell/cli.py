@@ -1,9 +1,10 @@
 """The `lipizzaner` command line.
 
 Commands that train or sample import torch only when they run, so `lipizzaner validate`
-and `lipizzaner crd` start fast. Exit codes (`lipizzaner_core.contract.ExitCode`): 0
-success, 1 the work failed, 2 bad input (usage, spec or file errors), always with a
-one-line reason and never a traceback.
+and `lipizzaner crd` start fast; `submit`, `status` and `logs` (a run on a cluster) live in
+`cluster_commands.py`. Exit codes (`lipizzaner_core.contract.ExitCode`): 0 success, 1 the
+work failed, 2 bad input (usage, spec or file errors), 3 `submit --wait` timed out, always
+with a one-line reason and never a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from lipizzaner_core.spec import LipizzanerRun, SpecError, dump_run, load_run, p
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+
+from lipizzaner_cell.cluster_commands import add_commands as add_cluster_commands
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -377,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classifier.add_argument("--epochs", type=int, default=4)
     classifier.set_defaults(func=cmd_train_classifier)
+    add_cluster_commands(commands, _load_or_report, error, out, console)
     return parser
 
 

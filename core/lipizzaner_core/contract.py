@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1
     BAD_INPUT = 2  # bad configuration or arguments
+    TIMED_OUT = 3  # `lipizzaner submit --wait` gave up waiting; the run goes on
 
 
 GRPC_PORT = 50051

@@ -43,7 +43,13 @@ class CellLayout:
         ]
 
     def log(self, attempt: int) -> str:
-        return join(self.logs, f"attempt-{attempt}.log")
+        return join(self.logs, f"{LOG_PREFIX}{attempt}{LOG_SUFFIX}")
+
+    def attempts(self) -> list[int]:
+        """The starts (0 = the first) whose logs the output holds, in order."""
+        names = self.storage.list_dir(self.logs)
+        found = [n.removeprefix(LOG_PREFIX).removesuffix(LOG_SUFFIX) for n in names]
+        return sorted(int(n) for n in found if n.isdigit())
 
     @property
     def result(self) -> str:
@@ -64,6 +70,9 @@ class CellLayout:
     @property
     def logs(self) -> str:
         return join(self.uri, "logs")
+
+
+LOG_PREFIX, LOG_SUFFIX = "attempt-", ".log"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,228 @@
+"""`lipizzaner submit`, `status` and `logs`: a run on a cluster, from a terminal or a CI job.
+
+Built on `lipizzaner_core.client.RunClient`. Exit codes (`ExitCode`): 0 the run succeeded
+(or, without --wait, was created), 1 it failed or missed --max-score, 2 refused (invalid
+manifest, name taken, no run, no cluster), 3 --wait gave up (the run goes on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lipizzaner_core.contract import ExitCode
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.spec import LipizzanerRun
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:  # the kubernetes client loads only when a cluster command runs
+    from lipizzaner_core.client import RunClient, RunView
+
+Say = Callable[[str], None]
+
+
+def add_commands(
+    commands: argparse._SubParsersAction,
+    load: Callable[[str], LipizzanerRun | None],
+    error: Say,
+    out: Console,
+    console: Console,
+) -> None:
+    """Register the three commands on the `lipizzaner` parser; `load` reads a manifest
+    (reporting what is wrong with it), `error` says one line, `out` and `console` are
+    stdout and stderr."""
+
+    def connected(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-n", "--namespace", help="default: the context's namespace")
+        parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+    submit = commands.add_parser(
+        "submit",
+        help="create a run on the cluster of the current kubeconfig",
+        description="Validate RUN.yaml, create it as a LipizzanerRun and, with --wait, follow "
+        "it to the end: progress from its status and Events, then the outcome, the ensemble's "
+        "URI and its best score. Exit 0 succeeded (or created, without --wait), 1 failed or "
+        "above --max-score, 2 refused, 3 still running at --timeout.",
+    )
+    submit.add_argument("manifest", metavar="RUN.yaml")
+    connected(submit)
+    submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    submit.add_argument(
+        "--timeout", type=float, default=86400.0, help="seconds to wait (default: a day)"
+    )
+    submit.add_argument(
+        "--max-score",
+        type=float,
+        metavar="SCORE",
+        help="with --wait: exit 1 unless the best score is at most this (lower is better)",
+    )
+    submit.add_argument("--result", metavar="FILE.json", help="write the outcome as JSON")
+    submit.set_defaults(func=lambda args: cmd_submit(args, load, error, out, console))
+
+    status = commands.add_parser(
+        "status",
+        help="show a run on the cluster",
+        description="Phase, progress, restarts, best score and ensemble of a LipizzanerRun.",
+    )
+    status.add_argument("run", metavar="RUN", help="the run's name")
+    connected(status)
+    status.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    status.set_defaults(func=lambda args: cmd_status(args, error, out))
+
+    logs = commands.add_parser(
+        "logs",
+        help="print a run's cell logs from its output",
+        description="The logs each cell keeps in the run's output (cells/<i>/logs/"
+        "attempt-<k>.log), readable after the pods are gone; the latest attempt of each cell "
+        "unless --attempt says which.",
+    )
+    logs.add_argument("run", metavar="RUN", help="the run's name")
+    connected(logs)
+    logs.add_argument("--cell", type=int, metavar="I", help="only this cell")
+    logs.add_argument("--attempt", type=int, metavar="K", help="this start (0 = the first)")
+    logs.set_defaults(func=lambda args: cmd_logs(args, error, out))
+
+
+def _connect(args: argparse.Namespace) -> RunClient:
+    from lipizzaner_core.client import RunClient
+
+    return RunClient.connect(args.context, args.namespace)
+
+
+def cmd_submit(
+    args: argparse.Namespace,
+    load: Callable[[str], LipizzanerRun | None],
+    error: Say,
+    out: Console,
+    console: Console,
+) -> int:
+    from lipizzaner_core.client import ClusterError, RunNotFound, RunRefused
+
+    run = load(args.manifest)
+    if run is None:
+        return ExitCode.BAD_INPUT
+    try:
+        runs = _connect(args)
+        created = runs.create(run)
+    except (ClusterError, RunRefused) as exc:
+        error(f"{args.manifest}: not submitted: {exc}")
+        return ExitCode.BAD_INPUT
+    out.print(f"created LipizzanerRun {created.name} in namespace {runs.namespace}")
+    if not args.wait:
+        return ExitCode.OK
+    follower = Follower(runs, console)
+    try:
+        view = runs.wait(created.name, args.timeout, on_poll=follower.show)
+    except TimeoutError as exc:
+        error(f"{exc}; it goes on (lipizzaner status {created.name})")
+        return ExitCode.TIMED_OUT
+    except (ClusterError, RunNotFound) as exc:
+        error(str(exc))
+        return ExitCode.FAILED
+    return report_outcome(view, args, error, out)
+
+
+def report_outcome(view: RunView, args: argparse.Namespace, error: Say, out: Console) -> int:
+    summary = view.summary()
+    if args.result:
+        Path(args.result).write_text(json.dumps(summary, indent=2) + "\n")
+    if view.phase != "Succeeded":
+        error(f"{view.name} {view.phase}: {view.status.message}")
+        return ExitCode.FAILED
+    score = view.status.best_score
+    out.print(f"{view.name} succeeded: ensemble {summary['ensemble']}, best score {score}")
+    if args.max_score is not None and (score is None or score > args.max_score):
+        error(f"{view.name}: best score {score} is above --max-score {args.max_score}")
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+class Follower:
+    """Prints a line when the run's progress changes, and each new Event once."""
+
+    def __init__(self, runs: RunClient, console: Console) -> None:
+        self.runs, self.console = runs, console
+        self.last: tuple | None = None
+        self.seen: set[str] = set()
+
+    def show(self, view: RunView) -> None:
+        status = view.status
+        progress = (
+            status.phase,
+            status.generation.min,
+            status.generation.max,
+            status.cells.running,
+            status.cells.restarts,
+            status.best_score,
+        )
+        if progress != self.last:
+            self.last = progress
+            self.console.print(describe(view), markup=False, highlight=False)
+        for event in self.runs.events(view.name):
+            if event["uid"] not in self.seen:
+                self.seen.add(event["uid"])
+                line = f"  {event['type']} {event['reason']}: {event['message']}"
+                self.console.print(line, markup=False, highlight=False)
+
+
+def describe(view: RunView) -> str:
+    """One line: phase, generations, cells, restarts, best score."""
+    status = view.status
+    parts = [
+        f"{view.name}: {status.phase}",
+        f"generation {status.generation.min}-{status.generation.max}/{view.run.spec.generations}",
+        f"cells running {status.cells.running}/{view.run.spec.grid.size}",
+        f"restarts {status.cells.restarts}",
+    ]
+    if status.best_score is not None:
+        parts.append(f"best score {status.best_score:.4g}")
+    return ", ".join(parts)
+
+
+def cmd_status(args: argparse.Namespace, error: Say, out: Console) -> int:
+    from lipizzaner_core.client import ClusterError, RunNotFound
+
+    try:
+        view = _connect(args).get(args.run)
+    except (ClusterError, RunNotFound) as exc:
+        error(str(exc))
+        return ExitCode.BAD_INPUT
+    summary = view.summary()
+    if args.json:
+        out.print_json(json.dumps(summary))
+        return ExitCode.OK
+    table = Table(title=describe(view), show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+    return ExitCode.OK
+
+
+def cmd_logs(args: argparse.Namespace, error: Say, out: Console) -> int:
+    from lipizzaner_core.client import ClusterError, RunNotFound
+
+    try:
+        view = _connect(args).get(args.run)
+    except (ClusterError, RunNotFound) as exc:
+        error(str(exc))
+        return ExitCode.BAD_INPUT
+    layout = RunLayout.of(view.run)
+    cells = [args.cell] if args.cell is not None else range(view.run.spec.grid.size)
+    printed = 0
+    for index in cells:
+        cell = layout.cell(index)
+        attempts = cell.attempts()
+        chosen = [args.attempt] if args.attempt is not None else attempts[-1:]
+        for attempt in (a for a in chosen if a in attempts):
+            text = layout.storage.read_bytes(cell.log(attempt)).decode(errors="replace")
+            out.print(f"== cell {index}, attempt {attempt} ==", markup=False)
+            out.print(text, markup=False, highlight=False, end="")
+            printed += 1
+    if not printed:
+        error(f"{view.name}: no cell logs in {layout.output} yet")
+        return ExitCode.FAILED
+    return ExitCode.OK
