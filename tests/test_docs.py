@@ -139,3 +139,29 @@ def test_every_command_in_the_docs_names_real_flags_and_files(where, language, t
             check_bench(ROOT / arguments[0], arguments[1:])
         elif program == "helm":
             check_helm(arguments)
+
+
+def ci_commands(path: Path) -> list[str]:
+    """The shell lines of a GitHub Actions workflow's `run` steps or a GitLab job's script."""
+    document = yaml.safe_load(path.read_text())
+    lines = []
+    for job in document.get("jobs", {}).values():  # GitHub Actions
+        lines += [step["run"] for step in job["steps"] if "run" in step]
+    for job in document.values():  # GitLab CI
+        if isinstance(job, dict) and "script" in job:
+            lines += job["script"]
+    return lines
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "ci").glob("*.yml")), ids=str)
+def test_the_ci_examples_submit_wait_check_the_score_and_keep_the_outcome(path):
+    text = "\n".join(ci_commands(path))
+    submits = [c for c in commands_in(text) if c[:2] == ["lipizzaner", "submit"]]
+    assert submits, f"{path.name} submits nothing"
+    for command in submits:
+        check_files(command[1:])
+        check_lipizzaner(command[1:], lipizzaner_parser())
+        assert {"--wait", "--max-score", "--result"} <= set(command), command
+        parse_run(yaml.safe_load((ROOT / command[2]).read_text()))
+    kept = path.read_text()
+    assert "result.json" in kept.split("--result result.json", 1)[1], "the outcome is kept"

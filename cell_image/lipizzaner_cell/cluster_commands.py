@@ -183,13 +183,20 @@ def describe(view: RunView) -> str:
     return ", ".join(parts)
 
 
-def cmd_status(args: argparse.Namespace, error: Say, out: Console) -> int:
+def _fetch(args: argparse.Namespace, error: Say) -> RunView | None:
+    """The run named on the command line, or None once `error` has said why not."""
     from lipizzaner_core.client import ClusterError, RunNotFound
 
     try:
-        view = _connect(args).get(args.run)
+        return _connect(args).get(args.run)
     except (ClusterError, RunNotFound) as exc:
         error(str(exc))
+        return None
+
+
+def cmd_status(args: argparse.Namespace, error: Say, out: Console) -> int:
+    view = _fetch(args, error)
+    if view is None:
         return ExitCode.BAD_INPUT
     summary = view.summary()
     if args.json:
@@ -203,12 +210,8 @@ def cmd_status(args: argparse.Namespace, error: Say, out: Console) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, error: Say, out: Console) -> int:
-    from lipizzaner_core.client import ClusterError, RunNotFound
-
-    try:
-        view = _connect(args).get(args.run)
-    except (ClusterError, RunNotFound) as exc:
-        error(str(exc))
+    view = _fetch(args, error)
+    if view is None:
         return ExitCode.BAD_INPUT
     layout = RunLayout.of(view.run)
     cells = [args.cell] if args.cell is not None else range(view.run.spec.grid.size)

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
-from lipizzaner_core.spec import LipizzanerRun, dump_run, parse_run
+from lipizzaner_core.spec import LipizzanerRun, parse_run
 from lipizzaner_core.status import RunStatus
 
 FINISHED = ("Succeeded", "Failed")
@@ -123,7 +123,9 @@ class RunClient:
 
     def create(self, run: LipizzanerRun) -> RunView:
         """Create the run in this namespace; RunRefused says why the server would not."""
-        body = dump_run(run)
+        # Unset optional fields stay unset: the server defaults them (and refuses a null
+        # where its schema has an enum).
+        body = run.model_dump(by_alias=True, mode="json", exclude_none=True)
         body["metadata"] = {**body["metadata"], "namespace": self.namespace}
         try:
             created = self._custom.create_namespaced_custom_object(
