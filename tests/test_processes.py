@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -288,3 +289,38 @@ def test_unusable_tls_material_exits_with_code_2(tiny_manifest, tmp_path):
     assert done.returncode == 2
     assert "bad TLS material" in done.stderr and "missing ca.crt, tls.crt, tls.key" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_with_max_failed_cells_a_dead_cell_is_given_up_and_the_rest_finish(tiny_manifest, tmp_path):
+    """maxRestartsPerCell 0, maxFailedCells 1: a killed cell is not restarted; its
+    neighbours train on without it and the ensemble comes from the three that finished."""
+    manifest = quick(
+        tiny_manifest,
+        generations=12,
+        failurePolicy={"maxRestartsPerCell": 0, "maxFailedCells": 1},
+        training={"batchSize": 50, "batchesPerGeneration": 20, "device": "cpu"},
+    )
+    manifest["spec"]["exchange"] = {"firstStateTimeoutSeconds": 5}
+    run = parse_run(manifest)
+    local = LocalRun(run, Path(run.output_uri()).parent, threads=1)
+    victim = local.cells[1]
+    try:
+        local.start()
+        assert wait_until(
+            lambda: (
+                (local.poll_status() or 0) == 0
+                and victim.status is not None
+                and victim.status.generation >= 2
+            ),
+            timeout=300,
+        )
+        victim.process.send_signal(signal.SIGKILL)
+        assert wait_until(local.tick, timeout=600, poll=0.1)
+    finally:
+        local.stop_all(grace_seconds=5)
+        local.close()
+    assert victim.given_up and victim.restarts == 0
+    assert [c.succeeded for c in local.cells] == [True, False, True, True]
+    manifest_out = assemble_ensemble(run, RunLayout.of(run))
+    assert manifest_out["bestCell"] != 1
+    assert 1 not in [entry["cell"] for entry in manifest_out["cells"]]

@@ -100,13 +100,84 @@ def test_bad_configuration_fails_at_once():
     assert "kubectl logs tiny-cell-0" in status.message
 
 
-def test_a_vanished_pod_is_recreated_and_counted():
-    run = make_run()
+def test_a_vanished_pod_is_a_disruption_recreated_and_not_counted():
+    run = make_run(failurePolicy={"maxRestartsPerCell": 0})
     status = step(run, step(run, RunStatus(), {}).status, pods()).status
     decision = step(run, status, {i: p for i, p in pods().items() if i != 1})
     assert decision.create == [1]
-    assert decision.status.cell_records[1].restarts == 1
-    assert [e.reason for e in decision.events] == ["CellPodLost", "Pending"]
+    record = decision.status.cell_records[1]
+    assert (record.restarts, record.disruptions) == (0, 1)
+    assert decision.status.cells.disruptions == 1
+    assert [e.reason for e in decision.events] == ["CellDisrupted", "Pending"]
+    assert "its pod is gone" in decision.events[0].message
+    assert "not counted toward spec.failurePolicy.maxRestartsPerCell" in decision.events[0].message
+
+
+def disrupted_pod(reason: str, message: str) -> dict:
+    return {
+        "metadata": {"name": "tiny-cell-2", "labels": {"lipizzaner.io/cell": "2"}},
+        "status": {
+            "phase": "Failed",
+            "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message}
+            ],
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 137}}}],
+        },
+    }
+
+
+def test_preempted_and_evicted_pods_are_recreated_without_counting():
+    """maxRestartsPerCell 0: one counted failure would fail the run; disruptions do not."""
+    run = make_run(failurePolicy={"maxRestartsPerCell": 0})
+    status = step(run, step(run, RunStatus(), {}).status, pods()).status
+    preempted = view_pod(disrupted_pod("PreemptionByScheduler", "Kueue preempted the run"))
+    evicted_pod = {
+        "metadata": {"name": "tiny-cell-3", "labels": {"lipizzaner.io/cell": "3"}},
+        "status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory"},
+    }
+    evicted = view_pod(evicted_pod)
+    assert preempted.disruption == "PreemptionByScheduler: Kueue preempted the run"
+    assert evicted.disruption == "Evicted: low on memory"
+    decision = step(run, status, {**pods(), 2: preempted, 3: evicted})
+    assert decision.status.phase == "Pending" and sorted(decision.delete) == [2, 3]  # not Failed
+    assert decision.status.cells.restarts == 0 and decision.status.cells.disruptions == 2
+    assert [e.reason for e in decision.events] == ["CellDisrupted", "CellDisrupted", "Pending"]
+    assert "was disrupted (PreemptionByScheduler: Kueue preempted" in decision.events[0].message
+
+
+def test_a_pod_going_away_says_why_and_the_reason_stays_with_its_recreation():
+    run = make_run()
+    status = step(run, step(run, RunStatus(), {}).status, pods()).status
+    going = {
+        **pods(),
+        0: PodView(0, "Running", deleting=True, disruption="DeletionByPodGC: node gone"),
+    }
+    status = step(run, status, going).status
+    assert status.cell_records[0].message == "disrupted: DeletionByPodGC: node gone"
+    decision = step(run, status, {i: p for i, p in pods().items() if i != 0})
+    assert decision.create == [0]
+    assert "was disrupted (DeletionByPodGC: node gone)" in decision.events[0].message
+
+
+def test_with_max_failed_cells_a_cell_past_its_restarts_is_given_up_and_the_run_goes_on():
+    run = make_run(failurePolicy={"maxRestartsPerCell": 0, "maxFailedCells": 1})
+    status = step(run, step(run, RunStatus(), {}).status, pods()).status
+    broken = {**pods(), 1: PodView(1, "Failed", exit_code=1)}
+    decision = step(run, status, broken)
+    status = decision.status
+    assert status.phase == "Running" and status.cell_records[1].phase == "Failed"
+    assert "going on without given-up cells [1]" in status.message
+    assert [e.reason for e in decision.events] == ["CellGivenUp"]
+    assert "given up (1 of spec.failurePolicy.maxFailedCells 1)" in decision.events[0].message
+    done = {i: PodView(i, "Succeeded") for i in (0, 2, 3)} | {1: PodView(1, "Failed", exit_code=1)}
+    decision = step(run, status, done)
+    assert decision.assemble and "the other cells succeeded" in decision.status.message
+    assert "(given up: [1])" in succeed(decision.status, "s3://b/x/ensemble", T0).message
+    # A second cell past its restarts is one too many: the run fails.
+    again = {**pods(), 1: PodView(1, "Failed", exit_code=1), 2: PodView(2, "Failed", exit_code=1)}
+    decision = step(run, status, again)
+    assert decision.status.phase == "Failed"
+    assert "cell 2 (row 1, col 0) failed (exit code 1) after 0 restarts" in decision.status.message
 
 
 def test_scheduling_and_image_problems_reach_the_run_message():

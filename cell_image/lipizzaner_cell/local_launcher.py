@@ -52,6 +52,7 @@ class LocalCell:
     restarts: int = 0
     process: subprocess.Popen | None = None
     succeeded: bool = False
+    given_up: bool = False  # past its restarts, within spec.failurePolicy.maxFailedCells
     status: cell_pb2.CellStatus | None = None
     history: list[int] = field(default_factory=list)  # exit codes of earlier attempts
 
@@ -175,28 +176,41 @@ class LocalRun:
             cell.start()
 
     def tick(self) -> bool:
-        """Handle exits and refresh statuses; True once every cell has succeeded."""
+        """Handle exits and refresh statuses; True once every cell has succeeded (or was
+        given up)."""
         self.check_processes()
         self.poll_status()
-        return all(c.succeeded for c in self.cells)
+        return all(c.succeeded or c.given_up for c in self.cells)
 
     def poll_status(self) -> None:
         for cell, cell_channel in zip(self.cells, self._channels, strict=True):
-            if not cell.succeeded:
+            if not (cell.succeeded or cell.given_up):
                 # Starting, restarting or gone: its exit code tells, not its silence.
                 cell.status = get_status(cell_channel, timeout=1.0) or cell.status
 
     def check_processes(self) -> None:
-        """Judge every cell that stopped: done, restarted from its checkpoint, or the end."""
-        limit = self.run.spec.failure_policy.max_restarts_per_cell
+        """Judge every cell that stopped: done, restarted from its checkpoint, given up, or
+        the end of the run."""
+        policy = self.run.spec.failure_policy
         for cell in self.cells:
-            code = None if cell.succeeded or cell.process is None else cell.process.poll()
+            done = cell.succeeded or cell.given_up
+            code = None if done or cell.process is None else cell.process.poll()
             if code is None:
                 continue
             cell.keep_log()
-            verdict = judge(code, cell.restarts, limit)
+            given_up = sum(c.given_up for c in self.cells)
+            verdict = judge(
+                code,
+                cell.restarts,
+                policy.max_restarts_per_cell,
+                given_up=given_up,
+                may_give_up=policy.max_failed_cells,
+            )
             if verdict.action == "succeeded":
                 cell.succeeded = True
+            elif verdict.action == "give-up":
+                cell.given_up = True
+                log.warning("cell %d %s", cell.index, verdict.message)
             elif verdict.action == "fail":
                 raise RunFailed(f"cell {cell.index} {verdict.message}\n{cell.log_tail()}")
             else:
@@ -207,7 +221,7 @@ class LocalRun:
                     cell.index,
                     verdict.message,
                     cell.restarts,
-                    limit,
+                    policy.max_restarts_per_cell,
                 )
                 cell.start()
 
@@ -290,6 +304,8 @@ def watch(local: LocalRun, show_progress: bool) -> list[tuple[float, float | Non
 def _describe(cell: LocalCell) -> str:
     if cell.succeeded:
         return "done"
+    if cell.given_up:
+        return "given up"
     status = cell.status
     if status is None:
         return "starting"

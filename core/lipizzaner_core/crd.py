@@ -76,6 +76,12 @@ SPEC_RULES: list[Schema] = [
         "reason": "FieldValueInvalid",
     },
     {
+        "rule": "self.failurePolicy.maxFailedCells < self.grid.rows * self.grid.cols",
+        "message": "failurePolicy.maxFailedCells: must be less than the number of cells",
+        "fieldPath": ".failurePolicy.maxFailedCells",
+        "reason": "FieldValueInvalid",
+    },
+    {
         "rule": "(self.network.generator.architecture != 'dcgan' && "
         "self.network.discriminator.architecture != 'dcgan') || "
         f"self.dataset.name in {list(IMAGE_DATASETS)}",

@@ -211,7 +211,17 @@ class OutputSpec(SpecModel):
 
 
 class FailurePolicySpec(SpecModel):
-    max_restarts_per_cell: int = Field(3, ge=0)
+    max_restarts_per_cell: int = Field(
+        3,
+        ge=0,
+        description="Restarts after failures; disruptions (preemption, eviction) do not count",
+    )
+    max_failed_cells: int = Field(
+        0,
+        ge=0,
+        description="Cells that may be given up past their restarts while the others go on "
+        "(the ensemble comes from the cells that finish); 0: one such cell fails the run",
+    )
 
 
 class ExchangeTlsSpec(SpecModel):
@@ -292,6 +302,11 @@ class RunSpecBody(SpecModel):
                 "coevolution.tournamentSize: must be <= the selection pool, the local "
                 f"populationSize ({self.coevolution.population_size}) plus one centre per "
                 f"neighbour ({neighbours}) = {pool}, got {self.coevolution.tournament_size}"
+            )
+        if self.failure_policy.max_failed_cells >= grid.rows * grid.cols:
+            raise ValueError(
+                "failurePolicy.maxFailedCells: must be less than the number of cells "
+                f"({grid.rows * grid.cols}), got {self.failure_policy.max_failed_cells}"
             )
         if is_image_dataset(self.dataset):
             return self

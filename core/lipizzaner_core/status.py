@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
-# Waiting: no pod yet; Restarting: its failed pod is being replaced.
+# Waiting: no pod yet; Restarting: its failed or disrupted pod is being replaced;
+# Failed: given up (spec.failurePolicy.maxFailedCells), the others going on without it.
 CellPhase = Literal[
     "Waiting", "Pending", "Running", "Succeeded", "Failed", "Restarting", "Suspended"
 ]
@@ -35,7 +36,8 @@ class Condition(StatusModel):
 class CellRecord(StatusModel):
     cell: int
     phase: CellPhase = "Waiting"
-    restarts: int = 0
+    restarts: int = 0  # after failures: they count toward maxRestartsPerCell
+    disruptions: int = 0  # preempted, evicted, node lost: recreated, not counted
     generation: int = 0
     score: float | None = None
     message: str = ""
@@ -47,6 +49,7 @@ class CellCounts(StatusModel):
     succeeded: int = 0
     failed: int = 0
     restarts: int = 0
+    disruptions: int = 0
 
 
 class GenerationRange(StatusModel):

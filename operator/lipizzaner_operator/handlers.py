@@ -37,7 +37,6 @@ from lipizzaner_operator.render import (
 
 log = logging.getLogger(__name__)
 PREFIX = "lipizzaner.io"
-RESTART_REASONS = {"CellRestarted", "CellPodLost"}
 FINALIZER = f"{PREFIX}/finalizer"
 
 
@@ -103,7 +102,10 @@ def reconcile(
     decision = decide(run, body["metadata"].get("generation"), old, views, progress, now)
     _carry_out(body, run, namespace, decision, kube, config, logger)
     metrics.pod_creations.inc(len(decision.create))
-    metrics.cell_restarts.inc(sum(e.reason in RESTART_REASONS for e in decision.events))
+    reasons = [e.reason for e in decision.events]
+    metrics.cell_restarts.inc(reasons.count("CellRestarted"))
+    metrics.cell_disruptions.inc(reasons.count("CellDisrupted"))
+    metrics.cells_given_up.inc(reasons.count("CellGivenUp"))
     if decision.assemble:
         decision.status = _assemble(run, decision.status, now, logger)
     for event in decision.events:

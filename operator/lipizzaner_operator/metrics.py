@@ -45,7 +45,17 @@ class OperatorMetrics:
         self.registry.register(RunsByPhase(list_runs))
         self.cell_restarts = Counter(
             "lipizzaner_operator_cell_restarts",
-            "Cell pods recreated after a failure or a loss",
+            "Cell pods recreated after a failure (counted toward maxRestartsPerCell)",
+            registry=self.registry,
+        )
+        self.cell_disruptions = Counter(
+            "lipizzaner_operator_cell_disruptions",
+            "Cell pods recreated after a disruption: preempted, evicted, node or pod lost",
+            registry=self.registry,
+        )
+        self.cells_given_up = Counter(
+            "lipizzaner_operator_cells_given_up",
+            "Cells given up past their restarts (spec.failurePolicy.maxFailedCells)",
             registry=self.registry,
         )
         self.reconcile_errors = Counter(

@@ -50,6 +50,7 @@ class PodView:
     exit_code: int | None = None
     problem: str = ""  # why it is not running: image pull, scheduling, ...
     ip: str | None = None
+    disruption: str = ""  # why Kubernetes took it away: preemption, eviction, node lost
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,21 @@ def view_pod(pod: dict[str, Any]) -> PodView:
         exit_code=exit_code,
         problem="; ".join(problems),
         ip=status.get("podIP"),
+        disruption=_disruption(status),
     )
+
+
+def _disruption(status: dict[str, Any]) -> str:
+    """Why Kubernetes took the pod away, if it did: the `DisruptionTarget` condition
+    (preemption, the eviction API, the taint manager, pod GC after its node was lost) or
+    the kubelet's own eviction (`reason: Evicted`); "" for anything else."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            said = f"{condition.get('reason', 'DisruptionTarget')}: {condition.get('message', '')}"
+            return said.strip(": ")
+    if status.get("reason") == "Evicted":
+        return f"Evicted: {status.get('message', '')}".strip(": ")
+    return ""
 
 
 def _records(run: LipizzanerRun, status: RunStatus) -> dict[int, CellRecord]:
@@ -125,6 +140,9 @@ def fail(status: RunStatus, reason: str, message: str, now: datetime) -> RunStat
 
 def succeed(status: RunStatus, ensemble_uri: str, now: datetime) -> RunStatus:
     message = f"ensemble written to {ensemble_uri}"
+    given_up = [r.cell for r in status.cell_records if r.phase == "Failed"]
+    if given_up:
+        message += f" from the cells that finished (given up: {given_up})"
     status = status.model_copy(
         update={
             "phase": "Succeeded",
@@ -223,7 +241,8 @@ def _active(
         message = f"the run took longer than spec.activeDeadlineSeconds ({deadline} s)"
         return _failed(decision, pods, "DeadlineExceeded", message, now)
     for index, record in records.items():
-        verdict = _observe(run, index, record, pods.get(index), decision)
+        given_up = sum(r.phase == "Failed" for r in records.values())
+        verdict = _observe(run, index, record, pods.get(index), decision, given_up)
         if verdict is not None and verdict.action == "fail":
             message = f"{_position(run, index)} {verdict.message}"
             if verdict.reason == "BadConfiguration":
@@ -243,22 +262,39 @@ def _failed(
     return decision
 
 
+GONE = "its pod is gone (deleted, or its node lost)"
+DISRUPTED = "disrupted: "  # a cell record's message while its disrupted pod goes away
+
+
 def _observe(
-    run: LipizzanerRun, index: int, record: CellRecord, pod: PodView | None, decision: Decision
+    run: LipizzanerRun,
+    index: int,
+    record: CellRecord,
+    pod: PodView | None,
+    decision: Decision,
+    given_up: int,
 ) -> Verdict | None:
     """Bring one cell's record up to date with its pod; a stopped cell gets a verdict
     (`lipizzaner_core.policy`), and a restart is scheduled here."""
-    limit = run.spec.failure_policy.max_restarts_per_cell
-    if record.phase == "Succeeded" or (pod is not None and pod.deleting):
+    policy = run.spec.failure_policy
+    if record.phase in ("Succeeded", "Failed"):  # Failed: given up
+        return None
+    if pod is not None and pod.deleting:
+        if pod.disruption:  # said while it goes, and remembered once it is gone
+            record.message = DISRUPTED + pod.disruption
         return None
     if pod is None:
         existed = record.phase in ("Pending", "Running")
-        verdict = judge(None, record.restarts, limit, vanished=True) if existed else None
-        if verdict is None or verdict.action == "restart":
-            decision.create.append(index)
+        decision.create.append(index)
+        if not existed:
             record.phase, record.message = "Pending", ""
-        if verdict is not None and verdict.action == "restart":
-            _restart(run, index, record, verdict, "CellPodLost", decision)
+            return None
+        why = (
+            record.message.removeprefix(DISRUPTED) if record.message.startswith(DISRUPTED) else GONE
+        )
+        verdict = judge(None, record.restarts, policy.max_restarts_per_cell, disruption=why)
+        record.phase, record.message = "Pending", ""
+        _restart(run, index, record, verdict, decision)
         return verdict
     if pod.phase == "Succeeded":
         record.phase, record.generation, record.message = "Succeeded", run.spec.generations, ""
@@ -267,30 +303,43 @@ def _observe(
         record.phase = "Running" if pod.phase == "Running" else "Pending"
         record.message = pod.problem
         return None
-    verdict = judge(pod.exit_code, record.restarts, limit)
+    verdict = judge(
+        pod.exit_code,
+        record.restarts,
+        policy.max_restarts_per_cell,
+        pod.disruption,
+        given_up,
+        policy.max_failed_cells,
+    )
     if verdict.action == "restart":
         record.phase = "Restarting"
         decision.delete.append(index)
-        _restart(run, index, record, verdict, "CellRestarted", decision)
+        _restart(run, index, record, verdict, decision)
+    elif verdict.action == "give-up":
+        record.phase, record.message = "Failed", verdict.message
+        decision.events.append(
+            Event("Warning", verdict.reason, f"{_position(run, index)} {verdict.message}")
+        )
     return verdict
 
 
 def _restart(
-    run: LipizzanerRun,
-    index: int,
-    record: CellRecord,
-    verdict: Verdict,
-    reason: str,
-    decision: Decision,
+    run: LipizzanerRun, index: int, record: CellRecord, verdict: Verdict, decision: Decision
 ) -> None:
-    record.restarts += 1
+    """Count the restart (a disruption does not count) and say so in an Event."""
     limit = run.spec.failure_policy.max_restarts_per_cell
+    if verdict.counted:
+        record.restarts += 1
+        counted = f"({record.restarts}/{limit})"
+    else:
+        record.disruptions += 1
+        counted = "(a disruption: not counted toward spec.failurePolicy.maxRestartsPerCell)"
     decision.events.append(
         Event(
             "Warning",
-            reason,
+            verdict.reason,
             f"{_position(run, index)} {verdict.message}; recreating its pod to resume from "
-            f"its checkpoint ({record.restarts}/{limit})",
+            f"its checkpoint {counted}",
         )
     )
 
@@ -305,13 +354,16 @@ def _take_progress(record: CellRecord, progress: CellProgress | None) -> None:
 
 
 def _summarise(status: RunStatus, records: dict[int, CellRecord], decision: Decision) -> None:
-    """The run's phase and message from its cells' records."""
+    """The run's phase and message from its cells' records (a Failed record: given up)."""
     problems = [f"cell {i}: {r.message}" for i, r in records.items() if r.message]
-    if all(r.phase == "Succeeded" for r in records.values()):
+    given_up = [i for i, r in records.items() if r.phase == "Failed"]
+    without = f"going on without given-up cells {given_up}" if given_up else ""
+    if all(r.phase in ("Succeeded", "Failed") for r in records.values()):
         decision.assemble = True
-        status.phase, status.message = "Running", "all cells succeeded; assembling the ensemble"
-    elif all(r.phase in ("Running", "Succeeded") for r in records.values()):
-        status.phase, status.message = "Running", ""
+        finished = "all cells succeeded" if not given_up else "the other cells succeeded"
+        status.phase, status.message = "Running", f"{finished}; assembling the ensemble"
+    elif all(r.phase in ("Running", "Succeeded", "Failed") for r in records.values()):
+        status.phase, status.message = "Running", without
     else:
         status.phase = "Pending"
         status.message = "; ".join(problems[:3]) or "waiting for cell pods to run"
@@ -326,4 +378,5 @@ def _counts(records) -> CellCounts:
             key = "pending"
         setattr(counts, key, getattr(counts, key) + 1)
         counts.restarts += record.restarts
+        counts.disruptions += record.disruptions
     return counts
