@@ -285,6 +285,42 @@ def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, 
         wait_for("cell 1 stopped", lambda: set(cluster.pods()) == {0})
 
 
+def test_a_preempted_or_deleted_pod_is_a_disruption_not_a_restart(cluster, tmp_path):
+    """maxRestartsPerCell 0: a single counted failure would fail the run."""
+    with operator(cluster) as metrics:
+        cluster.create_run(manifest(tmp_path, failurePolicy={"maxRestartsPerCell": 0}))
+        first = wait_for("pods", lambda: len(cluster.pods()) == 2 and cluster.pods())
+        preempted = terminated("Failed", 137) | {
+            "conditions": [
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "PreemptionByScheduler",
+                    "message": "a higher-priority workload needed the GPU",
+                }
+            ]
+        }
+        cluster.set_pod_status("demo-cell-0", preempted)
+        wait_for(
+            "a new pod for cell 0",
+            lambda: (
+                (p := cluster.pods().get(0)) and p["metadata"]["uid"] != first[0]["metadata"]["uid"]
+            ),
+        )
+        # Deleted outright (its node lost, or by hand): recreated and not counted either.
+        cluster.core.delete_namespaced_pod("demo-cell-1", cluster.namespace, grace_period_seconds=0)
+        cells = wait_for(
+            "two disruptions",
+            lambda: (c := cluster.status("demo").get("cells", {})).get("disruptions") == 2 and c,
+        )
+        assert cells["restarts"] == 0
+        assert cluster.status("demo")["phase"] != "Failed"
+        reasons = [e.get("reason") for e in cluster.events()]
+        assert reasons.count("CellDisrupted") == 2
+        assert metrics.registry.get_sample_value("lipizzaner_operator_cell_disruptions_total") == 2
+        assert metrics.registry.get_sample_value("lipizzaner_operator_cell_restarts_total") == 0
+
+
 def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, tmp_path):
     with operator(cluster):
         cluster.create_run(manifest(tmp_path))
