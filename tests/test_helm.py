@@ -23,6 +23,7 @@ VALUE_SETS = {
         "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
     },
     "network-policy": {"networkPolicy": {"enabled": True}},
+    "high-availability": {"replicaCount": 2, "leaseSeconds": 20},
     "everything": {
         "watchNamespaces": ["ml"],
         "logLevel": "debug",
@@ -198,3 +199,28 @@ def test_the_values_schema_rejects_typos_and_bad_values(values, named):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as caught:
         chart.validate_schema(values)
     assert named in str(caught.value)
+
+
+def test_two_replicas_elect_a_leader_keep_one_up_and_may_touch_only_their_lease():
+    objects, _ = render(VALUE_SETS["high-availability"])
+    (deployment,) = by_kind(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LIPIZZANER_LEADER_ELECTION"]["value"] == "true"
+    assert env["LIPIZZANER_LEASE_SECONDS"]["value"] == "20"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (budget,) = by_kind(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+    lease_role = next(
+        r for r in by_kind(objects, "Role") if "leader-election" in r["metadata"]["name"]
+    )
+    assert lease_role["metadata"]["namespace"] == NAMESPACE
+    assert rules(lease_role) == {"coordination.k8s.io/leases": {"get", "create", "update"}}
+    single, _ = render({})
+    assert not by_kind(single, "PodDisruptionBudget")
+    (deployment,) = by_kind(single, "Deployment")
+    names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "LIPIZZANER_LEADER_ELECTION" not in names

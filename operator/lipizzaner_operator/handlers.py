@@ -8,6 +8,7 @@ registered into a registry passed in, so every test gets its own.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,8 @@ class OperatorConfig:
     # With a namespace: give each run a NetworkPolicy admitting only its own cells and
     # the operator pods of this namespace to the cells' gRPC port.
     network_policy_operator_namespace: str | None = None
+    # With leader election (`leader.py`): set while this replica leads; None: it always acts.
+    leading: threading.Event | None = None
 
 
 def operator_settings() -> kopf.OperatorSettings:
@@ -220,6 +223,8 @@ def register(
     def reconcile_run(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
     ) -> None:
+        if config.leading is not None and not config.leading.is_set():
+            return  # a standby: the leader reconciles
         try:
             old, new = reconcile(body, memo.kube, config, metrics, logger)
         except Exception:

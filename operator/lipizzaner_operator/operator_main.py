@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import threading
 
 import kopf
 from kubernetes import client
@@ -18,10 +20,12 @@ from lipizzaner_operator.kube import (
     connection_info,
     load_configuration,
 )
+from lipizzaner_operator.leader import LeaderElection
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.render import CellDefaults
 
 DEFAULTS = CellDefaults()
+LEASE_NAME = "lipizzaner-operator"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
         "pods of NAMESPACE to the cells' gRPC port [LIPIZZANER_NETWORK_POLICY_NAMESPACE, "
         "default: no policies]",
     )
+    parser.add_argument(
+        "--leader-election",
+        action="store_true",
+        default=env("LIPIZZANER_LEADER_ELECTION", "").lower() in ("1", "true"),
+        help="run as one of several replicas: only the holder of the Lease "
+        "lipizzaner-operator reconciles [LIPIZZANER_LEADER_ELECTION, default off]",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=env("LIPIZZANER_LEASE_NAMESPACE") or env("POD_NAMESPACE") or "default",
+        help="namespace of the Lease [LIPIZZANER_LEASE_NAMESPACE, else POD_NAMESPACE, "
+        "default %(default)s]",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=float(env("LIPIZZANER_LEASE_SECONDS", "15")),
+        help="a standby takes over a Lease not renewed for this long; the leader renews "
+        "every seventh of it and stands down after two thirds without a renewal "
+        "[LIPIZZANER_LEASE_SECONDS, default %(default)s]",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def identity() -> str:
+    """This replica's name in the Lease: its pod's name, else host and process."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,10 +118,25 @@ def main(argv: list[str] | None = None) -> None:
     except CredentialsError as exc:
         print(f"lipizzaner-operator: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    kube = KubeClient(client.ApiClient(configuration))
+    api = client.ApiClient(configuration)
+    kube = KubeClient(api)
     metrics = OperatorMetrics(lambda: kube.list_runs(args.namespace))
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    leading = None
+    stop = threading.Event()
+    if args.leader_election:
+        election = LeaderElection(
+            client.CoordinationV1Api(api),
+            args.lease_namespace,
+            LEASE_NAME,
+            identity(),
+            lease_seconds=args.lease_seconds,
+            renew_deadline_seconds=args.lease_seconds * 2 / 3,
+            renew_seconds=args.lease_seconds / 7,
+        )
+        election.start(stop)
+        leading = election.leading
     registry = kopf.OperatorRegistry()
     register(
         registry,
@@ -99,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             cell=CellDefaults(image=args.cell_image),
             reconcile_seconds=args.reconcile_seconds,
             network_policy_operator_namespace=args.network_policy_namespace,
+            leading=leading,
         ),
         metrics,
     )
@@ -110,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
     )
+    stop.set()
 
 
 if __name__ == "__main__":
