@@ -108,6 +108,8 @@ def test_cluster_wide_rbac_grants_only_what_the_operator_uses():
         "/configmaps": {"get", "create", "patch"},
         "/services": {"create"},
         "/secrets": {"get", "create"},  # spec.exchange.tls: the run's certificates
+        "scheduling.x-k8s.io/podgroups": {"create"},  # spec.scheduling.podGroup
+        "scheduling.volcano.sh/podgroups": {"create"},
         "/events": {"create"},
     }
     assert roles["lpz-lipizzaner-operator-discovery"] == {

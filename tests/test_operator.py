@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 import pytest
+import yaml
 from conftest import TINY_RING
 from envtest import GROUP, PLURAL, VERSION, Cluster, wait_for
 from kopf.testing import KopfRunner
@@ -319,6 +320,62 @@ def test_a_preempted_or_deleted_pod_is_a_disruption_not_a_restart(cluster, tmp_p
         assert reasons.count("CellDisrupted") == 2
         assert metrics.registry.get_sample_value("lipizzaner_operator_cell_disruptions_total") == 2
         assert metrics.registry.get_sample_value("lipizzaner_operator_cell_restarts_total") == 0
+
+
+POD_GROUP_CRDS = Path(__file__).parent / "data" / "podgroup-crds.yaml"
+
+
+@pytest.mark.parametrize(
+    ("pod_group", "api"),
+    [
+        ("coscheduling", "scheduling.x-k8s.io/v1alpha1"),
+        ("volcano", "scheduling.volcano.sh/v1beta1"),
+    ],
+)
+def test_a_gang_gets_its_pod_group_and_the_run_says_it_waits(cluster, tmp_path, pod_group, api):
+    cluster.plane.apply(list(yaml.safe_load_all(POD_GROUP_CRDS.read_text())))
+    group = api.split("/")[0]
+    cluster.plane.kubectl("wait", "--for=condition=Established", f"crd/podgroups.{group}")
+    document = manifest(tmp_path, scheduling={"podGroup": pod_group})
+    document["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    with operator(cluster):
+        cluster.create_run(document)
+        found = wait_for(
+            "the PodGroup",
+            lambda: cluster.get(f"/apis/{api}/namespaces/{cluster.namespace}/podgroups/demo-cells"),
+        )
+        assert found["spec"]["minMember"] == 2
+        uid = cluster.run("demo")["metadata"]["uid"]
+        assert found["metadata"]["ownerReferences"][0]["uid"] == uid
+        pods = wait_for("two pods", lambda: len(cluster.pods()) == 2 and cluster.pods())
+        for pod in pods.values():
+            assert pod["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "demo"
+            assert pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "2"
+        wait_for(
+            "the run waiting for its gang",
+            lambda: (
+                cluster.status("demo")
+                .get("message", "")
+                .startswith(
+                    f"waiting for the gang: 0 of 2 cells placed (PodGroup demo-cells, {pod_group})"
+                )
+            ),
+        )
+
+
+def test_a_run_another_controller_manages_is_left_alone(cluster, tmp_path):
+    theirs = manifest(tmp_path, name="theirs", managedBy="kueue.x-k8s.io/multikueue")
+    with operator(cluster):
+        cluster.create_run(theirs)
+        cluster.create_run(manifest(tmp_path))
+        wait_for("our run's pods", lambda: len(cluster.pods()) == 2)
+        wait_for("our run's status", lambda: cluster.status("demo").get("phase") == "Pending")
+        names = [p["metadata"]["name"] for p in cluster.items("pods")]
+        assert not [n for n in names if n.startswith("theirs")]
+        assert cluster.status("theirs") == {}
+    with pytest.raises(ApiException) as refused:
+        cluster.patch_spec("theirs", {"managedBy": "someone-else"})
+    assert refused.value.status == 422 and "spec.managedBy is immutable" in refused.value.body
 
 
 def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, tmp_path):

@@ -268,3 +268,15 @@ def test_condition_times_change_only_when_a_condition_flips():
     assert condition(later, "Running").last_transition_time == "2026-11-24T12:00:00Z"
     running = step(run, later, pods(), now=T0 + timedelta(seconds=60)).status
     assert condition(running, "Running").last_transition_time == "2026-11-24T12:01:00Z"
+
+
+def test_a_gang_scheduled_run_says_it_waits_for_its_gang():
+    run = make_run(scheduling={"podGroup": "coscheduling"})
+    status = step(run, RunStatus(), {}).status
+    waiting = {i: PodView(i, "Pending", scheduled=i < 3) for i in range(4)}
+    status = step(run, status, waiting).status
+    assert status.phase == "Pending"
+    assert status.message == (
+        "waiting for the gang: 3 of 4 cells placed (PodGroup tiny-cells, coscheduling)"
+    )
+    assert step(run, status, pods()).status.phase == "Running"

@@ -19,6 +19,7 @@ from lipizzaner_operator.render import (
     render_config_map,
     render_network_policy,
     render_pod,
+    render_pod_group,
     render_service,
     render_tls_secret,
 )
@@ -214,3 +215,42 @@ def test_with_mutual_tls_the_pods_mount_the_runs_certificates():
     plain = render_pod(parse_run(copy.deepcopy(TINY_RING)), "ml", 0, 0, DEFAULTS)
     assert plain["spec"]["containers"][0]["readinessProbe"]["grpc"] == {"port": DEFAULTS.grpc_port}
     assert all(v["name"] != "tls" for v in plain["spec"]["volumes"])
+
+
+def gang_run(pod_group: str, **scheduling):
+    manifest = copy.deepcopy(TINY_RING)
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    manifest["spec"]["scheduling"] = {"podGroup": pod_group, **scheduling}
+    return parse_run(manifest)
+
+
+def test_kueue_admits_the_cells_as_one_plain_pod_group():
+    """The run's queue label, the group's name and size on every pod (Kueue's contract)."""
+    run = gang_run("none")
+    pods = [render_pod(run, "ml", i, 0, DEFAULTS) for i in range(4)]
+    for pod in pods:
+        labels, annotations = pod["metadata"]["labels"], pod["metadata"]["annotations"]
+        assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert labels["kueue.x-k8s.io/pod-group-name"] == "tiny"
+        assert annotations == {"kueue.x-k8s.io/pod-group-total-count": "4"}
+    plain = render_pod(parse_run(copy.deepcopy(TINY_RING)), "ml", 0, 0, DEFAULTS)
+    assert "annotations" not in plain["metadata"]
+    assert not any(k.startswith("kueue") for k in plain["metadata"]["labels"])
+
+
+def test_a_gang_gets_a_pod_group_of_every_cell():
+    run = gang_run("coscheduling", schedulerName="scheduler-plugins", scheduleTimeoutSeconds=90)
+    group = render_pod_group(run, "ml")
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    assert group["metadata"]["name"] == "tiny-cells"
+    assert group["spec"] == {"minMember": 4, "scheduleTimeoutSeconds": 90}
+    pod = render_pod(run, "ml", 2, 0, DEFAULTS)
+    assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "tiny-cells"
+    assert pod["spec"]["schedulerName"] == "scheduler-plugins"
+    volcano = gang_run("volcano")
+    assert render_pod_group(volcano, "ml")["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert render_pod_group(volcano, "ml")["spec"] == {"minMember": 4}
+    pod = render_pod(volcano, "ml", 0, 0, DEFAULTS)
+    assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "tiny-cells"
+    assert pod["spec"]["schedulerName"] == "volcano"
+    assert render_pod_group(parse_run(copy.deepcopy(TINY_RING)), "ml") is None

@@ -24,6 +24,11 @@ METRICS_PORT = 9090
 SPEC_FILE = "/etc/lipizzaner/run.yaml"  # where a pod mounts its run's manifest
 TLS_DIR = "/etc/lipizzaner/tls"  # where a pod mounts its run's certificates
 RUN_LABEL, CELL_LABEL = "lipizzaner.io/run", "lipizzaner.io/cell"
+CONTROLLER_NAME = "lipizzaner.io/operator"  # spec.managedBy of the runs this operator runs
+# Kueue's plain-pod-group contract: the run's queue label, copied onto each cell pod.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
 
 

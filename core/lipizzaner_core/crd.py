@@ -76,6 +76,11 @@ SPEC_RULES: list[Schema] = [
         "reason": "FieldValueInvalid",
     },
     {
+        "rule": "has(self.managedBy) == has(oldSelf.managedBy)",
+        "message": "spec.managedBy is immutable",
+        "fieldPath": ".managedBy",
+    },
+    {
         "rule": "self.failurePolicy.maxFailedCells < self.grid.rows * self.grid.cols",
         "message": "failurePolicy.maxFailedCells: must be less than the number of cells",
         "fieldPath": ".failurePolicy.maxFailedCells",
@@ -213,6 +218,9 @@ def spec_schema() -> Schema:
     schema["x-kubernetes-validations"] = SPEC_RULES
     schema["properties"]["grid"]["x-kubernetes-validations"] = GRID_RULES
     schema["properties"]["dataset"]["x-kubernetes-validations"] = DATASET_RULES
+    schema["properties"]["managedBy"]["x-kubernetes-validations"] = [
+        {"rule": "self == oldSelf", "message": "spec.managedBy is immutable"}
+    ]
     return schema
 
 

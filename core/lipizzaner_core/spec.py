@@ -247,6 +247,25 @@ class ExchangeSpec(SpecModel):
 KubeObject = dict[str, Any]
 
 
+class SchedulingSpec(SpecModel):
+    """Kubernetes only: how the cells' pods are scheduled (ignored by local runs)."""
+
+    scheduler_name: str | None = Field(
+        None,
+        description="the pods' schedulerName (default: volcano for a Volcano gang, "
+        "else the cluster's default scheduler)",
+    )
+    pod_group: Literal["none", "coscheduling", "volcano"] = Field(
+        "none",
+        description="gang scheduling: the operator creates a PodGroup with minMember = rows x "
+        "cols for scheduler-plugins' coscheduling or for Volcano, so no cell holds a GPU "
+        "until every cell can run",
+    )
+    schedule_timeout_seconds: int = Field(
+        600, ge=1, description="coscheduling: how long the gang may wait to be placed whole"
+    )
+
+
 class CellTemplateSpec(SpecModel):
     """Kubernetes only: how the operator shapes each cell's pod (ignored by local runs)."""
 
@@ -282,6 +301,14 @@ class RunSpecBody(SpecModel):
     failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)
     exchange: ExchangeSpec = Field(default_factory=ExchangeSpec)
     cell: CellTemplateSpec = Field(default_factory=CellTemplateSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    managed_by: str | None = Field(
+        None,
+        max_length=63,
+        description="Kubernetes: the controller that runs this run (as Job's, for MultiKueue); "
+        "unset or lipizzaner.io/operator: this operator; anything else: it leaves the run "
+        "alone. Immutable",
+    )
     suspend: bool = Field(
         False, strict=True, description="Kubernetes: true stops the cells, keeping checkpoints"
     )

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from lipizzaner_core.contract import CONTROLLER_NAME
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
@@ -31,6 +32,7 @@ from lipizzaner_operator.render import (
     render_config_map,
     render_network_policy,
     render_pod,
+    render_pod_group,
     render_service,
     render_tls_secret,
     tls_secret_name,
@@ -92,6 +94,8 @@ def reconcile(
         run = parse_run(manifest)
     except SpecError as exc:
         return old, _invalid(old, "; ".join(exc.errors), now)
+    if run.spec.managed_by not in (None, CONTROLLER_NAME):
+        return old, old  # another controller's (MultiKueue): not ours to touch
     problem = output_problem(run)
     if problem is not None:
         return old, _invalid(old, problem, now)
@@ -128,6 +132,9 @@ def _ensure_shared_children(
     body: kopf.Body, run: LipizzanerRun, namespace: str, kube: KubeClient, config: OperatorConfig
 ) -> None:
     children = [render_config_map(run, namespace), render_service(run, namespace, config.cell)]
+    pod_group = render_pod_group(run, namespace)
+    if pod_group is not None:
+        children.append(pod_group)
     if config.network_policy_operator_namespace:
         children.append(
             render_network_policy(

@@ -116,12 +116,23 @@ class KubeClient:
         return json.loads(response.data)["items"]
 
     def create(self, obj: Manifest) -> None:
-        """Create a Pod, Service, ConfigMap, Secret or NetworkPolicy; one that exists is left
-        as it is.
+        """Create a Pod, Service, ConfigMap, Secret, NetworkPolicy or PodGroup; one that
+        exists is left as it is.
 
         Responses stay unparsed: we never read them, and the client's models reject
         objects that other controllers filled in only partly.
         """
+        if obj["kind"] == "PodGroup":  # a scheduler's custom resource
+            group, version = obj["apiVersion"].split("/")
+            namespace = obj["metadata"]["namespace"]
+            try:
+                self.custom.create_namespaced_custom_object(
+                    group, version, namespace, "podgroups", obj, field_validation=STRICT
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            return
         create = {
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,

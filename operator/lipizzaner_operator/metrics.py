@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from lipizzaner_operator.reconcile import GANG_WAITING
+
 log = logging.getLogger(__name__)
 PHASES: tuple[RunPhase, ...] = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
@@ -37,6 +39,18 @@ class RunsByPhase(Collector):
         for phase in PHASES:
             family.add_metric([phase], tally.get(phase, 0))
         yield family
+        gang = GaugeMetricFamily(
+            "lipizzaner_operator_runs_waiting_for_gang",
+            "Gang-scheduled runs whose cells are not all placed yet (spec.scheduling.podGroup)",
+        )
+        gang.add_metric(
+            [],
+            sum(
+                (run.get("status") or {}).get("message", "").startswith(GANG_WAITING)
+                for run in runs
+            ),
+        )
+        yield gang
 
 
 class OperatorMetrics:

@@ -29,6 +29,7 @@ from lipizzaner_core.status import (
     with_conditions,
 )
 
+GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
 # Waiting reasons that mean a pod will not start by itself.
 STUCK_REASONS = {
     "ErrImagePull",
@@ -51,6 +52,7 @@ class PodView:
     problem: str = ""  # why it is not running: image pull, scheduling, ...
     ip: str | None = None
     disruption: str = ""  # why Kubernetes took it away: preemption, eviction, node lost
+    scheduled: bool = False  # placed on a node (PodScheduled True)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ def view_pod(pod: dict[str, Any]) -> PodView:
         waiting = state.get("waiting") or {}
         if waiting.get("reason") in STUCK_REASONS:
             problems.append(f"{waiting['reason']}: {waiting.get('message', '')}".strip(": "))
+    scheduled = False
     for condition in status.get("conditions") or []:
+        scheduled |= condition.get("type") == "PodScheduled" and condition.get("status") == "True"
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             reason = condition.get("reason", "Unschedulable")
             said = "cannot be scheduled" if reason == "Unschedulable" else reason
@@ -103,6 +107,7 @@ def view_pod(pod: dict[str, Any]) -> PodView:
         problem="; ".join(problems),
         ip=status.get("podIP"),
         disruption=_disruption(status),
+        scheduled=scheduled,
     )
 
 
@@ -250,6 +255,12 @@ def _active(
             return _failed(decision, pods, verdict.reason, message, now)
         _take_progress(record, progress.get(index))
     _summarise(status, records, decision)
+    if run.spec.scheduling.pod_group != "none" and status.phase == "Pending":
+        placed = sum(p.scheduled or p.phase != "Pending" for p in pods.values())
+        status.message = (
+            f"{GANG_WAITING}: {placed} of {run.spec.grid.size} cells placed "
+            f"(PodGroup {run.metadata.name}-cells, {run.spec.scheduling.pod_group})"
+        )
     return decision
 
 

@@ -19,6 +19,9 @@ from lipizzaner_core.contract import (
     CELL_LABEL,
     COL_LABEL,
     GRPC_PORT,
+    KUEUE_GROUP_COUNT_ANNOTATION,
+    KUEUE_POD_GROUP_LABEL,
+    KUEUE_QUEUE_LABEL,
     METRICS_PORT,
     ROW_LABEL,
     RUN_LABEL,
@@ -55,6 +58,25 @@ def service_name(run: LipizzanerRun) -> str:
 
 def pod_name(run: LipizzanerRun, index: int) -> str:
     return f"{run.metadata.name}-cell-{index}"
+
+
+# Gang scheduling: where each scheduler's PodGroup lives, and how a pod names its group.
+POD_GROUP_APIS = {
+    "coscheduling": "scheduling.x-k8s.io/v1alpha1",  # scheduler-plugins
+    "volcano": "scheduling.volcano.sh/v1beta1",
+}
+COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
+VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
+
+
+def pod_group_name(run: LipizzanerRun) -> str:
+    return f"{run.metadata.name}-cells"
+
+
+def kueue_queue(run: LipizzanerRun) -> str | None:
+    """The LocalQueue the run's own label names, if any."""
+    labels = (run.metadata.model_extra or {}).get("labels") or {}
+    return labels.get(KUEUE_QUEUE_LABEL)
 
 
 def tls_secret_name(run: LipizzanerRun) -> str:
@@ -98,6 +120,22 @@ def render_tls_secret(run: LipizzanerRun, namespace: str, material: TlsMaterial)
         "metadata": _metadata(tls_secret_name(run), namespace, run_labels(run, "tls")),
         "type": "kubernetes.io/tls",
         "data": {key: base64.b64encode(value).decode() for key, value in material.files().items()},
+    }
+
+
+def render_pod_group(run: LipizzanerRun, namespace: str) -> Manifest | None:
+    """A PodGroup of minMember = every cell, for the gang scheduler the spec names."""
+    scheduling = run.spec.scheduling
+    if scheduling.pod_group == "none":
+        return None
+    spec: Manifest = {"minMember": run.spec.grid.size}
+    if scheduling.pod_group == "coscheduling":
+        spec["scheduleTimeoutSeconds"] = scheduling.schedule_timeout_seconds
+    return {
+        "apiVersion": POD_GROUP_APIS[scheduling.pod_group],
+        "kind": "PodGroup",
+        "metadata": _metadata(pod_group_name(run), namespace, run_labels(run, "cell")),
+        "spec": spec,
     }
 
 
@@ -196,6 +234,16 @@ def render_pod(
         ROW_LABEL: str(row),
         COL_LABEL: str(col),
     }
+    annotations: dict[str, str] = {}
+    queue = kueue_queue(run)
+    if queue:  # Kueue's plain pod group: admitted, and preempted, as one
+        labels |= {KUEUE_QUEUE_LABEL: queue, KUEUE_POD_GROUP_LABEL: run.metadata.name}
+        annotations[KUEUE_GROUP_COUNT_ANNOTATION] = str(grid.size)
+    scheduling = run.spec.scheduling
+    if scheduling.pod_group == "coscheduling":
+        labels[COSCHEDULING_LABEL] = pod_group_name(run)
+    elif scheduling.pod_group == "volcano":
+        annotations[VOLCANO_ANNOTATION] = pod_group_name(run)
     container: Manifest = {
         "name": "cell",
         "image": template.image or defaults.image,
@@ -234,7 +282,11 @@ def render_pod(
         "containers": [container],
         "volumes": [*volumes, *template.volumes],
     }
+    scheduler = scheduling.scheduler_name or (
+        "volcano" if scheduling.pod_group == "volcano" else None
+    )
     optional = {
+        "schedulerName": scheduler,
         "nodeSelector": template.node_selector,
         "tolerations": template.tolerations,
         "affinity": template.affinity,
@@ -243,9 +295,7 @@ def render_pod(
         "imagePullSecrets": template.image_pull_secrets,
     }
     pod_spec.update({key: value for key, value in optional.items() if value})
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _metadata(name, namespace, labels),
-        "spec": pod_spec,
-    }
+    metadata = _metadata(name, namespace, labels)
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
