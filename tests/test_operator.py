@@ -378,6 +378,37 @@ def test_a_run_another_controller_manages_is_left_alone(cluster, tmp_path):
     assert refused.value.status == 422 and "spec.managedBy is immutable" in refused.value.body
 
 
+def test_a_cell_given_up_leaves_the_ensemble_to_the_others(cluster, tmp_path):
+    """maxRestartsPerCell 0, maxFailedCells 1: cell 1 fails once and is given up; cell 0
+    finishes, and the ensemble is assembled from it alone."""
+    document = manifest(tmp_path, failurePolicy={"maxRestartsPerCell": 0, "maxFailedCells": 1})
+    run = parse_run(document)
+    run_in_process(run, resume=False)  # real results to assemble from...
+    layout = RunLayout.of(run)
+    layout.storage.remove_tree(layout.ensemble)
+    layout.storage.remove_tree(layout.cell(1).uri)  # ...but none from the cell that fails
+    with operator(cluster):
+        cluster.create_run(document)
+        wait_for("pods", lambda: len(cluster.pods()) == 2)
+        cluster.set_pod_status("demo-cell-1", terminated("Failed", 1))
+        wait_for(
+            "cell 1 given up",
+            lambda: (
+                [r["phase"] for r in cluster.status("demo").get("cellRecords", [])][1:]
+                == ["Failed"]
+            ),
+        )
+        cluster.set_pod_status("demo-cell-0", terminated("Succeeded", 0))
+        status = wait_for("Succeeded", phase_is(cluster, "Succeeded"))
+    assert "(given up: [1])" in status["message"]
+    records = {r["cell"]: r for r in status["cellRecords"]}
+    assert records[1]["phase"] == "Failed" and records[0]["phase"] == "Succeeded"
+    ensemble = layout.storage.read_json(layout.ensemble_manifest)
+    assert ensemble["bestCell"] == 0 and [c["cell"] for c in ensemble["cells"]] == [0]
+    reasons = [e.get("reason") for e in cluster.events()]
+    assert "CellGivenUp" in reasons and "CellFailed" not in reasons
+
+
 def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, tmp_path):
     with operator(cluster):
         cluster.create_run(manifest(tmp_path))
