@@ -363,6 +363,26 @@ def test_a_gang_gets_its_pod_group_and_the_run_says_it_waits(cluster, tmp_path, 
         )
 
 
+def test_an_ended_kueue_run_marks_its_pods_not_retriable(cluster, tmp_path):
+    document = manifest(tmp_path)
+    document["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    with operator(cluster):
+        cluster.create_run(document)
+        wait_for("pods", lambda: len(cluster.pods()) == 2)
+        cluster.set_pod_status("demo-cell-0", terminated("Failed", 2))
+        wait_for("Failed", phase_is(cluster, "Failed"))
+        failed = wait_for(
+            "the failed pod released from its Kueue group",
+            lambda: (
+                (p := cluster.pods().get(0))
+                and p["metadata"].get("annotations", {}).get("kueue.x-k8s.io/retriable-in-group")
+                == "false"
+                and p
+            ),
+        )
+    assert failed["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "demo"
+
+
 def test_a_run_another_controller_manages_is_left_alone(cluster, tmp_path):
     theirs = manifest(tmp_path, name="theirs", managedBy="kueue.x-k8s.io/multikueue")
     with operator(cluster):

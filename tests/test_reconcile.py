@@ -280,3 +280,18 @@ def test_a_gang_scheduled_run_says_it_waits_for_its_gang():
         "waiting for the gang: 3 of 4 cells placed (PodGroup tiny-cells, coscheduling)"
     )
     assert step(run, status, pods()).status.phase == "Running"
+
+
+def test_an_ended_kueue_run_releases_its_pod_group():
+    """Marked not retriable, Kueue finishes the group's Workload and frees its quota."""
+    manifest = copy.deepcopy(TINY_RING)
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    run = parse_run(manifest)
+    status = step(run, step(run, RunStatus(), {}).status, pods()).status
+    broken = {**pods(), 0: PodView(0, "Failed", exit_code=2)}
+    decision = step(run, status, broken)
+    assert decision.status.phase == "Failed"
+    assert decision.release == [0, 1, 2, 3] and sorted(decision.delete) == [1, 2, 3]
+    released = {i: PodView(i, "Failed", released=True) for i in range(4)}
+    assert step(run, decision.status, released).release == []
+    assert step(make_run(), RunStatus(), {}).release == []  # no queue: nothing to release

@@ -29,6 +29,9 @@ CONTROLLER_NAME = "lipizzaner.io/operator"  # spec.managedBy of the runs this op
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+# "false" once the run has ended: Kueue then finishes the group's Workload and frees its
+# quota (a retriable group would wait for replacement pods).
+KUEUE_RETRIABLE_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
 ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from lipizzaner_core.contract import CONTROLLER_NAME
+from lipizzaner_core.contract import CONTROLLER_NAME, KUEUE_RETRIABLE_ANNOTATION
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
@@ -186,6 +186,8 @@ def _carry_out(
     config: OperatorConfig,
     logger: logging.Logger | kopf.Logger,
 ) -> None:
+    for index in decision.release:  # before any delete: Kueue holds a retriable group's pods
+        kube.annotate_pod(namespace, pod_name(run, index), {KUEUE_RETRIABLE_ANNOTATION: "false"})
     for index in decision.delete:
         logger.info("deleting the pod of cell %d", index)
         kube.delete_pod(namespace, pod_name(run, index))

@@ -178,6 +178,16 @@ class KubeClient:
                 _preload_content=False,
             )
 
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Add annotations to a pod; a pod that is gone is not an error."""
+        try:
+            self.core.patch_namespaced_pod(
+                name, namespace, {"metadata": {"annotations": annotations}}, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def delete_pod(self, namespace: str, name: str) -> None:
         try:
             self.core.delete_namespaced_pod(name, namespace, _preload_content=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from lipizzaner_core.contract import CELL_LABEL
+from lipizzaner_core.contract import CELL_LABEL, KUEUE_RETRIABLE_ANNOTATION
 from lipizzaner_core.policy import Verdict, judge
 from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.status import (
@@ -28,6 +28,8 @@ from lipizzaner_core.status import (
     timestamp,
     with_conditions,
 )
+
+from lipizzaner_operator.render import kueue_queue
 
 GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
 # Waiting reasons that mean a pod will not start by itself.
@@ -53,6 +55,7 @@ class PodView:
     ip: str | None = None
     disruption: str = ""  # why Kubernetes took it away: preemption, eviction, node lost
     scheduled: bool = False  # placed on a node (PodScheduled True)
+    released: bool = False  # marked not retriable in its Kueue group (the run has ended)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     assemble: bool = False  # every cell succeeded: build the ensemble, then call `succeed`
     delete_run: bool = False  # ttlSecondsAfterFinished has passed
+    release: list[int] = field(default_factory=list)  # pods to mark not retriable (Kueue)
 
 
 def view_pod(pod: dict[str, Any]) -> PodView:
@@ -108,6 +112,7 @@ def view_pod(pod: dict[str, Any]) -> PodView:
         ip=status.get("podIP"),
         disruption=_disruption(status),
         scheduled=scheduled,
+        released=(meta.get("annotations") or {}).get(KUEUE_RETRIABLE_ANNOTATION) == "false",
     )
 
 
@@ -172,6 +177,13 @@ def _finished(run: LipizzanerRun, status: RunStatus, pods: dict[int, PodView], n
     return decision
 
 
+def _unreleased(run: LipizzanerRun, pods: dict[int, PodView]) -> list[int]:
+    """An ended run's pods that Kueue still counts as a retriable group."""
+    if not kueue_queue(run):
+        return []
+    return [i for i, p in pods.items() if not p.released and not p.deleting]
+
+
 def _live(pods: dict[int, PodView]) -> list[int]:
     """Cells whose pods still run (or could): what a failed run stops."""
     return [i for i, p in pods.items() if not p.deleting and p.phase not in ("Failed", "Succeeded")]
@@ -205,7 +217,9 @@ def decide(
     status.observed_generation = generation
     status.grid = f"{run.spec.grid.rows}x{run.spec.grid.cols}"
     if status.phase in ("Succeeded", "Failed"):
-        return _finished(run, status, pods, now)
+        decision = _finished(run, status, pods, now)
+        decision.release = _unreleased(run, pods)
+        return decision
     records = _records(run, status)
     if run.spec.suspend:
         decision = _suspended(status, records, pods, now)
@@ -222,6 +236,8 @@ def decide(
     status.best_score = min(scores) if scores else None
     if status.phase != "Failed":  # `fail` has set the conditions with its own reason
         status.conditions = with_conditions(status, reason, status.message, now)
+    if status.phase == "Failed":
+        decision.release = _unreleased(run, pods)
     if status.phase != old.phase:
         kind: Literal["Normal", "Warning"] = "Warning" if status.phase == "Failed" else "Normal"
         decision.events.append(Event(kind, status.phase, status.message or status.phase))
