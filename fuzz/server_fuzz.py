@@ -26,9 +26,10 @@ with atheris.instrument_imports(include=OUR_PACKAGES):
     from lipizzaner_cell.wire.codec import architecture_of, decode_centre
     from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
     from lipizzaner_core.wire import cell_pb2
+    from lipizzaner_core.wire.service import GET_CENTRE, GET_STATUS
 
 GENERATION = 5
-METHODS = ("/lipizzaner.v1.Cell/GetCentre", "/lipizzaner.v1.Cell/GetStatus")
+METHODS = (GET_CENTRE, GET_STATUS)
 TARGET = target_state()
 STATE = CentreState(
     2, GENERATION, TARGET["generator"], TARGET["discriminator"], 1e-3, 2e-3, 0.5, 0.25, {2: 1.0}

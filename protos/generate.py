@@ -15,7 +15,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "protos" / "lipizzaner" / "v1"
 TARGET = ROOT / "core" / "lipizzaner_core" / "wire"
-GENERATED = ("cell_pb2.py", "cell_pb2.pyi", "cell_pb2_grpc.py")
+GENERATED = ("cell_pb2.py", "cell_pb2.pyi")  # messages only: see wire/service.py
 
 
 def generate(target: Path = TARGET) -> list[Path]:
@@ -28,17 +28,11 @@ def generate(target: Path = TARGET) -> list[Path]:
             f"-I{include}",
             f"--python_out={target}",
             f"--pyi_out={target}",
-            f"--grpc_python_out={target}",
             str(PROTO_DIR / "cell.proto"),
         ]
     )
     if status != 0:
         raise RuntimeError(f"protoc failed with status {status}")
-    # protoc writes a top-level import; inside a package it must be relative.
-    grpc_stub = target / "cell_pb2_grpc.py"
-    grpc_stub.write_text(
-        grpc_stub.read_text().replace("import cell_pb2 as", "from . import cell_pb2 as")
-    )
     return [target / name for name in GENERATED]
 
 

@@ -45,3 +45,36 @@ def test_each_package_imports_only_what_it_may(package):
                 assert top in ALLOWED[package], f"{path.relative_to(ROOT)} imports {module}"
             if package in TORCH_FREE:
                 assert top not in ("torch", "numpy"), f"{path.relative_to(ROOT)} imports {top}"
+
+
+UNPICKLERS = ("pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal")
+
+
+def calls(path: Path) -> list[ast.Call]:
+    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)]
+
+
+def dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Attribute):
+        return f"{dotted(node.value)}.{node.attr}"
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_nothing_is_ever_unpickled(package):
+    """No pickle-family module, no torch.load; numpy loads refuse pickled objects.
+
+    (bench/exchange.py alone re-creates the original's torch.save format, for timing, on
+    bytes it made itself.)"""
+    for path in PACKAGES[package].rglob("*.py"):
+        where = path.relative_to(ROOT)
+        for module in imported_modules(path):
+            assert module.split(".")[0] not in UNPICKLERS, f"{where} imports {module}"
+        for call in calls(path):
+            name = dotted(call.func)
+            assert not name.endswith("torch.load"), f"{where} calls {name}"
+            if name in ("np.load", "numpy.load"):
+                allow = {k.arg: k.value for k in call.keywords}.get("allow_pickle")
+                assert isinstance(allow, ast.Constant) and allow.value is False, (
+                    f"{where}:{call.lineno} np.load without allow_pickle=False"
+                )

@@ -18,7 +18,8 @@ from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.storage import Storage
-from lipizzaner_core.wire import cell_pb2, cell_pb2_grpc
+from lipizzaner_core.wire import cell_pb2
+from lipizzaner_core.wire.status import status_call
 
 
 def quick(manifest: dict, **spec_changes) -> dict:
@@ -188,11 +189,11 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
     process = subprocess.Popen(cell_command(spec_path, 0, port), stderr=subprocess.PIPE, text=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = cell_pb2_grpc.CellStub(channel)
+            stub = status_call(channel)
 
             def training() -> bool:
                 try:
-                    status = stub.GetStatus(cell_pb2.StatusRequest(), timeout=1)
+                    status = stub(cell_pb2.StatusRequest(), timeout=1)
                 except grpc.RpcError:
                     return False
                 return status.generation >= 3

@@ -15,7 +15,7 @@ from lipizzaner_cell.wire.client import centre_call
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.channels import channel
-from lipizzaner_core.wire.status import get_status
+from lipizzaner_core.wire.status import get_status, status_call
 from lipizzaner_core.wire.tls import (
     CertificateAuthority,
     TlsError,
@@ -47,13 +47,8 @@ def secured(material):
 
 
 def status_code(grpc_channel: grpc.Channel) -> grpc.StatusCode:
-    call = grpc_channel.unary_unary(
-        "/lipizzaner.v1.Cell/GetStatus",
-        request_serializer=cell_pb2.StatusRequest.SerializeToString,
-        response_deserializer=cell_pb2.CellStatus.FromString,
-    )
     try:
-        call(cell_pb2.StatusRequest(), timeout=10)
+        status_call(grpc_channel)(cell_pb2.StatusRequest(), timeout=10)
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK

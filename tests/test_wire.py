@@ -14,6 +14,8 @@ from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
 from lipizzaner_cell.wire.codec import CHUNK_BYTES, architecture_of, encode_centre
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire import cell_pb2
+from lipizzaner_core.wire.service import GET_CENTRE, GET_STATUS, SERVICE
+from lipizzaner_core.wire.status import status_call
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +140,7 @@ def hostile():
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                "lipizzaner.v1.Cell",
+                SERVICE,
                 {"GetCentre": grpc.unary_stream_rpc_method_handler(get_centre)},
             ),
         )
@@ -184,22 +186,18 @@ def test_garbage_requests_get_invalid_argument_and_the_cell_keeps_serving(served
     board, service, address = served
     board.publish(centre(cell=1, generation=1))
     with grpc.insecure_channel(address) as channel:
-        raw = channel.unary_unary("/lipizzaner.v1.Cell/GetStatus")
+        raw = channel.unary_unary(GET_STATUS)
         with pytest.raises(grpc.RpcError) as info:
             raw(b"\xff\xff\xff garbage", timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        stream = channel.unary_stream("/lipizzaner.v1.Cell/GetCentre")
+        stream = channel.unary_stream(GET_CENTRE)
         with pytest.raises(grpc.RpcError) as info:
             list(stream(os.urandom(64) + b"\xff", timeout=5))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         health = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="lipizzaner.v1.Cell"), timeout=5
+            health_pb2.HealthCheckRequest(service=SERVICE), timeout=5
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        status = channel.unary_unary(
-            "/lipizzaner.v1.Cell/GetStatus",
-            request_serializer=cell_pb2.StatusRequest.SerializeToString,
-            response_deserializer=cell_pb2.CellStatus.FromString,
-        )(cell_pb2.StatusRequest(), timeout=5)
+        status = status_call(channel)(cell_pb2.StatusRequest(), timeout=5)
         assert status.generation == 3
     assert service.refused == {"malformed": 2, "peer": 0}

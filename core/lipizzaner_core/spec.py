@@ -7,14 +7,14 @@ in Python. Unknown fields are errors, so a typo never silently falls back to a d
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from lipizzaner_core.spec_errors import describe_errors
 from lipizzaner_core.topology import Grid, neighbourhood_size
 
 API_VERSION = "lipizzaner.io/v1alpha1"
@@ -97,10 +97,12 @@ class ArraySpec(DatasetBase):
     key: str | None = None
 
 
+DATASET_SPECS = (GaussianRingSpec, GaussianGridSpec, MnistSpec, ImageFolderSpec, ArraySpec)
 DatasetSpec = Annotated[
     GaussianRingSpec | GaussianGridSpec | MnistSpec | ImageFolderSpec | ArraySpec,
     Field(discriminator="name"),
 ]
+DATASET_NAMES = {get_args(spec.model_fields["name"].annotation)[0] for spec in DATASET_SPECS}
 
 
 class NetworkPartSpec(SpecModel):
@@ -376,74 +378,6 @@ class SpecError(ValueError):
         self.errors = errors
 
 
-_MESSAGES = {
-    "greater_than_equal": "must be >= {ge}",
-    "greater_than": "must be > {gt}",
-    "less_than_equal": "must be <= {le}",
-    "less_than": "must be < {lt}",
-    "extra_forbidden": "unknown field",
-    "missing": "required field is missing",
-    "literal_error": "must be {expected}",
-    "union_tag_invalid": "must be one of {expected_tags}",
-    "string_pattern_mismatch": "must match {pattern}",
-    "too_short": "must have at least {min_length} item(s)",
-    "int_type": "must be an integer",
-    "int_from_float": "must be a whole number",
-    "float_type": "must be a number",
-    "bool_type": "must be true or false",
-    "string_type": "must be a string",
-    "list_type": "must be a list",
-    "dict_type": "must be a mapping",
-}
-
-
-def _describe(error: Any) -> str:
-    """One pydantic error as `path: reason, got value`."""
-    loc = [str(part) for part in error["loc"] if part not in _DISCRIMINATOR_TAGS]
-    path = ".".join(loc)
-    context = error.get("ctx", {})
-    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        # The tag is the discriminator field itself: say so, and what was given.
-        field = context.get("discriminator", "'name'").strip("'")
-        given = context.get("tag")
-        got = f", got {given!r}" if given is not None else ""
-        return f"{path}.{field}: must be one of {context.get('expected_tags')}{got}"
-    template = _MESSAGES.get(error["type"])
-    if template is not None:
-        reason = template.format(**context)
-    else:
-        reason = error["msg"].removeprefix("Value error, ")
-        # Model validators report their own field path first.
-        if ": " in reason and " " not in reason.split(": ")[0]:
-            inner, reason = reason.split(": ", 1)
-            return f"{path}.{inner}: {reason}" if path else f"{inner}: {reason}"
-    if error["type"] == "extra_forbidden":
-        reason += _suggestion(loc[-1] if loc else "")
-    value = error.get("input")
-    if error["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict):
-        reason += f", got {value!r}"
-    return f"{path}: {reason}" if path else reason
-
-
-def _field_names(model: type[BaseModel], names: set[str]) -> set[str]:
-    """Every camelCase field name of a model and of the models inside it."""
-    for name, info in model.model_fields.items():
-        names.add(info.alias or name)
-        for kind in (info.annotation, *getattr(info.annotation, "__args__", ())):
-            for inner in (kind, *getattr(kind, "__args__", ())):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    _field_names(inner, names)
-    return names
-
-
-def _suggestion(field: str) -> str:
-    close = difflib.get_close_matches(field, sorted(_field_names(LipizzanerRun, set())), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-_DISCRIMINATOR_TAGS = {"gaussian-ring", "gaussian-grid", "mnist", "image-folder", "array"}
-
-
 def parse_run(document: Any) -> LipizzanerRun:
     """Validate a manifest dict; raise SpecError naming every bad field."""
     if not isinstance(document, dict):
@@ -451,7 +385,7 @@ def parse_run(document: Any) -> LipizzanerRun:
     try:
         return LipizzanerRun.model_validate(document)
     except ValidationError as exc:
-        raise SpecError([_describe(e) for e in exc.errors()]) from None
+        raise SpecError(describe_errors(exc.errors(), LipizzanerRun, DATASET_NAMES)) from None
 
 
 def load_run(path: str | Path) -> LipizzanerRun:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.channels import channel
+from lipizzaner_core.wire.service import GET_CENTRE
 from lipizzaner_core.wire.status import get_status
 from lipizzaner_core.wire.tls import TlsMaterial
 
@@ -27,7 +28,6 @@ from lipizzaner_cell.wire.codec import CHUNK_BYTES, Architecture, StateRejected,
 log = logging.getLogger(__name__)
 _Phase = cell_pb2.CellStatus.Phase
 FINISHED_PHASES = (_Phase.FINISHING, _Phase.SUCCEEDED, _Phase.FAILED)
-GET_CENTRE = "/lipizzaner.v1.Cell/GetCentre"
 
 
 @dataclass

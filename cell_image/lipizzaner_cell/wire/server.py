@@ -17,13 +17,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from lipizzaner_core.wire import cell_pb2
+from lipizzaner_core.wire.service import SERVICE
 from lipizzaner_core.wire.tls import TlsMaterial, peer_identities
 
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire.codec import encode_centre
 
 log = logging.getLogger(__name__)
-SERVICE = "lipizzaner.v1.Cell"
 
 
 class CentreBoard:
