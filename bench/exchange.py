@@ -26,7 +26,7 @@ import urllib.request
 import torch
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
-from lipizzaner_cell.wire.codec import architecture_of
+from lipizzaner_cell.wire.codec import CentreArchitecture
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.tls import TlsMaterial, generate, run_identity
@@ -89,8 +89,7 @@ def grpc_seconds(
     puller = NeighbourPuller(
         1,
         address,
-        architecture_of(state.generator),
-        architecture_of(state.discriminator),
+        CentreArchitecture.of(state),
         PullPolicy(max_state_bytes=1 << 31, tls=tls),
     )
     with channel(address, tls=tls) as grpc_channel:

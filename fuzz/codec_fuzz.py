@@ -11,51 +11,58 @@ memory that keeps growing (harness.MemoryGuard) is a finding.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import atheris
 from harness import OUR_PACKAGES, frame, run, target_state, unframe  # imports torch
 
 with atheris.instrument_imports(include=OUR_PACKAGES):
     from lipizzaner_cell.neighbourhood import CentreState
     from lipizzaner_cell.wire.codec import (
+        OPTIONAL_PARTS,
+        PARTS,
+        CentreArchitecture,
         StateRejected,
         architecture_of,
         decode_centre,
         encode_centre,
     )
 
-TARGET = target_state()
-GENERATOR, DISCRIMINATOR = (architecture_of(TARGET[p]) for p in ("generator", "discriminator"))
+VALID = CentreState(
+    2,
+    5,
+    generator_lr=1e-3,
+    discriminator_lr=2e-3,
+    generator_fitness=0.5,
+    discriminator_fitness=0.25,
+    mixture_weights={2: 0.75, 1: 0.25},
+    **target_state(),
+)
+EXPECTED = CentreArchitecture.of(VALID)
 MAX_BYTES = 1 << 16
 
 
 def test_one_input(data: bytes) -> None:
     try:
-        state = decode_centre(unframe(data), GENERATOR, DISCRIMINATOR, MAX_BYTES)
+        state = decode_centre(unframe(data), EXPECTED, MAX_BYTES)
     except StateRejected:
         return
     if state is None:
         return
-    for got, expected in ((state.generator, GENERATOR), (state.discriminator, DISCRIMINATOR)):
-        if architecture_of(got) != expected:
-            raise AssertionError(f"decoded {architecture_of(got)}, expected {expected}")
+    for part in PARTS:
+        got, expected = architecture_of(getattr(state, part)), getattr(EXPECTED, part)
+        if got != expected and (got or part not in OPTIONAL_PARTS):
+            raise AssertionError(f"decoded {part} {got}, expected {expected}")
 
 
 def seeds() -> dict[str, bytes]:
-    """A valid state, and the shapes of trouble a mutator starts from."""
-    state = CentreState(
-        2,
-        5,
-        TARGET["generator"],
-        TARGET["discriminator"],
-        1e-3,
-        2e-3,
-        0.5,
-        0.25,
-        {2: 0.75, 1: 0.25},
-    )
-    chunks = encode_centre(state)
+    """A valid state, one without moments, and the shapes of trouble a mutator starts from."""
+    chunks = encode_centre(VALID)
     return {
         "valid": frame(chunks),
+        "no-moments": frame(
+            encode_centre(replace(VALID, generator_moments={}, discriminator_moments={}))
+        ),
         "empty": b"",
         "header-only": frame(chunks[:1]),
         "payload-first": frame(chunks[1:] + chunks[:1]),

@@ -36,7 +36,8 @@ def unframe(data: bytes) -> list[bytes]:
 
 
 def target_state(generation: int = 3) -> dict[str, dict[str, torch.Tensor]]:
-    """The tiny generator and discriminator every fuzzed state is decoded against."""
+    """The tiny generator and discriminator (with optimizer moments) every fuzzed state
+    is decoded against, as `CentreState` keyword arguments."""
     torch.manual_seed(generation)
     generator = {
         "0.weight": torch.randn(4, 3),
@@ -44,7 +45,12 @@ def target_state(generation: int = 3) -> dict[str, dict[str, torch.Tensor]]:
         "1.steps": torch.tensor(7),
     }
     discriminator = {"0.weight": torch.randn(1, 4).double(), "0.bias": torch.randn(1).double()}
-    return {"generator": generator, "discriminator": discriminator}
+    return {
+        "generator": generator,
+        "discriminator": discriminator,
+        "generator_moments": {"0.step": torch.tensor(2.0), "0.exp_avg": torch.randn(4, 3)},
+        "discriminator_moments": {"0.step": torch.tensor(2.0), "0.exp_avg_sq": torch.rand(1, 4)},
+    }
 
 
 def resident_mb() -> float:

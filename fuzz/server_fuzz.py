@@ -23,7 +23,7 @@ with atheris.instrument_imports(include=OUR_PACKAGES):
     import torch
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from lipizzaner_cell.neighbourhood import CentreState
-    from lipizzaner_cell.wire.codec import architecture_of, decode_centre
+    from lipizzaner_cell.wire.codec import CentreArchitecture, decode_centre
     from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
     from lipizzaner_core.wire import cell_pb2
     from lipizzaner_core.wire.service import GET_CENTRE, GET_STATUS
@@ -32,7 +32,14 @@ GENERATION = 5
 METHODS = (GET_CENTRE, GET_STATUS)
 TARGET = target_state()
 STATE = CentreState(
-    2, GENERATION, TARGET["generator"], TARGET["discriminator"], 1e-3, 2e-3, 0.5, 0.25, {2: 1.0}
+    2,
+    GENERATION,
+    generator_lr=1e-3,
+    discriminator_lr=2e-3,
+    generator_fitness=0.5,
+    discriminator_fitness=0.25,
+    mixture_weights={2: 1.0},
+    **TARGET,
 )
 STATUS = cell_pb2.CellStatus(cell=2, generation=GENERATION, generations=10)
 
@@ -73,9 +80,7 @@ class Target:
     @staticmethod
     def check_centre(request: bytes, chunks: list[bytes]) -> None:
         have = cell_pb2.CentreRequest.FromString(request).newer_than_generation
-        state = decode_centre(
-            chunks, architecture_of(STATE.generator), architecture_of(STATE.discriminator), 1 << 20
-        )
+        state = decode_centre(chunks, CentreArchitecture.of(STATE), 1 << 20)
         if have >= GENERATION:
             if state is not None:
                 raise AssertionError(f"resent generation {GENERATION} to a caller that has {have}")

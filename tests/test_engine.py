@@ -212,6 +212,31 @@ def test_without_selection_the_local_individuals_train_in_place_against_the_neig
     assert local_g.fitness < float("inf")
 
 
+@pytest.mark.parametrize("send_moments", [True, False])
+def test_a_selected_neighbour_continues_its_own_adam_moments(tiny_manifest, send_moments):
+    """As in the original, an imported individual brings its optimizer state; with
+    `exchange.optimizerState: false` it continues a copy of the local individual's."""
+    manifest = with_spec(tiny_manifest, grid={"rows": 1, "cols": 2})
+    manifest["spec"]["exchange"] = {"optimizerState": send_moments}
+    manifest["spec"]["coevolution"]["tournamentSize"] = 2
+    engines = two_cells(manifest)
+    for engine in engines:
+        engine.step()
+        engine.publish_centre()
+    engines[0].provider.exchange.commit()
+    engine, neighbour = engines
+    hood = engine.snapshot_neighbourhood()
+    imported = hood.generators[-1]
+    for individual in hood.generators:
+        individual.fitness = 0.0 if individual is imported else 1.0  # the import wins
+    expected = (neighbour if send_moments else engine).generators[0].moments()
+    players = engine.select(hood)
+    assert all(g.source_cell == 1 for g in players.generators)
+    got = players.generators[0].moments()
+    assert got.keys() == expected.keys() and got
+    assert all(torch.equal(got[k].cpu(), expected[k].cpu()) for k in got)
+
+
 def test_generator_and_discriminator_learning_rates_may_differ(tiny_manifest):
     manifest = with_spec(tiny_manifest, grid={"rows": 1, "cols": 1})
     manifest["spec"]["coevolution"].update(

@@ -3,10 +3,11 @@
 import pytest
 import torch
 from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes, loss_tables
-from lipizzaner_cell.individual import Individual, mutate_learning_rate
+from lipizzaner_cell.individual import Individual, moment_template, mutate_learning_rate
 from lipizzaner_cell.losses import LOSSES
 from lipizzaner_cell.mixture import MixtureEmbeddings, allocate, es_step, sample_mixture
 from lipizzaner_cell.selection import replace, tournament_select
+from lipizzaner_cell.wire.codec import architecture_of
 from torch import nn
 
 
@@ -94,6 +95,28 @@ def test_an_import_adopts_a_copy_of_the_local_moments_but_keeps_its_own_rate():
     before = optimizer_tensors(local)
     trained(imported, steps=2)
     assert all(torch.equal(v, optimizer_tensors(local)[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_moments_are_shaped_as_the_template_and_load_into_another_individual(optimizer):
+    """The template is what a receiving cell accepts on the wire before any training."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(), nn.Linear(4, 1))
+    sender = trained(Individual.fresh(net, 1e-3, 0, optimizer), steps=2)
+    moments = sender.moments()
+    with torch.device("meta"):
+        template = moment_template(
+            nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(), nn.Linear(4, 1)), optimizer
+        )
+    assert architecture_of(moments) == architecture_of(template)
+    receiver = Individual.fresh(
+        nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(), nn.Linear(4, 1)), 5e-4, 1, optimizer
+    )
+    receiver.load_moments({k: v.clone() for k, v in moments.items()})
+    assert all(torch.equal(receiver.moments()[k], v) for k, v in moments.items())
+    assert receiver.optimizer.param_groups[0]["lr"] == 5e-4
+    receiver.load_moments({})
+    assert not receiver.optimizer.state
 
 
 def test_a_tournament_larger_than_its_pool_is_an_error_not_a_smaller_tournament():

@@ -3,6 +3,7 @@
 import filecmp
 import importlib.util
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -11,7 +12,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
-from lipizzaner_cell.wire.codec import CHUNK_BYTES, architecture_of, encode_centre
+from lipizzaner_cell.wire.codec import CHUNK_BYTES, CentreArchitecture, encode_centre
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.service import GET_CENTRE, GET_STATUS, SERVICE
@@ -36,7 +37,20 @@ def centre(cell: int, generation: int, width: int = 4, dtype=torch.float32) -> C
     torch.manual_seed(generation)
     g = nn.Sequential(nn.Linear(3, width), nn.BatchNorm1d(width)).to(dtype).state_dict()
     d = nn.Linear(width, 1).to(dtype).state_dict()
-    return CentreState(cell, generation, g, d, 1e-3, 2e-3, 0.25, 0.75, {cell: 0.6, 9: 0.4})
+    moments = {"0.step": torch.tensor(3.0), "0.exp_avg": torch.randn(width, 3).to(dtype)}
+    return CentreState(
+        cell,
+        generation,
+        g,
+        d,
+        1e-3,
+        2e-3,
+        0.25,
+        0.75,
+        {cell: 0.6, 9: 0.4},
+        generator_moments=moments,
+        discriminator_moments={"0.exp_avg_sq": torch.rand(1, width).to(dtype)},
+    )
 
 
 @pytest.fixture
@@ -52,8 +66,7 @@ def puller_for(state: CentreState, address: str, **policy) -> NeighbourPuller:
     return NeighbourPuller(
         state.cell,
         address,
-        architecture_of(state.generator),
-        architecture_of(state.discriminator),
+        CentreArchitecture.of(state),
         PullPolicy(**policy),
     )
 
@@ -71,12 +84,33 @@ def test_received_tensors_are_bit_identical_and_old_states_are_not_resent(served
             assert got.generator[name].dtype == tensor.dtype
             assert torch.equal(got.generator[name], tensor), name
         assert got.mixture_weights == state.mixture_weights
+        for part in ("generator_moments", "discriminator_moments"):
+            sent, received = getattr(state, part), getattr(got, part)
+            assert sent.keys() == received.keys()
+            assert all(torch.equal(received[k], t) for k, t in sent.items()), part
         assert (got.generation, got.generator_lr, got.discriminator_fitness) == (5, 1e-3, 0.75)
         sent = puller.stats.bytes_received
         assert puller.pull_once(call)  # generation 5 again: nothing is sent
         assert puller.stats.bytes_received == sent and puller.stats.received == 1
         board.publish(centre(cell=1, generation=6))
         assert puller.pull_once(call) and puller.latest.generation == 6
+
+
+def test_a_state_without_moments_is_accepted_and_wrong_moments_are_not(served):
+    """Moments are optional (`exchange.optimizerState: false`), but when sent they must
+    fit the receiving cell's networks like the weights do."""
+    board, _, address = served
+    full = centre(cell=1, generation=5)
+    puller = puller_for(full, address)
+    with grpc.insecure_channel(address) as channel:
+        call = centre_call(channel)
+        board.publish(replace(full, generator_moments={}, discriminator_moments={}))
+        assert puller.pull_once(call), puller.stats.last_error
+        assert puller.latest.generator_moments == {} == puller.latest.discriminator_moments
+        wrong = {"0.exp_avg": torch.zeros(2, 3), "0.step": torch.tensor(3.0)}
+        board.publish(replace(full, generation=6, generator_moments=wrong))
+        assert not puller.pull_once(call)
+    assert "generator_moments.0.exp_avg: shape (2, 3)" in puller.stats.last_error
 
 
 def test_a_50_megabyte_state_streams_without_raising_message_limits(served):

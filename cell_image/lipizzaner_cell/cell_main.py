@@ -29,11 +29,13 @@ from lipizzaner_core.wire.tls import TlsError, TlsMaterial
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.driver import CellDriver
 from lipizzaner_cell.engine import CellEngine, GenerationReport
+from lipizzaner_cell.individual import moment_template
+from lipizzaner_cell.losses import spec_loss
 from lipizzaner_cell.metrics import CellMetrics
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.output_log import OutputLog
 from lipizzaner_cell.wire.client import GrpcNeighbourhood, NeighbourPuller, PullPolicy
-from lipizzaner_cell.wire.codec import architecture_of
+from lipizzaner_cell.wire.codec import CentreArchitecture, architecture_of
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 
 log = logging.getLogger("lipizzaner.cell")
@@ -105,13 +107,15 @@ def neighbour_pullers(
 ) -> dict[int, NeighbourPuller]:
     """One puller per neighbour, expecting the architectures the spec gives every cell."""
     policy = PullPolicy(max_state_bytes=run.spec.exchange.max_state_megabytes << 20, tls=tls)
-    network = run.spec.network
+    network, optimizer = run.spec.network, spec_loss(run.spec.loss).optimizer
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        generator = architecture_of(
-            build_generator(network.generator, network.latent_size, data_shape).state_dict()
-        )
-        discriminator = architecture_of(
-            build_discriminator(network.discriminator, data_shape).state_dict()
+        generator = build_generator(network.generator, network.latent_size, data_shape)
+        discriminator = build_discriminator(network.discriminator, data_shape)
+        expected = CentreArchitecture(
+            architecture_of(generator.state_dict()),
+            architecture_of(discriminator.state_dict()),
+            architecture_of(moment_template(generator, optimizer)),
+            architecture_of(moment_template(discriminator, optimizer)),
         )
     pullers = {}
     for neighbour in run.spec.grid.topology().neighbours(args.cell):
@@ -124,7 +128,7 @@ def neighbour_pullers(
         )
         record = None if metrics is None else partial(metrics.record_pull, neighbour.direction)
         pullers[neighbour.index] = NeighbourPuller(
-            neighbour.index, address, generator, discriminator, policy, on_pull=record
+            neighbour.index, address, expected, policy, on_pull=record
         )
     return pullers
 

@@ -27,39 +27,27 @@ FORMAT = "lipizzaner-cell-checkpoint/3"
 def _export_individual(individual: Individual, prefix: str, tensors: dict) -> dict[str, Any]:
     for name, tensor in individual.net.state_dict().items():
         tensors[f"{prefix}.net.{name}"] = tensor
-    optimizer = individual.optimizer.state_dict()
-    for param, slots in optimizer["state"].items():
-        for slot, tensor in slots.items():
-            tensors[f"{prefix}.optimizer.{param}.{slot}"] = tensor
+    for name, tensor in individual.moments().items():
+        tensors[f"{prefix}.optimizer.{name}"] = tensor
     return {
         "learning_rate": individual.learning_rate,
         "fitness": individual.fitness,
         "source_cell": individual.source_cell,
-        "param_groups": optimizer["param_groups"],
     }
 
 
 def _import_individual(
     individual: Individual, prefix: str, tensors: dict, meta: dict[str, Any]
 ) -> None:
-    net_prefix, optimizer_prefix = f"{prefix}.net.", f"{prefix}.optimizer."
-    individual.net.load_state_dict(
-        {k[len(net_prefix) :]: v for k, v in tensors.items() if k.startswith(net_prefix)}
-    )
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        if key.startswith(optimizer_prefix):
-            param, slot = key[len(optimizer_prefix) :].split(".", 1)
-            state.setdefault(int(param), {})[slot] = tensor
-    # JSON has no tuples; Adam keeps its betas as one.
-    groups = [
-        {**group, "betas": tuple(group["betas"])} if "betas" in group else group
-        for group in meta["param_groups"]
-    ]
-    individual.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    individual.net.load_state_dict(_under(tensors, f"{prefix}.net."))
     individual.set_learning_rate(meta["learning_rate"])
+    individual.load_moments(_under(tensors, f"{prefix}.optimizer."))
     individual.fitness = meta["fitness"]
     individual.source_cell = meta["source_cell"]
+
+
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def export_state(engine: CellEngine) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -218,7 +218,7 @@ class CellEngine:
                 size = len(pool)
             winners = tournament_select(pool, co.population_size, size, self.rng)
             for slot, winner in enumerate(winners):
-                if not winner.optimizer.state:  # a neighbour's: no optimizer state travels
+                if not winner.optimizer.state:  # a neighbour's, sent without moments
                     winner.adopt_moments(local[slot])
             selected.append(winners)
         generators, discriminators = selected
@@ -342,6 +342,11 @@ class CellEngine:
         imported.set_learning_rate(
             state.generator_lr if role == "generator" else state.discriminator_lr
         )
+        # Without moments (not sent, or none yet) the optimizer is left empty, and a
+        # selected import continues the local individual's (`select`).
+        imported.load_moments(
+            state.generator_moments if role == "generator" else state.discriminator_moments
+        )
         return imported
 
     def noise(self, count: int) -> torch.Tensor:
@@ -355,6 +360,7 @@ class CellEngine:
 
     def centre_state(self) -> CentreState:
         centre_g, centre_d = best(self.generators), best(self.discriminators)
+        moments = self.spec.exchange.optimizer_state
         return CentreState(
             cell=self.index,
             generation=self.generation,
@@ -365,6 +371,8 @@ class CellEngine:
             generator_fitness=centre_g.fitness,
             discriminator_fitness=centre_d.fitness,
             mixture_weights=dict(self.mixture_weights),
+            generator_moments=_frozen_copy(centre_g.moments()) if moments else {},
+            discriminator_moments=_frozen_copy(centre_d.moments()) if moments else {},
         )
 
 

@@ -11,6 +11,12 @@ from torch import nn
 
 ADAM_BETAS = (0.5, 0.999)
 OptimizerName = Literal["adam", "rmsprop"]
+# Each parameter's optimizer state besides its step count: what checkpoints and the
+# exchange carry, named "<parameter index>.<slot>".
+MOMENT_SLOTS: dict[str, tuple[str, ...]] = {
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "rmsprop": ("square_avg",),
+}
 
 
 def new_optimizer(
@@ -63,6 +69,22 @@ class Individual:
         self.optimizer.load_state_dict(copy.deepcopy(other.optimizer.state_dict()))
         self.set_learning_rate(self.learning_rate)
 
+    def moments(self) -> dict[str, torch.Tensor]:
+        """The optimizer's per-parameter state as flat named tensors (the live tensors)."""
+        state = self.optimizer.state_dict()["state"]
+        return {f"{param}.{slot}": t for param, slots in state.items() for slot, t in slots.items()}
+
+    def load_moments(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from these moments (as `moments()` names them), keeping this one's
+        rate; an empty dict clears the optimizer state."""
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            param, slot = key.split(".", 1)
+            state.setdefault(int(param), {})[slot] = tensor
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.set_learning_rate(self.learning_rate)
+
     def clone(self) -> Individual:
         """An independent copy, optimizer state included (offspring start from their
         parent's moments, as the original's deep copy does), sharing no tensor with it."""
@@ -72,6 +94,17 @@ class Individual:
         twin.adopt_moments(self)
         twin.fitness = self.fitness
         return twin
+
+
+def moment_template(net: nn.Module, name: OptimizerName) -> dict[str, torch.Tensor]:
+    """Tensors shaped as `Individual.moments()` of a trained individual with this network
+    (on the network's device: use the meta device for shapes only)."""
+    template = {}
+    for index, parameter in enumerate(net.parameters()):
+        template[f"{index}.step"] = torch.empty((), device=parameter.device)
+        for slot in MOMENT_SLOTS[name]:
+            template[f"{index}.{slot}"] = torch.empty_like(parameter)
+    return template
 
 
 def mutate_learning_rate(

@@ -25,6 +25,9 @@ class CentreState:
     generator_fitness: float
     discriminator_fitness: float
     mixture_weights: dict[int, float] = field(default_factory=dict)
+    # The two centres' optimizer moments (`Individual.moments()`); empty when not sent.
+    generator_moments: dict[str, torch.Tensor] = field(default_factory=dict)
+    discriminator_moments: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class NeighbourhoodProvider(Protocol):

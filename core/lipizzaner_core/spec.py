@@ -243,6 +243,12 @@ class ExchangeSpec(SpecModel):
         60.0, ge=0, description="How long a starting cell waits for its neighbours' first states"
     )
     max_state_megabytes: int = Field(512, ge=1, description="Larger neighbour states are rejected")
+    optimizer_state: bool = Field(
+        True,
+        description="Send each centre's optimizer moments with its weights (three times the "
+        "bytes with Adam), so a selected neighbour continues its own moments, as in the "
+        "original; false: it continues those of the local individual it replaces",
+    )
     tls: ExchangeTlsSpec = Field(default_factory=ExchangeTlsSpec)
 
 

@@ -23,7 +23,12 @@ from lipizzaner_core.wire.status import get_status
 from lipizzaner_core.wire.tls import TlsMaterial
 
 from lipizzaner_cell.neighbourhood import CentreState
-from lipizzaner_cell.wire.codec import CHUNK_BYTES, Architecture, StateRejected, decode_centre
+from lipizzaner_cell.wire.codec import (
+    CHUNK_BYTES,
+    CentreArchitecture,
+    StateRejected,
+    decode_centre,
+)
 
 log = logging.getLogger(__name__)
 _Phase = cell_pb2.CellStatus.Phase
@@ -66,15 +71,14 @@ class NeighbourPuller(threading.Thread):
         self,
         cell: int,
         address: str,
-        generator: Architecture,
-        discriminator: Architecture,
+        expected: CentreArchitecture,
         policy: PullPolicy | None = None,
         on_pull: PullObserver | None = None,
     ) -> None:
         super().__init__(name=f"pull-cell-{cell}", daemon=True)
         self.cell, self.address = cell, address
         self.on_pull = on_pull
-        self.generator, self.discriminator = generator, discriminator
+        self.expected = expected
         self.policy = policy or PullPolicy()
         self.latest: CentreState | None = None
         self.stats = PullStats()
@@ -121,9 +125,7 @@ class NeighbourPuller(threading.Thread):
                 cell_pb2.CentreRequest(newer_than_generation=have),
                 timeout=self.policy.deadline_seconds,
             )
-            state = decode_centre(
-                counted(stream), self.generator, self.discriminator, self.policy.max_state_bytes
-            )
+            state = decode_centre(counted(stream), self.expected, self.policy.max_state_bytes)
             if state is not None and state.cell != self.cell:
                 raise StateRejected(f"asked cell {self.cell}, got a state of cell {state.cell}")
         except StateRejected as exc:

@@ -50,6 +50,9 @@ class TensorSpec:
 
 
 Architecture = dict[str, TensorSpec]
+# A state's tensor tables, by their name in `CentreState`, the header and `CentreArchitecture`.
+PARTS = ("generator", "discriminator", "generator_moments", "discriminator_moments")
+OPTIONAL_PARTS = ("generator_moments", "discriminator_moments")
 
 
 def architecture_of(state: dict[str, torch.Tensor]) -> Architecture:
@@ -57,6 +60,27 @@ def architecture_of(state: dict[str, torch.Tensor]) -> Architecture:
         name: TensorSpec(str(t.dtype).removeprefix("torch."), tuple(t.shape))
         for name, t in state.items()
     }
+
+
+@dataclass(frozen=True)
+class CentreArchitecture:
+    """What a receiving cell accepts: its own networks' tensors, and their optimizer
+    moments (which a state may also leave out)."""
+
+    generator: Architecture
+    discriminator: Architecture
+    generator_moments: Architecture
+    discriminator_moments: Architecture
+
+    @classmethod
+    def of(cls, state: CentreState) -> CentreArchitecture:
+        """The architecture of a state that carries moments (tests, benchmarks, fuzzers)."""
+        return cls(
+            architecture_of(state.generator),
+            architecture_of(state.discriminator),
+            architecture_of(state.generator_moments),
+            architecture_of(state.discriminator_moments),
+        )
 
 
 def _table(
@@ -82,9 +106,12 @@ def encode_centre(state: CentreState) -> list[bytes]:
     Serialized once per generation: the server sends these bytes as they are to every
     neighbour that asks.
     """
-    g_infos, g_blobs = _table(state.generator, 0)
-    d_infos, d_blobs = _table(state.discriminator, sum(map(len, g_blobs)))
-    payload = b"".join(g_blobs + d_blobs)
+    tables: dict[str, list[cell_pb2.TensorInfo]] = {}
+    blobs: list[bytes] = []
+    for part in PARTS:
+        tables[part], part_blobs = _table(getattr(state, part), sum(map(len, blobs)))
+        blobs += part_blobs
+    payload = b"".join(blobs)
     header = cell_pb2.CentreHeader(
         cell=state.cell,
         generation=state.generation,
@@ -93,9 +120,8 @@ def encode_centre(state: CentreState) -> list[bytes]:
         generator_fitness=state.generator_fitness,
         discriminator_fitness=state.discriminator_fitness,
         mixture_weights=state.mixture_weights,
-        generator=g_infos,
-        discriminator=d_infos,
         payload_bytes=len(payload),
+        **tables,
     )
     chunks = [cell_pb2.CentreChunk(header=header).SerializeToString()]
     view = memoryview(payload)
@@ -160,8 +186,7 @@ def _tensors(infos: Iterable[cell_pb2.TensorInfo], payload: bytearray) -> dict[s
 
 def decode_centre(
     chunks: Iterable[cell_pb2.CentreChunk | bytes],
-    expected_generator: Architecture,
-    expected_discriminator: Architecture,
+    expected: CentreArchitecture,
     max_bytes: int,
 ) -> CentreState | None:
     """Validate and decode a streamed state; None if the stream was empty (nothing newer)."""
@@ -175,10 +200,10 @@ def decode_centre(
     if not 0 <= header.payload_bytes <= max_bytes:
         raise StateRejected(f"state of {header.payload_bytes} bytes exceeds the {max_bytes} limit")
     _check_numbers(header)
-    _check_table(header.generator, expected_generator, "generator", header.payload_bytes)
-    _check_table(
-        header.discriminator, expected_discriminator, "discriminator", header.payload_bytes
-    )
+    for part in PARTS:
+        infos = getattr(header, part)
+        if infos or part not in OPTIONAL_PARTS:
+            _check_table(infos, getattr(expected, part), part, header.payload_bytes)
     payload = bytearray(header.payload_bytes)
     filled = 0
     for item in stream:
@@ -194,13 +219,12 @@ def decode_centre(
     return CentreState(
         cell=header.cell,
         generation=header.generation,
-        generator=_tensors(header.generator, payload),
-        discriminator=_tensors(header.discriminator, payload),
         generator_lr=header.generator_lr,
         discriminator_lr=header.discriminator_lr,
         generator_fitness=header.generator_fitness,
         discriminator_fitness=header.discriminator_fitness,
         mixture_weights=dict(header.mixture_weights),
+        **{part: _tensors(getattr(header, part), payload) for part in PARTS},
     )
 
 

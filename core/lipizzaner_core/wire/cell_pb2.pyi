@@ -28,7 +28,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class CentreHeader(_message.Message):
-    __slots__ = ("cell", "generation", "generator_lr", "discriminator_lr", "generator_fitness", "discriminator_fitness", "mixture_weights", "generator", "discriminator", "payload_bytes")
+    __slots__ = ("cell", "generation", "generator_lr", "discriminator_lr", "generator_fitness", "discriminator_fitness", "mixture_weights", "generator", "discriminator", "payload_bytes", "generator_moments", "discriminator_moments")
     class MixtureWeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class CentreHeader(_message.Message):
     GENERATOR_FIELD_NUMBER: _ClassVar[int]
     DISCRIMINATOR_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_MOMENTS_FIELD_NUMBER: _ClassVar[int]
+    DISCRIMINATOR_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     cell: int
     generation: int
     generator_lr: float
@@ -56,7 +58,9 @@ class CentreHeader(_message.Message):
     generator: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     discriminator: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     payload_bytes: int
-    def __init__(self, cell: _Optional[int] = ..., generation: _Optional[int] = ..., generator_lr: _Optional[float] = ..., discriminator_lr: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., mixture_weights: _Optional[_Mapping[int, float]] = ..., generator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+    generator_moments: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    discriminator_moments: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    def __init__(self, cell: _Optional[int] = ..., generation: _Optional[int] = ..., generator_lr: _Optional[float] = ..., discriminator_lr: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., mixture_weights: _Optional[_Mapping[int, float]] = ..., generator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., generator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
 
 class CentreChunk(_message.Message):
     __slots__ = ("header", "data")
