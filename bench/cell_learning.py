@@ -4,7 +4,7 @@ against its own training steps, under variants of the co-evolution.
 Every variant runs the same S x S grid (2x2 by default) in one process, round by round,
 with the same seeds: cell i starts from the same networks and sees the same batches in
 each. Every `--every` generations each cell's own centre generator (not the mixture) is
-scored alone, and so is its neighbourhood mixture. Variants:
+scored alone, and so is its neighbourhood mixture, against the held-out digits. Variants:
 
 - `independent`: the cells never see a neighbour: S x S lone GANs with the cells' seeds
   (a tournament of 1 and the `offspring` rule, as a lone cell needs);
@@ -50,6 +50,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-selection": {"coevolution": {"selection": False}},
     "offspring": {"coevolution": {"replacementRule": "offspring"}},
     "local-moments": {"exchange": {"optimizerState": False}},
+    "offspring-local-moments": {
+        "coevolution": {"replacementRule": "offspring"},
+        "exchange": {"optimizerState": False},
+    },
     "no-mixing": {"coevolution": {"tournamentSize": 1}},
 }
 
@@ -78,7 +82,7 @@ def trajectory(job: tuple[str, str, int, int, int, int, int]) -> dict[str, Any]:
     for i in range(grid.size):
         neighbours = [] if variant == "independent" else [n.index for n in grid.neighbours(i)]
         engines.append(CellEngine(run, i, exchange.provider(neighbours), dataset))
-    scorer = ClassifierScorer(dataset)
+    scorer = ClassifierScorer(engines[0].validation_set or dataset)  # the held-out digits
     noise = torch.randn(
         samples, run.spec.network.latent_size, generator=torch.Generator().manual_seed(1)
     )

@@ -10,7 +10,8 @@ import torch
 from lipizzaner_cell import idx
 from lipizzaner_cell.datasets import PIXELS, Dataset, ValueMap, load_dataset
 from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_cell.scores import ClassifierScorer, ModeScorer, build_scorer
+from lipizzaner_cell.scores import ClassifierScorer, ModeScorer
+from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_core.spec import (
     ArraySpec,
     GaussianGridSpec,
@@ -18,6 +19,7 @@ from lipizzaner_core.spec import (
     ImageFolderSpec,
     MnistSpec,
     NetworkPartSpec,
+    ScoreSpec,
 )
 
 
@@ -181,8 +183,10 @@ def test_classifier_fid_separates_real_digits_from_noise(mnist_dir):
 
 def test_scorer_choice_follows_the_data():
     assert build_scorer("auto", ring()).objective_name == "mode-kl"
-    with pytest.raises(ValueError, match=r"mixture.scoreType: fid .* 28x28 grey"):
+    with pytest.raises(ValueError, match=r"mixture.scoreType: fid needs a feature network"):
         build_scorer("fid", ring())
+    with pytest.raises(ValueError, match=r"mixture.scoreType: fid .* 28x28 grey"):
+        build_scorer("fid", ring(), score=ScoreSpec(features="mnist-cnn"))
     assert build_scorer("none", ring()) is None
 
 
@@ -211,3 +215,94 @@ def test_colour_images_and_arrays_get_the_sliced_wasserstein_score():
     swd = build_scorer("swd", ring())
     collapsed = ring().data[:1].repeat(1000, 1)
     assert swd.scores(ring().data[:1000])["swd"] < 0.3 * swd.scores(collapsed)["swd"]
+
+
+def test_the_validation_split_is_fixed_disjoint_and_shared_by_every_seed():
+    data = ring(size=1000)
+    training, validation = data.split(0.1)
+    assert (len(training), len(validation)) == (900, 100)
+    rows = {tuple(x) for x in validation.data.tolist()}
+    assert rows.isdisjoint(tuple(x) for x in training.data.tolist())
+    _, again = data.split(0.1)
+    assert torch.equal(again.data, validation.data)  # the same samples held out every time
+    assert validation.identity != training.identity != data.identity  # cached apart
+    assert data.split(0.0) == (data, None)
+    assert data.split(0.0001)[1] is None  # rounds to no sample
+    diet = training.subset(0.5, seed=3)
+    assert len(diet) == 450 and diet.identity != training.identity
+
+
+def test_precision_and_recall_separate_quality_from_coverage(mnist_dir):
+    """Kynkäänniemi et al.: a generator of good ones only is precise but covers little;
+    real digits score high on both."""
+    data = load_dataset(MnistSpec(name="mnist", path=str(mnist_dir)), seed=0)
+    training, validation = data.split(0.2)
+    scorer = ClassifierScorer(validation)
+    real = scorer.final_scores(scorer.embed(training.data[:2000]))
+    ones = scorer.final_scores(scorer.embed(training.data[training.labels == 1][:2000]))
+    noise = scorer.final_scores(scorer.embed(torch.rand(2000, 1, 28, 28) * 2 - 1))
+    assert real["precision"] > 0.6 and real["recall"] > 0.6
+    assert ones["precision"] > 0.6 and ones["recall"] < 0.3
+    assert noise["precision"] < 0.1
+    assert set(real) == {"fid", "tvd", "precision", "recall"}
+
+
+def test_a_classifier_of_the_same_architecture_scores_from_a_uri(mnist_dir, tmp_path):
+    """`score.features: <URI>`: a 28x28 classifier trained on the user's own data."""
+    from lipizzaner_cell.classifier import train_classifier
+
+    data = load_dataset(MnistSpec(name="mnist", path=str(mnist_dir)), seed=0)
+    weights = tmp_path / "own.safetensors"
+    train_classifier(data.data[:3000], data.labels[:3000], weights, epochs=1, holdout=500)
+    score = ScoreSpec(features=str(weights))
+    scorer = build_scorer("fid", data, score=score)
+    assert scorer.network_name == str(weights)
+    digits, noise = scorer.scores(data.data[3000:5000]), scorer.scores(torch.rand(2000, 1, 28, 28))
+    assert digits["fid"] < noise["fid"] / 10
+    with pytest.raises(
+        FileNotFoundError, match=r"missing\.safetensors: classifier weights missing"
+    ):
+        build_scorer("fid", data, score=ScoreSpec(features=str(tmp_path / "missing.safetensors")))
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(
+        ValueError, match=r"bad\.safetensors: not the weights of the 28x28 classifier"
+    ):
+        build_scorer("fid", data, score=ScoreSpec(features=str(tmp_path / "bad.safetensors")))
+
+
+def test_inception_scores_load_safetensors_weights_and_report_kid_and_is(tmp_path, monkeypatch):
+    """The real network and protocol (torch-fidelity's), with random weights of the same
+    architecture: the standard ones cannot be downloaded here."""
+    from lipizzaner_cell.inception import WEIGHTS_ENVIRONMENT, inception_network
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = {k: v.contiguous() for k, v in inception_network(None).state_dict().items()}
+    for tensor in weights.values():  # He initialisation: features that do not vanish
+        if tensor.dim() == 4:
+            torch.nn.init.kaiming_normal_(tensor, nonlinearity="relu")
+    save_file(weights, str(tmp_path / "inception.safetensors"))
+    real = colour_images(24, 0, 0.9)
+    with pytest.raises(
+        ValueError, match=r"score\.inceptionWeights: inception-v3 needs its weights"
+    ):
+        build_scorer("auto", real, score=ScoreSpec(features="inception-v3"))
+    monkeypatch.setenv(WEIGHTS_ENVIRONMENT, str(tmp_path / "inception.safetensors"))
+    scorer = build_scorer("auto", real, score=ScoreSpec(features="inception-v3"))
+    assert scorer.objective_name == "fid"
+    assert torch.equal(scorer.network.state_dict()["fc.weight"], weights["fc.weight"])
+    same = scorer.final_scores(scorer.embed(colour_images(24, 1, 0.9).data))
+    noise = scorer.final_scores(scorer.embed(torch.rand(24, 3, 32, 32) * 2 - 1))
+    assert set(same) == {
+        "fid",
+        "kid",
+        "kid_std",
+        "inception_score",
+        "inception_score_std",
+        "precision",
+        "recall",
+    }
+    assert same["fid"] < noise["fid"] and same["kid"] < noise["kid"]
+    assert same["inception_score"] >= 1.0
+    grey = Dataset(name="grey", data=torch.rand(12, 1, 28, 28) * 2 - 1, values=PIXELS)
+    assert scorer.embed(grey.data).shape == (12, 2048 + 1008)  # grey repeats to RGB

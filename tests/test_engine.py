@@ -10,6 +10,7 @@ from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.neighbourhood import InProcessExchange
 from lipizzaner_cell.scores import ModeScorer
+from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.storage import Storage
 from lipizzaner_core.topology import Grid
@@ -280,3 +281,42 @@ def test_a_colour_image_run_runs_the_mixture_es_and_reports_a_score(tiny_manifes
     assert "swd" in outcome.manifest["scores"]
     weights = outcome.engines[0].mixture_weights
     assert sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_keep_best_ends_with_the_best_mixture_of_the_run_and_says_from_when(tiny_manifest):
+    """Keep-best (the default): the kept mixture is the best the ES scored over the run,
+    and the cell ends with it unless the last one scores better on the final samples."""
+    manifest = with_spec(tiny_manifest, generations=8)
+    manifest["spec"]["mixture"]["sigma"] = 0.2  # a lively ES: the score moves both ways
+    outcome = run_in_process(parse_run(manifest), resume=False)
+    for engine, reports in zip(outcome.engines, outcome.reports, strict=True):
+        scores = [r.mixture_score for r in reports]
+        assert engine.kept.score == min(scores)
+        assert engine.kept.generation == scores.index(min(scores)) + 1
+    results = [layout_result(manifest, cell) for cell in range(4)]
+    for result in results:
+        assert result["scoredOn"] == "validation"
+        assert result["trainScores"].keys() == result["scores"].keys()
+        chosen = [c for c in result["candidates"] if c["chosen"]]
+        assert [c["generation"] for c in chosen] == [result["mixtureGeneration"]]
+        assert chosen[0]["objective"] == min(c["objective"] for c in result["candidates"])
+        assert result["objective"]["value"] == chosen[0]["objective"]
+    best = min(results, key=lambda r: r["objective"]["value"])
+    assert outcome.manifest["mixtureGeneration"] == best["mixtureGeneration"]
+
+
+def test_keep_last_ends_with_the_last_generations_mixture(tiny_manifest):
+    manifest = with_spec(tiny_manifest, generations=3)
+    manifest["spec"]["mixture"]["keep"] = "last"
+    manifest["spec"]["dataset"]["validationFraction"] = 0.0
+    outcome = run_in_process(parse_run(manifest), resume=False)
+    assert all(engine.kept is None for engine in outcome.engines)
+    result = layout_result(manifest, 0)
+    assert result["mixtureGeneration"] == 3 and len(result["candidates"]) == 1
+    assert (result["scoredOn"], result["trainScores"]) == ("training", {})
+
+
+def layout_result(manifest: dict, cell: int) -> dict:
+    run = parse_run(manifest)
+    layout = RunLayout.of(run).cell(cell)
+    return layout.storage.read_json(layout.result)

@@ -242,7 +242,7 @@ def serve_and_train(
         dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
         pullers = neighbour_pullers(run, args, dataset.shape, metrics, tls)
         neighbourhood = GrpcNeighbourhood(board, pullers)
-        engine = CellEngine(run, args.cell, neighbourhood, dataset)
+        engine = CellEngine(run, args.cell, neighbourhood, dataset, storage=layout.storage)
 
         def on_checkpoint(seconds: float) -> None:
             kept.save()

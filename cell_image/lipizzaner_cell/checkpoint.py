@@ -17,7 +17,7 @@ from lipizzaner_core.storage import join
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from lipizzaner_cell.engine import CellEngine
+from lipizzaner_cell.engine import CellEngine, KeptMixture
 from lipizzaner_cell.individual import Individual
 
 # 3: per-batch mutation, the original's batch order and loss names (2 continues differently).
@@ -69,6 +69,7 @@ def export_state(engine: CellEngine) -> tuple[dict[str, torch.Tensor], dict[str,
             _export_individual(d, f"discriminators.{i}", tensors)
             for i, d in enumerate(engine.discriminators)
         ],
+        "kept": _export_kept(engine.kept, tensors),
     }
     return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, meta
 
@@ -92,6 +93,30 @@ def import_state(engine: CellEngine, tensors: dict[str, torch.Tensor], meta: dic
     engine.mixture_weights = {int(c): w for c, w in meta["mixture_weights"].items()}
     engine.generation = meta["generation"]
     engine.offspring_accepted, engine.offspring_offered = meta["offspring"]
+    engine.kept = _import_kept(meta.get("kept"), tensors)
+
+
+def _export_kept(kept: KeptMixture | None, tensors: dict) -> dict[str, Any] | None:
+    if kept is None:
+        return None
+    for cell, generator in kept.generators.items():
+        for name, tensor in generator.items():
+            tensors[f"kept.{cell}.{name}"] = tensor
+    weights = {str(cell): weight for cell, weight in kept.weights.items()}
+    return {"generation": kept.generation, "score": kept.score, "weights": weights}
+
+
+def _import_kept(meta: dict[str, Any] | None, tensors: dict) -> KeptMixture | None:
+    """The kept mixture of a checkpoint (None for one without: none yet, or older)."""
+    if meta is None:
+        return None
+    weights = {int(cell): weight for cell, weight in meta["weights"].items()}
+    return KeptMixture(
+        generation=meta["generation"],
+        score=meta["score"],
+        weights=weights,
+        generators={cell: _under(tensors, f"kept.{cell}.") for cell in weights},
+    )
 
 
 def save_checkpoint(engine: CellEngine, cell: CellLayout, keep: int) -> str:

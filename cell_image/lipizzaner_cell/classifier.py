@@ -12,7 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from lipizzaner_core.storage import Storage
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -45,15 +47,22 @@ def asset_path() -> Path:
     return Path(str(resources.files("lipizzaner_cell") / "assets" / ASSET))
 
 
-def load_classifier(path: Path | None = None) -> MnistClassifier:
-    path = path or asset_path()
-    if not path.exists():
+def load_classifier(uri: str | None = None, storage: Storage | None = None) -> MnistClassifier:
+    """The packaged MNIST classifier, or one of its architecture from a safetensors URI
+    (`lipizzaner train-classifier` writes them, from any 28x28 grey labelled data)."""
+    storage = storage or Storage()
+    uri = uri or str(asset_path())
+    if not storage.exists(uri):
         raise FileNotFoundError(
-            f"{path}: MNIST classifier weights missing; build them with "
+            f"{uri}: classifier weights missing; build them with "
             "`lipizzaner train-classifier --data DIR`"
         )
     model = MnistClassifier()
-    model.load_state_dict(load_file(str(path)))
+    try:
+        model.load_state_dict(load(storage.read_bytes(uri)))
+    except (RuntimeError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"{uri}: not the weights of the 28x28 classifier: {reason}") from None
     return model.eval()
 
 

@@ -26,6 +26,8 @@ from lipizzaner_core.storage import Storage
 
 from lipizzaner_cell import idx
 
+VALIDATION_SEED = 0  # the held-out samples are the same in every cell and every run
+
 
 @dataclass(frozen=True)
 class ValueMap:
@@ -91,15 +93,32 @@ class Dataset:
     def __len__(self) -> int:
         return self.data.shape[0]
 
+    def split(self, fraction: float) -> tuple[Dataset, Dataset | None]:
+        """(training, validation): `fraction` of the samples held out for scoring.
+
+        The split is fixed (seeded with VALIDATION_SEED, not the run's seed), so every
+        cell and every run of the same data holds out the same samples and their scores
+        compare. None for the validation set when the fraction rounds to no sample.
+        """
+        count = min(round(fraction * len(self)), len(self) - 1)
+        if count < 1:
+            return self, None
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+        held, kept = order[:count].sort().values, order[count:].sort().values
+        return self._rows(kept, "training"), self._rows(held, "validation")
+
+    def _rows(self, rows: torch.Tensor, part: str) -> Dataset:
+        labels = self.labels[rows] if self.labels is not None else None
+        identity = f"{self.identity}:{part}:{len(rows)}"
+        return replace(self, data=self.data[rows], labels=labels, identity=identity)
+
     def subset(self, ratio: float, seed: int) -> Dataset:
         """Data dieting: a random subset of round(ratio * n) samples, seeded per cell."""
         if ratio >= 1.0:
             return self
         count = max(1, round(ratio * len(self)))
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        keep = order[:count].sort().values
-        labels = self.labels[keep] if self.labels is not None else None
-        return replace(self, data=self.data[keep], labels=labels)
+        return self._rows(order[:count].sort().values, f"subset-{seed}")
 
 
 def _mixture_of_gaussians(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from lipizzaner_core.spec import LipizzanerRun
+from lipizzaner_core.storage import Storage
 from lipizzaner_core.topology import cell_seed
 
 from lipizzaner_cell.datasets import Dataset
@@ -24,7 +25,8 @@ from lipizzaner_cell.losses import Loss, spec_loss
 from lipizzaner_cell.mixture import MixtureEmbeddings, es_step
 from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
 from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_cell.scores import Scorer, build_scorer
+from lipizzaner_cell.scores import Scorer
+from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
 from lipizzaner_cell.training import BatchTrainer, EagerSteps, Players
 
@@ -46,6 +48,17 @@ class GenerationReport:
     neighbours_present: int
     samples_trained: int
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KeptMixture:
+    """The best-scoring mixture a cell has seen: its generators' weights (CPU copies),
+    the mixture weights by cell, its score and the generation it came from."""
+
+    generation: int
+    score: float
+    weights: dict[int, float]
+    generators: dict[int, dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -73,7 +86,9 @@ class CellEngine:
         provider: NeighbourhoodProvider,
         dataset: Dataset,
         device: torch.device | None = None,
+        storage: Storage | None = None,
     ) -> None:
+        """`storage` reads the score's weight files (the run's: its S3 endpoint too)."""
         spec = run.spec
         self.spec = spec
         self.index = index
@@ -88,9 +103,21 @@ class CellEngine:
         self.device_rng = torch.Generator(self.device).manual_seed(
             int(torch.randint(2**62, (1,), generator=self.rng))
         )
-        self.data = dataset.subset(spec.dataset.sampling_ratio, self.seed).data.to(self.device)
+        self.training_set, self.validation_set = dataset.split(spec.dataset.validation_fraction)
+        diet = self.training_set.subset(spec.dataset.sampling_ratio, self.seed)
+        self.data = diet.data.to(self.device)
         self.shape = dataset.shape
-        self.scorer: Scorer | None = build_scorer(spec.mixture.score_type, dataset, self.device)
+        # Decisions score against held-out data (the training data when none is held out).
+        held_out = self.validation_set is not None
+        self.scored_on = "validation" if held_out else "training"
+        self.scorer: Scorer | None = build_scorer(
+            spec.mixture.score_type,
+            self.validation_set or self.training_set,
+            self.device,
+            spec.score,
+            storage,
+        )
+        self.kept: KeptMixture | None = None
         # Fitness is measured with it; it also fixes the schedule and the optimizer.
         self.loss: Loss = spec_loss(spec.loss)
         self.generation = 0
@@ -159,6 +186,7 @@ class CellEngine:
             self.offspring_offered += offered
         with _timed(seconds, "mixture"):
             score = self.evolve_mixture(hood)  # 6
+            self.keep_if_best(hood, score)
         with _timed(seconds, "publish"):
             self.generation += 1
             self.publish_centre()  # 7
@@ -290,6 +318,29 @@ class CellEngine:
         for cell, weight in zip(cells, (weights * mass).tolist(), strict=True):
             self.mixture_weights[cell] = weight
         return current
+
+    def keep_if_best(self, hood: Neighbourhood, score: float | None) -> None:
+        """Keep-best: remember this generation's mixture if it scores better than any
+        before it (`mixture.keep: best`)."""
+        if self.spec.mixture.keep != "best" or score is None:
+            return
+        if self.kept is not None and score >= self.kept.score:
+            return
+        cells, nets = self.mixture_members(hood)
+        weights = self.mixture_weights_of(cells).tolist()
+        self.kept = KeptMixture(
+            generation=self.generation + 1,
+            score=score,
+            weights=dict(zip(cells, weights, strict=True)),
+            generators={c: _frozen_copy(n.state_dict()) for c, n in zip(cells, nets, strict=True)},
+        )
+
+    def generator_from(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A generator of this run's architecture holding these weights."""
+        with torch.random.fork_rng(devices=[]):
+            net = self._build("generator")
+        net.load_state_dict(weights)
+        return net
 
     def mixture_members(self, hood: Neighbourhood) -> tuple[list[int], list[torch.nn.Module]]:
         """The cells of the mixture and their centre generators: this cell first."""

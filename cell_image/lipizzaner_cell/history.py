@@ -23,11 +23,15 @@ from lipizzaner_cell.engine import CellEngine, GenerationReport
 
 
 def record(engine: CellEngine, report: GenerationReport) -> dict[str, Any]:
-    """One generation: losses, fitness, rates, score, acceptance, step timings, weights."""
+    """One generation: losses, fitness, rates, score and the best kept so far, acceptance,
+    step timings, weights."""
     line = asdict(report)
     line["score"] = line.pop("mixture_score")
     line["score_name"] = engine.scorer.objective_name if engine.scorer else None
     line["mixture_weights"] = {str(c): w for c, w in engine.mixture_weights.items()}
+    kept = engine.kept
+    line["kept_score"] = kept.score if kept else None  # keep-best: the best so far
+    line["kept_generation"] = kept.generation if kept else None
     return line
 
 
@@ -74,14 +78,19 @@ def render_curves(histories: dict[int, list[dict[str, Any]]], title: str) -> byt
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    panels = [("score", "score (lower is better)"), ("generator_loss", "generator loss")]
+    panels = [("score", "score (dashed: best kept)"), ("generator_loss", "generator loss")]
     panels.append(("discriminator_loss", "discriminator loss"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=100)
     for ax, (key, label) in zip(axes, panels, strict=True):
         for cell, lines in histories.items():
             points = [(line["generation"], line[key]) for line in lines if line[key] is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), label=f"cell {cell}")
+            if not points:
+                continue
+            (drawn,) = ax.plot(*zip(*points, strict=True), label=f"cell {cell}")
+            kept = [(line["generation"], line.get("kept_score")) for line in lines]
+            kept = [point for point in kept if point[1] is not None]
+            if key == "score" and kept:  # keep-best: the best so far, dashed
+                ax.plot(*zip(*kept, strict=True), "--", color=drawn.get_color(), linewidth=0.8)
         ax.set_xlabel("generation")
         ax.set_title(label)
     axes[0].legend(fontsize="small")
@@ -105,6 +114,8 @@ def scalars(line: dict[str, Any]) -> dict[str, float]:
     }
     if line["score"] is not None:
         values[f"score/{line['score_name']}"] = line["score"]
+    if line.get("kept_score") is not None:
+        values[f"score/{line['score_name']}_kept"] = line["kept_score"]
     if line["offspring_offered"]:
         values["selection/offspring_accepted"] = (
             line["offspring_accepted"] / line["offspring_offered"]

@@ -49,7 +49,13 @@ def run_in_process(
     exchange = InProcessExchange()
     drivers = [
         CellDriver(
-            CellEngine(run, i, exchange.provider([n.index for n in grid.neighbours(i)]), dataset),
+            CellEngine(
+                run,
+                i,
+                exchange.provider([n.index for n in grid.neighbours(i)]),
+                dataset,
+                storage=layout.storage,
+            ),
             layout.cell(i),
         )
         for i in range(grid.size)

@@ -10,21 +10,22 @@ from __future__ import annotations
 import platform
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import torch
 from lipizzaner_core import __version__
 from lipizzaner_core.layout import CellLayout
-from lipizzaner_core.storage import join
+from lipizzaner_core.storage import Storage, join
 from safetensors.torch import save as save_tensors
 
 from lipizzaner_cell.datasets import Dataset
 from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.mixture import sample_mixture
+from lipizzaner_cell.scoring import build_report_scorer
 from lipizzaner_cell.selection import best
 
-FINAL_SAMPLES = 10_000
 REFERENCE_POINTS = 1000
 
 
@@ -44,6 +45,73 @@ def data_description(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Candidate:
+    """A mixture the cell may end with, scored on the same final samples as the other."""
+
+    generation: int
+    cells: list[int]
+    nets: list[torch.nn.Module]
+    weights: torch.Tensor
+    objective: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    train_scores: dict[str, float] = field(default_factory=dict)
+
+
+def final_candidates(engine: CellEngine) -> list[Candidate]:
+    """The last generation's mixture (after `esGenerationsAtEnd` more ES steps), and with
+    keep-best the kept one when it is from an earlier generation."""
+    hood = engine.snapshot_neighbourhood()
+    es_steps = engine.spec.mixture.es_generations_at_end
+    if es_steps:
+        engine.evolve_mixture(hood, steps=es_steps)
+    cells, nets = engine.mixture_members(hood)
+    candidates = [Candidate(engine.generation, cells, nets, engine.mixture_weights_of(cells))]
+    kept = engine.kept
+    if kept is not None and kept.generation < engine.generation:
+        kept_cells = list(kept.weights)
+        candidates.append(
+            Candidate(
+                kept.generation,
+                kept_cells,
+                [engine.generator_from(kept.generators[c]) for c in kept_cells],
+                torch.tensor([kept.weights[c] for c in kept_cells], dtype=torch.float64),
+            )
+        )
+    return candidates
+
+
+def choose(engine: CellEngine, candidates: list[Candidate], noise: torch.Tensor) -> Candidate:
+    """The candidate with the lowest objective on samples from the same noise (against
+    the held-out data); the last mixture on a tie or without a score."""
+    if engine.scorer is None:
+        return candidates[0]
+    objectives = [
+        engine.scorer.objective(sample_mixture(c.nets, c.weights, noise)) for c in candidates
+    ]
+    for candidate, objective in zip(candidates, objectives, strict=True):
+        candidate.objective = objective
+    return candidates[objectives.index(min(objectives))]
+
+
+def report(
+    engine: CellEngine, chosen: Candidate, noise: torch.Tensor, storage: Storage | None
+) -> None:
+    """The final scores of the chosen mixture against the held-out and the training data,
+    in the `score.final` network (the samples `choose` scored)."""
+    spec = engine.spec
+    samples = sample_mixture(chosen.nets, chosen.weights, noise)
+    references = {"scores": engine.validation_set or engine.training_set}
+    if engine.validation_set is not None:
+        references["train_scores"] = engine.training_set
+    for field_name, reference in references.items():
+        scorer = build_report_scorer(
+            engine.scorer, spec.mixture.score_type, reference, engine.device, spec.score, storage
+        )
+        if scorer is not None:
+            setattr(chosen, field_name, scorer.final_scores(scorer.embed(samples)))
+
+
 def finish_cell(
     engine: CellEngine,
     dataset: Dataset,
@@ -54,21 +122,14 @@ def finish_cell(
 
     `missing_neighbours`: neighbours this cell never heard from; the mixture leaves them out.
     """
-    hood = engine.snapshot_neighbourhood()
-    es_steps = engine.spec.mixture.es_generations_at_end
-    if es_steps:
-        engine.evolve_mixture(hood, steps=es_steps)
-    cells, nets = engine.mixture_members(hood)
-    weights = engine.mixture_weights_of(cells)
-    scores: dict[str, float] = {}
+    candidates = final_candidates(engine)
+    noise = engine.noise(engine.spec.score.final_samples)
+    chosen = choose(engine, candidates, noise)
+    report(engine, chosen, noise, layout.storage)
+    cells, nets, weights = chosen.cells, chosen.nets, chosen.weights
     objective = None
     if engine.scorer is not None:
-        embedded = engine.scorer.embed(sample_mixture(nets, weights, engine.noise(FINAL_SAMPLES)))
-        scores = engine.scorer.scores_of(embedded)
-        objective = {
-            "name": engine.scorer.objective_name,
-            "value": engine.scorer.objective_of(embedded),
-        }
+        objective = {"name": engine.scorer.objective_name, "value": chosen.objective}
     mixture = []
     layout.storage.remove_tree(layout.mixture)  # no member of an earlier mixture stays
     for cell, net, weight in zip(cells, nets, weights.tolist(), strict=True):
@@ -83,7 +144,14 @@ def finish_cell(
         "col": col,
         "generation": engine.generation,
         "objective": objective,
-        "scores": scores,
+        "scores": chosen.scores,
+        "trainScores": chosen.train_scores,
+        "scoredOn": engine.scored_on,
+        "mixtureGeneration": chosen.generation,
+        "candidates": [
+            {"generation": c.generation, "objective": c.objective, "chosen": c is chosen}
+            for c in candidates
+        ],
         "generatorFitness": best(engine.generators).fitness,
         "missingNeighbours": list(missing_neighbours),
         "offspring": {

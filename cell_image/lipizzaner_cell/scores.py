@@ -2,8 +2,10 @@
 
 - 2-D mixtures of Gaussians: modes covered, fraction of high-quality samples (within
   3 standard deviations of a mode) and a mode-histogram KL.
-- 28x28 grey images: FID in the feature space of the project's MNIST classifier, and the
-  total variation distance of its predicted class histogram from uniform.
+- 28x28 grey images: FID in the feature space of the project's MNIST classifier (or one of
+  its architecture trained on other data), the total variation distance of its predicted
+  class histogram from uniform, and in final reports precision and recall.
+- Images in Inception-v3's features: `inception.py`. Which scorer a run uses: `scoring.py`.
 - Any other data (colour images, arrays): the sliced Wasserstein distance to the real
   data, which needs neither modes nor a trained network.
 Real-data statistics are computed once per dataset and process and cached.
@@ -16,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+from lipizzaner_core.storage import Storage
 from torch.nn import functional as F
 
 from lipizzaner_cell.classifier import FEATURES, load_classifier
@@ -47,6 +50,11 @@ class Scorer(ABC):
 
     def scores(self, samples: torch.Tensor) -> dict[str, float]:
         return self.scores_of(self.embed(samples))
+
+    def final_scores(self, embedded: torch.Tensor) -> dict[str, float]:
+        """The scores a run reports at its end; the same as `scores_of` unless a scorer
+        has costlier ones that are only worth computing once."""
+        return self.scores_of(embedded)
 
 
 @dataclass(frozen=True)
@@ -103,56 +111,100 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return features.mean(0), torch.cov(features.T)
 
 
-_REAL_STATS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-# Images per classifier call: small chunks fit a CPU core's caches, a GPU wants big ones.
+# Real-data embeddings per (feature network, dataset), computed once per process.
+_REAL_EMBEDDINGS: dict[tuple[str, str], torch.Tensor] = {}
+# Images per feature-network call: small chunks fit a CPU core's caches, a GPU wants big ones.
 FEATURE_CHUNK = {"cpu": 256, "cuda": 8192}
+PRECISION_RECALL_SAMPLES = 10_000
 
 
-class ClassifierScorer(Scorer):
-    """FID and class-histogram TVD under the project's MNIST classifier."""
+class FeatureScorer(Scorer):
+    """Scores in the feature space of a network: FID against the real data's statistics
+    for the ES, and in the final report precision and recall (and what else the network
+    supports).
 
-    def __init__(
-        self, real: Dataset, objective_name: str = "fid", device: torch.device | None = None
-    ) -> None:
-        if real.shape != (1, 28, 28):
-            raise ValueError(
-                f"mixture.scoreType: {objective_name} uses the project's MNIST classifier and "
-                f"needs 28x28 grey images, dataset {real.name} has shape {real.shape}"
-            )
+    An embedded sample is one row: the network's `feature_count` features, then whatever
+    else it outputs (class logits).
+    """
+
+    feature_count: int
+    network_name: str
+
+    def __init__(self, real: Dataset, device: torch.device, objective_name: str) -> None:
         self.objective_name = objective_name
-        self.device = device or torch.device("cpu")
-        self.chunk = FEATURE_CHUNK.get(self.device.type, 256)
-        # channels_last: about 5x faster on a CPU core than NCHW (with the small chunks).
-        self.classifier = load_classifier().to(self.device)
-        self.classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        key = real.identity or str(id(real))
-        if key not in _REAL_STATS:
-            _REAL_STATS[key] = feature_statistics(self.embed(real.data)[:, :FEATURES])
-        self.real_mu, self.real_cov = _REAL_STATS[key]
+        self.device = device
+        self.chunk = FEATURE_CHUNK.get(device.type, 256)
+        key = (self.network_name, real.identity or str(id(real)))
+        if key not in _REAL_EMBEDDINGS:
+            _REAL_EMBEDDINGS[key] = self.embed(real.data)
+        self.real = _REAL_EMBEDDINGS[key]
+        self.real_mu, self.real_cov = feature_statistics(self.features(self.real))
+
+    @abstractmethod
+    def _embed_chunk(self, images: torch.Tensor) -> torch.Tensor: ...
 
     @torch.inference_mode()
     def embed(self, samples: torch.Tensor) -> torch.Tensor:
-        """Features and logits side by side, one row per image."""
-        parts = [
-            torch.cat(self.classifier(self._layout(chunk)), 1)
-            for chunk in samples.split(self.chunk)
-        ]
-        return torch.cat(parts).cpu()
+        return torch.cat([self._embed_chunk(chunk) for chunk in samples.split(self.chunk)]).cpu()
 
-    def _layout(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, torch.float32, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last)
+    def features(self, embedded: torch.Tensor) -> torch.Tensor:
+        return embedded[:, : self.feature_count]
 
-    def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
-        features, logits = embedded[:, :FEATURES], embedded[:, FEATURES:]
-        histogram = torch.bincount(logits.argmax(1), minlength=10).double() / len(embedded)
-        return {
-            "fid": frechet_distance(*feature_statistics(features), self.real_mu, self.real_cov),
-            "tvd": float(0.5 * (histogram - 0.1).abs().sum()),
-        }
+    def fid(self, embedded: torch.Tensor) -> float:
+        mu, cov = feature_statistics(self.features(embedded))
+        return frechet_distance(mu, cov, self.real_mu, self.real_cov)
 
     def objective_of(self, embedded: torch.Tensor) -> float:
         return self.scores_of(embedded)[self.objective_name]
+
+    def final_scores(self, embedded: torch.Tensor) -> dict[str, float]:
+        """`scores_of` plus Kynkäänniemi et al.'s precision and recall (k = 3, torch-fidelity's
+        implementation), on equal numbers of generated and real samples."""
+        from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+        count = min(len(embedded), len(self.real), PRECISION_RECALL_SAMPLES)
+        precision, recall = calculate_precision_recall_full(
+            self.features(embedded[:count]).double(),
+            self.features(self.real[:count]).double(),
+            neighborhood=3,
+        )
+        return {**self.scores_of(embedded), "precision": precision, "recall": recall}
+
+
+class ClassifierScorer(FeatureScorer):
+    """FID and class-histogram TVD under a 28x28 grey-image classifier: the project's MNIST
+    CNN, or one of the same architecture from a safetensors file (`score.features: URI`)."""
+
+    feature_count = FEATURES
+
+    def __init__(
+        self,
+        real: Dataset,
+        objective_name: str = "fid",
+        device: torch.device | None = None,
+        weights: str | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        if real.shape != (1, 28, 28):
+            raise ValueError(
+                f"mixture.scoreType: {objective_name} in a classifier's features needs 28x28 "
+                f"grey images, dataset {real.name} has shape {real.shape}"
+            )
+        self.network_name = weights or "mnist-cnn"
+        device = device or torch.device("cpu")
+        # channels_last: about 5x faster on a CPU core than NCHW (with the small chunks).
+        self.classifier = load_classifier(weights, storage).to(device)
+        self.classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        super().__init__(real, device, objective_name)
+
+    def _embed_chunk(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, torch.float32, non_blocking=True)
+        return torch.cat(self.classifier(images.contiguous(memory_format=torch.channels_last)), 1)
+
+    def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
+        logits = embedded[:, FEATURES:]
+        histogram = torch.bincount(logits.argmax(1), minlength=10).double() / len(embedded)
+        return {"fid": self.fid(embedded), "tvd": float(0.5 * (histogram - 0.1).abs().sum())}
 
 
 class SlicedWassersteinScorer(Scorer):
@@ -171,10 +223,13 @@ class SlicedWassersteinScorer(Scorer):
     DIRECTIONS, REFERENCE, QUANTILES, SIDE = 128, 4096, 256, 16
 
     def __init__(self, real: Dataset, device: torch.device | None = None) -> None:
-        rng = torch.Generator().manual_seed(0)
-        rows = torch.randperm(len(real.data), generator=rng)[: self.REFERENCE]
-        reference = self._flatten(real.data[rows].cpu())
-        directions = torch.randn(reference.shape[1], self.DIRECTIONS, generator=rng)
+        # Directions depend on the data's dimension only, so every reference (validation,
+        # training) scores samples in the same projections.
+        rows = torch.randperm(len(real.data), generator=torch.Generator().manual_seed(1))
+        reference = self._flatten(real.data[rows[: self.REFERENCE]].cpu())
+        directions = torch.randn(
+            reference.shape[1], self.DIRECTIONS, generator=torch.Generator().manual_seed(0)
+        )
         self.directions = directions.double() / directions.double().norm(dim=0)
         self.levels = (torch.arange(self.QUANTILES, dtype=torch.float64) + 0.5) / self.QUANTILES
         self.real_quantiles = torch.quantile(reference @ self.directions, self.levels, dim=0)
@@ -195,30 +250,3 @@ class SlicedWassersteinScorer(Scorer):
 
     def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
         return {"swd": self.objective_of(embedded)}
-
-
-def build_scorer(
-    score_type: str, dataset: Dataset, device: torch.device | None = None
-) -> Scorer | None:
-    """The scorer a run uses; `auto` picks the most telling one the data allows: mode KL
-    for known modes, FID for 28x28 grey images, else the sliced Wasserstein distance.
-    `none` disables scoring (and with it the mixture ES)."""
-    if score_type == "auto":
-        if dataset.modes is not None:
-            score_type = "mode-kl"
-        elif dataset.shape == (1, 28, 28):
-            score_type = "fid"
-        else:
-            score_type = "swd"
-    if score_type == "none":
-        return None
-    if score_type == "swd":
-        return SlicedWassersteinScorer(dataset, device)
-    if score_type == "mode-kl":
-        if dataset.modes is None:
-            raise ValueError(
-                f"mixture.scoreType: mode-kl needs synthetic data with known modes "
-                f"(gaussian-ring or gaussian-grid), got dataset {dataset.name}"
-            )
-        return ModeScorer(dataset.modes, float(dataset.mode_std or 0.0))
-    return ClassifierScorer(dataset, score_type, device)

@@ -1,8 +1,9 @@
 """Assemble the run's ensemble from the cells' result files (torch-free, so the operator can).
 
 The ensemble is the best cell's neighbourhood mixture: the cell whose mixture has the
-lowest objective (FID, mode KL, ...), or, for runs without a score, the lowest generator
-fitness.
+lowest objective (FID, mode KL, ...; on held-out data unless the run holds none out), or,
+for runs without a score, the lowest generator fitness. With keep-best a cell's mixture
+is the best it saw over the run, and `mixtureGeneration` says from which generation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from lipizzaner_core.spec import LipizzanerRun, dump_run
 from lipizzaner_core.storage import join
 
 FORMAT = "lipizzaner-ensemble/1"
+# What the manifest says of every cell.
+CELL_SUMMARY = ("cell", "row", "col", "generation", "mixtureGeneration", "objective", "scores")
 
 
 def rank_key(result: dict[str, Any]) -> tuple[float, int]:
@@ -40,6 +43,9 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
         "bestCell": winner["cell"],
         "objective": winner["objective"],
         "scores": winner["scores"],
+        "trainScores": winner.get("trainScores", {}),
+        "scoredOn": winner.get("scoredOn", "training"),
+        "mixtureGeneration": winner.get("mixtureGeneration", winner["generation"]),
         "network": {
             "latentSize": spec["spec"]["network"]["latentSize"],
             "generator": spec["spec"]["network"]["generator"],
@@ -54,7 +60,7 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
             for k, member in enumerate(winner["mixture"])
         ],
         "cells": [
-            {key: r[key] for key in ("cell", "row", "col", "generation", "objective", "scores")}
+            {key: r.get(key) for key in CELL_SUMMARY}
             for r in sorted(results, key=lambda r: r["cell"])
         ],
         "spec": spec,

@@ -55,6 +55,14 @@ class GridSpec(SpecModel):
 
 class DatasetBase(SpecModel):
     sampling_ratio: float = Field(1.0, gt=0.0, le=1.0)
+    validation_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Samples held out from training, the same in every cell and run; the "
+        "mixture ES, keep-best and the ensemble's choice score against them (0: score "
+        "against the training data)",
+    )
 
 
 class GaussianRingSpec(DatasetBase):
@@ -182,6 +190,48 @@ class MixtureSpec(SpecModel):
     score_type: Literal["auto", "fid", "tvd", "mode-kl", "swd", "none"] = "auto"
     score_sample_size: int = Field(1000, ge=10)
     es_generations_at_end: int = Field(0, ge=0)
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="best: each cell keeps its best-scoring mixture (weights and generators) "
+        "over the run and ends with it if it still scores better than the last; last: the "
+        "last generation's mixture",
+    )
+
+
+FEATURE_NETWORK = r"^(auto|mnist-cnn|inception-v3|\S+\.safetensors)$"
+
+
+class ScoreSpec(SpecModel):
+    """Which feature networks score a run: a cheap one every generation, maybe a standard
+    one for the final report."""
+
+    features: str = Field(
+        "auto",
+        pattern=FEATURE_NETWORK,
+        description="the feature space of the per-generation objective (fid, tvd) and of "
+        "keep-best: auto (mnist-cnn for 28x28 grey images, else none: the ES uses swd), "
+        "mnist-cnn, inception-v3, or the safetensors URI of a 28x28 classifier "
+        "(`lipizzaner train-classifier`)",
+    )
+    final: str | None = Field(
+        None,
+        pattern=FEATURE_NETWORK,
+        description="the feature space of the final report (FID, precision, recall; with "
+        "inception-v3 also KID and the Inception Score); default: features",
+    )
+    inception_weights: str | None = Field(
+        None,
+        min_length=1,
+        description="safetensors URI of the Inception-v3 weights (see docs/scores.md); "
+        "default: $LIPIZZANER_INCEPTION_WEIGHTS",
+    )
+    final_samples: int = Field(
+        10_000, ge=100, description="samples per final score (50,000 in published FIDs)"
+    )
+
+    @property
+    def final_network(self) -> str:
+        return self.final or self.features
 
 
 class TrainingSpec(SpecModel):
@@ -303,6 +353,7 @@ class RunSpecBody(SpecModel):
     loss: LossName = "bce"
     coevolution: CoevolutionSpec = Field(default_factory=CoevolutionSpec)
     mixture: MixtureSpec = Field(default_factory=MixtureSpec)
+    score: ScoreSpec = Field(default_factory=ScoreSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)

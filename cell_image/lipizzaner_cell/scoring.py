@@ -1,0 +1,109 @@
+"""Which scorer a run uses, from `mixture.scoreType` and the `score` section.
+
+Two roles: the objective (every generation's mixture ES, keep-best and the choice of the
+run's ensemble: cheap) and the final report (scores GAN users compare: may be costly,
+computed once per cell). The final report reuses the objective's scorer unless
+`score.final` names another feature network.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from lipizzaner_core.spec import ScoreSpec
+from lipizzaner_core.storage import Storage
+
+from lipizzaner_cell.datasets import Dataset
+from lipizzaner_cell.scores import (
+    ClassifierScorer,
+    ModeScorer,
+    Scorer,
+    SlicedWassersteinScorer,
+)
+
+AUTO = ScoreSpec()
+
+
+def feature_network(features: str, dataset: Dataset) -> str | None:
+    """`score.features` resolved: `auto` is the MNIST CNN for 28x28 grey images, else none."""
+    if features == "auto":
+        return "mnist-cnn" if dataset.shape == (1, 28, 28) else None
+    return features
+
+
+def build_scorer(
+    score_type: str,
+    dataset: Dataset,
+    device: torch.device | None = None,
+    score: ScoreSpec = AUTO,
+    storage: Storage | None = None,
+    network: str | None = None,
+) -> Scorer | None:
+    """The scorer of `score_type` against `dataset` (the real reference); `auto` picks the
+    most telling one the data allows: mode KL for known modes, FID where a feature network
+    applies, else the sliced Wasserstein distance. `none`: no scoring (and no ES).
+
+    `network` overrides `score.features` (the final report's network).
+    """
+    network = feature_network(network or score.features, dataset)
+    if score_type == "auto":
+        score_type = "mode-kl" if dataset.modes is not None else "fid" if network else "swd"
+    if score_type == "none":
+        return None
+    if score_type == "swd":
+        return SlicedWassersteinScorer(dataset, device)
+    if score_type == "mode-kl":
+        if dataset.modes is None:
+            raise ValueError(
+                f"mixture.scoreType: mode-kl needs synthetic data with known modes "
+                f"(gaussian-ring or gaussian-grid), got dataset {dataset.name}"
+            )
+        return ModeScorer(dataset.modes, float(dataset.mode_std or 0.0))
+    if network is None:
+        raise ValueError(
+            f"mixture.scoreType: {score_type} needs a feature network, and dataset "
+            f"{dataset.name} of shape {dataset.shape} has none by default: set score.features "
+            "(inception-v3, or a 28x28 classifier's safetensors)"
+        )
+    if network == "inception-v3":
+        return inception_scorer(score_type, dataset, device, score, storage)
+    weights = None if network == "mnist-cnn" else network
+    return ClassifierScorer(dataset, score_type, device, weights, storage)
+
+
+def inception_scorer(
+    score_type: str,
+    dataset: Dataset,
+    device: torch.device | None,
+    score: ScoreSpec,
+    storage: Storage | None,
+) -> Scorer:
+    from lipizzaner_cell.inception import WEIGHTS_ENVIRONMENT, InceptionScorer, load_weights
+
+    if score_type != "fid":
+        raise ValueError(
+            f"mixture.scoreType: {score_type} needs a 10-class classifier; inception-v3 scores fid"
+        )
+    uri = score.inception_weights or os.environ.get(WEIGHTS_ENVIRONMENT)
+    if not uri:
+        raise ValueError(
+            "score.inceptionWeights: inception-v3 needs its weights: set it, or "
+            f"{WEIGHTS_ENVIRONMENT}, to a safetensors file (see docs/scores.md)"
+        )
+    return InceptionScorer(dataset, load_weights(uri, storage), device)
+
+
+def build_report_scorer(
+    objective: Scorer | None,
+    score_type: str,
+    dataset: Dataset,
+    device: torch.device | None = None,
+    score: ScoreSpec = AUTO,
+    storage: Storage | None = None,
+) -> Scorer | None:
+    """The final report's scorer against `dataset`: the objective's kind in the
+    `score.final` network (the objective's own network when that is the same)."""
+    if objective is None or score.final_network == score.features:
+        return build_scorer(score_type, dataset, device, score, storage)
+    return build_scorer("fid", dataset, device, score, storage, network=score.final_network)
