@@ -1,8 +1,12 @@
 import gzip
 import http.server
 import io
+import shlex
 import shutil
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,3 +310,20 @@ def test_inception_scores_load_safetensors_weights_and_report_kid_and_is(tmp_pat
     assert same["inception_score"] >= 1.0
     grey = Dataset(name="grey", data=torch.rand(12, 1, 28, 28) * 2 - 1, values=PIXELS)
     assert scorer.embed(grey.data).shape == (12, 2048 + 1008)  # grey repeats to RGB
+
+
+def test_the_documented_weight_conversion_gives_a_file_the_scorer_loads(tmp_path):
+    """docs/scores.md's one-off conversion of torch-fidelity's .pth, run as written on a
+    file of the same layout (it runs in its own process: nothing here unpickles)."""
+    from lipizzaner_cell.inception import inception_network, load_weights
+
+    doc = (Path(__file__).parents[1] / "docs" / "scores.md").read_text()
+    command = next(line for line in doc.splitlines() if line.startswith("python -c"))
+    script = shlex.split(command)[2]
+    state = inception_network(None).state_dict()
+    torch.save(state, tmp_path / "weights-inception-2015-12-05-6726825d.pth")
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True)
+    converted = load_weights(str(tmp_path / "inception-2015-12-05.safetensors"))
+    assert converted.keys() == state.keys()
+    assert all(torch.equal(converted[k], v) for k, v in state.items())
+    inception_network(converted)  # loads strictly

@@ -165,3 +165,26 @@ def test_the_ci_examples_submit_wait_check_the_score_and_keep_the_outcome(path):
         parse_run(yaml.safe_load((ROOT / command[2]).read_text()))
     kept = path.read_text()
     assert "result.json" in kept.split("--result result.json", 1)[1], "the outcome is kept"
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_example_manifest_validates(path):
+    for document in yaml.safe_load_all(path.read_text()):
+        if isinstance(document, dict) and document.get("kind") == "LipizzanerRun":
+            parse_run(document)
+
+
+def test_the_paper_configurations_cover_1x1_to_4x4_with_the_published_settings():
+    """examples/paper/: the original's NeurIPS 2018 MNIST and CelebA configurations."""
+    for dataset, generations, rate in (("mnist", 200, 2e-4), ("celeba", 50, 5e-5)):
+        for side in (1, 2, 3, 4):
+            run = parse_run(
+                yaml.safe_load((ROOT / f"examples/paper/{dataset}-{side}x{side}.yaml").read_text())
+            )
+            spec = run.spec
+            assert (spec.grid.rows, spec.grid.cols) == (side, side)
+            assert (spec.generations, spec.coevolution.learning_rate) == (generations, rate)
+            assert spec.score.final_samples == 50_000 and spec.mixture.keep == "last"

@@ -44,7 +44,7 @@ def install_command(image: str) -> list[str]:
 
 def test_the_cell_image_installs_cuda_torch_then_core_and_the_cell():
     runs = [arg for op, arg in instructions(DOCKERFILES["cell"]) if op == "RUN"]
-    assert runs[0] == "pip install --no-cache-dir torch==2.13.0"
+    assert runs[0] == "pip install --no-cache-dir torch==2.13.0 torchvision==0.28.0"
     assert install_command("cell")[-2:] == ["./core", "./cell_image"]
 
 
