@@ -46,6 +46,23 @@ def tiny_manifest(tmp_path: Path) -> dict[str, Any]:
     return manifest
 
 
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """Inception-v3 weights of the standard architecture, randomly initialised (He, so the
+    features do not vanish), as a safetensors file: the real ones cannot be downloaded."""
+    from lipizzaner_cell.inception import inception_network
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = {k: v.contiguous() for k, v in inception_network(None).state_dict().items()}
+    for tensor in weights.values():
+        if tensor.dim() == 4:
+            torch.nn.init.kaiming_normal_(tensor, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "inception.safetensors"
+    save_file(weights, str(path))
+    return path
+
+
 @pytest.fixture
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():

@@ -274,29 +274,25 @@ def test_a_classifier_of_the_same_architecture_scores_from_a_uri(mnist_dir, tmp_
         build_scorer("fid", data, score=ScoreSpec(features=str(tmp_path / "bad.safetensors")))
 
 
-def test_inception_scores_load_safetensors_weights_and_report_kid_and_is(tmp_path, monkeypatch):
+def test_inception_scores_load_safetensors_weights_and_report_kid_and_is(
+    inception_weights, monkeypatch
+):
     """The real network and protocol (torch-fidelity's), with random weights of the same
     architecture: the standard ones cannot be downloaded here."""
-    from lipizzaner_cell.inception import WEIGHTS_ENVIRONMENT, inception_network
-    from safetensors.torch import save_file
+    from lipizzaner_cell.inception import WEIGHTS_ENVIRONMENT, load_weights
 
-    torch.manual_seed(0)
-    weights = {k: v.contiguous() for k, v in inception_network(None).state_dict().items()}
-    for tensor in weights.values():  # He initialisation: features that do not vanish
-        if tensor.dim() == 4:
-            torch.nn.init.kaiming_normal_(tensor, nonlinearity="relu")
-    save_file(weights, str(tmp_path / "inception.safetensors"))
+    weights = load_weights(str(inception_weights))
     real = colour_images(24, 0, 0.9)
     with pytest.raises(
         ValueError, match=r"score\.inceptionWeights: inception-v3 needs its weights"
     ):
         build_scorer("auto", real, score=ScoreSpec(features="inception-v3"))
-    monkeypatch.setenv(WEIGHTS_ENVIRONMENT, str(tmp_path / "inception.safetensors"))
+    monkeypatch.setenv(WEIGHTS_ENVIRONMENT, str(inception_weights))
     scorer = build_scorer("auto", real, score=ScoreSpec(features="inception-v3"))
     assert scorer.objective_name == "fid"
     assert torch.equal(scorer.network.state_dict()["fc.weight"], weights["fc.weight"])
-    same = scorer.final_scores(scorer.embed(colour_images(24, 1, 0.9).data))
-    noise = scorer.final_scores(scorer.embed(torch.rand(24, 3, 32, 32) * 2 - 1))
+    same = scorer.final_scores(scorer.embed(colour_images(16, 1, 0.9).data))
+    noise = scorer.final_scores(scorer.embed(torch.rand(16, 3, 32, 32) * 2 - 1))
     assert set(same) == {
         "fid",
         "kid",
@@ -308,8 +304,8 @@ def test_inception_scores_load_safetensors_weights_and_report_kid_and_is(tmp_pat
     }
     assert same["fid"] < noise["fid"] and same["kid"] < noise["kid"]
     assert same["inception_score"] >= 1.0
-    grey = Dataset(name="grey", data=torch.rand(12, 1, 28, 28) * 2 - 1, values=PIXELS)
-    assert scorer.embed(grey.data).shape == (12, 2048 + 1008)  # grey repeats to RGB
+    grey = Dataset(name="grey", data=torch.rand(4, 1, 28, 28) * 2 - 1, values=PIXELS)
+    assert scorer.embed(grey.data).shape == (4, 2048 + 1008)  # grey repeats to RGB
 
 
 def test_the_documented_weight_conversion_gives_a_file_the_scorer_loads(tmp_path):

@@ -263,24 +263,56 @@ def test_a_missing_neighbour_is_left_out_and_its_weight_kept(tiny_manifest):
     assert engine.mixture_weights[1] == engine.mixture_weights[2] == pytest.approx(1 / 3)
 
 
-def test_a_colour_image_run_runs_the_mixture_es_and_reports_a_score(tiny_manifest, tmp_path):
+def colour_folder(path) -> dict:
+    """40 plain-coloured 32x32 PNGs, as an image-folder dataset."""
     from PIL import Image
 
-    images = tmp_path / "images"
-    images.mkdir()
+    path.mkdir()
     gen = torch.Generator().manual_seed(0)
     for k in range(40):
         colour = tuple(int(c) for c in torch.randint(0, 256, (3,), generator=gen))
-        Image.new("RGB", (32, 32), colour).save(images / f"{k}.png")
-    dataset = {"name": "image-folder", "path": str(images), "imageSize": 32}
+        Image.new("RGB", (32, 32), colour).save(path / f"{k}.png")
+    return {"name": "image-folder", "path": str(path), "imageSize": 32}
+
+
+def test_a_colour_image_run_runs_the_mixture_es_and_reports_a_score(tiny_manifest, tmp_path):
     manifest = with_spec(tiny_manifest, grid={"rows": 1, "cols": 2}, generations=3)
-    manifest["spec"].update(dataset=dataset, training={"batchSize": 20, "batchesPerGeneration": 2})
+    manifest["spec"].update(
+        dataset=colour_folder(tmp_path / "images"),
+        training={"batchSize": 20, "batchesPerGeneration": 2},
+    )
     outcome = run_in_process(parse_run(manifest), resume=False)
     scores = [r.mixture_score for r in outcome.reports[0]]
     assert all(s is not None and s > 0 for s in scores)
     assert "swd" in outcome.manifest["scores"]
     weights = outcome.engines[0].mixture_weights
     assert sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_a_colour_run_reports_inception_scores_while_its_es_uses_swd(
+    tiny_manifest, tmp_path, inception_weights
+):
+    """`score.final: inception-v3`: the cheap objective every generation, FID, KID, IS and
+    precision/recall in Inception-v3's features at the end (random weights here)."""
+    manifest = with_spec(tiny_manifest, grid={"rows": 1, "cols": 1}, generations=2)
+    manifest["spec"]["coevolution"]["tournamentSize"] = 1
+    manifest["spec"].update(
+        dataset=colour_folder(tmp_path / "images"),
+        training={"batchSize": 20, "batchesPerGeneration": 2},
+        score={
+            "final": "inception-v3",
+            "inceptionWeights": str(inception_weights),
+            "finalSamples": 100,
+        },
+    )
+    outcome = run_in_process(parse_run(manifest), resume=False)
+    assert outcome.reports[0][0].mixture_score is not None
+    manifest_out = outcome.manifest
+    assert manifest_out["objective"]["name"] == "swd"
+    expected = {"fid", "kid", "kid_std", "inception_score", "inception_score_std"}
+    assert expected | {"precision", "recall"} == set(manifest_out["scores"])
+    assert set(manifest_out["trainScores"]) == set(manifest_out["scores"])
+    assert manifest_out["scores"]["fid"] > 0
 
 
 def test_keep_best_ends_with_the_best_mixture_of_the_run_and_says_from_when(tiny_manifest):

@@ -100,16 +100,21 @@ def report(
     """The final scores of the chosen mixture against the held-out and the training data,
     in the `score.final` network (the samples `choose` scored)."""
     spec = engine.spec
-    samples = sample_mixture(chosen.nets, chosen.weights, noise)
     references = {"scores": engine.validation_set or engine.training_set}
     if engine.validation_set is not None:
         references["train_scores"] = engine.training_set
-    for field_name, reference in references.items():
-        scorer = build_report_scorer(
+    scorers = {
+        name: build_report_scorer(
             engine.scorer, spec.mixture.score_type, reference, engine.device, spec.score, storage
         )
+        for name, reference in references.items()
+    }
+    embedded = None  # embeddings do not depend on the reference: computed once
+    for name, scorer in scorers.items():
         if scorer is not None:
-            setattr(chosen, field_name, scorer.final_scores(scorer.embed(samples)))
+            if embedded is None:
+                embedded = scorer.embed(sample_mixture(chosen.nets, chosen.weights, noise))
+            setattr(chosen, name, scorer.final_scores(embedded))
 
 
 def finish_cell(

@@ -1,0 +1,181 @@
+"""The standing comparison: does the grid beat one GAN at the default settings?
+
+MNIST (the 10,000-digit split; 10 % held out for scoring), every setting at its default,
+several seeds. At equal total training steps (a cell-generation is 100 batches of 100):
+
+- `single`: one GAN (a 1x1 grid) for S x S x N generations: the same compute as the grid;
+- `single-n`: one GAN for N generations: the same wall-clock as the grid with a core per cell;
+- `grid`: the S x S grid for N generations, its ensemble as the run chooses it (keep-best);
+- `grid-no-coevolution`: the same grid with selection off (no selection, no replacement:
+  each cell trains its own pair in place; the mixture ES still runs);
+- `independent`: S x S lone GANs of N generations each (the honest control): the best
+  of them alone, and all of them mixed with equal weights.
+
+Every run keeps its best mixture (the default) and is scored on 10,000 samples against
+the held-out digits: FID and the TVD of the digit histogram from uniform, in the project's
+MNIST classifier's features, plus precision and recall.
+
+    python bench/grid_vs_single.py --data ../shared/datasets/mnist --generations 40 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import statistics
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import mnist_manifest
+from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_cell.mixture import sample_mixture
+from lipizzaner_cell.sampling import load_ensemble
+from lipizzaner_cell.scores import ClassifierScorer
+from lipizzaner_core.spec import parse_run
+from rich.console import Console
+from rich.table import Table
+
+SAMPLES = 10_000
+CONFIGS = ("single", "single-n", "grid", "grid-no-coevolution", "independent")
+
+
+def run_once(job: dict[str, Any]) -> dict[str, Any]:
+    """One run in-process, into its own output folder; its ensemble's final scores."""
+    torch.set_num_threads(1)
+    logging.disable(logging.WARNING)
+    spec = mnist_manifest(
+        job["config"],
+        job["side"],
+        job["data"],
+        job["generations"],
+        job["output"],
+        seed=job["run_seed"],
+        coevolution=job["coevolution"],
+    )
+    manifest = run_in_process(parse_run(spec), resume=False).manifest
+    Console().print(f"{job['config']} seed {job['seed']}: FID {manifest['scores']['fid']:.1f}")
+    return {
+        "config": job["config"],
+        "seed": job["seed"],
+        "output": job["output"],
+        "scores": manifest["scores"],
+        "trainScores": manifest["trainScores"],
+        "mixtureGeneration": manifest["mixtureGeneration"],
+    }
+
+
+def jobs_for(data: str, side: int, generations: int, seed: int, root: str) -> list[dict]:
+    cells = side * side
+    plans = [
+        ("single", 1, cells * generations, seed, {}),
+        ("single-n", 1, generations, seed, {}),
+        ("grid", side, generations, seed, {}),
+        ("grid-no-coevolution", side, generations, seed, {"selection": False}),
+    ]
+    # Run seeds apart from the others' (a 1x1 run's cell seeds from its run seed).
+    plans += [("independent", 1, generations, 1000 * (seed + 1) + i, {}) for i in range(cells)]
+    return [
+        {
+            "data": data,
+            "config": config,
+            "side": grid_side,
+            "generations": count,
+            "seed": seed,
+            "run_seed": run_seed,
+            "coevolution": coevolution,
+            "output": str(Path(root) / f"{config}-{seed}-{run_seed}"),
+        }
+        for config, grid_side, count, run_seed, coevolution in plans
+    ]
+
+
+def uniform_mixture(outputs: list[str], data: str) -> dict[str, float]:
+    """The independent GANs' kept generators, mixed with equal weights, scored as the
+    runs score (10,000 samples against the held-out digits)."""
+    nets = [
+        g for output in outputs for g in load_ensemble(str(Path(output) / "ensemble")).generators
+    ]
+    spec = parse_run(mnist_manifest("mixture", 1, data, 1, "unused")).spec
+    _, validation = load_dataset(spec.dataset, 0).split(spec.dataset.validation_fraction)
+    scorer = ClassifierScorer(validation)
+    noise = torch.randn(
+        SAMPLES, spec.network.latent_size, generator=torch.Generator().manual_seed(0)
+    )
+    weights = torch.ones(len(nets), dtype=torch.float64)
+    return scorer.final_scores(scorer.embed(sample_mixture(nets, weights, noise)))
+
+
+def summarise(results: list[dict[str, Any]], data: str, seeds: list[int]) -> list[dict]:
+    rows = []
+    for seed in seeds:
+        mine = [r for r in results if r["seed"] == seed]
+        row: dict[str, Any] = {"seed": seed}
+        for r in mine:
+            if r["config"] != "independent":
+                row[r["config"]] = r["scores"] | {"mixtureGeneration": r["mixtureGeneration"]}
+        independents = [r for r in mine if r["config"] == "independent"]
+        row["independent-best"] = min((r["scores"] for r in independents), key=lambda s: s["fid"])
+        row["independent-uniform"] = uniform_mixture([r["output"] for r in independents], data)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], side: int, generations: int) -> Table:
+    columns = [*CONFIGS[:4], "independent-best", "independent-uniform"]
+    out = Table(
+        title=f"MNIST, defaults, {side}x{side} grid of {generations} generations vs equal compute "
+        "(held-out FID / TVD; mean over seeds)"
+    )
+    out.add_column("seed")
+    for column in columns:
+        out.add_column(column, justify="right")
+    for row in [*rows, mean_row(rows, columns)]:
+        out.add_row(
+            str(row["seed"]),
+            *(f"{row[c]['fid']:.1f} / {row[c]['tvd']:.3f}" for c in columns),
+        )
+    return out
+
+
+def mean_row(rows: list[dict], columns: list[str]) -> dict:
+    mean: dict[str, Any] = {"seed": "mean"}
+    for column in columns:
+        mean[column] = {
+            key: statistics.mean(row[column][key] for row in rows) for key in ("fid", "tvd")
+        }
+    return mean
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--side", type=int, default=2, help="S: the grid is S x S")
+    parser.add_argument("--generations", type=int, default=40, help="N: the grid's generations")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", help="write every number here")
+    args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as root:
+        jobs = [
+            job
+            for seed in args.seeds
+            for job in jobs_for(args.data, args.side, args.generations, seed, root)
+        ]
+        jobs.sort(key=lambda job: -(job["side"] ** 2) * job["generations"])  # the longest first
+        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            results = list(pool.map(run_once, jobs))
+        rows = summarise(results, args.data, args.seeds)
+    Console(width=160).print(table(rows, args.side, args.generations))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
