@@ -117,6 +117,12 @@ INVALID = [
     ({"spec.dataset.std": 0}, "spec.dataset.std", "spec.dataset.std"),
     ({"spec.dataset.samplingRatio": 1.5}, "spec.dataset.samplingRatio", "samplingRatio"),
     ({"spec.dataset.modes": 0}, "spec.dataset.modes", "spec.dataset.modes"),
+    ({"spec.dataset.validationFraction": 1.0}, "validationFraction", "validationFraction"),
+    ({"spec.mixture.keep": "first"}, "spec.mixture.keep", "spec.mixture.keep"),
+    ({"spec.score.features": "resnet-50"}, "spec.score.features", "spec.score.features"),
+    ({"spec.score.final": "inception v3"}, "spec.score.final", "spec.score.final"),
+    ({"spec.score.finalSamples": 5}, "finalSamples", "finalSamples"),
+    ({"spec.exchange.optimizerState": "yes"}, "optimizerState", "optimizerState"),
     ({"spec.network.latentSize": 0}, "spec.network.latentSize", "spec.network.latentSize"),
     ({"spec.network.generator.architecture": "transformer"}, "architecture", "architecture"),
     ({"spec.network.generator.hiddenSizes": []}, "hiddenSizes", "hiddenSizes"),
@@ -193,7 +199,9 @@ VARIANT_ONLY |= {"mirror", "imageSize", "channels", "key", "size"}
 
 
 @pytest.mark.parametrize(
-    "manifest_file", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name
+    "manifest_file",
+    sorted((ROOT / "examples").glob("**/*.yaml")),
+    ids=lambda p: str(p.relative_to(ROOT / "examples")),
 )
 def test_examples_are_accepted_and_defaulted_exactly_as_the_model_does(server, manifest_file):
     manifest = yaml.safe_load(manifest_file.read_text())

@@ -2,10 +2,9 @@ import copy
 
 import pytest
 import yaml
+from conftest import TINY_RING
 from lipizzaner_cell.cli import main
 from lipizzaner_core.spec import SpecError, dump_run, load_run, parse_run
-
-from tests.conftest import TINY_RING
 
 
 def errors_for(patch: dict) -> list[str]:

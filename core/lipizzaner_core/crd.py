@@ -158,8 +158,10 @@ def _keyword(key: str, value: Any) -> Schema:
     """One JSON-schema keyword in its OpenAPI v3 spelling."""
     if key == "const":
         return {"enum": [value]}
-    if key == "exclusiveMinimum":
+    if key == "exclusiveMinimum":  # a number in JSON schema, a flag in OpenAPI v3.0
         return {"minimum": value, "exclusiveMinimum": True}
+    if key == "exclusiveMaximum":
+        return {"maximum": value, "exclusiveMaximum": True}
     if key == "properties":
         return {"properties": {name: structural(sub) for name, sub in value.items()}}
     if key == "items":
