@@ -6,6 +6,7 @@ several seeds. At equal total training steps (a cell-generation is 100 batches o
 - `single`: one GAN (a 1x1 grid) for S x S x N generations: the same compute as the grid;
 - `single-n`: one GAN for N generations: the same wall-clock as the grid with a core per cell;
 - `grid`: the S x S grid for N generations, its ensemble as the run chooses it (keep-best);
+- `grid-offspring`: the same with `replacementRule: offspring` (every offspring replaces);
 - `grid-no-coevolution`: the same grid with selection off (no selection, no replacement:
   each cell trains its own pair in place; the mixture ES still runs);
 - `independent`: S x S lone GANs of N generations each (the honest control): the best
@@ -42,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 SAMPLES = 10_000
-CONFIGS = ("single", "single-n", "grid", "grid-no-coevolution", "independent")
+CONFIGS = ("single", "single-n", "grid", "grid-offspring", "grid-no-coevolution", "independent")
 
 
 def run_once(job: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +77,7 @@ def jobs_for(data: str, side: int, generations: int, seed: int, root: str) -> li
         ("single", 1, cells * generations, seed, {}),
         ("single-n", 1, generations, seed, {}),
         ("grid", side, generations, seed, {}),
+        ("grid-offspring", side, generations, seed, {"replacementRule": "offspring"}),
         ("grid-no-coevolution", side, generations, seed, {"selection": False}),
     ]
     # Run seeds apart from the others' (a 1x1 run's cell seeds from its run seed).
@@ -127,7 +129,7 @@ def summarise(results: list[dict[str, Any]], data: str, seeds: list[int]) -> lis
 
 
 def table(rows: list[dict], side: int, generations: int) -> Table:
-    columns = [*CONFIGS[:4], "independent-best", "independent-uniform"]
+    columns = [*CONFIGS[:-1], "independent-best", "independent-uniform"]
     out = Table(
         title=f"MNIST, defaults, {side}x{side} grid of {generations} generations vs equal compute "
         "(held-out FID / TVD; mean over seeds)"
@@ -152,6 +154,27 @@ def mean_row(rows: list[dict], columns: list[str]) -> dict:
     return mean
 
 
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Held-out FID per configuration: a bar for the mean, a dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [*CONFIGS[:-1], "independent-best", "independent-uniform"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, key, label in ((left, "fid", "held-out FID (lower is better)"), (right, "tvd", "TVD")):
+        means = [statistics.mean(row[c][key] for row in rows) for c in columns]
+        ax.bar(range(len(columns)), means, color="#9ab")
+        for index, column in enumerate(columns):
+            ax.plot([index] * len(rows), [row[column][key] for row in rows], "k.")
+        ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+        ax.set_ylabel(label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
@@ -160,6 +183,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--plot", help="write the comparison here (PNG)")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as root:
@@ -175,6 +199,9 @@ def main() -> None:
     Console(width=160).print(table(rows, args.side, args.generations))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        title = f"{args.side}x{args.side} grid, {args.generations} generations, equal compute"
+        plot(rows, args.plot, title)
 
 
 if __name__ == "__main__":
