@@ -294,10 +294,11 @@ class ExchangeSpec(SpecModel):
     )
     max_state_megabytes: int = Field(512, ge=1, description="Larger neighbour states are rejected")
     optimizer_state: bool = Field(
-        True,
-        description="Send each centre's optimizer moments with its weights (three times the "
-        "bytes with Adam), so a selected neighbour continues its own moments, as in the "
-        "original; false: it continues those of the local individual it replaces",
+        False,
+        description="true: send each centre's optimizer moments with its weights (three times "
+        "the bytes with Adam), so a selected neighbour continues its own moments, as in the "
+        "original; false (measured better, docs/algorithm.md): it continues those of the "
+        "local individual it replaces",
     )
     tls: ExchangeTlsSpec = Field(default_factory=ExchangeTlsSpec)
 
