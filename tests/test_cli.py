@@ -87,7 +87,8 @@ def test_run_on_mnist_with_dcgan_scores_fid_and_draws_a_grid(mnist_dir, tmp_path
     }
     assert main(["run", write_manifest(tmp_path, manifest), "--quiet"]) == 0
     result = json.loads((tmp_path / "out" / "ensemble" / "manifest.json").read_text())
-    assert set(result["scores"]) == {"fid", "tvd"} and result["scores"]["fid"] > 0
+    assert set(result["scores"]) == {"fid", "tvd", "precision", "recall"}
+    assert result["scores"]["fid"] > 0 and result["trainScores"].keys() == result["scores"].keys()
     assert result["data"]["shape"] == [1, 28, 28]
     assert (
         main(

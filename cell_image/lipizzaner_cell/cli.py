@@ -152,13 +152,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# Scores where more is better; every other score is a distance.
+HIGHER_IS_BETTER = {
+    "precision",
+    "recall",
+    "inception_score",
+    "modes_covered",
+    "high_quality_fraction",
+}
+
+
 def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
     """Each cell's final mixture scores, which one is the ensemble, and where it is."""
     from lipizzaner_cell.sampling import describe_score
 
     names = sorted({name for cell in manifest["cells"] for name in cell["scores"]})
-    table = Table(title="cells: scores of each final neighbourhood mixture (lower is better)")
-    for column in ["cell", "row", "col", *names]:
+    data = "the held-out data" if manifest.get("scoredOn") == "validation" else "the training data"
+    table = Table(title=f"cells: scores of each cell's mixture on {data}")
+    for column in ["cell", "row", "col", "from generation", *names]:
         table.add_column(column, justify="right", min_width=len(column), no_wrap=True)
     for cell in manifest["cells"]:
         marker = " *" if cell["cell"] == manifest["bestCell"] else ""
@@ -166,9 +177,20 @@ def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
             f"{cell['cell']}{marker}",
             str(cell["row"]),
             str(cell["col"]),
+            str(cell.get("mixtureGeneration") or cell["generation"]),
             *(f"{cell['scores'].get(n, float('nan')):.4g}" for n in names),
         )
     out.print(table)
+    higher = [n for n in names if n in HIGHER_IS_BETTER]
+    if higher:
+        out.print(f"{', '.join(higher)}: higher is better; the others: lower is better")
+    if manifest.get("trainScores"):
+        pairs = ", ".join(
+            f"{n} {manifest['scores'][n]:.4g} / {manifest['trainScores'][n]:.4g}"
+            for n in names
+            if n in manifest["trainScores"]
+        )
+        out.print(f"the ensemble on held-out / training data: {pairs}")
     objective = manifest.get("objective")
     if objective:
         out.print(
