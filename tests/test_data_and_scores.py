@@ -214,6 +214,10 @@ def test_colour_images_and_arrays_get_the_sliced_wasserstein_score():
     noise = scorer.objective(torch.rand(1000, 3, 32, 32) * 2 - 1)
     assert same < 0.1 * shifted and shifted < noise
     assert scorer.objective(colour_images(1000, 1, 0.9).data) == same  # deterministic
+    alike = scorer.final_scores(scorer.embed(colour_images(1000, 1, 0.9).data))
+    one = scorer.final_scores(scorer.embed(colour_images(1, 1, 0.9).data.repeat(1000, 1, 1, 1)))
+    assert alike["precision"] > 0.5 and alike["recall"] > 0.5
+    assert one["recall"] < 0.1  # one image repeated covers almost nothing
     points = Dataset(name="array", data=torch.randn(3000, 2), values=ValueMap([1.0], [0.0]))
     assert build_scorer("auto", points).objective_name == "swd"
     swd = build_scorer("swd", ring())

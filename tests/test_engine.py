@@ -284,7 +284,7 @@ def test_a_colour_image_run_runs_the_mixture_es_and_reports_a_score(tiny_manifes
     outcome = run_in_process(parse_run(manifest), resume=False)
     scores = [r.mixture_score for r in outcome.reports[0]]
     assert all(s is not None and s > 0 for s in scores)
-    assert "swd" in outcome.manifest["scores"]
+    assert set(outcome.manifest["scores"]) == {"swd", "precision", "recall"}
     weights = outcome.engines[0].mixture_weights
     assert sum(weights.values()) == pytest.approx(1.0)
 

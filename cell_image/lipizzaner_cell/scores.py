@@ -118,6 +118,18 @@ FEATURE_CHUNK = {"cpu": 256, "cuda": 8192}
 PRECISION_RECALL_SAMPLES = 10_000
 
 
+def precision_recall(generated: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """Kynkäänniemi et al.'s precision and recall (k = 3, torch-fidelity's implementation)
+    on equal numbers of generated and real samples (at most PRECISION_RECALL_SAMPLES)."""
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    count = min(len(generated), len(real), PRECISION_RECALL_SAMPLES)
+    precision, recall = calculate_precision_recall_full(
+        generated[:count].double(), real[:count].double(), neighborhood=3
+    )
+    return {"precision": precision, "recall": recall}
+
+
 class FeatureScorer(Scorer):
     """Scores in the feature space of a network: FID against the real data's statistics
     for the ES, and in the final report precision and recall (and what else the network
@@ -158,17 +170,9 @@ class FeatureScorer(Scorer):
         return self.scores_of(embedded)[self.objective_name]
 
     def final_scores(self, embedded: torch.Tensor) -> dict[str, float]:
-        """`scores_of` plus Kynkäänniemi et al.'s precision and recall (k = 3, torch-fidelity's
-        implementation), on equal numbers of generated and real samples."""
-        from torch_fidelity.metric_prc import calculate_precision_recall_full
-
-        count = min(len(embedded), len(self.real), PRECISION_RECALL_SAMPLES)
-        precision, recall = calculate_precision_recall_full(
-            self.features(embedded[:count]).double(),
-            self.features(self.real[:count]).double(),
-            neighborhood=3,
-        )
-        return {**self.scores_of(embedded), "precision": precision, "recall": recall}
+        """`scores_of` plus precision and recall in the network's features."""
+        scores = precision_recall(self.features(embedded), self.features(self.real))
+        return {**self.scores_of(embedded), **scores}
 
 
 class ClassifierScorer(FeatureScorer):
@@ -232,7 +236,8 @@ class SlicedWassersteinScorer(Scorer):
         )
         self.directions = directions.double() / directions.double().norm(dim=0)
         self.levels = (torch.arange(self.QUANTILES, dtype=torch.float64) + 0.5) / self.QUANTILES
-        self.real_quantiles = torch.quantile(reference @ self.directions, self.levels, dim=0)
+        self.reference = reference @ self.directions
+        self.real_quantiles = torch.quantile(self.reference, self.levels, dim=0)
 
     def _flatten(self, samples: torch.Tensor) -> torch.Tensor:
         samples = samples.detach().cpu().double()
@@ -250,3 +255,9 @@ class SlicedWassersteinScorer(Scorer):
 
     def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
         return {"swd": self.objective_of(embedded)}
+
+    def final_scores(self, embedded: torch.Tensor) -> dict[str, float]:
+        """`swd` plus precision and recall in the same projections (for images: of the
+        pooled pixels; cruder than in a trained network's features, but every dataset
+        gets them)."""
+        return {**self.scores_of(embedded), **precision_recall(embedded, self.reference)}
