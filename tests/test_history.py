@@ -48,6 +48,10 @@ def test_each_cell_writes_one_line_per_generation_and_a_resume_continues_it(
         for key in ("generator_loss", "discriminator_loss", "generator_lr", "score"):
             assert isinstance(first[key], float), key
         assert first["score_name"] == "mode-kl"
+        scores = [line["score"] for line in lines]
+        assert [line["kept_score"] for line in lines] == [
+            min(scores[: i + 1]) for i in range(len(scores))
+        ]  # keep-best: the best so far
         assert set(first[TIMINGS]) >= {"training", "fitness", "mixture"}
         assert abs(sum(first["mixture_weights"].values()) - 1) < 1e-9
         # Resumed at generation 2, the history goes on exactly as the straight run's.

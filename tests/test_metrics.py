@@ -48,6 +48,8 @@ def report(generation: int = 1) -> GenerationReport:
         offspring_accepted=1,
         neighbours_present=2,
         samples_trained=500,
+        kept_score=0.2,
+        kept_generation=generation - 1,
     )
 
 
@@ -113,6 +115,7 @@ def test_cell_metrics_record_what_happened():
     assert value("lipizzaner_cell_generation", labels) == 4
     assert value("lipizzaner_cell_samples_trained_total", labels) == 500
     assert value("lipizzaner_cell_score", {**labels, "score": "fid"}) == 0.25
+    assert value("lipizzaner_cell_kept_score", {**labels, "score": "fid"}) == 0.2
     assert value("lipizzaner_cell_mixture_weight", {**labels, "member": "1"}) == 0.4
     assert value("lipizzaner_cell_exchange_failures_total", {**labels, "direction": "north"}) == 1
     assert value("lipizzaner_cell_exchange_failures_total", {**labels, "direction": "west"}) == 0

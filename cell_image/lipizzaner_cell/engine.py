@@ -48,6 +48,9 @@ class GenerationReport:
     neighbours_present: int
     samples_trained: int
     seconds: dict[str, float] = field(default_factory=dict)
+    # Keep-best: the best mixture's score so far and its generation (None without).
+    kept_score: float | None = None
+    kept_generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ class CellEngine:
             neighbours_present=len(hood.neighbour_cells),
             samples_trained=self.last_batches * self.spec.training.batch_size,
             seconds=seconds,
+            kept_score=self.kept.score if self.kept else None,
+            kept_generation=self.kept.generation if self.kept else None,
         )
 
     def snapshot_neighbourhood(self) -> Neighbourhood:

@@ -29,9 +29,6 @@ def record(engine: CellEngine, report: GenerationReport) -> dict[str, Any]:
     line["score"] = line.pop("mixture_score")
     line["score_name"] = engine.scorer.objective_name if engine.scorer else None
     line["mixture_weights"] = {str(c): w for c, w in engine.mixture_weights.items()}
-    kept = engine.kept
-    line["kept_score"] = kept.score if kept else None  # keep-best: the best so far
-    line["kept_generation"] = kept.generation if kept else None
     return line
 
 

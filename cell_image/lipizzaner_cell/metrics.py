@@ -60,6 +60,12 @@ class CellMetrics:
         self.score = metric(
             Gauge, "score", "The mixture's score (lower is better)", extra=("score",)
         )
+        self.kept_score = metric(
+            Gauge,
+            "kept_score",
+            "Keep-best: the best mixture score so far, the one the cell would end with",
+            extra=("score",),
+        )
         self.mixture_weight = metric(
             Gauge, "mixture_weight", "Weight of a neighbourhood member's generator", ("member",)
         )
@@ -132,6 +138,8 @@ class CellMetrics:
         self.samples.inc(report.samples_trained)
         if report.mixture_score is not None and score_name is not None:
             self.score.labels(**self.labels, score=score_name).set(report.mixture_score)
+        if report.kept_score is not None and score_name is not None:
+            self.kept_score.labels(**self.labels, score=score_name).set(report.kept_score)
         for member, weight in weights.items():
             self.mixture_weight.labels(**self.labels, member=str(member)).set(weight)
 
