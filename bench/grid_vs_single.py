@@ -10,7 +10,10 @@ several seeds. At equal total training steps (a cell-generation is 100 batches o
 - `grid-no-coevolution`: the same grid with selection off (no selection, no replacement:
   each cell trains its own pair in place; the mixture ES still runs);
 - `independent`: S x S lone GANs of N generations each (the honest control): the best
-  of them alone, and all of them mixed with equal weights.
+  of them alone, and all of them mixed with equal weights;
+- `grid-all-uniform`: the grid's cells' own generators (from the mixtures they ended
+  with), all mixed with equal weights, against the run's ensemble (the best cell's
+  neighbourhood mixture with its ES weights).
 
 Every run keeps its best mixture (the default) and is scored on 10,000 samples against
 the held-out digits: FID and the TVD of the digit histogram from uniform, in the project's
@@ -36,14 +39,17 @@ from common import mnist_manifest
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.mixture import sample_mixture
+from lipizzaner_cell.networks import build_generator
 from lipizzaner_cell.sampling import load_ensemble
 from lipizzaner_cell.scores import ClassifierScorer
 from lipizzaner_core.spec import parse_run
 from rich.console import Console
 from rich.table import Table
+from safetensors.torch import load_file
 
 SAMPLES = 10_000
 CONFIGS = ("single", "single-n", "grid", "grid-offspring", "grid-no-coevolution", "independent")
+COLUMNS = (*CONFIGS[:-1], "grid-all-uniform", "independent-best", "independent-uniform")
 
 
 def run_once(job: dict[str, Any]) -> dict[str, Any]:
@@ -97,13 +103,18 @@ def jobs_for(data: str, side: int, generations: int, seed: int, root: str) -> li
     ]
 
 
-def uniform_mixture(outputs: list[str], data: str) -> dict[str, float]:
-    """The independent GANs' kept generators, mixed with equal weights, scored as the
-    runs score (10,000 samples against the held-out digits)."""
-    nets = [
-        g for output in outputs for g in load_ensemble(str(Path(output) / "ensemble")).generators
-    ]
+def uniform_mixture(sources: list[str], data: str) -> dict[str, float]:
+    """Generators mixed with equal weights, scored as the runs score (10,000 samples
+    against the held-out digits). A source is an ensemble folder or one generator's file."""
     spec = parse_run(mnist_manifest("mixture", 1, data, 1, "unused")).spec
+    nets = []
+    for source in sources:
+        if source.endswith(".safetensors"):
+            net = build_generator(spec.network.generator, spec.network.latent_size, (1, 28, 28))
+            net.load_state_dict(load_file(source))
+            nets.append(net.eval())
+        else:
+            nets += load_ensemble(source).generators
     _, validation = load_dataset(spec.dataset, 0).split(spec.dataset.validation_fraction)
     scorer = ClassifierScorer(validation)
     noise = torch.randn(
@@ -121,15 +132,28 @@ def summarise(results: list[dict[str, Any]], data: str, seeds: list[int]) -> lis
         for r in mine:
             if r["config"] != "independent":
                 row[r["config"]] = r["scores"] | {"mixtureGeneration": r["mixtureGeneration"]}
-        independents = [r for r in mine if r["config"] == "independent"]
-        row["independent-best"] = min((r["scores"] for r in independents), key=lambda s: s["fid"])
-        row["independent-uniform"] = uniform_mixture([r["output"] for r in independents], data)
+            if r["config"] == "grid":
+                row["grid-all-uniform"] = uniform_mixture(cell_generators(r["output"]), data)
+        independents = [r["output"] for r in mine if r["config"] == "independent"]
+        if independents:
+            outputs = [str(Path(o) / "ensemble") for o in independents]
+            row["independent-best"] = min(
+                (r["scores"] for r in mine if r["config"] == "independent"), key=lambda s: s["fid"]
+            )
+            row["independent-uniform"] = uniform_mixture(outputs, data)
         rows.append(row)
     return rows
 
 
+def cell_generators(output: str) -> list[str]:
+    """Each cell's own generator from the mixture it ended with, as a one-member ensemble
+    folder's worth of files: `cells/<i>/mixture/generator-<i>.safetensors`."""
+    cells = sorted(Path(output, "cells").iterdir(), key=lambda p: int(p.name))
+    return [str(cell / "mixture" / f"generator-{cell.name}.safetensors") for cell in cells]
+
+
 def table(rows: list[dict], side: int, generations: int) -> Table:
-    columns = [*CONFIGS[:-1], "independent-best", "independent-uniform"]
+    columns = [c for c in COLUMNS if c in rows[0]]
     out = Table(
         title=f"MNIST, defaults, {side}x{side} grid of {generations} generations vs equal compute "
         "(held-out FID / TVD; mean over seeds)"
@@ -161,7 +185,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [*CONFIGS[:-1], "independent-best", "independent-uniform"]
+    columns = [c for c in COLUMNS if c in rows[0]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, key, label in ((left, "fid", "held-out FID (lower is better)"), (right, "tvd", "TVD")):
         means = [statistics.mean(row[c][key] for row in rows) for c in columns]
@@ -182,6 +206,9 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=40, help="N: the grid's generations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS, help="run only these"
+    )
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--plot", help="write the comparison here (PNG)")
     args = parser.parse_args()
@@ -191,6 +218,7 @@ def main() -> None:
             job
             for seed in args.seeds
             for job in jobs_for(args.data, args.side, args.generations, seed, root)
+            if job["config"] in args.configs
         ]
         jobs.sort(key=lambda job: -(job["side"] ** 2) * job["generations"])  # the longest first
         with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
