@@ -7,6 +7,8 @@ temporary folder, never into the repository. fuzz/*.py say what each one checks.
 
 from __future__ import annotations
 
+import gc
+import mmap
 import os
 import subprocess
 import sys
@@ -58,10 +60,15 @@ def test_the_memory_guard_fails_an_input_once_memory_keeps_growing(monkeypatch):
     from harness import MemoryGuard
 
     guard = MemoryGuard(limit_mb=32, settle=1, every=1)
+    gc.collect()  # earlier tests' garbage freed now, not while the guard watches
     guard.check()  # the baseline
     kept = []
     with pytest.raises(MemoryError, match="resident memory grew"):
-        for _ in range(32):
-            kept.append(bytearray(8 << 20))  # written, so resident
+        for _ in range(64):
+            # A fresh mapping, every page written: resident whatever free heap earlier
+            # tests left behind (malloc would reuse that, and the RSS would not grow).
+            block = mmap.mmap(-1, 8 << 20)
+            block.write(b"\x01" * (8 << 20))
+            kept.append(block)
             guard.check()
     assert len(kept) >= 3  # it let the first 24 MB pass
