@@ -65,6 +65,8 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
         seed=job["run_seed"],
         coevolution=job["coevolution"],
     )
+    if job["side"] > 1:  # data dieting: each grid cell its own subset (not a lone GAN)
+        spec["spec"]["dataset"]["samplingRatio"] = job["sampling_ratio"]
     manifest = run_in_process(parse_run(spec), resume=False).manifest
     Console().print(f"{job['config']} seed {job['seed']}: FID {manifest['scores']['fid']:.1f}")
     return {
@@ -77,7 +79,9 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def jobs_for(data: str, side: int, generations: int, seed: int, root: str) -> list[dict]:
+def jobs_for(
+    data: str, side: int, generations: int, seed: int, root: str, sampling_ratio: float = 1.0
+) -> list[dict]:
     cells = side * side
     plans = [
         ("single", 1, cells * generations, seed, {}),
@@ -97,6 +101,7 @@ def jobs_for(data: str, side: int, generations: int, seed: int, root: str) -> li
             "seed": seed,
             "run_seed": run_seed,
             "coevolution": coevolution,
+            "sampling_ratio": sampling_ratio,
             "output": str(Path(root) / f"{config}-{seed}-{run_seed}"),
         }
         for config, grid_side, count, run_seed, coevolution in plans
@@ -207,6 +212,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--sampling-ratio",
+        type=float,
+        default=1.0,
+        help="data dieting for the grids' cells (dataset.samplingRatio); lone GANs keep all",
+    )
+    parser.add_argument(
         "--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS, help="run only these"
     )
     parser.add_argument("--json", help="write every number here")
@@ -217,7 +228,9 @@ def main() -> None:
         jobs = [
             job
             for seed in args.seeds
-            for job in jobs_for(args.data, args.side, args.generations, seed, root)
+            for job in jobs_for(
+                args.data, args.side, args.generations, seed, root, args.sampling_ratio
+            )
             if job["config"] in args.configs
         ]
         jobs.sort(key=lambda job: -(job["side"] ** 2) * job["generations"])  # the longest first
