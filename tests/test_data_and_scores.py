@@ -16,14 +16,13 @@ from lipizzaner_cell.datasets import PIXELS, Dataset, ValueMap, load_dataset
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.scores import ClassifierScorer, ModeScorer
 from lipizzaner_cell.scoring import build_scorer
-from lipizzaner_core.spec import (
+from lipizzaner_core.spec import NetworkPartSpec, ScoreSpec
+from lipizzaner_core.spec_datasets import (
     ArraySpec,
     GaussianGridSpec,
     GaussianRingSpec,
     ImageFolderSpec,
     MnistSpec,
-    NetworkPartSpec,
-    ScoreSpec,
 )
 
 

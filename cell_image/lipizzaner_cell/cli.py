@@ -272,7 +272,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from lipizzaner_core.spec import MnistSpec
+    from lipizzaner_core.spec_datasets import MnistSpec
     from lipizzaner_core.storage import Storage
 
     from lipizzaner_cell.classifier import train_classifier

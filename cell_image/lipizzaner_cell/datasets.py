@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lipizzaner_core.spec import (
+from lipizzaner_core.spec_datasets import (
     ArraySpec,
     GaussianGridSpec,
     GaussianRingSpec,

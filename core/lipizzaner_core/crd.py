@@ -18,12 +18,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
 from lipizzaner_core.spec import API_VERSION, KIND, MAX_CELLS, NAME_PATTERN, RunSpecBody
+from lipizzaner_core.spec_datasets import IMAGE_DATASETS
 from lipizzaner_core.status import RunStatus
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL, SINGULAR, SHORT_NAME = "lipizzanerruns", "lipizzanerrun", "lpz"
 CRD_NAME = f"{PLURAL}.{GROUP}"
-IMAGE_DATASETS = ("mnist", "image-folder")
 
 Schema = dict[str, Any]
 

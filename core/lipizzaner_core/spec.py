@@ -1,4 +1,5 @@
-"""The `LipizzanerRun` manifest as pydantic models.
+"""The `LipizzanerRun` manifest as pydantic models (the dataset and Kubernetes sections
+in `spec_datasets.py` and `spec_kubernetes.py`).
 
 Torch-free on purpose: the operator image validates and renders runs without torch.
 Field names are camelCase on the wire (as in every Kubernetes manifest) and snake_case
@@ -8,27 +9,20 @@ in Python. Unknown fields are errors, so a typo never silently falls back to a d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from lipizzaner_core.spec_base import SpecModel
+from lipizzaner_core.spec_datasets import DATASET_NAMES, DatasetSpec, is_image_dataset
 from lipizzaner_core.spec_errors import describe_errors
+from lipizzaner_core.spec_kubernetes import CellTemplateSpec, SchedulingSpec
 from lipizzaner_core.topology import Grid, neighbourhood_size
 
 API_VERSION = "lipizzaner.io/v1alpha1"
 KIND = "LipizzanerRun"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$"
-
-
-class SpecModel(BaseModel):
-    """Base for every spec section: camelCase aliases, no unknown fields."""
-
-    # Strict, as the CRD's schema is: "3" is not an integer, "yes" is not a boolean.
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
-    )
 
 
 MAX_CELLS = 1024
@@ -51,66 +45,6 @@ class GridSpec(SpecModel):
 
     def topology(self) -> Grid:
         return Grid(self.rows, self.cols, self.neighbourhood)
-
-
-class DatasetBase(SpecModel):
-    sampling_ratio: float = Field(1.0, gt=0.0, le=1.0)
-    validation_fraction: float = Field(
-        0.1,
-        ge=0.0,
-        lt=1.0,
-        description="Samples held out from training, the same in every cell and run; the "
-        "mixture ES, keep-best and the ensemble's choice score against them (0: score "
-        "against the training data)",
-    )
-
-
-class GaussianRingSpec(DatasetBase):
-    name: Literal["gaussian-ring"]
-    modes: int = Field(8, ge=1)
-    radius: float = Field(2.0, gt=0)
-    std: float = Field(0.02, gt=0)
-    size: int = Field(10_000, ge=1)
-
-
-class GaussianGridSpec(DatasetBase):
-    name: Literal["gaussian-grid"]
-    modes_per_side: int = Field(5, ge=1)
-    spacing: float = Field(2.0, gt=0)
-    std: float = Field(0.05, gt=0)
-    size: int = Field(10_000, ge=1)
-
-
-class MnistSpec(DatasetBase):
-    name: Literal["mnist"]
-    path: str = Field(..., min_length=1, description="Directory or URI holding the IDX files")
-    split: Literal["auto", "train", "test"] = "auto"
-    download: bool = False
-    mirror: str = Field(
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        description="Where `download: true` fetches the canonical files from",
-    )
-
-
-class ImageFolderSpec(DatasetBase):
-    name: Literal["image-folder"]
-    path: str = Field(..., min_length=1)
-    image_size: Literal[28, 32, 64] = 64
-    channels: Literal[1, 3] = 3
-
-
-class ArraySpec(DatasetBase):
-    name: Literal["array"]
-    path: str = Field(..., min_length=1, description=".npy or .npz file")
-    key: str | None = None
-
-
-DATASET_SPECS = (GaussianRingSpec, GaussianGridSpec, MnistSpec, ImageFolderSpec, ArraySpec)
-DatasetSpec = Annotated[
-    GaussianRingSpec | GaussianGridSpec | MnistSpec | ImageFolderSpec | ArraySpec,
-    Field(discriminator="name"),
-]
-DATASET_NAMES = {get_args(spec.model_fields["name"].annotation)[0] for spec in DATASET_SPECS}
 
 
 class NetworkPartSpec(SpecModel):
@@ -303,48 +237,6 @@ class ExchangeSpec(SpecModel):
     tls: ExchangeTlsSpec = Field(default_factory=ExchangeTlsSpec)
 
 
-KubeObject = dict[str, Any]
-
-
-class SchedulingSpec(SpecModel):
-    """Kubernetes only: how the cells' pods are scheduled (ignored by local runs)."""
-
-    scheduler_name: str | None = Field(
-        None,
-        description="the pods' schedulerName (default: volcano for a Volcano gang, "
-        "else the cluster's default scheduler)",
-    )
-    pod_group: Literal["none", "coscheduling", "volcano"] = Field(
-        "none",
-        description="gang scheduling: the operator creates a PodGroup with minMember = rows x "
-        "cols for scheduler-plugins' coscheduling or for Volcano, so no cell holds a GPU "
-        "until every cell can run",
-    )
-    schedule_timeout_seconds: int = Field(
-        600, ge=1, description="coscheduling: how long the gang may wait to be placed whole"
-    )
-
-
-class CellTemplateSpec(SpecModel):
-    """Kubernetes only: how the operator shapes each cell's pod (ignored by local runs)."""
-
-    image: str | None = Field(None, description="default: the operator's configured cell image")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    resources: KubeObject = Field(
-        default_factory=lambda: {"limits": {"nvidia.com/gpu": 1}},
-        description="container resources; default a limit of one GPU",
-    )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[KubeObject] = Field(default_factory=list)
-    affinity: KubeObject | None = None
-    priority_class_name: str | None = None
-    service_account_name: str | None = None
-    image_pull_secrets: list[KubeObject] = Field(default_factory=list)
-    env: list[KubeObject] = Field(default_factory=list)
-    volumes: list[KubeObject] = Field(default_factory=list)
-    volume_mounts: list[KubeObject] = Field(default_factory=list)
-
-
 class RunSpecBody(SpecModel):
     grid: GridSpec = Field(default_factory=GridSpec)
     generations: int = Field(50, ge=1)
@@ -422,10 +314,6 @@ class LipizzanerRun(SpecModel):
 
     def output_uri(self) -> str:
         return self.spec.output.uri.replace("{name}", self.metadata.name)
-
-
-def is_image_dataset(dataset: Any) -> bool:
-    return dataset.name in ("mnist", "image-folder")
 
 
 class SpecError(ValueError):

@@ -57,29 +57,25 @@ class OperatorMetrics:
     def __init__(self, list_runs: Callable[[], list[dict]]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(RunsByPhase(list_runs))
-        self.cell_restarts = Counter(
-            "lipizzaner_operator_cell_restarts",
+        self.cell_restarts = self._counter(
+            "cell_restarts",
             "Cell pods recreated after a failure (counted toward maxRestartsPerCell)",
-            registry=self.registry,
         )
-        self.cell_disruptions = Counter(
-            "lipizzaner_operator_cell_disruptions",
+        self.cell_disruptions = self._counter(
+            "cell_disruptions",
             "Cell pods recreated after a disruption: preempted, evicted, node or pod lost",
-            registry=self.registry,
         )
-        self.cells_given_up = Counter(
-            "lipizzaner_operator_cells_given_up",
+        self.cells_given_up = self._counter(
+            "cells_given_up",
             "Cells given up past their restarts (spec.failurePolicy.maxFailedCells)",
-            registry=self.registry,
         )
-        self.reconcile_errors = Counter(
-            "lipizzaner_operator_reconcile_errors",
-            "Reconciliations that raised (kopf retries them)",
-            registry=self.registry,
+        self.reconcile_errors = self._counter(
+            "reconcile_errors", "Reconciliations that raised (kopf retries them)"
         )
-        self.pod_creations = Counter(
-            "lipizzaner_operator_pod_creations", "Cell pods created", registry=self.registry
-        )
+        self.pod_creations = self._counter("pod_creations", "Cell pods created")
+
+    def _counter(self, name: str, documentation: str) -> Counter:
+        return Counter(f"lipizzaner_operator_{name}", documentation, registry=self.registry)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, host, registry=self.registry)

@@ -28,6 +28,26 @@ DEFAULTS = CellDefaults()
 LEASE_NAME = "lipizzaner-operator"
 
 
+def env_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    default: str | int | float,
+    help: str,
+    variable: str | None = None,
+) -> None:
+    """A flag of the default's type whose default comes from its LIPIZZANER_* variable
+    (`--cell-image`: LIPIZZANER_CELL_IMAGE), named in its help."""
+    variable = variable or "LIPIZZANER_" + flag.removeprefix("--").replace("-", "_").upper()
+    kind = type(default)
+    raw = os.environ.get(variable)
+    parser.add_argument(
+        flag,
+        type=kind,
+        default=kind(raw) if raw else default,
+        help=f"{help} [{variable}, default %(default)s]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -44,29 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch only this namespace (repeatable) [LIPIZZANER_WATCH_NAMESPACES, "
         "comma-separated; default: all namespaces]",
     )
-    parser.add_argument(
-        "--liveness",
-        default=env("LIPIZZANER_LIVENESS", "http://0.0.0.0:8080/healthz"),
-        help="liveness endpoint URL [LIPIZZANER_LIVENESS, default %(default)s]",
+    env_option(parser, "--liveness", "http://0.0.0.0:8080/healthz", "liveness endpoint URL")
+    env_option(
+        parser, "--cell-image", DEFAULTS.image, "image of runs that name none in spec.cell.image"
     )
-    parser.add_argument(
-        "--cell-image",
-        default=env("LIPIZZANER_CELL_IMAGE", DEFAULTS.image),
-        help="image of runs that name none in spec.cell.image "
-        "[LIPIZZANER_CELL_IMAGE, default %(default)s]",
-    )
-    parser.add_argument(
-        "--reconcile-seconds",
-        type=float,
-        default=float(env("LIPIZZANER_RECONCILE_SECONDS", "5")),
-        help="how often each run is reconciled [LIPIZZANER_RECONCILE_SECONDS, default %(default)s]",
-    )
-    parser.add_argument(
+    env_option(parser, "--reconcile-seconds", 5.0, "how often each run is reconciled")
+    env_option(
+        parser,
         "--metrics-port",
-        type=int,
-        default=int(env("LIPIZZANER_OPERATOR_METRICS_PORT", "8000")),
-        help="serve Prometheus /metrics on this port, 0 for none "
-        "[LIPIZZANER_OPERATOR_METRICS_PORT, default %(default)s]",
+        8000,
+        "serve Prometheus /metrics on this port, 0 for none",
+        variable="LIPIZZANER_OPERATOR_METRICS_PORT",
     )
     parser.add_argument(
         "--network-policy-namespace",
@@ -89,13 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the Lease [LIPIZZANER_LEASE_NAMESPACE, else POD_NAMESPACE, "
         "default %(default)s]",
     )
-    parser.add_argument(
+    env_option(
+        parser,
         "--lease-seconds",
-        type=float,
-        default=float(env("LIPIZZANER_LEASE_SECONDS", "15")),
-        help="a standby takes over a Lease not renewed for this long; the leader renews "
-        "every seventh of it and stands down after two thirds without a renewal "
-        "[LIPIZZANER_LEASE_SECONDS, default %(default)s]",
+        15.0,
+        "a standby takes over a Lease not renewed for this long; the leader renews every "
+        "seventh of it and stands down after two thirds without a renewal",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
