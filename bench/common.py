@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 from typing import Any
 
+import yaml
 from lipizzaner_core.spec import API_VERSION, KIND
 
 
@@ -53,3 +56,25 @@ def mnist_manifest(
         output={"uri": output},
         **spec,
     )
+
+
+def assignment(text: str) -> tuple[list[str], Any]:
+    """`coevolution.learningRate=1e-3` as (["coevolution", "learningRate"], 0.001): a
+    command-line override of one spec field, its value read as YAML (and `1e-3`, which
+    YAML 1.1 reads as text, as a number)."""
+    path, sep, text_value = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected FIELD.PATH=VALUE, got {text!r}")
+    value = yaml.safe_load(text_value)
+    with contextlib.suppress(TypeError, ValueError):
+        value = float(value) if isinstance(value, str) else value
+    return path.split("."), value
+
+
+def apply_assignments(spec: dict, assignments: list[tuple[list[str], Any]]) -> None:
+    """Set each overridden field in a manifest's `spec`, creating sections on the way."""
+    for path, value in assignments:
+        section = spec
+        for key in path[:-1]:
+            section = section.setdefault(key, {})
+        section[path[-1]] = value

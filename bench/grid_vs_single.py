@@ -29,13 +29,15 @@ import json
 import logging
 import multiprocessing
 import statistics
+import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import mnist_manifest
+from common import apply_assignments, assignment, mnist_manifest
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.mixture import sample_mixture
@@ -64,9 +66,13 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
         job["output"],
         seed=job["run_seed"],
         coevolution=job["coevolution"],
+        device=job["device"],
     )
+    apply_assignments(spec["spec"], job["every_run"])
     if job["side"] > 1:  # data dieting: each grid cell its own subset (not a lone GAN)
         spec["spec"]["dataset"]["samplingRatio"] = job["sampling_ratio"]
+        apply_assignments(spec["spec"], job["grids_only"])
+    started = time.perf_counter()
     manifest = run_in_process(parse_run(spec), resume=False).manifest
     Console().print(f"{job['config']} seed {job['seed']}: FID {manifest['scores']['fid']:.1f}")
     return {
@@ -76,12 +82,15 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
         "scores": manifest["scores"],
         "trainScores": manifest["trainScores"],
         "mixtureGeneration": manifest["mixtureGeneration"],
+        "seconds": time.perf_counter() - started,
     }
 
 
 def jobs_for(
-    data: str, side: int, generations: int, seed: int, root: str, sampling_ratio: float = 1.0
+    data: str, side: int, generations: int, seed: int, root: str, **settings: Any
 ) -> list[dict]:
+    """Every run of one seed. `settings`: device, sampling_ratio, every_run and grids_only
+    (spec overrides, as `common.assignment` reads them)."""
     cells = side * side
     plans = [
         ("single", 1, cells * generations, seed, {}),
@@ -101,7 +110,11 @@ def jobs_for(
             "seed": seed,
             "run_seed": run_seed,
             "coevolution": coevolution,
-            "sampling_ratio": sampling_ratio,
+            "device": "cpu",
+            "sampling_ratio": 1.0,
+            "every_run": [],
+            "grids_only": [],
+            **settings,
             "output": str(Path(root) / f"{config}-{seed}-{run_seed}"),
         }
         for config, grid_side, count, run_seed, coevolution in plans
@@ -136,7 +149,10 @@ def summarise(results: list[dict[str, Any]], data: str, seeds: list[int]) -> lis
         row: dict[str, Any] = {"seed": seed}
         for r in mine:
             if r["config"] != "independent":
-                row[r["config"]] = r["scores"] | {"mixtureGeneration": r["mixtureGeneration"]}
+                row[r["config"]] = r["scores"] | {
+                    "mixtureGeneration": r["mixtureGeneration"],
+                    "seconds": r["seconds"],
+                }
             if r["config"] == "grid":
                 row["grid-all-uniform"] = uniform_mixture(cell_generators(r["output"]), data)
         independents = [r["output"] for r in mine if r["config"] == "independent"]
@@ -218,6 +234,23 @@ def main() -> None:
         help="data dieting for the grids' cells (dataset.samplingRatio); lone GANs keep all",
     )
     parser.add_argument(
+        "--set",
+        type=assignment,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a spec field in every run, e.g. coevolution.learningRate=1e-3",
+    )
+    parser.add_argument(
+        "--grid-set",
+        type=assignment,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a spec field in the grids' runs only (not in the lone GANs)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
         "--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS, help="run only these"
     )
     parser.add_argument("--json", help="write every number here")
@@ -229,7 +262,15 @@ def main() -> None:
             job
             for seed in args.seeds
             for job in jobs_for(
-                args.data, args.side, args.generations, seed, root, args.sampling_ratio
+                args.data,
+                args.side,
+                args.generations,
+                seed,
+                root,
+                device=args.device,
+                sampling_ratio=args.sampling_ratio,
+                every_run=args.set,
+                grids_only=args.grid_set,
             )
             if job["config"] in args.configs
         ]
@@ -239,7 +280,7 @@ def main() -> None:
         rows = summarise(results, args.data, args.seeds)
     Console(width=160).print(table(rows, args.side, args.generations))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2))
     if args.plot:
         title = f"{args.side}x{args.side} grid, {args.generations} generations, equal compute"
         plot(rows, args.plot, title)

@@ -45,9 +45,10 @@ def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
     data = load_dataset(spec.dataset, spec.seed).data
     generator = build_generator(spec.network.generator, spec.network.latent_size, data.shape[1:])
     discriminator = build_discriminator(spec.network.discriminator, data.shape[1:])
-    lr, batch = spec.coevolution.learning_rate, spec.training.batch_size
-    g_opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
+    g_lr, d_lr = spec.initial_rate("generator"), spec.initial_rate("discriminator")
+    batch = spec.training.batch_size
+    g_opt = torch.optim.Adam(generator.parameters(), lr=g_lr, betas=ADAM_BETAS, fused=True)
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=d_lr, betas=ADAM_BETAS, fused=True)
     loss = LOSSES[spec.loss]
     rng = torch.Generator().manual_seed(0)
     timings = []

@@ -90,6 +90,8 @@ def test_run_on_mnist_with_dcgan_scores_fid_and_draws_a_grid(mnist_dir, tmp_path
     assert set(result["scores"]) == {"fid", "tvd", "precision", "recall"}
     assert result["scores"]["fid"] > 0 and result["trainScores"].keys() == result["scores"].keys()
     assert result["data"]["shape"] == [1, 28, 28]
+    # Both cells scored against the same two references, computed once for the run.
+    assert len(list((tmp_path / "out" / "references").glob("*.safetensors"))) == 2
     assert (
         main(
             [

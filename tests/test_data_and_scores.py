@@ -257,13 +257,15 @@ def test_precision_and_recall_separate_quality_from_coverage(mnist_dir):
 def test_a_classifier_of_the_same_architecture_scores_from_a_uri(mnist_dir, tmp_path):
     """`score.features: <URI>`: a 28x28 classifier trained on the user's own data."""
     from lipizzaner_cell.classifier import train_classifier
+    from safetensors.torch import load_file
 
     data = load_dataset(MnistSpec(name="mnist", path=str(mnist_dir)), seed=0)
     weights = tmp_path / "own.safetensors"
     train_classifier(data.data[:3000], data.labels[:3000], weights, epochs=1, holdout=500)
     score = ScoreSpec(features=str(weights))
     scorer = build_scorer("fid", data, score=score)
-    assert scorer.network_name == str(weights)
+    own = load_file(str(weights))
+    assert all(torch.equal(own[k], v) for k, v in scorer.network.state_dict().items())
     digits, noise = scorer.scores(data.data[3000:5000]), scorer.scores(torch.rand(2000, 1, 28, 28))
     assert digits["fid"] < noise["fid"] / 10
     with pytest.raises(
@@ -326,3 +328,52 @@ def test_the_documented_weight_conversion_gives_a_file_the_scorer_loads(tmp_path
     assert converted.keys() == state.keys()
     assert all(torch.equal(converted[k], v) for k, v in state.items())
     inception_network(converted)  # loads strictly
+
+
+def test_the_reference_embedding_is_computed_once_per_run_and_never_served_stale(
+    tmp_path, monkeypatch
+):
+    """Cells of one run share the real data's embedding (Inception's, on real data sets)
+    through the run's storage; other weights, other data or a damaged file mean computing
+    it afresh."""
+    from lipizzaner_cell import scores
+    from lipizzaner_cell.classifier import load_classifier
+    from lipizzaner_cell.references import ReferenceCache, reference_digest
+    from lipizzaner_core.storage import Storage
+    from safetensors.torch import load_file, save_file
+
+    def another_process() -> None:  # nothing in this process's memory
+        monkeypatch.setattr(scores, "_REAL_EMBEDDINGS", {})
+
+    def cached_files() -> list[Path]:
+        return sorted((tmp_path / "references").glob("*.safetensors"))
+
+    def digits(seed: int) -> Dataset:
+        noise = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        return Dataset(name="grey", data=noise * 2 - 1, values=PIXELS)
+
+    real = digits(0)
+    cache = ReferenceCache(str(tmp_path / "references"), Storage())
+    first = ClassifierScorer(real, references=cache)
+    assert len(cached_files()) == 1
+    another_process()
+    with monkeypatch.context() as no_network:
+        no_network.setattr(ClassifierScorer, "_embed_chunk", lambda *_: pytest.fail("recomputed"))
+        second = ClassifierScorer(real, references=cache)
+    assert torch.equal(second.real, first.real)
+
+    other_weights = tmp_path / "other.safetensors"
+    save_file({k: v * 1.5 for k, v in load_classifier(None).state_dict().items()}, other_weights)
+    for other in (
+        ClassifierScorer(real, weights=str(other_weights), references=cache),
+        ClassifierScorer(digits(1), references=cache),
+    ):
+        assert not torch.equal(other.real, first.real)
+    assert len(cached_files()) == 3
+
+    damaged = tmp_path / "references" / f"{reference_digest(first.network, real)}.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    another_process()
+    again = ClassifierScorer(real, references=cache)
+    assert torch.equal(again.real, first.real)
+    assert torch.equal(load_file(str(damaged))["embedding"], first.real)  # rewritten

@@ -1,6 +1,7 @@
 """The generation loop on tiny grids: it learns, it resumes bit for bit, every loss trains."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -313,6 +314,8 @@ def test_a_colour_run_reports_inception_scores_while_its_es_uses_swd(
     assert expected | {"precision", "recall"} == set(manifest_out["scores"])
     assert set(manifest_out["trainScores"]) == set(manifest_out["scores"])
     assert manifest_out["scores"]["fid"] > 0
+    # The real data's Inception embeddings (held-out and training) are cached for the run.
+    assert len(list(Path(outcome.output_uri, "references").glob("*.safetensors"))) == 2
 
 
 def test_keep_best_ends_with_the_best_mixture_of_the_run_and_says_from_when(tiny_manifest):

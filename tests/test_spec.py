@@ -23,7 +23,9 @@ def errors_for(patch: dict) -> list[str]:
 def test_defaults_are_the_original_mnist_configuration_with_half_the_fitness_samples():
     run = parse_run({**TINY_RING, "spec": {"dataset": {"name": "mnist", "path": "/data"}}})
     co = run.spec.coevolution
-    assert (co.population_size, co.tournament_size, co.learning_rate) == (1, 2, 2e-4)
+    assert (co.population_size, co.tournament_size) == (1, 2)
+    # 1e-3, not the original's 2e-4, for perceptrons (docs/algorithm.md).
+    assert run.spec.initial_rate("generator") == run.spec.initial_rate("discriminator") == 1e-3
     assert (co.mutation.alpha, co.mutation.probability) == (1e-4, 0.5)
     # 500, not the original's 1000: same quality, half the time (docs/algorithm.md).
     assert (co.fitness.sample_size, co.fitness.mode) == (500, "average")
@@ -31,6 +33,28 @@ def test_defaults_are_the_original_mnist_configuration_with_half_the_fitness_sam
     assert run.spec.training.batch_size == 100
     assert run.spec.network.generator.hidden_sizes == [256, 256]
     assert run.spec.network.latent_size == 64
+
+
+@pytest.mark.parametrize(
+    ("coevolution", "generator", "discriminator"),
+    [
+        ({}, 2e-4, 1e-3),  # each player by its own network: a DCGAN generator, an MLP critic
+        ({"learningRate": 5e-4}, 5e-4, 5e-4),  # one rate for both overrides both defaults
+        ({"learningRate": 5e-4, "discriminatorLearningRate": 1e-4}, 5e-4, 1e-4),
+        ({"generatorLearningRate": 3e-4}, 3e-4, 1e-3),
+    ],
+)
+def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks_default(
+    coevolution: dict, generator: float, discriminator: float
+):
+    spec = {
+        "dataset": {"name": "mnist", "path": "/data"},
+        "network": {"generator": {"architecture": "dcgan"}},
+        "coevolution": coevolution,
+    }
+    run = parse_run({**TINY_RING, "spec": spec})
+    assert run.spec.initial_rate("generator") == generator
+    assert run.spec.initial_rate("discriminator") == discriminator
 
 
 @pytest.mark.parametrize(

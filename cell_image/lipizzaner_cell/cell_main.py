@@ -34,6 +34,7 @@ from lipizzaner_cell.losses import spec_loss
 from lipizzaner_cell.metrics import CellMetrics
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.output_log import OutputLog
+from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.wire.client import GrpcNeighbourhood, NeighbourPuller, PullPolicy
 from lipizzaner_cell.wire.codec import CentreArchitecture, architecture_of
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
@@ -242,7 +243,14 @@ def serve_and_train(
         dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
         pullers = neighbour_pullers(run, args, dataset.shape, metrics, tls)
         neighbourhood = GrpcNeighbourhood(board, pullers)
-        engine = CellEngine(run, args.cell, neighbourhood, dataset, storage=layout.storage)
+        engine = CellEngine(
+            run,
+            args.cell,
+            neighbourhood,
+            dataset,
+            storage=layout.storage,
+            references=ReferenceCache.of(layout),
+        )
 
         def on_checkpoint(seconds: float) -> None:
             kept.save()

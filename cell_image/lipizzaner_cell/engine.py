@@ -25,6 +25,7 @@ from lipizzaner_cell.losses import Loss, spec_loss
 from lipizzaner_cell.mixture import MixtureEmbeddings, es_step
 from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
 from lipizzaner_cell.networks import build_discriminator, build_generator
+from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.scores import Scorer
 from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
@@ -90,8 +91,10 @@ class CellEngine:
         dataset: Dataset,
         device: torch.device | None = None,
         storage: Storage | None = None,
+        references: ReferenceCache | None = None,
     ) -> None:
-        """`storage` reads the score's weight files (the run's: its S3 endpoint too)."""
+        """`storage` reads the score's weight files (the run's: its S3 endpoint too);
+        `references` caches the real data's embeddings for the whole run."""
         spec = run.spec
         self.spec = spec
         self.index = index
@@ -119,7 +122,9 @@ class CellEngine:
             self.device,
             spec.score,
             storage,
+            references=references,
         )
+        self.references = references
         self.kept: KeptMixture | None = None
         # Fitness is measured with it; it also fixes the schedule and the optimizer.
         self.loss: Loss = spec_loss(spec.loss)
@@ -374,7 +379,7 @@ class CellEngine:
         return per_generation or max(1, len(self.data) // self.spec.training.batch_size)
 
     def _new(self, role: str) -> Individual:
-        rate = self.spec.coevolution.initial_rate(role)
+        rate = self.spec.initial_rate(role)
         return Individual.fresh(self._build(role), rate, self.index, self.loss.optimizer)
 
     def _build(self, role: str) -> torch.nn.Module:

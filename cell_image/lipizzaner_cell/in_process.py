@@ -21,6 +21,7 @@ from lipizzaner_cell.driver import CellDriver
 from lipizzaner_cell.engine import CellEngine, GenerationReport
 from lipizzaner_cell.neighbourhood import InProcessExchange
 from lipizzaner_cell.progress import progress_bar
+from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.sampling import load_ensemble, preview_title, write_samples
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def run_in_process(
                 exchange.provider([n.index for n in grid.neighbours(i)]),
                 dataset,
                 storage=layout.storage,
+                references=ReferenceCache.of(layout),
             ),
             layout.cell(i),
         )

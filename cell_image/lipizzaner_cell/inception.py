@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load
 
 from lipizzaner_cell.datasets import Dataset
+from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.scores import FeatureScorer
 
 POOL_FEATURES = 2048
@@ -71,17 +72,16 @@ class InceptionScorer(FeatureScorer):
         real: Dataset,
         weights: dict[str, torch.Tensor] | None,
         device: torch.device | None = None,
-        network_name: str = "inception-v3",
+        references: ReferenceCache | None = None,
     ) -> None:
         if not real.is_image or real.shape[0] not in (1, 3):
             raise ValueError(
                 f"score: inception-v3 needs grey or colour images, dataset {real.name} has "
                 f"shape {real.shape}"
             )
-        self.network_name = network_name
         device = device or torch.device("cpu")
         self.network = inception_network(weights).to(device)
-        super().__init__(real, device, "fid")
+        super().__init__(real, device, "fid", references)
 
     def _embed_chunk(self, images: torch.Tensor) -> torch.Tensor:
         pool, logits = self.network(to_pixels(images.to(self.device)))

@@ -100,14 +100,20 @@ def report(
     """The final scores of the chosen mixture against the held-out and the training data,
     in the `score.final` network (the samples `choose` scored)."""
     spec = engine.spec
-    references = {"scores": engine.validation_set or engine.training_set}
+    reference_sets = {"scores": engine.validation_set or engine.training_set}
     if engine.validation_set is not None:
-        references["train_scores"] = engine.training_set
+        reference_sets["train_scores"] = engine.training_set
     scorers = {
         name: build_report_scorer(
-            engine.scorer, spec.mixture.score_type, reference, engine.device, spec.score, storage
+            engine.scorer,
+            spec.mixture.score_type,
+            reference,
+            engine.device,
+            spec.score,
+            storage,
+            engine.references,
         )
-        for name, reference in references.items()
+        for name, reference in reference_sets.items()
     }
     embedded = None  # embeddings do not depend on the reference: computed once
     for name, scorer in scorers.items():

@@ -8,7 +8,8 @@
 - Images in Inception-v3's features: `inception.py`. Which scorer a run uses: `scoring.py`.
 - Any other data (colour images, arrays): the sliced Wasserstein distance to the real
   data, which needs neither modes nor a trained network.
-Real-data statistics are computed once per dataset and process and cached.
+Real-data embeddings are computed once per dataset and process, and once per run where the
+run's storage caches them (`references.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.nn import functional as F
 
 from lipizzaner_cell.classifier import FEATURES, load_classifier
 from lipizzaner_cell.datasets import Dataset
+from lipizzaner_cell.references import ReferenceCache, reference_digest
 
 
 class Scorer(ABC):
@@ -111,8 +113,9 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return features.mean(0), torch.cov(features.T)
 
 
-# Real-data embeddings per (feature network, dataset), computed once per process.
-_REAL_EMBEDDINGS: dict[tuple[str, str], torch.Tensor] = {}
+# Real-data embeddings by `reference_digest` (the network's weights and the data), computed
+# once per process.
+_REAL_EMBEDDINGS: dict[str, torch.Tensor] = {}
 # Images per feature-network call: small chunks fit a CPU core's caches, a GPU wants big ones.
 FEATURE_CHUNK = {"cpu": 256, "cuda": 8192}
 PRECISION_RECALL_SAMPLES = 10_000
@@ -140,17 +143,30 @@ class FeatureScorer(Scorer):
     """
 
     feature_count: int
-    network_name: str
+    network: torch.nn.Module
 
-    def __init__(self, real: Dataset, device: torch.device, objective_name: str) -> None:
+    def __init__(
+        self,
+        real: Dataset,
+        device: torch.device,
+        objective_name: str,
+        references: ReferenceCache | None = None,
+    ) -> None:
         self.objective_name = objective_name
         self.device = device
         self.chunk = FEATURE_CHUNK.get(device.type, 256)
-        key = (self.network_name, real.identity or str(id(real)))
+        key = reference_digest(self.network, real)
         if key not in _REAL_EMBEDDINGS:
-            _REAL_EMBEDDINGS[key] = self.embed(real.data)
+            _REAL_EMBEDDINGS[key] = self._embed_reference(key, real, references)
         self.real = _REAL_EMBEDDINGS[key]
         self.real_mu, self.real_cov = feature_statistics(self.features(self.real))
+
+    def _embed_reference(
+        self, key: str, real: Dataset, references: ReferenceCache | None
+    ) -> torch.Tensor:
+        if references is None:
+            return self.embed(real.data)
+        return references.embedding(key, len(real.data), lambda: self.embed(real.data))
 
     @abstractmethod
     def _embed_chunk(self, images: torch.Tensor) -> torch.Tensor: ...
@@ -188,22 +204,22 @@ class ClassifierScorer(FeatureScorer):
         device: torch.device | None = None,
         weights: str | None = None,
         storage: Storage | None = None,
+        references: ReferenceCache | None = None,
     ) -> None:
         if real.shape != (1, 28, 28):
             raise ValueError(
                 f"mixture.scoreType: {objective_name} in a classifier's features needs 28x28 "
                 f"grey images, dataset {real.name} has shape {real.shape}"
             )
-        self.network_name = weights or "mnist-cnn"
         device = device or torch.device("cpu")
         # channels_last: about 5x faster on a CPU core than NCHW (with the small chunks).
-        self.classifier = load_classifier(weights, storage).to(device)
-        self.classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        super().__init__(real, device, objective_name)
+        self.network = load_classifier(weights, storage).to(device)
+        self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        super().__init__(real, device, objective_name, references)
 
     def _embed_chunk(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, torch.float32, non_blocking=True)
-        return torch.cat(self.classifier(images.contiguous(memory_format=torch.channels_last)), 1)
+        return torch.cat(self.network(images.contiguous(memory_format=torch.channels_last)), 1)
 
     def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
         logits = embedded[:, FEATURES:]

@@ -15,6 +15,7 @@ from lipizzaner_core.spec import ScoreSpec
 from lipizzaner_core.storage import Storage
 
 from lipizzaner_cell.datasets import Dataset
+from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.scores import (
     ClassifierScorer,
     ModeScorer,
@@ -39,12 +40,14 @@ def build_scorer(
     score: ScoreSpec = AUTO,
     storage: Storage | None = None,
     network: str | None = None,
+    references: ReferenceCache | None = None,
 ) -> Scorer | None:
     """The scorer of `score_type` against `dataset` (the real reference); `auto` picks the
     most telling one the data allows: mode KL for known modes, FID where a feature network
     applies, else the sliced Wasserstein distance. `none`: no scoring (and no ES).
 
-    `network` overrides `score.features` (the final report's network).
+    `network` overrides `score.features` (the final report's network); `references`
+    caches the real data's embedding for the run (`references.py`).
     """
     network = feature_network(network or score.features, dataset)
     if score_type == "auto":
@@ -67,9 +70,9 @@ def build_scorer(
             "(inception-v3, or a 28x28 classifier's safetensors)"
         )
     if network == "inception-v3":
-        return inception_scorer(score_type, dataset, device, score, storage)
+        return inception_scorer(score_type, dataset, device, score, storage, references)
     weights = None if network == "mnist-cnn" else network
-    return ClassifierScorer(dataset, score_type, device, weights, storage)
+    return ClassifierScorer(dataset, score_type, device, weights, storage, references)
 
 
 def inception_scorer(
@@ -78,6 +81,7 @@ def inception_scorer(
     device: torch.device | None,
     score: ScoreSpec,
     storage: Storage | None,
+    references: ReferenceCache | None,
 ) -> Scorer:
     from lipizzaner_cell.inception import WEIGHTS_ENVIRONMENT, InceptionScorer, load_weights
 
@@ -91,7 +95,8 @@ def inception_scorer(
             "score.inceptionWeights: inception-v3 needs its weights: set it, or "
             f"{WEIGHTS_ENVIRONMENT}, to a safetensors file (see docs/scores.md)"
         )
-    return InceptionScorer(dataset, load_weights(uri, storage), device)
+    weights = load_weights(uri, storage)
+    return InceptionScorer(dataset, weights, device, references=references)
 
 
 def build_report_scorer(
@@ -101,9 +106,11 @@ def build_report_scorer(
     device: torch.device | None = None,
     score: ScoreSpec = AUTO,
     storage: Storage | None = None,
+    references: ReferenceCache | None = None,
 ) -> Scorer | None:
     """The final report's scorer against `dataset`: the objective's kind in the
     `score.final` network (the objective's own network when that is the same)."""
     if objective is None or score.final_network == score.features:
-        return build_scorer(score_type, dataset, device, score, storage)
-    return build_scorer("fid", dataset, device, score, storage, network=score.final_network)
+        return build_scorer(score_type, dataset, device, score, storage, references=references)
+    network = score.final_network
+    return build_scorer("fid", dataset, device, score, storage, network, references)

@@ -195,7 +195,7 @@ class BatchTrainer:
 
     def _mutate(self, individual: Individual, role: str) -> None:
         co = self.spec.coevolution
-        rate = co.initial_rate(role)
+        rate = self.spec.initial_rate(role)
         mutate_learning_rate(individual, co.mutation.probability, co.mutation.alpha, rate, self.rng)
 
     def _opponent(self, opponents: list[Individual]) -> Individual:

@@ -5,6 +5,7 @@
 <output>/cells/<i>/logs/attempt-<k>.log                                 its logs (local)
 <output>/ensemble/manifest.json, generator-<k>.safetensors             the ensemble
 <output>/samples.png                                                   a preview
+<output>/references/<digest>.safetensors                 real data's embeddings (a cache)
 """
 
 from __future__ import annotations
@@ -109,3 +110,8 @@ class RunLayout:
     @property
     def preview(self) -> str:
         return join(self.output, "samples.png")
+
+    @property
+    def references(self) -> str:
+        """The cache of real-data embeddings every cell of the run shares."""
+        return join(self.output, "references")

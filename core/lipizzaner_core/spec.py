@@ -58,6 +58,11 @@ class NetworkPartSpec(SpecModel):
     )
 
 
+# Measured on MNIST at this project's budgets (docs/algorithm.md, "The default learning
+# rate"): perceptrons learn fastest at 1e-3, in a grid and alone; 2e-4 is DCGAN's own.
+DEFAULT_LEARNING_RATES = {"mlp": 1e-3, "dcgan": 2e-4}
+
+
 class NetworkSpec(SpecModel):
     latent_size: int = Field(64, ge=1)
     generator: NetworkPartSpec = Field(default_factory=NetworkPartSpec)
@@ -84,7 +89,12 @@ class CoevolutionSpec(SpecModel):
     replacements: int = Field(1, ge=0)
     replacement_rule: Literal["faithful", "offspring"] = "faithful"
     selection: bool = True
-    learning_rate: float = Field(2e-4, gt=0, description="Both players' initial rate")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Both players' initial rate (default: 1e-3 for a perceptron, 2e-4 for a "
+        "DCGAN, each player by its own network)",
+    )
     generator_learning_rate: float | None = Field(
         None, gt=0, description="The generators' initial rate (default: learningRate)"
     )
@@ -99,15 +109,6 @@ class CoevolutionSpec(SpecModel):
         description="The original's discriminator_skip_each_nth_step: the discriminator "
         "trains on batches where batch % (n + 1) == 0 (0: every batch, 1: every other)",
     )
-
-    def initial_rate(self, role: str) -> float:
-        """A player's initial learning rate, also the scale of its rate mutation."""
-        own = (
-            self.generator_learning_rate
-            if role == "generator"
-            else (self.discriminator_learning_rate)
-        )
-        return own if own is not None else self.learning_rate
 
     @model_validator(mode="after")
     def _replacements_fit_population(self) -> CoevolutionSpec:
@@ -270,6 +271,16 @@ class RunSpecBody(SpecModel):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Kubernetes: delete the finished run after this many seconds"
     )
+
+    def initial_rate(self, role: str) -> float:
+        """A player's initial learning rate, also the scale of its rate mutation: its own
+        rate, else `learningRate`, else its network's default (`DEFAULT_LEARNING_RATES`)."""
+        co = self.coevolution
+        own = co.generator_learning_rate if role == "generator" else co.discriminator_learning_rate
+        for rate in (own, co.learning_rate):
+            if rate is not None:
+                return rate
+        return DEFAULT_LEARNING_RATES[getattr(self.network, role).architecture]
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunSpecBody:

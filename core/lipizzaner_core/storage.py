@@ -9,6 +9,7 @@ file; object stores write whole objects anyway.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ class Storage:
         if parent:
             fs.makedirs(parent, exist_ok=True)
         if "file" in fs.protocol:
-            tmp = f"{path}.tmp"
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # concurrent writers never share one
             fs.pipe_file(tmp, data)
             fs.mv(tmp, path)
         else:

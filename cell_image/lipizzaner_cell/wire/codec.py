@@ -172,12 +172,14 @@ def _check_numbers(header: cell_pb2.CentreHeader) -> None:
             raise StateRejected(f"mixture_weights[{cell}]: must be finite and >= 0, got {weight}")
 
 
-def _tensors(infos: Iterable[cell_pb2.TensorInfo], payload: bytearray) -> dict[str, torch.Tensor]:
+def _tensors(
+    infos: Iterable[cell_pb2.TensorInfo], payload: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Views into the payload (no copy) where the offset is aligned for the dtype."""
     tensors = {}
     for info in infos:
         dtype = DTYPES[info.dtype]
-        raw = torch.frombuffer(payload, dtype=torch.uint8, count=info.length, offset=info.offset)
+        raw = payload[info.offset : info.offset + info.length]
         if info.offset % dtype.itemsize:
             raw = raw.clone()
         tensors[info.name] = raw.view(dtype).reshape(tuple(info.shape))
@@ -204,7 +206,10 @@ def decode_centre(
         infos = getattr(header, part)
         if infos or part not in OPTIONAL_PARTS:
             _check_table(infos, getattr(expected, part), part, header.payload_bytes)
-    payload = bytearray(header.payload_bytes)
+    # Uninitialised (no zero-filling pass over a state that is about to be overwritten);
+    # the tensors are views of it.
+    payload = torch.empty(header.payload_bytes, dtype=torch.uint8)
+    writable = payload.numpy().data
     filled = 0
     for item in stream:
         data = _data_of(item)
@@ -212,7 +217,7 @@ def decode_centre(
             raise StateRejected(f"chunk of {len(data)} bytes exceeds {CHUNK_BYTES}")
         if filled + len(data) > header.payload_bytes:
             raise StateRejected("more data than the header announced")
-        payload[filled : filled + len(data)] = data
+        writable[filled : filled + len(data)] = data
         filled += len(data)
     if filled != header.payload_bytes:
         raise StateRejected(f"truncated stream: {filled} of {header.payload_bytes} payload bytes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import grpc.experimental
 
 from lipizzaner_core.wire.tls import TlsMaterial
 
@@ -24,6 +25,9 @@ def channel(
         ("grpc.initial_reconnect_backoff_ms", int(backoff_initial * 1000)),
         ("grpc.min_reconnect_backoff_ms", int(backoff_initial * 1000)),
         ("grpc.max_reconnect_backoff_ms", int(backoff_max * 1000)),
+        # A server-streaming call (GetCentre) read on the calling thread instead of
+        # through gRPC's polling thread: half the fixed cost of a pull (docs/exchange.md).
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ]
     if max_receive_bytes is not None:
         options.append(("grpc.max_receive_message_length", max_receive_bytes))
