@@ -26,7 +26,7 @@ def channel(
         ("grpc.min_reconnect_backoff_ms", int(backoff_initial * 1000)),
         ("grpc.max_reconnect_backoff_ms", int(backoff_max * 1000)),
         # A server-streaming call (GetCentre) read on the calling thread instead of
-        # through gRPC's polling thread: half the fixed cost of a pull (docs/exchange.md).
+        # through gRPC's polling thread: a smaller fixed cost per pull (docs/benchmarks.md).
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ]
     if max_receive_bytes is not None:
