@@ -6,12 +6,17 @@ generation (each cell's own timings in its history, the first generation left ou
 warm-up) should stay flat; on fewer cores it grows with cells / cores. The exchange
 bytes each cell receives per generation come from the cells' own metrics and must not
 grow with the grid (each cell talks to its four neighbours, whatever the grid's size).
-Memory per cell is each cell process's peak resident set (RSS) and proportional set (PSS:
-pages shared with other processes, such as torch's libraries, count once in all), read
-from /proc while it runs. `--score auto` measures the default cell, FID classifier
-included; `--cell-env` sets variables in the cells' environment (thread pools, say).
+Memory per cell is the peak, over the run, of the cell processes' resident sets (RSS)
+summed and divided by the cells, and the same for their proportional sets (PSS: pages
+shared with other processes, such as torch's libraries, count once in all), read from
+/proc while it runs. `--cells-per-process` runs each grid once per grouping
+(`spec.cell.cellsPerPod`; 0: the whole grid in one process), side by side.
+`--score auto` measures the default cell, FID classifier included; `--cell-env` sets
+variables in the cells' environment (thread pools, say).
 
     python bench/scaling.py --data ../shared/datasets/mnist --sizes 1 2 3 4 --plot docs/scaling.png
+    python bench/scaling.py --data ../shared/datasets/mnist --sizes 1 2 3 --score auto \
+        --cells-per-process 1 0
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ class Setting:
     cuda_graphs: bool = True
 
 
-def manifest(setting: Setting, side: int, output: str) -> dict:
-    return mnist_manifest(
+def manifest(setting: Setting, side: int, output: str, per_process: int) -> dict:
+    document = mnist_manifest(
         f"scaling-{side}x{side}",
         side,
         setting.data,
@@ -62,6 +67,8 @@ def manifest(setting: Setting, side: int, output: str) -> dict:
         mixture={"scoreType": setting.score},
         checkpoint={"every": setting.generations},
     )
+    document["spec"]["cell"] = {"cellsPerPod": per_process or side * side}
+    return document
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -92,13 +99,14 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def measure(setting: Setting, side: int) -> dict[str, float]:
-    """Run one grid to the end, scraping every cell until it exits; per-cell averages."""
+def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
+    """Run one grid to the end, scraping every process until it exits; per-cell averages."""
+    cells = side * side
     with tempfile.TemporaryDirectory() as workdir:
-        run = parse_run(manifest(setting, side, f"{workdir}/out"))
+        run = parse_run(manifest(setting, side, f"{workdir}/out", per_process))
         local = LocalRun(run, Path(workdir), threads=1)
-        for cell in local.cells:
-            cell.env = {**cell.env, **setting.cell_env}
+        for process in local.processes:
+            process.env = {**process.env, **setting.cell_env}
         last: dict[int, dict[str, float]] = {}
         peak = {"rss": 0.0, "pss": 0.0}
         local.start()
@@ -109,10 +117,9 @@ def measure(setting: Setting, side: int) -> dict[str, float]:
                     # Starting, or already done: then its last scrape stands.
                     with contextlib.suppress(OSError):
                         last[index] = scrape(port)
-                for cell in local.cells:
-                    if cell.process is not None:
-                        for key, value in memory_mb(cell.process.pid).items():
-                            peak[key] = max(peak[key], value)
+                sizes = [memory_mb(p.process.pid) for p in local.processes if p.process]
+                for key in peak:
+                    peak[key] = max(peak[key], sum(s.get(key, 0.0) for s in sizes) / cells)
                 time.sleep(0.2)
         finally:
             local.stop_all()
@@ -125,7 +132,6 @@ def measure(setting: Setting, side: int) -> dict[str, float]:
             for line in read_history(local.layout.cell(i))
             if line["generation"] > 1  # the first warms caches, kernels and graphs up
         ]
-    cells = side * side
     generations_seen = [
         c.get("lipizzaner_cell_generations_completed_total", 0) for c in last.values()
     ]
@@ -133,6 +139,8 @@ def measure(setting: Setting, side: int) -> dict[str, float]:
     done = sum(generations_seen) or 1
     return {
         "cells": cells,
+        "per_process": min(per_process or cells, cells),
+        "grouping": per_process,
         "seconds_per_generation": statistics.mean(timed),
         "wall": wall,
         "bytes_per_generation": sum(received) / done,
@@ -155,6 +163,13 @@ def main() -> None:
     parser.add_argument(
         "--plain-steps", action="store_true", help="CUDA: no graphs (training.cudaGraphs false)"
     )
+    parser.add_argument(
+        "--cells-per-process",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="spec.cell.cellsPerPod of each run (0: the whole grid in one process)",
+    )
     parser.add_argument("--plot", help="write a chart here (PNG)")
     args = parser.parse_args()
     cell_env = dict(item.split("=", 1) for item in args.cell_env)
@@ -167,7 +182,11 @@ def main() -> None:
         cell_env,
         cuda_graphs=not args.plain_steps,
     )
-    results = [measure(setting, s) for s in args.sizes]
+    results = [
+        measure(setting, side, per_process)
+        for side in args.sizes
+        for per_process in args.cells_per_process
+    ]
     base = results[0]["seconds_per_generation"]
     cores = os.cpu_count() or 1
     machine = f"{cores} cores ({platform.processor() or platform.machine()})"
@@ -180,6 +199,7 @@ def main() -> None:
     table = Table(title=f"Weak scaling on {machine}, mixture score {args.score}{extra}{steps}")
     for column in (
         "cells",
+        "cells / process",
         "s / generation / cell",
         "vs 1 cell",
         "ideal on this machine",
@@ -194,6 +214,7 @@ def main() -> None:
         ideal = max(1.0, result["cells"] / cores)
         table.add_row(
             str(result["cells"]),
+            str(result["per_process"]),
             f"{result['seconds_per_generation']:.2f}",
             f"{result['seconds_per_generation'] / base:.2f}x",
             f"{ideal:.2f}x",
@@ -210,23 +231,30 @@ def main() -> None:
 
 
 def plot(results: list[dict[str, float]], cores: int, ideal_label: str, path: str) -> None:
+    """Time per generation, exchange and memory against cells: a line per grouping."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [r["cells"] for r in results]
     base = results[0]["seconds_per_generation"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    left.plot(cells, [r["seconds_per_generation"] / base for r in results], "o-", label="measured")
-    left.plot(cells, [max(1.0, c / cores) for c in cells], "k--", label=ideal_label)
-    left.set_xlabel("cells (one thread each)")
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.2))
+    for grouping in dict.fromkeys(r["grouping"] for r in results):
+        rows = [r for r in results if r["grouping"] == grouping]
+        cells = [r["cells"] for r in rows]
+        label = "a process per grid" if grouping == 0 else f"{grouping:g} cells / process"
+        left.plot(cells, [r["seconds_per_generation"] / base for r in rows], "o-", label=label)
+        middle.plot(cells, [r["bytes_per_generation"] / 1e6 for r in rows], "o-", label=label)
+        right.plot(cells, [r["rss"] for r in rows], "o-", label=label)
+    every = sorted({r["cells"] for r in results})
+    left.plot(every, [max(1.0, c / cores) for c in every], "k--", label=ideal_label)
     left.set_ylabel("time per generation vs 1 cell")
-    left.legend()
-    right.plot(cells, [r["bytes_per_generation"] / 1e6 for r in results], "o-")
-    right.set_xlabel("cells")
-    right.set_ylabel("MB received / generation / cell")
-    right.set_ylim(bottom=0)
+    middle.set_ylabel("MB received / generation / cell")
+    right.set_ylabel("peak RSS MB / cell")
+    for axis in (left, middle, right):
+        axis.set_xlabel("cells (one thread each)")
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -14,7 +14,12 @@ import torch
 from lipizzaner_cell import idx
 from lipizzaner_cell.datasets import PIXELS, Dataset, ValueMap, load_dataset
 from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_cell.scores import ClassifierScorer, ModeScorer
+from lipizzaner_cell.scores import (
+    PRECISION_RECALL_ROWS,
+    ClassifierScorer,
+    ModeScorer,
+    precision_recall,
+)
 from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_core.spec import NetworkPartSpec, ScoreSpec
 from lipizzaner_core.spec_datasets import (
@@ -377,3 +382,19 @@ def test_the_reference_embedding_is_computed_once_per_run_and_never_served_stale
     again = ClassifierScorer(real, references=cache)
     assert torch.equal(again.real, first.real)
     assert torch.equal(load_file(str(damaged))["embedding"], first.real)  # rewritten
+
+
+def test_precision_and_recall_in_row_batches_equal_torch_fidelitys_whole_matrices():
+    """The memory-saving batches change nothing: the same precision and recall as
+    torch-fidelity's all-at-once computation, on more rows than one batch holds."""
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    generator = torch.Generator().manual_seed(0)
+    count = 3 * PRECISION_RECALL_ROWS + 17
+    generated = torch.randn(count, 8, generator=generator)
+    real = torch.randn(count, 8, generator=generator) * 1.3 + 0.2
+    precision, recall = calculate_precision_recall_full(
+        generated.double(), real.double(), neighborhood=3
+    )
+    assert precision_recall(generated, real) == {"precision": precision, "recall": recall}
+    assert 0 < recall < precision < 1  # a case where the two differ, neither trivially

@@ -257,6 +257,45 @@ def test_a_run_goes_from_creation_to_an_assembled_ensemble(cluster, tmp_path):
     assert "Succeeded" in printed.stdout and "1x2" in printed.stdout
 
 
+def test_a_pod_of_two_cells_reports_both_and_its_run_succeeds(cluster, tmp_path):
+    """cellsPerPod 2 on a 1x2 grid: one pod `demo-cells-0-1`, accepted by the real API
+    server with a gRPC port per slot; the operator reads each cell on its own port."""
+    document = manifest(tmp_path, cell={"cellsPerPod": 2})
+    run = parse_run(document)
+    run_in_process(run, resume=False)  # real cell results for the operator to assemble
+    boards = [CellStatusBoard(i, 2, 0) for i in range(2)]
+    port = free_port_block(2)
+    servers = [
+        start_server(CellService(CentreBoard(), lambda b=b: b.message), port + i, "127.0.0.1")[0]
+        for i, b in enumerate(boards)
+    ]
+    try:
+        with operator(cluster, port):
+            cluster.create_run(document)
+            pods = wait_for("one pod", lambda: len(cluster.pods()) == 1 and cluster.pods())
+            (pod,) = pods.values()
+            assert pod["metadata"]["name"] == "demo-cells-0-1"
+            ports = [p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]]
+            assert ports == [port, port + 1, 9090]
+            for i in range(2):
+                boards[i].update(generation=i + 1)
+            cluster.set_pod_status("demo-cells-0-1", running("127.0.0.1"))
+            status = wait_for(
+                "both cells' progress",
+                lambda: (
+                    (s := cluster.status("demo")).get("generation", {}) == {"min": 1, "max": 2}
+                    and s
+                ),
+            )
+            assert status["cells"]["running"] == 2
+            cluster.set_pod_status("demo-cells-0-1", terminated("Succeeded", 0))
+            status = wait_for("Succeeded", phase_is(cluster, "Succeeded"))
+    finally:
+        for server in servers:
+            server.stop(None)
+    assert status["cells"]["succeeded"] == 2
+
+
 def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, tmp_path):
     with operator(cluster) as metrics:
         cluster.create_run(manifest(tmp_path, failurePolicy={"maxRestartsPerCell": 1}))

@@ -97,24 +97,30 @@ def test_the_runs_own_s3_endpoint_serves_in_process_fresh_and_assembly(
     assert storage.exists("s3://runs/inproc/ensemble/manifest.json")
 
 
-def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifest, tmp_path):
+def test_a_killed_process_is_restarted_and_its_cells_resume_from_their_checkpoints(
+    tiny_manifest, tmp_path
+):
+    """Two cells to a process (`cellsPerPod: 2`): killing the process of cells 2 and 3
+    restarts it, both resume from their checkpoints, and the other process trains on."""
     manifest = quick(
         tiny_manifest,
         generations=40,
         checkpoint={"every": 2},
         training={"batchSize": 50, "batchesPerGeneration": 30, "device": "cpu"},
     )
+    manifest["spec"]["cell"] = {"cellsPerPod": 2}
     run = parse_run(manifest)
     output = run.output_uri()
     local = LocalRun(run, tmp_path, threads=1)
-    victim = local.cells[1]
+    assert [p.cells for p in local.processes] == [range(0, 2), range(2, 4)]
+    victim = local.process_of(2)
     try:
         local.start()
-        checkpoint = f"{output}/cells/1/checkpoints/000004/state.json"
+        checkpoints = [f"{output}/cells/{c}/checkpoints/000004/state.json" for c in (2, 3)]
 
         def victim_checkpointed() -> bool:
             local.tick()
-            return Storage().exists(checkpoint)
+            return all(Storage().exists(c) for c in checkpoints)
 
         assert wait_until(victim_checkpointed, timeout=300)
         victim.process.send_signal(signal.SIGKILL)
@@ -122,7 +128,7 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
 
         def neighbour_generations() -> list[int]:
             local.poll_status()  # statuses only: no tick, so the victim stays down for now
-            return [local.cells[i].status.generation for i in (0, 3)]
+            return [local.statuses[i].generation for i in (0, 1)]
 
         at_kill = neighbour_generations()
         # The neighbours train on while the victim is down: wait until both have moved.
@@ -133,7 +139,9 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
 
         def victim_back() -> bool:
             local.tick()
-            return victim.restarts == 1 and getattr(victim.status, "restarts", 0) == 1
+            return victim.restarts == 1 and all(
+                getattr(local.statuses[c], "restarts", 0) == 1 for c in (2, 3)
+            )
 
         assert wait_until(victim_back, timeout=300)
         assert wait_until(local.tick, timeout=600, poll=0.1)
@@ -142,15 +150,16 @@ def test_a_killed_cell_is_restarted_and_resumes_from_its_checkpoint(tiny_manifes
         local.close()
     assert victim.restarts == 1 and victim.history == [-signal.SIGKILL]
     log = victim.log_path.read_text()
-    assert "cell 1 cell" not in log and "cell 1 generation" in log  # one prefix, said once
-    resumed = [line for line in log.splitlines() if "resumed from its checkpoint" in line]
-    assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) >= 4
+    assert "cell 2 cell" not in log and "cell 2 generation" in log  # one prefix, said once
+    for cell in (2, 3):
+        resumed = [line for line in log.splitlines() if f"cell {cell} resumed from" in line]
+        assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) >= 4
     results = [Storage().read_json(f"{output}/cells/{i}/result.json") for i in range(4)]
     assert all(r["generation"] == 40 for r in results)
 
 
 def cell_command(spec_path, cell: int, port_base: int) -> list[str]:
-    return launcher_cell_command(spec_path, cell, port_base, threads=1)
+    return launcher_cell_command(spec_path, range(cell, cell + 1), port_base, threads=1)
 
 
 def write_spec(tmp_path, manifest: dict):
@@ -213,6 +222,31 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
 def test_bad_configuration_exits_with_code_2(tiny_manifest, tmp_path):
     done = run_cell(write_spec(tmp_path, tiny_manifest), cell=7, ports=1, timeout=60)
     assert done.returncode == 2 and "outside the 2x2 grid" in done.stderr
+    assert "Traceback" not in done.stderr
+    manifest = {**tiny_manifest, "spec": {**tiny_manifest["spec"], "cell": {"cellsPerPod": 2}}}
+    spec_path = write_spec(tmp_path, manifest)
+    for cells, said in [("1-2", "spans pods of spec.cell.cellsPerPod 2"), ("3-1", "the last")]:
+        command = [*cell_command(spec_path, 0, 50051), "--port-by", "slot", "--cells", cells]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
+
+
+def test_one_process_hosts_two_cells_and_each_keeps_its_own_log(tiny_manifest, tmp_path):
+    """`--cells 0-1`: both cells of a 1x2 grid train in one process, exchange over gRPC
+    on their own ports, and each cell's kept log holds its own lines, not its sibling's."""
+    manifest = quick(tiny_manifest, grid={"rows": 1, "cols": 2})
+    manifest["spec"]["cell"] = {"cellsPerPod": 2}
+    command = launcher_cell_command(write_spec(tmp_path, manifest), range(2), free_port_block(2), 1)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    for cell, sibling in [(0, 1), (1, 0)]:
+        out = tmp_path / "out" / "cells" / str(cell)
+        result = json.loads((out / "result.json").read_text())
+        assert result["generation"] == 4 and result["missingNeighbours"] == []
+        assert sorted(m["cell"] for m in result["mixture"]) == [0, 1]
+        kept = (out / "logs" / "attempt-0.log").read_text()
+        assert f"cell {cell} generation 4/4" in kept
+        assert f"cell {sibling} generation" not in kept
 
 
 def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
@@ -309,14 +343,14 @@ def test_with_max_failed_cells_a_dead_cell_is_given_up_and_the_rest_finish(tiny_
     manifest["spec"]["exchange"] = {"firstStateTimeoutSeconds": 5}
     run = parse_run(manifest)
     local = LocalRun(run, Path(run.output_uri()).parent, threads=1)
-    victim = local.cells[1]
+    victim = local.process_of(1)
     try:
         local.start()
         assert wait_until(
             lambda: (
                 (local.poll_status() or 0) == 0
-                and victim.status is not None
-                and victim.status.generation >= 2
+                and local.statuses[1] is not None
+                and local.statuses[1].generation >= 2
             ),
             timeout=300,
         )
@@ -326,7 +360,7 @@ def test_with_max_failed_cells_a_dead_cell_is_given_up_and_the_rest_finish(tiny_
         local.stop_all(grace_seconds=5)
         local.close()
     assert victim.given_up and victim.restarts == 0
-    assert [c.succeeded for c in local.cells] == [True, False, True, True]
+    assert [p.succeeded for p in local.processes] == [True, False, True, True]
     manifest_out = assemble_ensemble(run, RunLayout.of(run))
     assert manifest_out["bestCell"] != 1
     assert 1 not in [entry["cell"] for entry in manifest_out["cells"]]

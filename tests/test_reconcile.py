@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 from conftest import TINY_RING
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.status import RunStatus
-from lipizzaner_operator.reconcile import CellProgress, PodView, decide, succeed, view_pod
+from lipizzaner_operator.reconcile import (
+    CellProgress,
+    PodView,
+    cell_views,
+    decide,
+    succeed,
+    view_pod,
+)
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -70,6 +77,23 @@ def test_a_failed_cell_is_recreated_with_an_event_and_counted_once():
     decision = step(run, decision.status, gone)
     assert decision.create == [2]
     assert decision.status.cells.restarts == 1
+
+
+def test_with_two_cells_per_pod_pods_are_made_and_restarted_whole():
+    """cellsPerPod 2: two pods; one failing restarts both its cells (each counts it), and
+    the pod is deleted and created once, named by its first cell."""
+    run = make_run(cell={"cellsPerPod": 2})
+    decision = step(run, RunStatus(), {})
+    assert decision.create == [0, 2]
+    views = [PodView(cell=0, phase="Running"), PodView(cell=2, phase="Failed", exit_code=1)]
+    assert sorted(cell_views(run, views)) == [0, 1, 2, 3]
+    decision = step(run, decision.status, cell_views(run, views))
+    assert decision.delete == [2] and decision.create == []
+    records = decision.status.cell_records
+    assert [r.phase for r in records] == ["Running", "Running", "Restarting", "Restarting"]
+    assert [r.restarts for r in records] == [0, 0, 1, 1]
+    decision = step(run, decision.status, cell_views(run, views[:1]))
+    assert decision.create == [2] and decision.status.cells.restarts == 2
 
 
 def test_past_the_restart_limit_the_run_fails_naming_the_cell():

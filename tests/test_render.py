@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 from conftest import TINY_RING
+from lipizzaner_cell.cell_main import build_parser, hosted_cells, peer_address
 from lipizzaner_core.spec import load_run, parse_run
 from lipizzaner_core.wire.tls import generate
 from lipizzaner_operator.render import (
@@ -116,6 +120,13 @@ def test_every_rendered_object_is_accepted_by_the_api_server(cluster, run):
     cluster.plane.apply(objects, "--dry-run=server")
 
 
+def cell_arguments_in(pod) -> argparse.Namespace:
+    """What the cell's own parser makes of a rendered pod's environment."""
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
+    with mock.patch.dict(os.environ, env):
+        return build_parser().parse_args([])
+
+
 def test_cells_find_each_other_through_the_headless_service():
     run = full_run()
     service = render_service(run, "ml", DEFAULTS)
@@ -125,11 +136,9 @@ def test_cells_find_each_other_through_the_headless_service():
     pod = render_pod(run, "ml", 4, 0, DEFAULTS)
     assert pod["spec"]["hostname"] == "mnist-grid-cell-4"
     assert pod["spec"]["subdomain"] == "mnist-grid-cells"
-    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    template = env["LIPIZZANER_PEER_TEMPLATE"]
-    address = template.format(run="mnist-grid", index=1, port=50051)
-    assert address == "mnist-grid-cell-1.mnist-grid-cells.ml.svc:50051"
-    assert (env["LIPIZZANER_CELL"], env["LIPIZZANER_PORT_STRIDE"]) == ("4", "0")
+    args = cell_arguments_in(pod)
+    assert peer_address(run, args, 1) == "mnist-grid-cell-1.mnist-grid-cells.ml.svc:50051"
+    assert hosted_cells(run, args) == range(4, 5)
     # The selector matches the pods' labels, and cell_selector picks them out.
     labels = pod["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
@@ -169,6 +178,55 @@ def test_the_operator_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cells_per_pod_puts_consecutive_cells_in_one_pod_each_on_its_own_port():
+    """3x3 with cellsPerPod 4: pods of cells 0-3, 4-7 and 8; a cell of a group listens on
+    the gRPC port base + its slot, peers find it at its pod's name, the gang and Kueue
+    count pods, and the network policy admits the pod's range of gRPC ports."""
+    manifest = copy.deepcopy(TINY_RING)
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    manifest["spec"]["grid"] = {"rows": 3, "cols": 3}
+    manifest["spec"]["cell"] = {"cellsPerPod": 4}
+    manifest["spec"]["scheduling"] = {"podGroup": "volcano"}
+    run = parse_run(manifest)
+    assert run.spec.process_groups() == [range(0, 4), range(4, 8), range(8, 9)]
+    pod = render_pod(run, "ml", 5, 0, DEFAULTS)
+    assert pod["metadata"]["name"] == pod["spec"]["hostname"] == "tiny-cells-4-7"
+    assert pod["metadata"]["labels"]["lipizzaner.io/cell"] == "4"
+    assert "lipizzaner.io/row" not in pod["metadata"]["labels"]
+    assert pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "3"
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports == {
+        "grpc": 50051,
+        "grpc-1": 50052,
+        "grpc-2": 50053,
+        "grpc-3": 50054,
+        "metrics": 9090,
+    }
+    args = cell_arguments_in(pod)
+    assert hosted_cells(run, args) == range(4, 8)
+    assert peer_address(run, args, 6) == "tiny-cells-4-7.tiny-cells.ml.svc:50053"
+    assert peer_address(run, args, 8) == "tiny-cell-8.tiny-cells.ml.svc:50051"
+    assert render_pod(run, "ml", 8, 0, DEFAULTS)["metadata"]["name"] == "tiny-cell-8"
+    assert render_pod_group(run, "ml")["spec"] == {"minMember": 3}
+    policy = render_network_policy(run, "ml", DEFAULTS, "lipizzaner-system")["spec"]
+    assert policy["ingress"][0]["ports"] == [{"port": 50051, "protocol": "TCP", "endPort": 50054}]
+
+
+def test_the_cell_command_in_docs_exchange_md_finds_its_peers():
+    """docs/exchange.md's `lipizzaner-cell` command, parsed by the cell's own parser, for
+    a 3x3 run `x` of four cells per pod."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "exchange.md").read_text()
+    block = text.split("```\nlipizzaner-cell ", 1)[1].split("```", 1)[0]
+    args = build_parser().parse_args(shlex.split(block.replace("\\\n", " ")))
+    manifest = copy.deepcopy(TINY_RING)
+    manifest["metadata"]["name"] = "x"
+    manifest["spec"].update(grid={"rows": 3, "cols": 3}, cell={"cellsPerPod": 4})
+    run = parse_run(manifest)
+    assert hosted_cells(run, args) == range(4, 8)
+    assert peer_address(run, args, 1) == "x-cells-0-3.x-cells:50052"
+    assert peer_address(run, args, 8) == "x-cell-8.x-cells:50051"
 
 
 def test_the_network_policy_admits_only_the_runs_cells_and_the_operator_to_grpc():

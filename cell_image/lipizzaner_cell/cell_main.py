@@ -1,10 +1,14 @@
-"""`lipizzaner-cell`: run ONE cell of a grid as its own process (a local process or a pod).
+"""`lipizzaner-cell`: run the cells of one process of a grid (a local process or a pod).
 
-Order matters: the gRPC server starts first (so neighbours and probes can reach the cell
-at once), the cell resumes from its latest checkpoint if the output has one, waits a
-bounded time for its neighbours' first states, then trains.
+A process hosts `--cells` (one cell, or `spec.cell.cellsPerPod` consecutive ones), each
+in its own thread with its own gRPC server, checkpoints and kept log; they share torch,
+the data, the classifier and one /metrics endpoint. Order matters for each cell: its gRPC
+server starts first (so neighbours and probes can reach it at once), it resumes from its
+latest checkpoint if the output has one, waits a bounded time for its neighbours' first
+states, then trains. One cell failing stops its siblings at a checkpoint, so the process
+can be restarted whole.
 Exit codes (`lipizzaner_core.contract.ExitCode`): 0 success (also after SIGTERM, once the
-checkpoint is written), 1 failure, 2 bad configuration.
+checkpoints are written), 1 failure, 2 bad configuration.
 """
 
 from __future__ import annotations
@@ -16,22 +20,24 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 from lipizzaner_core.contract import CELL_FLAGS, ExitCode
 from lipizzaner_core.layout import CellLayout, RunLayout
+from lipizzaner_core.placement import group_of, parse_cells, pod_name, port_of
 from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial
 
-from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.datasets import Dataset, load_dataset
 from lipizzaner_cell.driver import CellDriver
 from lipizzaner_cell.engine import CellEngine, GenerationReport
 from lipizzaner_cell.individual import moment_template
 from lipizzaner_cell.losses import spec_loss
-from lipizzaner_cell.metrics import CellMetrics
+from lipizzaner_cell.metrics import CellMetrics, MetricsEndpoint
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.output_log import OutputLog
 from lipizzaner_cell.references import ReferenceCache
@@ -41,6 +47,7 @@ from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 
 log = logging.getLogger("lipizzaner.cell")
 Phase = cell_pb2.CellStatus.Phase
+LOG_FORMAT = "%(asctime)s %(threadName)s %(message)s"  # a cell's thread is named "cell <i>"
 
 
 def default_threads(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -54,8 +61,19 @@ def default_threads(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     return os.cpu_count() or 1
 
 
-def peer_address(template: str, run: str, index: int, port_base: int, stride: int) -> str:
-    return template.format(run=run, index=index, port=port_base + stride * index)
+def cell_port(run: LipizzanerRun, args: argparse.Namespace, base: int, cell: int) -> int:
+    return port_of(base, cell, run.spec.cell.cells_per_pod, args.port_by)
+
+
+def peer_address(run: LipizzanerRun, args: argparse.Namespace, cell: int) -> str:
+    """Where `cell` listens, from `--peer-template` ({run}, {index}, {pod}, {port})."""
+    group = group_of(cell, run.spec.grid.size, run.spec.cell.cells_per_pod)
+    return args.peer_template.format(
+        run=run.metadata.name,
+        index=cell,
+        pod=pod_name(run.metadata.name, group),
+        port=cell_port(run, args, args.grpc_port_base, cell),
+    )
 
 
 class CellStatusBoard:
@@ -102,6 +120,7 @@ class CellStatusBoard:
 def neighbour_pullers(
     run: LipizzanerRun,
     args: argparse.Namespace,
+    cell: int,
     data_shape: tuple[int, ...],
     metrics: CellMetrics | None,
     tls: TlsMaterial | None,
@@ -119,14 +138,8 @@ def neighbour_pullers(
             architecture_of(moment_template(discriminator, optimizer)),
         )
     pullers = {}
-    for neighbour in run.spec.grid.topology().neighbours(args.cell):
-        address = peer_address(
-            args.peer_template,
-            run.metadata.name,
-            neighbour.index,
-            args.grpc_port_base,
-            args.port_stride,
-        )
+    for neighbour in run.spec.grid.topology().neighbours(cell):
+        address = peer_address(run, args, neighbour.index)
         record = None if metrics is None else partial(metrics.record_pull, neighbour.direction)
         pullers[neighbour.index] = NeighbourPuller(
             neighbour.index, address, expected, policy, on_pull=record
@@ -142,15 +155,18 @@ def finished_cell(cell: CellLayout, generations: int) -> bool:
 
 
 def start_metrics(
-    run: LipizzanerRun, args: argparse.Namespace, tls: TlsMaterial | None
+    run: LipizzanerRun,
+    args: argparse.Namespace,
+    cell: int,
+    endpoint: MetricsEndpoint | None,
+    tls: TlsMaterial | None,
 ) -> CellMetrics | None:
-    if args.metrics_port is None:
+    if endpoint is None:
         return None
     grid = run.spec.grid.topology()
-    row, col = grid.position(args.cell)
-    metrics = CellMetrics(run.metadata.name, args.cell, row, col, args.restarts)
-    metrics.serve(args.metrics_port + args.port_stride * args.cell, args.listen_host)
-    metrics.prepare_directions([n.direction for n in grid.neighbours(args.cell)])
+    row, col = grid.position(cell)
+    metrics = CellMetrics(run.metadata.name, cell, row, col, args.restarts, endpoint)
+    metrics.prepare_directions([n.direction for n in grid.neighbours(cell)])
     metrics.tls.set(tls is not None)
     return metrics
 
@@ -187,26 +203,80 @@ def train(
         log.info("stopped by SIGTERM at generation %d, checkpoint written", engine.generation)
 
 
-def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
-    spec = run.spec
-    if not 0 <= args.cell < spec.grid.size:
-        log.error("--cell %d is outside the %dx%d grid", args.cell, spec.grid.rows, spec.grid.cols)
-        return ExitCode.BAD_INPUT
+class SharedData:
+    """The run's dataset, loaded once by the first cell of the process that asks."""
+
+    def __init__(self, load: Callable[[], Dataset]) -> None:
+        self._load, self._lock = load, threading.Lock()
+        self._dataset: Dataset | None = None
+
+    def get(self) -> Dataset:
+        with self._lock:
+            if self._dataset is None:
+                self._dataset = self._load()
+            return self._dataset
+
+
+def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int:
+    """Every cell of this process in its own thread; the worst exit code of them."""
     try:
         tls = None if args.tls_dir is None else TlsMaterial.read(args.tls_dir)
     except TlsError as exc:
         log.error("bad TLS material: %s", exc)
         return ExitCode.BAD_INPUT
     layout = RunLayout.of(run, args.output)
+    data = SharedData(partial(load_dataset, run.spec.dataset, run.spec.seed, layout.storage))
+    endpoint = None
+    if args.metrics_port is not None:  # one /metrics for the process: its first cell's port
+        endpoint = MetricsEndpoint()
+        endpoint.serve(cell_port(run, args, args.metrics_port, cells.start), args.listen_host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    codes: dict[int, int] = {}
+    threads = torch.get_num_threads()
+
+    def life(cell: int) -> None:
+        torch.set_num_threads(threads)  # the process's count, in this thread too
+        codes[cell] = run_cell(run, args, cell, layout, data, endpoint, tls, stop)
+        if codes[cell] != ExitCode.OK:
+            stop.set()  # the siblings checkpoint and stop: the process restarts whole
+
+    workers = [threading.Thread(target=life, args=(c,), name=f"cell {c}") for c in cells]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        while worker.is_alive():  # in short waits, so SIGTERM's handler runs
+            worker.join(0.5)
+    return max(codes.values(), key=_severity, default=ExitCode.FAILED)
+
+
+def _severity(code: int) -> int:
+    """Bad configuration outranks a failure, which outranks success."""
+    return {int(ExitCode.OK): 0, int(ExitCode.FAILED): 1}.get(code, 2)
+
+
+def run_cell(
+    run: LipizzanerRun,
+    args: argparse.Namespace,
+    cell: int,
+    layout: RunLayout,
+    data: SharedData,
+    endpoint: MetricsEndpoint | None,
+    tls: TlsMaterial | None,
+    stop: threading.Event,
+) -> int:
+    """One cell's life in its own thread, its log lines kept in the run's output."""
     root = logging.getLogger()
     kept = OutputLog(
         layout.storage,
-        layout.cell(args.cell).log(args.restarts),
+        layout.cell(cell).log(args.restarts),
         root.handlers[0].formatter if root.handlers else None,
     )
+    mine = threading.current_thread().name
+    kept.addFilter(lambda r: r.threadName == mine or not str(r.threadName).startswith("cell "))
     root.addHandler(kept)
     try:
-        return serve_and_train(run, args, layout, kept, tls)
+        return serve_and_train(run, args, cell, layout, data, endpoint, kept, tls, stop)
     except Exception:
         log.exception("failed")  # into the kept log too
         return ExitCode.FAILED
@@ -218,14 +288,18 @@ def run_cell(run: LipizzanerRun, args: argparse.Namespace) -> int:
 def serve_and_train(
     run: LipizzanerRun,
     args: argparse.Namespace,
+    cell: int,
     layout: RunLayout,
+    data: SharedData,
+    endpoint: MetricsEndpoint | None,
     kept: OutputLog,
     tls: TlsMaterial | None,
+    stop: threading.Event,
 ) -> int:
     """The cell's life: serve, resume, wait for neighbours, train, finish, linger."""
     spec = run.spec
-    status = CellStatusBoard(args.cell, spec.generations, args.restarts)
-    metrics = start_metrics(run, args, tls)
+    status = CellStatusBoard(cell, spec.generations, args.restarts)
+    metrics = start_metrics(run, args, cell, endpoint, tls)
     board = CentreBoard()
     service = CellService(
         board,
@@ -234,18 +308,16 @@ def serve_and_train(
         on_refused=None if metrics is None else metrics.record_refused,
     )
     server, _ = start_server(
-        service, args.grpc_port_base + args.port_stride * args.cell, args.listen_host, tls
+        service, cell_port(run, args, args.grpc_port_base, cell), args.listen_host, tls
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     neighbourhood = None
     try:
-        dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
-        pullers = neighbour_pullers(run, args, dataset.shape, metrics, tls)
+        dataset = data.get()
+        pullers = neighbour_pullers(run, args, cell, dataset.shape, metrics, tls)
         neighbourhood = GrpcNeighbourhood(board, pullers)
         engine = CellEngine(
             run,
-            args.cell,
+            cell,
             neighbourhood,
             dataset,
             storage=layout.storage,
@@ -257,7 +329,7 @@ def serve_and_train(
             if metrics is not None:
                 metrics.checkpoint.observe(seconds)
 
-        driver = CellDriver(engine, layout.cell(args.cell), on_checkpoint)
+        driver = CellDriver(engine, layout.cell(cell), on_checkpoint)
         if driver.resume():
             log.info("resumed from its checkpoint at generation %d", engine.generation)
         engine.publish_centre()
@@ -276,7 +348,7 @@ def serve_and_train(
             spec.generations,
             spec.exchange.first_state_timeout_seconds,
             stop,
-            finished=lambda cell: finished_cell(layout.cell(cell), spec.generations),
+            finished=lambda other: finished_cell(layout.cell(other), spec.generations),
         )
         if left:
             log.warning("leaving before neighbours %s finished", left)
@@ -302,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             flag.flag,
             type=flag.kind,
+            choices=flag.choices,
             default=os.environ.get(flag.variable, flag.default),
             help=f"{flag.help} [{flag.variable}{shown}]",
         )
@@ -310,21 +383,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s cell {args.cell} %(message)s")
-    if args.run_spec is None or args.cell is None:
-        log.error("--run-spec and --cell are required")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if args.run_spec is None or args.cells is None:
+        log.error("--run-spec and --cells are required")
         return ExitCode.BAD_INPUT
     try:
         run = load_run(args.run_spec)
     except (FileNotFoundError, SpecError) as exc:
         log.error("bad run spec %s: %s", args.run_spec, exc)
         return ExitCode.BAD_INPUT
+    try:
+        cells = hosted_cells(run, args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.BAD_INPUT
     torch.set_num_threads(args.threads or default_threads())
     try:
-        return run_cell(run, args)
+        return run_cells(run, args, cells)
     except Exception:
         log.exception("failed")
         return ExitCode.FAILED
+
+
+def hosted_cells(run: LipizzanerRun, args: argparse.Namespace) -> range:
+    """`--cells`, checked against the grid (and, for ports by slot, against one pod)."""
+    choices = CELL_FLAGS["port_by"].choices or ()
+    if args.port_by not in choices:
+        raise ValueError(f"--port-by must be one of {', '.join(choices)}, got {args.port_by!r}")
+    cells = parse_cells(args.cells)
+    grid = run.spec.grid
+    if cells.stop > grid.size:
+        raise ValueError(f"--cells {args.cells} is outside the {grid.rows}x{grid.cols} grid")
+    group = group_of(cells.start, grid.size, run.spec.cell.cells_per_pod)
+    if args.port_by == "slot" and cells.stop > group.stop:
+        raise ValueError(
+            f"--cells {args.cells} spans pods of spec.cell.cellsPerPod "
+            f"{run.spec.cell.cells_per_pod}: their ports by slot would collide"
+        )
+    return cells
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""`lipizzaner run` on one machine: one `lipizzaner-cell` process per grid cell.
+"""`lipizzaner run` on one machine: one `lipizzaner-cell` process per group of cells.
 
-The local twin of the operator: start the cells, watch them through GetStatus, judge a
-cell that stopped by the one restart policy (`lipizzaner_core.policy`), stop them all
-cleanly on Ctrl-C, and assemble the ensemble when every cell has succeeded. Each
-attempt's log is kept in the run's output (`cells/<i>/logs/attempt-<k>.log`).
+The local twin of the operator: start a process per `spec.cell.cellsPerPod` cells (one
+per cell by default), watch the cells through GetStatus, judge a process that stopped by
+the one restart policy (`lipizzaner_core.policy`), stop them all cleanly on Ctrl-C, and
+assemble the ensemble when every cell has succeeded. Each attempt's log is kept in the
+run's output (`cells/<i>/logs/attempt-<k>.log`, the whole process's log for each of its
+cells).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 import yaml
 from lipizzaner_core.contract import cell_arguments
 from lipizzaner_core.ensemble import assemble_ensemble
-from lipizzaner_core.layout import CellLayout, RunLayout
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.placement import cells_text
 from lipizzaner_core.policy import judge
 from lipizzaner_core.spec import LipizzanerRun, dump_run
 from lipizzaner_core.wire import cell_pb2
@@ -43,22 +46,31 @@ class RunFailed(RuntimeError):
 
 
 @dataclass
-class LocalCell:
-    index: int
+class LocalProcess:
+    """One `lipizzaner-cell` process and the cells it hosts."""
+
+    cells: range
     command: list[str]
     env: dict[str, str]
     workdir: Path
-    layout: CellLayout
+    layout: RunLayout
     restarts: int = 0
     process: subprocess.Popen | None = None
     succeeded: bool = False
     given_up: bool = False  # past its restarts, within spec.failurePolicy.maxFailedCells
-    status: cell_pb2.CellStatus | None = None
     history: list[int] = field(default_factory=list)  # exit codes of earlier attempts
 
     @property
+    def name(self) -> str:
+        return f"cell {self.cells.start}" if len(self.cells) == 1 else f"cells {self.label}"
+
+    @property
+    def label(self) -> str:
+        return cells_text(self.cells)
+
+    @property
     def log_path(self) -> Path:
-        return self.workdir / f"cell-{self.index}-attempt-{self.restarts}.log"
+        return self.workdir / f"cells-{self.label}-attempt-{self.restarts}.log"
 
     def start(self) -> None:
         with self.log_path.open("a") as log_file:
@@ -71,11 +83,11 @@ class LocalCell:
             )
 
     def keep_log(self) -> None:
-        """Copy this attempt's log into the run's output."""
+        """Copy this attempt's log into the run's output, for each cell it hosts."""
         if self.log_path.exists():
-            self.layout.storage.write_bytes(
-                self.layout.log(self.restarts), self.log_path.read_bytes()
-            )
+            text = self.log_path.read_bytes()
+            for cell in self.cells:
+                self.layout.storage.write_bytes(self.layout.cell(cell).log(self.restarts), text)
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_path.read_text().splitlines()[-lines:])
@@ -102,24 +114,24 @@ def free_port_block(count: int, attempts: int = 50) -> int:
 
 def cell_command(
     spec_path: Path,
-    cell: int,
+    cells: range,
     port_base: int,
     threads: int,
     metrics_port_base: int | None = None,
     output: str | None = None,
     tls_dir: Path | None = None,
 ) -> list[str]:
-    """The command line of one local cell process: cell i listens on port_base + i
-    (and serves /metrics on metrics_port_base + i)."""
+    """The command line of one local process hosting `cells`: cell i listens on
+    port_base + i (and serves /metrics on metrics_port_base + i)."""
     return [
         sys.executable,
         "-m",
         "lipizzaner_cell",
         *cell_arguments(
             run_spec=spec_path,
-            cell=cell,
+            cells=cells_text(cells),
             grpc_port_base=port_base,
-            port_stride=1,
+            port_by="cell",
             listen_host="127.0.0.1",
             threads=threads,
             metrics_port=metrics_port_base,
@@ -150,100 +162,116 @@ class LocalRun:
         spec_path.write_text(yaml.safe_dump(dump_run(run), sort_keys=False))
         base_port = free_port_block(2 * count)
         self.ports = [base_port + i for i in range(count)]
-        self.metrics_ports = [base_port + count + i for i in range(count)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         threads = threads or threads_per_cell(count)
         self.tls = local_tls(run)
         tls_dir = None if self.tls is None else self.tls.write(workdir / "tls")
-        self.cells = [
-            LocalCell(
-                index=i,
+        self.processes = [
+            LocalProcess(
+                cells=cells,
                 command=cell_command(
-                    spec_path, i, base_port, threads, base_port + count, self.layout.output, tls_dir
+                    spec_path,
+                    cells,
+                    base_port,
+                    threads,
+                    base_port + count,
+                    self.layout.output,
+                    tls_dir,
                 ),
                 env=env,
                 workdir=workdir,
-                layout=self.layout.cell(i),
+                layout=self.layout,
             )
-            for i in range(count)
+            for cells in run.spec.process_groups()
         ]
+        # One /metrics per process, on the port of its first cell.
+        self.metrics_ports = [base_port + count + p.cells.start for p in self.processes]
+        self.statuses: list[cell_pb2.CellStatus | None] = [None] * count
         self._channels = [
             channel(f"127.0.0.1:{p}", backoff_max=1.0, tls=self.tls) for p in self.ports
         ]
 
     def start(self) -> None:
-        for cell in self.cells:
-            cell.start()
+        for process in self.processes:
+            process.start()
 
     def tick(self) -> bool:
-        """Handle exits and refresh statuses; True once every cell has succeeded (or was
-        given up)."""
+        """Handle exits and refresh statuses; True once every process has succeeded (or
+        was given up)."""
         self.check_processes()
         self.poll_status()
-        return all(c.succeeded or c.given_up for c in self.cells)
+        return all(p.succeeded or p.given_up for p in self.processes)
 
     def poll_status(self) -> None:
-        for cell, cell_channel in zip(self.cells, self._channels, strict=True):
-            if not (cell.succeeded or cell.given_up):
+        for process in self.processes:
+            if process.succeeded or process.given_up:
+                continue
+            for cell in process.cells:
                 # Starting, restarting or gone: its exit code tells, not its silence.
-                cell.status = get_status(cell_channel, timeout=1.0) or cell.status
+                answer = get_status(self._channels[cell], timeout=1.0)
+                self.statuses[cell] = answer or self.statuses[cell]
 
     def check_processes(self) -> None:
-        """Judge every cell that stopped: done, restarted from its checkpoint, given up, or
-        the end of the run."""
+        """Judge every process that stopped: done, restarted from its cells' checkpoints,
+        given up (all its cells), or the end of the run."""
         policy = self.run.spec.failure_policy
-        for cell in self.cells:
-            done = cell.succeeded or cell.given_up
-            code = None if done or cell.process is None else cell.process.poll()
+        for process in self.processes:
+            done = process.succeeded or process.given_up
+            code = None if done or process.process is None else process.process.poll()
             if code is None:
                 continue
-            cell.keep_log()
-            given_up = sum(c.given_up for c in self.cells)
+            process.keep_log()
+            given_up = sum(len(p.cells) for p in self.processes if p.given_up)
             verdict = judge(
                 code,
-                cell.restarts,
+                process.restarts,
                 policy.max_restarts_per_cell,
-                given_up=given_up,
+                given_up=given_up + len(process.cells) - 1,  # all its cells, or none
                 may_give_up=policy.max_failed_cells,
             )
             if verdict.action == "succeeded":
-                cell.succeeded = True
+                process.succeeded = True
             elif verdict.action == "give-up":
-                cell.given_up = True
-                log.warning("cell %d %s", cell.index, verdict.message)
+                process.given_up = True
+                log.warning("%s %s", process.name, verdict.message)
             elif verdict.action == "fail":
-                raise RunFailed(f"cell {cell.index} {verdict.message}\n{cell.log_tail()}")
+                raise RunFailed(f"{process.name} {verdict.message}\n{process.log_tail()}")
             else:
-                cell.history.append(code)
-                cell.restarts += 1
+                process.history.append(code)
+                process.restarts += 1
                 log.warning(
-                    "cell %d %s; restarting it from its checkpoint (%d/%d)",
-                    cell.index,
+                    "%s %s; restarting from the checkpoints (%d/%d)",
+                    process.name,
                     verdict.message,
-                    cell.restarts,
+                    process.restarts,
                     policy.max_restarts_per_cell,
                 )
-                cell.start()
+                process.start()
+
+    def process_of(self, cell: int) -> LocalProcess:
+        return next(p for p in self.processes if cell in p.cells)
 
     def generations_done(self) -> list[int]:
         total = self.run.spec.generations
         return [
-            total if c.succeeded else int(getattr(c.status, "generation", 0)) for c in self.cells
+            total if self.process_of(cell).succeeded else int(getattr(status, "generation", 0))
+            for cell, status in enumerate(self.statuses)
         ]
 
     def stop_all(self, grace_seconds: float = 30.0) -> None:
-        """SIGTERM every running cell (each writes a checkpoint), SIGKILL stragglers."""
-        running = [(c, c.process) for c in self.cells if c.process and c.process.poll() is None]
+        """SIGTERM every running process (each cell writes a checkpoint), SIGKILL
+        stragglers."""
+        running = [(p, p.process) for p in self.processes if p.process and p.process.poll() is None]
         for _, process in running:
             process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
-        for cell, process in running:
+        for local, process in running:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            cell.keep_log()
+            local.keep_log()
 
     def close(self) -> None:
         for cell_channel in self._channels:
@@ -258,10 +286,9 @@ def run_local(
     local = LocalRun(run, workdir, threads)
     log.info("cell logs: %s", local.layout.cell(0).logs.replace("/cells/0/", "/cells/<i>/"))
     log.info(
-        "cell metrics: http://127.0.0.1:%d/metrics (cell 0) to :%d (cell %d)",
+        "cell metrics: http://127.0.0.1:%d/metrics (cell 0) to :%d (the last process)",
         local.metrics_ports[0],
         local.metrics_ports[-1],
-        len(local.cells) - 1,
     )
     try:
         watch(local, show_progress)
@@ -272,9 +299,9 @@ def run_local(
     finally:
         local.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    restarts = {c.index: c.restarts for c in local.cells if c.restarts}
+    restarts = {p.name: p.restarts for p in local.processes if p.restarts}
     if restarts:
-        log.info("restarts per cell: %s", restarts)
+        log.info("restarts: %s", restarts)
     return assemble_ensemble(run, local.layout)
 
 
@@ -283,37 +310,35 @@ def watch(local: LocalRun, show_progress: bool) -> list[tuple[float, float | Non
     each row's (completed, total) as last shown."""
     generations = local.run.spec.generations
     with progress_bar(show_progress) as progress:
-        overall = progress.add_task("all cells", total=generations * len(local.cells), status="")
-        rows = [
-            progress.add_task(f"cell {c.index}", total=generations, status="starting")
-            for c in local.cells
-        ]
+        cells = range(len(local.ports))
+        overall = progress.add_task("all cells", total=generations * len(cells), status="")
+        rows = [progress.add_task(f"cell {c}", total=generations, status="starting") for c in cells]
         local.start()
         finished = False
         while not finished:
             finished = local.tick()
             done = local.generations_done()
-            for cell, row, count in zip(local.cells, rows, done, strict=True):
-                progress.update(row, completed=count, status=_describe(cell))
+            for cell, row, count in zip(cells, rows, done, strict=True):
+                status = _describe(local.process_of(cell), local.statuses[cell])
+                progress.update(row, completed=count, status=status)
             progress.update(overall, completed=sum(done))
             if not finished:
                 time.sleep(STATUS_POLL_SECONDS)
         return [(task.completed, task.total) for task in progress.tasks]
 
 
-def _describe(cell: LocalCell) -> str:
-    if cell.succeeded:
+def _describe(process: LocalProcess, status: cell_pb2.CellStatus | None) -> str:
+    if process.succeeded:
         return "done"
-    if cell.given_up:
+    if process.given_up:
         return "given up"
-    status = cell.status
     if status is None:
         return "starting"
     parts = [f"G {status.generator_loss:.3f} D {status.discriminator_loss:.3f}"]
     if "mixture" in status.scores:
         parts.append(f"score {status.scores['mixture']:.3f}")
-    if cell.restarts:
-        parts.append(f"restarts {cell.restarts}")
+    if process.restarts:
+        parts.append(f"restarts {process.restarts}")
     if status.offspring_offered:
         parts.append(f"accepted {status.offspring_accepted / status.offspring_offered:.0%}")
     if status.missing_neighbours:

@@ -1,4 +1,7 @@
-"""A cell's Prometheus metrics (`/metrics` on its metrics port).
+"""A cell's Prometheus metrics (`/metrics` on its process's metrics port).
+
+The cells one process hosts share one endpoint (`MetricsEndpoint`): one set of families,
+each cell its own children, so a pod of several cells is scraped on one port.
 
 Every series carries run, cell, row and col; the only other labels are bounded: the
 neighbour's direction, a pull's outcome, the score's name, a mixture member's cell.
@@ -6,6 +9,9 @@ The generation is a value, never a label. docs/metrics.md lists them all.
 """
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -17,20 +23,42 @@ EXCHANGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 CHECKPOINT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class CellMetrics:
-    def __init__(self, run: str, cell: int, row: int, col: int, restarts: int) -> None:
+class MetricsEndpoint:
+    """One process's registry: each family made once, whichever of its cells asks first."""
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._families: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def family(self, kind: type, name: str, text: str, labels: tuple[str, ...], **options):
+        with self._lock:
+            if name not in self._families:
+                self._families[name] = kind(name, text, labels, registry=self.registry, **options)
+            return self._families[name]
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, host, registry=self.registry)
+
+
+class CellMetrics:
+    def __init__(
+        self,
+        run: str,
+        cell: int,
+        row: int,
+        col: int,
+        restarts: int,
+        endpoint: MetricsEndpoint | None = None,
+    ) -> None:
+        self.endpoint = endpoint or MetricsEndpoint()
+        self.registry = self.endpoint.registry
         self.labels = {"run": run, "cell": str(cell), "row": str(row), "col": str(col)}
 
         def metric(kind, name: str, text: str, extra: tuple[str, ...] = (), **options):
             """A family with extra labels, or else the one child of this cell."""
-            family = kind(
-                f"lipizzaner_cell_{name}",
-                text,
-                (*CELL_LABELS, *extra),
-                registry=self.registry,
-                **options,
-            )
+            labels = (*CELL_LABELS, *extra)
+            family = self.endpoint.family(kind, f"lipizzaner_cell_{name}", text, labels, **options)
             return family if extra else family.labels(**self.labels)
 
         self.generation = metric(Gauge, "generation", "Generations completed so far")
@@ -115,9 +143,6 @@ class CellMetrics:
                 family.labels(**self.labels, direction=direction)
         for reason in ("malformed", "peer"):
             self.refused.labels(**self.labels, reason=reason)
-
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        start_http_server(port, host, registry=self.registry)
 
     def record_generation(
         self,

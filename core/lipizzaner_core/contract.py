@@ -44,6 +44,7 @@ class CellFlag:
     kind: type
     default: str | None
     help: str
+    choices: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -54,30 +55,39 @@ CELL_FLAGS: dict[str, CellFlag] = {
     flag.name: flag
     for flag in (
         CellFlag("--run-spec", "LIPIZZANER_RUN_SPEC", str, None, "LipizzanerRun manifest file"),
-        CellFlag("--cell", "LIPIZZANER_CELL", int, None, "this cell's index, row-major"),
+        CellFlag(
+            "--cells",
+            "LIPIZZANER_CELLS",
+            str,
+            None,
+            "the cells this process hosts: an index (row-major) or FIRST-LAST",
+        ),
         CellFlag(
             "--peer-template",
             "LIPIZZANER_PEER_TEMPLATE",
             str,
             "127.0.0.1:{port}",
-            "a peer's address from {run}, {index}, {port}",
+            "a peer's address from {run}, {index}, {pod} (its pod's name), {port}",
         ),
         CellFlag(
             "--grpc-port-base", "LIPIZZANER_GRPC_PORT", int, str(GRPC_PORT), "gRPC port of cell 0"
         ),
         CellFlag(
-            "--port-stride",
-            "LIPIZZANER_PORT_STRIDE",
-            int,
-            "0",
-            "cell i listens on base + stride * i: 1 on one machine, 0 in pods",
+            "--port-by",
+            "LIPIZZANER_PORT_BY",
+            str,
+            "slot",
+            "cell i listens on base + i (`cell`: every cell on one machine) or on base + its "
+            "slot in its pod (`slot`)",
+            ("cell", "slot"),
         ),
         CellFlag(
             "--metrics-port",
             "LIPIZZANER_METRICS_PORT",
             int,
             None,
-            "serve /metrics on this port (+ stride * cell, like gRPC); default: no metrics",
+            "serve the process's /metrics on this base port, offset like its first cell's "
+            "gRPC port; default: no metrics",
         ),
         CellFlag("--listen-host", "LIPIZZANER_LISTEN_HOST", str, "0.0.0.0", "address to listen on"),
         CellFlag("--output", "LIPIZZANER_OUTPUT", str, None, "override spec.output.uri"),

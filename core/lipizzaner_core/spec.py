@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from lipizzaner_core.placement import process_groups
 from lipizzaner_core.spec_base import SpecModel
 from lipizzaner_core.spec_datasets import DATASET_NAMES, DatasetSpec, is_image_dataset
 from lipizzaner_core.spec_errors import describe_errors
@@ -271,6 +272,10 @@ class RunSpecBody(SpecModel):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Kubernetes: delete the finished run after this many seconds"
     )
+
+    def process_groups(self) -> list[range]:
+        """The cells each process (pod) hosts, `cell.cellsPerPod` at a time."""
+        return process_groups(self.grid.size, self.cell.cells_per_pod)
 
     def initial_rate(self, role: str) -> float:
         """A player's initial learning rate, also the scale of its rate mutation: its own

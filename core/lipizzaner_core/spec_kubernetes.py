@@ -32,8 +32,16 @@ class SchedulingSpec(SpecModel):
 
 
 class CellTemplateSpec(SpecModel):
-    """Kubernetes only: how the operator shapes each cell's pod (ignored by local runs)."""
+    """How the operator shapes each cell's pod; local runs read only `cellsPerPod`."""
 
+    cells_per_pod: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="consecutive cells sharing one pod (and one process: local runs group "
+        "the same way), so they share one copy of torch, the data and the classifier; "
+        "each keeps its own ports",
+    )
     image: str | None = Field(None, description="default: the operator's configured cell image")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     resources: KubeObject = Field(

@@ -18,13 +18,14 @@ from lipizzaner_core.contract import CONTROLLER_NAME, KUEUE_RETRIABLE_ANNOTATION
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.placement import port_of
 from lipizzaner_core.spec import LipizzanerRun, SpecError, parse_run
 from lipizzaner_core.status import RunStatus
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.metrics import OperatorMetrics
-from lipizzaner_operator.reconcile import Decision, decide, fail, succeed, view_pod
+from lipizzaner_operator.reconcile import Decision, cell_views, decide, fail, succeed, view_pod
 from lipizzaner_operator.render import (
     CellDefaults,
     cell_selector,
@@ -104,8 +105,14 @@ def reconcile(
         _ensure_shared_children(body, run, namespace, kube, config)
         tls = _run_tls(body, run, namespace, kube)
     pods = [view_pod(p) for p in kube.list_pods(namespace, cell_selector(run))]
-    views = {p.cell: p for p in pods}
-    progress = poll_cells(views, config.cell.grpc_port, config.status_timeout_seconds, tls)
+    views = cell_views(run, pods)
+    per_pod = run.spec.cell.cells_per_pod
+    progress = poll_cells(
+        views,
+        lambda cell: port_of(config.cell.grpc_port, cell, per_pod, "slot"),
+        config.status_timeout_seconds,
+        tls,
+    )
     decision = decide(run, body["metadata"].get("generation"), old, views, progress, now)
     _carry_out(body, run, namespace, decision, kube, config, logger)
     metrics.pod_creations.inc(len(decision.create))
@@ -189,7 +196,7 @@ def _carry_out(
     for index in decision.release:  # before any delete: Kueue holds a retriable group's pods
         kube.annotate_pod(namespace, pod_name(run, index), {KUEUE_RETRIABLE_ANNOTATION: "false"})
     for index in decision.delete:
-        logger.info("deleting the pod of cell %d", index)
+        logger.info("deleting pod %s", pod_name(run, index))
         kube.delete_pod(namespace, pod_name(run, index))
     restarts = {r.cell: r.restarts for r in decision.status.cell_records}
     for index in decision.create:

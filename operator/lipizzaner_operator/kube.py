@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -243,14 +244,16 @@ def _address(ip: str, port: int) -> str:
 
 
 def poll_cells(
-    pods: dict[int, PodView], port: int, timeout: float, tls: TlsMaterial | None = None
+    pods: dict[int, PodView],
+    port: Callable[[int], int],
+    timeout: float,
+    tls: TlsMaterial | None = None,
 ) -> dict[int, CellProgress]:
-    """GetStatus of every running cell pod, in parallel (with the run's certificate, if any)."""
-    running = {i: p.ip for i, p in pods.items() if p.phase == "Running" and p.ip}
+    """GetStatus of every cell of a running pod (`pods`: each cell's, `port`: where a cell
+    listens in it), in parallel, with the run's certificate, if any."""
+    running = {i: _address(p.ip, port(i)) for i, p in pods.items() if p.phase == "Running" and p.ip}
     if not running:
         return {}
     with ThreadPoolExecutor(max_workers=min(16, len(running))) as pool:
-        answers = pool.map(
-            lambda ip: cell_progress(_address(ip, port), timeout, tls), running.values()
-        )
+        answers = pool.map(lambda address: cell_progress(address, timeout, tls), running.values())
         return {i: a for i, a in zip(running, answers, strict=True) if a is not None}

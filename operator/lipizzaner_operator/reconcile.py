@@ -29,7 +29,7 @@ from lipizzaner_core.status import (
     with_conditions,
 )
 
-from lipizzaner_operator.render import kueue_queue
+from lipizzaner_operator.render import kueue_queue, pod_group, pod_name
 
 GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
 # Waiting reasons that mean a pod will not start by itself.
@@ -129,6 +129,16 @@ def _disruption(status: dict[str, Any]) -> str:
     return ""
 
 
+def cell_views(run: LipizzanerRun, pods: list[PodView]) -> dict[int, PodView]:
+    """Each cell's pod: a pod of several cells (labelled with its first) stands for each."""
+    return {cell: pod for pod in pods for cell in pod_group(run, pod.cell)}
+
+
+def _by_pod(run: LipizzanerRun, cells: list[int]) -> list[int]:
+    """Cells to act on, as their pods' first cells, each pod once."""
+    return list(dict.fromkeys(pod_group(run, cell).start for cell in cells))
+
+
 def _records(run: LipizzanerRun, status: RunStatus) -> dict[int, CellRecord]:
     size = run.spec.grid.size
     old = {r.cell: r for r in status.cell_records}
@@ -212,7 +222,22 @@ def decide(
     progress: dict[int, CellProgress],
     now: datetime,
 ) -> Decision:
-    """What to do now, and the run's new status."""
+    """What to do now, and the run's new status. `pods` has each cell's pod (`cell_views`);
+    the pods to create, delete or release come back as their first cells."""
+    decision = _decide(run, generation, old, pods, progress, now)
+    for name in ("create", "delete", "release"):
+        setattr(decision, name, _by_pod(run, getattr(decision, name)))
+    return decision
+
+
+def _decide(
+    run: LipizzanerRun,
+    generation: int | None,
+    old: RunStatus,
+    pods: dict[int, PodView],
+    progress: dict[int, CellProgress],
+    now: datetime,
+) -> Decision:
     status = old.model_copy(deep=True)
     status.observed_generation = generation
     status.grid = f"{run.spec.grid.rows}x{run.spec.grid.cols}"
@@ -267,7 +292,7 @@ def _active(
         if verdict is not None and verdict.action == "fail":
             message = f"{_position(run, index)} {verdict.message}"
             if verdict.reason == "BadConfiguration":
-                message += f"; see `kubectl logs {run.metadata.name}-cell-{index}`"
+                message += f"; see `kubectl logs {pod_name(run, index)}`"
             return _failed(decision, pods, verdict.reason, message, now)
         _take_progress(record, progress.get(index))
     _summarise(status, records, decision)

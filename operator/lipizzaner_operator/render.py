@@ -1,11 +1,13 @@
 """Kubernetes objects of a run, as pure functions of the validated spec.
 
 A run owns: a ConfigMap `<run>-spec` holding the full manifest (defaults filled in), a
-headless Service `<run>-cells` (peers resolve `<run>-cell-<i>.<run>-cells.<ns>.svc`, also
-before they are ready), one Pod `<run>-cell-<i>` per cell and, with mutual TLS and no
+headless Service `<run>-cells` (peers resolve `<pod>.<run>-cells.<ns>.svc`, also before
+they are ready), one Pod per cell, `<run>-cell-<i>` (or, with `spec.cell.cellsPerPod`
+above 1, one per group of consecutive cells, `<run>-cells-<first>-<last>`, each cell on
+the gRPC port base + its slot, one /metrics for the pod) and, with mutual TLS and no
 Secret of the user's, a Secret `<run>-tls` holding the run's own CA and certificate. Pods
 never restart in place (`restartPolicy: Never`): the operator recreates a failed pod under
-the same name, and the new container resumes from the cell's checkpoint.
+the same name, and the new container resumes from its cells' checkpoints.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from lipizzaner_core.contract import (
     TLS_DIR,
     cell_environment,
 )
+from lipizzaner_core.placement import cells_text, group_of
+from lipizzaner_core.placement import pod_name as group_pod_name
 from lipizzaner_core.spec import LipizzanerRun, dump_run
 from lipizzaner_core.wire.tls import TlsMaterial
 
@@ -56,8 +60,14 @@ def service_name(run: LipizzanerRun) -> str:
     return f"{run.metadata.name}-cells"
 
 
-def pod_name(run: LipizzanerRun, index: int) -> str:
-    return f"{run.metadata.name}-cell-{index}"
+def pod_group(run: LipizzanerRun, cell: int) -> range:
+    """The cells of `cell`'s pod."""
+    return group_of(cell, run.spec.grid.size, run.spec.cell.cells_per_pod)
+
+
+def pod_name(run: LipizzanerRun, cell: int) -> str:
+    """The name of the pod that hosts `cell`."""
+    return group_pod_name(run.metadata.name, pod_group(run, cell))
 
 
 # Gang scheduling: where each scheduler's PodGroup lives, and how a pod names its group.
@@ -128,7 +138,7 @@ def render_pod_group(run: LipizzanerRun, namespace: str) -> Manifest | None:
     scheduling = run.spec.scheduling
     if scheduling.pod_group == "none":
         return None
-    spec: Manifest = {"minMember": run.spec.grid.size}
+    spec: Manifest = {"minMember": len(run.spec.process_groups())}
     if scheduling.pod_group == "coscheduling":
         spec["scheduleTimeoutSeconds"] = scheduling.schedule_timeout_seconds
     return {
@@ -141,6 +151,18 @@ def render_pod_group(run: LipizzanerRun, namespace: str) -> Manifest | None:
 
 def _ports(defaults: CellDefaults) -> list[tuple[str, int]]:
     return [("grpc", defaults.grpc_port), ("metrics", defaults.metrics_port)]
+
+
+def _grpc_ports(defaults: CellDefaults, cells: range) -> list[Manifest]:
+    """A pod's gRPC ports: `grpc` for its first cell, `grpc-<slot>` for the others."""
+    return [
+        {
+            "name": "grpc" if slot == 0 else f"grpc-{slot}",
+            "containerPort": defaults.grpc_port + slot,
+            "protocol": "TCP",
+        }
+        for slot in range(len(cells))
+    ]
 
 
 def render_service(run: LipizzanerRun, namespace: str, defaults: CellDefaults) -> Manifest:
@@ -185,7 +207,7 @@ def render_network_policy(
             "ingress": [
                 {
                     "from": [{"podSelector": {"matchLabels": cells}}, operator],
-                    "ports": [{"port": defaults.grpc_port, "protocol": "TCP"}],
+                    "ports": [_port_range(defaults.grpc_port, run.spec.cell.cells_per_pod)],
                 },
                 {"ports": [{"port": defaults.metrics_port, "protocol": "TCP"}]},
             ],
@@ -193,15 +215,23 @@ def render_network_policy(
     }
 
 
+def _port_range(first: int, count: int) -> Manifest:
+    """A NetworkPolicy port: one, or a range for the slots of a pod of several cells."""
+    port: Manifest = {"port": first, "protocol": "TCP"}
+    if count > 1:
+        port["endPort"] = first + count - 1
+    return port
+
+
 def _cell_env(
-    run: LipizzanerRun, namespace: str, index: int, restarts: int, defaults: CellDefaults
+    run: LipizzanerRun, namespace: str, cells: range, restarts: int, defaults: CellDefaults
 ) -> list[Manifest]:
     values = cell_environment(
         run_spec=SPEC_FILE,
-        cell=index,
-        peer_template=f"{{run}}-cell-{{index}}.{service_name(run)}.{namespace}.svc:{{port}}",
+        cells=cells_text(cells),
+        peer_template=f"{{pod}}.{service_name(run)}.{namespace}.svc:{{port}}",
         grpc_port_base=defaults.grpc_port,
-        port_stride=0,
+        port_by="slot",
         metrics_port=defaults.metrics_port,
         restarts=restarts,
         tls_dir=TLS_DIR if run.spec.exchange.tls.enabled else None,
@@ -223,22 +253,20 @@ def _readiness_probe(run: LipizzanerRun, defaults: CellDefaults) -> Manifest:
 def render_pod(
     run: LipizzanerRun, namespace: str, index: int, restarts: int, defaults: CellDefaults
 ) -> Manifest:
-    """The pod of one cell; `restarts` is how often it was recreated (shown in its status)."""
+    """The pod of cell `index` (and of the other cells of its group); `restarts` is how
+    often it was recreated (shown in its cells' statuses)."""
     template = run.spec.cell
-    grid = run.spec.grid.topology()
-    row, col = grid.position(index)
+    cells = pod_group(run, index)
     name = pod_name(run, index)
-    labels = {
-        **run_labels(run, "cell"),
-        CELL_LABEL: str(index),
-        ROW_LABEL: str(row),
-        COL_LABEL: str(col),
-    }
+    labels = {**run_labels(run, "cell"), CELL_LABEL: str(cells.start)}  # its first cell
+    if len(cells) == 1:
+        row, col = run.spec.grid.topology().position(index)
+        labels |= {ROW_LABEL: str(row), COL_LABEL: str(col)}
     annotations: dict[str, str] = {}
     queue = kueue_queue(run)
     if queue:  # Kueue's plain pod group: admitted, and preempted, as one
         labels |= {KUEUE_QUEUE_LABEL: queue, KUEUE_POD_GROUP_LABEL: run.metadata.name}
-        annotations[KUEUE_GROUP_COUNT_ANNOTATION] = str(grid.size)
+        annotations[KUEUE_GROUP_COUNT_ANNOTATION] = str(len(run.spec.process_groups()))
     scheduling = run.spec.scheduling
     if scheduling.pod_group == "coscheduling":
         labels[COSCHEDULING_LABEL] = pod_group_name(run)
@@ -249,10 +277,10 @@ def render_pod(
         "image": template.image or defaults.image,
         "imagePullPolicy": template.image_pull_policy or defaults.image_pull_policy,
         "command": ["lipizzaner-cell"],
-        "env": _cell_env(run, namespace, index, restarts, defaults),
+        "env": _cell_env(run, namespace, cells, restarts, defaults),
         "ports": [
-            {"name": port_name, "containerPort": port, "protocol": "TCP"}
-            for port_name, port in _ports(defaults)
+            *_grpc_ports(defaults, cells),
+            {"name": "metrics", "containerPort": defaults.metrics_port, "protocol": "TCP"},
         ],
         "readinessProbe": _readiness_probe(run, defaults),
         "resources": template.resources,
