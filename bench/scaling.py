@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -52,6 +54,7 @@ class Setting:
     score: str  # the mixture's scoreType: none, or auto (FID on MNIST: the default)
     cell_env: dict[str, str]
     cuda_graphs: bool = True
+    pin: bool = False  # each process on its own cores (os.sched_setaffinity)
 
 
 def manifest(setting: Setting, side: int, output: str, per_process: int) -> dict:
@@ -110,6 +113,8 @@ def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
         last: dict[int, dict[str, float]] = {}
         peak = {"rss": 0.0, "pss": 0.0}
         local.start()
+        if setting.pin:
+            pin(local)
         started = time.perf_counter()
         try:
             while not local.tick():
@@ -126,12 +131,15 @@ def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
             local.close()
         wall = time.perf_counter() - started
         # From each cell's own record: a fast cell may finish between two scrapes.
-        timed = [
-            sum(line["seconds"].values())
+        # The first generation warms caches, kernels and graphs up.
+        lines = [
+            line
             for i in range(side * side)
             for line in read_history(local.layout.cell(i))
-            if line["generation"] > 1  # the first warms caches, kernels and graphs up
+            if line["generation"] > 1
         ]
+        timed = [sum(line["seconds"].values()) for line in lines]
+        training = [line["seconds"]["training"] for line in lines]
     generations_seen = [
         c.get("lipizzaner_cell_generations_completed_total", 0) for c in last.values()
     ]
@@ -142,11 +150,22 @@ def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
         "per_process": min(per_process or cells, cells),
         "grouping": per_process,
         "seconds_per_generation": statistics.mean(timed),
+        "training_per_generation": statistics.mean(training),
         "wall": wall,
         "bytes_per_generation": sum(received) / done,
         "rss": peak["rss"],
         "pss": peak["pss"],
     }
+
+
+def pin(local: LocalRun) -> None:
+    """Process i on cores i*k .. i*k+k-1 (k: cores per process), while there are cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // len(local.processes))
+    for i, process in enumerate(local.processes):
+        mine = set(cores[i * share : (i + 1) * share])
+        if process.process is not None and mine:
+            os.sched_setaffinity(process.process.pid, mine)
 
 
 def main() -> None:
@@ -170,6 +189,8 @@ def main() -> None:
         default=[1],
         help="spec.cell.cellsPerPod of each run (0: the whole grid in one process)",
     )
+    parser.add_argument("--pin", action="store_true", help="each process on its own cores")
+    parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--plot", help="write a chart here (PNG)")
     args = parser.parse_args()
     cell_env = dict(item.split("=", 1) for item in args.cell_env)
@@ -181,6 +202,7 @@ def main() -> None:
         args.score,
         cell_env,
         cuda_graphs=not args.plain_steps,
+        pin=args.pin,
     )
     results = [
         measure(setting, side, per_process)
@@ -196,11 +218,13 @@ def main() -> None:
         machine += f", cells sharing one {torch.cuda.get_device_name()}"
     extra = "".join(f", {k}={v}" for k, v in cell_env.items())
     steps = ", plain steps" if args.plain_steps and args.device == "cuda" else ""
+    steps += ", pinned" if args.pin else ""
     table = Table(title=f"Weak scaling on {machine}, mixture score {args.score}{extra}{steps}")
     for column in (
         "cells",
         "cells / process",
         "s / generation / cell",
+        "of which training",
         "vs 1 cell",
         "ideal on this machine",
         "cell-generations / s",
@@ -216,6 +240,7 @@ def main() -> None:
             str(result["cells"]),
             str(result["per_process"]),
             f"{result['seconds_per_generation']:.2f}",
+            f"{result['training_per_generation']:.2f}",
             f"{result['seconds_per_generation'] / base:.2f}x",
             f"{ideal:.2f}x",
             f"{result['cells'] / result['seconds_per_generation']:.2f}",
@@ -224,7 +249,9 @@ def main() -> None:
             f"{result['pss']:.0f}",
             f"{result['wall']:.0f}",
         )
-    Console().print(table)
+    Console(width=160).print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"argv": sys.argv, "rows": results}, indent=1))
     if args.plot:
         ideal_label = f"ideal on {cores} cores" if args.device == "cpu" else "ideal: flat"
         plot(results, cores, ideal_label, args.plot)

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -364,3 +365,11 @@ def test_with_max_failed_cells_a_dead_cell_is_given_up_and_the_rest_finish(tiny_
     manifest_out = assemble_ensemble(run, RunLayout.of(run))
     assert manifest_out["bestCell"] != 1
     assert 1 not in [entry["cell"] for entry in manifest_out["cells"]]
+
+
+def test_the_cell_process_fixes_glibcs_mmap_threshold():
+    """Large blocks are mapped apart and given back (glibc); 0 leaves glibc's own rule."""
+    from lipizzaner_cell.cell_main import fix_mmap_threshold
+
+    assert fix_mmap_threshold(4 << 20) is (platform.libc_ver()[0] == "glibc")
+    assert fix_mmap_threshold(0) is False

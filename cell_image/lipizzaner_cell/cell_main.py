@@ -14,8 +14,10 @@ checkpoints are written), 1 failure, 2 bad configuration.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import platform
 import signal
 import sys
 import threading
@@ -59,6 +61,22 @@ def default_threads(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     except (OSError, ValueError):
         pass
     return os.cpu_count() or 1
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fix_mmap_threshold(size: int) -> bool:
+    """Keep allocations of `size` bytes and up out of glibc's heaps, for good.
+
+    glibc raises its threshold to the largest block freed so far (up to 32 MB), so after a
+    cell's first big scoring tensors every later large buffer (decoded states, samples,
+    embeddings) comes from a per-thread heap that keeps it when freed; a process of nine
+    cells then held twice the memory (`docs/benchmarks.md`, "Memory per cell"). False
+    where it does not apply (size 0, or not glibc)."""
+    if size <= 0 or platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, size))
 
 
 def cell_port(run: LipizzanerRun, args: argparse.Namespace, base: int, cell: int) -> int:
@@ -398,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return ExitCode.BAD_INPUT
     torch.set_num_threads(args.threads or default_threads())
+    fix_mmap_threshold(args.mmap_threshold)
     try:
         return run_cells(run, args, cells)
     except Exception:

@@ -250,7 +250,9 @@ class GraphedSteps:
                 step()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the other cells of this process (`spec.cell.cellsPerPod`) go on
+        # using the device from their threads while this one captures.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             step()
         with torch.no_grad():
             for tensor, value in saved:

@@ -99,6 +99,14 @@ CELL_FLAGS: dict[str, CellFlag] = {
             "torch intra-op threads (default: the container's CPU limit, else all cores)",
         ),
         CellFlag(
+            "--mmap-threshold",
+            "LIPIZZANER_MMAP_THRESHOLD",
+            int,
+            str(4 << 20),
+            "glibc: allocations from this many bytes up are mapped apart and given back when "
+            "freed (0: glibc's own threshold, which climbs and keeps freed memory per thread)",
+        ),
+        CellFlag(
             "--tls-dir",
             "LIPIZZANER_TLS_DIR",
             str,
