@@ -224,7 +224,8 @@ def test_a_minimal_run_gets_every_default_of_the_model(server):
     model = without_none(dump_run(parse_run(manifest))["spec"])
     stored.pop("dataset"), model.pop("dataset")
     assert stored == model
-    assert stored["cell"]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert "resources" not in stored["cell"]  # the operator's default follows cellsPerPod
+    assert stored["cell"]["cellsPerPod"] == 1
     assert stored["loss"] == "bce" and stored["grid"] == {
         "rows": 2,
         "cols": 2,

@@ -154,10 +154,17 @@ def test_labels_name_the_cell_and_its_position():
     assert labels["app.kubernetes.io/managed-by"] == "lipizzaner-operator"
 
 
-def test_defaults_give_one_gpu_and_the_operators_image():
+def test_defaults_give_one_gpu_the_measured_memory_and_the_operators_image():
     run = parse_run(copy.deepcopy(TINY_RING))
     container = render_pod(run, "default", 0, 0, DEFAULTS)["spec"]["containers"][0]
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert container["resources"] == {
+        "requests": {"memory": "1600Mi"},
+        "limits": {"memory": "3200Mi", "nvidia.com/gpu": 1},
+    }
+    grouped = copy.deepcopy(TINY_RING)
+    grouped["spec"]["cell"] = {"cellsPerPod": 4}
+    container = render_pod(parse_run(grouped), "default", 0, 0, DEFAULTS)["spec"]["containers"][0]
+    assert container["resources"]["requests"] == {"memory": "2200Mi"}  # 1600 + 3 x 200
     assert container["image"] == DEFAULTS.image
     assert "envFrom" not in container
     assert container["readinessProbe"]["grpc"] == {"port": DEFAULTS.grpc_port}

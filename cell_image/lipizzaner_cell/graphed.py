@@ -20,6 +20,7 @@ slot bookkeeping is tested bit for bit on a CPU.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,6 +125,11 @@ class _Replay:
     run: Callable[[], None]
     inputs: list[torch.Tensor]
     value: torch.Tensor
+
+
+# One capture at a time in a process: a capture's start synchronises the device, which a
+# capture under way in another cell's thread forbids (`spec.cell.cellsPerPod`).
+CAPTURE_LOCK = threading.Lock()
 
 
 class GraphedSteps:
@@ -242,6 +248,10 @@ class GraphedSteps:
         back as it was."""
         if not self.capture:
             return step
+        with CAPTURE_LOCK:
+            return self._capture(step)
+
+    def _capture(self, step: Callable[[], None]) -> Callable[[], None]:
         saved = [(t, t.detach().clone()) for slot in self.slots.values() for t in slot.tensors()]
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -250,8 +260,8 @@ class GraphedSteps:
                 step()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the other cells of this process (`spec.cell.cellsPerPod`) go on
-        # using the device from their threads while this one captures.
+        # thread_local: the other cells of this process go on using the device from their
+        # threads while this one captures (their own captures wait for CAPTURE_LOCK).
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             step()
         with torch.no_grad():

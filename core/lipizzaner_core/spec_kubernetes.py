@@ -31,6 +31,21 @@ class SchedulingSpec(SpecModel):
     )
 
 
+# A CUDA cell process of the default MNIST cell peaked at 1,478 MB resident, and each
+# further cell in it added about 170 MB (H100 machine, docs/benchmarks.md): requests
+# with some room, and a limit that leaves as much again for bigger data.
+POD_MEMORY_MIB, CELL_MEMORY_MIB = 1600, 200
+
+
+def default_resources(cells_per_pod: int) -> KubeObject:
+    """One GPU, and the measured memory of `cells_per_pod` default cells."""
+    request = POD_MEMORY_MIB + CELL_MEMORY_MIB * (cells_per_pod - 1)
+    return {
+        "requests": {"memory": f"{request}Mi"},
+        "limits": {"memory": f"{2 * request}Mi", "nvidia.com/gpu": 1},
+    }
+
+
 class CellTemplateSpec(SpecModel):
     """How the operator shapes each cell's pod; local runs read only `cellsPerPod`."""
 
@@ -44,9 +59,11 @@ class CellTemplateSpec(SpecModel):
     )
     image: str | None = Field(None, description="default: the operator's configured cell image")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    resources: KubeObject = Field(
-        default_factory=lambda: {"limits": {"nvidia.com/gpu": 1}},
-        description="container resources; default a limit of one GPU",
+    resources: KubeObject | None = Field(
+        None,
+        description="container resources; default one GPU and memory for cellsPerPod "
+        "default MNIST cells: a request of 1600 MiB + 200 MiB per further cell, a limit "
+        "of twice that (measured: docs/benchmarks.md, Memory per cell)",
     )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[KubeObject] = Field(default_factory=list)
@@ -57,3 +74,9 @@ class CellTemplateSpec(SpecModel):
     env: list[KubeObject] = Field(default_factory=list)
     volumes: list[KubeObject] = Field(default_factory=list)
     volume_mounts: list[KubeObject] = Field(default_factory=list)
+
+    def pod_resources(self) -> KubeObject:
+        """`resources` as given, else `default_resources` for this many cells a pod."""
+        return (
+            self.resources if self.resources is not None else default_resources(self.cells_per_pod)
+        )

@@ -283,7 +283,7 @@ def render_pod(
             {"name": "metrics", "containerPort": defaults.metrics_port, "protocol": "TCP"},
         ],
         "readinessProbe": _readiness_probe(run, defaults),
-        "resources": template.resources,
+        "resources": template.pod_resources(),
         "volumeMounts": [
             {"name": "run-spec", "mountPath": SPEC_FILE.rsplit("/", 1)[0], "readOnly": True},
             *template.volume_mounts,
