@@ -257,6 +257,14 @@ def main() -> None:
         plot(results, cores, ideal_label, args.plot)
 
 
+def _label(row: dict) -> str:
+    """A line of the plot: its own label, else its grouping."""
+    if "label" in row:
+        return row["label"]
+    names = {0: "a process per grid", 1: "a process per cell"}
+    return names.get(row["grouping"], f"{row['grouping']:g} cells / process")
+
+
 def plot(results: list[dict[str, float]], cores: int, ideal_label: str, path: str) -> None:
     """Time per generation, exchange and memory against cells: a line per grouping."""
     import matplotlib
@@ -266,10 +274,9 @@ def plot(results: list[dict[str, float]], cores: int, ideal_label: str, path: st
 
     base = results[0]["seconds_per_generation"]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.2))
-    for grouping in dict.fromkeys(r["grouping"] for r in results):
-        rows = [r for r in results if r["grouping"] == grouping]
+    for label in dict.fromkeys(_label(r) for r in results):
+        rows = [r for r in results if _label(r) == label]
         cells = [r["cells"] for r in rows]
-        label = "a process per grid" if grouping == 0 else f"{grouping:g} cells / process"
         left.plot(cells, [r["seconds_per_generation"] / base for r in rows], "o-", label=label)
         middle.plot(cells, [r["bytes_per_generation"] / 1e6 for r in rows], "o-", label=label)
         right.plot(cells, [r["rss"] for r in rows], "o-", label=label)

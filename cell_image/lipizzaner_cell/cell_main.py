@@ -64,6 +64,9 @@ def default_threads(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+# One cell of a process scores its final mixture at a time: 10,000 samples and their
+# features are a cell's largest transient memory, and its siblings' would add up.
+FINISHING = threading.Lock()
 
 
 def fix_mmap_threshold(size: int) -> bool:
@@ -360,7 +363,8 @@ def serve_and_train(
         if stop.is_set():
             return ExitCode.OK
         status.update(phase=Phase.FINISHING)
-        result = driver.finish(dataset, missing_neighbours=neighbourhood.missing())
+        with FINISHING:
+            result = driver.finish(dataset, missing_neighbours=neighbourhood.missing())
         status.update(phase=Phase.SUCCEEDED, scores=result["scores"])
         left = neighbourhood.linger(
             spec.generations,

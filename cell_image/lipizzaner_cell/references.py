@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ from lipizzaner_cell.datasets import Dataset
 log = logging.getLogger(__name__)
 
 EMBEDDING = "embedding"  # the one tensor in a cached file
+# The cells of one process (`spec.cell.cellsPerPod`) look up one at a time, so the first
+# computes an embedding and the others read its file, instead of all computing it at once.
+LOOKUP = threading.Lock()
 SAMPLED_ELEMENTS = 1 << 20  # of the data, hashed into the digest (evenly strided)
 
 
@@ -60,6 +64,10 @@ class ReferenceCache:
     def embedding(self, key: str, rows: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached embedding named `key` if it holds `rows` rows, else `compute()`'s,
         which is then cached. Caching is best effort: a failed write only logs."""
+        with LOOKUP:
+            return self._embedding(key, rows, compute)
+
+    def _embedding(self, key: str, rows: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         path = join(self.uri, f"{key}.safetensors")
         cached = self._read(path)
         if cached is not None and cached.ndim == 2 and cached.shape[0] == rows:
