@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -238,6 +239,18 @@ class SharedData:
             return self._dataset
 
 
+@dataclass(frozen=True)
+class ProcessShared:
+    """What the cells of one process share: the run's storage, data, metrics endpoint,
+    certificates and the stop signal (SIGTERM, or a sibling's failure)."""
+
+    layout: RunLayout
+    data: SharedData
+    endpoint: MetricsEndpoint | None
+    tls: TlsMaterial | None
+    stop: threading.Event
+
+
 def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int:
     """Every cell of this process in its own thread; the worst exit code of them."""
     try:
@@ -251,16 +264,16 @@ def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int
     if args.metrics_port is not None:  # one /metrics for the process: its first cell's port
         endpoint = MetricsEndpoint()
         endpoint.serve(cell_port(run, args, args.metrics_port, cells.start), args.listen_host)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    shared = ProcessShared(layout, data, endpoint, tls, threading.Event())
+    signal.signal(signal.SIGTERM, lambda *_: shared.stop.set())
     codes: dict[int, int] = {}
     threads = torch.get_num_threads()
 
     def life(cell: int) -> None:
         torch.set_num_threads(threads)  # the process's count, in this thread too
-        codes[cell] = run_cell(run, args, cell, layout, data, endpoint, tls, stop)
+        codes[cell] = run_cell(run, args, cell, shared)
         if codes[cell] != ExitCode.OK:
-            stop.set()  # the siblings checkpoint and stop: the process restarts whole
+            shared.stop.set()  # the siblings checkpoint and stop: the process restarts whole
 
     workers = [threading.Thread(target=life, args=(c,), name=f"cell {c}") for c in cells]
     for worker in workers:
@@ -276,28 +289,19 @@ def _severity(code: int) -> int:
     return {int(ExitCode.OK): 0, int(ExitCode.FAILED): 1}.get(code, 2)
 
 
-def run_cell(
-    run: LipizzanerRun,
-    args: argparse.Namespace,
-    cell: int,
-    layout: RunLayout,
-    data: SharedData,
-    endpoint: MetricsEndpoint | None,
-    tls: TlsMaterial | None,
-    stop: threading.Event,
-) -> int:
+def run_cell(run: LipizzanerRun, args: argparse.Namespace, cell: int, shared: ProcessShared) -> int:
     """One cell's life in its own thread, its log lines kept in the run's output."""
     root = logging.getLogger()
     kept = OutputLog(
-        layout.storage,
-        layout.cell(cell).log(args.restarts),
+        shared.layout.storage,
+        shared.layout.cell(cell).log(args.restarts),
         root.handlers[0].formatter if root.handlers else None,
     )
     mine = threading.current_thread().name
     kept.addFilter(lambda r: r.threadName == mine or not str(r.threadName).startswith("cell "))
     root.addHandler(kept)
     try:
-        return serve_and_train(run, args, cell, layout, data, endpoint, kept, tls, stop)
+        return serve_and_train(run, args, cell, shared, kept)
     except Exception:
         log.exception("failed")  # into the kept log too
         return ExitCode.FAILED
@@ -310,17 +314,13 @@ def serve_and_train(
     run: LipizzanerRun,
     args: argparse.Namespace,
     cell: int,
-    layout: RunLayout,
-    data: SharedData,
-    endpoint: MetricsEndpoint | None,
+    shared: ProcessShared,
     kept: OutputLog,
-    tls: TlsMaterial | None,
-    stop: threading.Event,
 ) -> int:
     """The cell's life: serve, resume, wait for neighbours, train, finish, linger."""
-    spec = run.spec
+    spec, layout, tls, stop = run.spec, shared.layout, shared.tls, shared.stop
     status = CellStatusBoard(cell, spec.generations, args.restarts)
-    metrics = start_metrics(run, args, cell, endpoint, tls)
+    metrics = start_metrics(run, args, cell, shared.endpoint, tls)
     board = CentreBoard()
     service = CellService(
         board,
@@ -333,7 +333,7 @@ def serve_and_train(
     )
     neighbourhood = None
     try:
-        dataset = data.get()
+        dataset = shared.data.get()
         pullers = neighbour_pullers(run, args, cell, dataset.shape, metrics, tls)
         neighbourhood = GrpcNeighbourhood(board, pullers)
         engine = CellEngine(

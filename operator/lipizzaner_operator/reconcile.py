@@ -134,9 +134,12 @@ def cell_views(run: LipizzanerRun, pods: list[PodView]) -> dict[int, PodView]:
     return {cell: pod for pod in pods for cell in pod_group(run, pod.cell)}
 
 
-def _by_pod(run: LipizzanerRun, cells: list[int]) -> list[int]:
-    """Cells to act on, as their pods' first cells, each pod once."""
-    return list(dict.fromkeys(pod_group(run, cell).start for cell in cells))
+def _by_pods(run: LipizzanerRun, decision: Decision) -> Decision:
+    """The cells to create, delete or release, as their pods' first cells, each pod once."""
+    for name in ("create", "delete", "release"):
+        cells = getattr(decision, name)
+        setattr(decision, name, list(dict.fromkeys(pod_group(run, c).start for c in cells)))
+    return decision
 
 
 def _records(run: LipizzanerRun, status: RunStatus) -> dict[int, CellRecord]:
@@ -224,27 +227,13 @@ def decide(
 ) -> Decision:
     """What to do now, and the run's new status. `pods` has each cell's pod (`cell_views`);
     the pods to create, delete or release come back as their first cells."""
-    decision = _decide(run, generation, old, pods, progress, now)
-    for name in ("create", "delete", "release"):
-        setattr(decision, name, _by_pod(run, getattr(decision, name)))
-    return decision
-
-
-def _decide(
-    run: LipizzanerRun,
-    generation: int | None,
-    old: RunStatus,
-    pods: dict[int, PodView],
-    progress: dict[int, CellProgress],
-    now: datetime,
-) -> Decision:
     status = old.model_copy(deep=True)
     status.observed_generation = generation
     status.grid = f"{run.spec.grid.rows}x{run.spec.grid.cols}"
     if status.phase in ("Succeeded", "Failed"):
         decision = _finished(run, status, pods, now)
         decision.release = _unreleased(run, pods)
-        return decision
+        return _by_pods(run, decision)
     records = _records(run, status)
     if run.spec.suspend:
         decision = _suspended(status, records, pods, now)
@@ -266,7 +255,7 @@ def _decide(
     if status.phase != old.phase:
         kind: Literal["Normal", "Warning"] = "Warning" if status.phase == "Failed" else "Normal"
         decision.events.append(Event(kind, status.phase, status.message or status.phase))
-    return decision
+    return _by_pods(run, decision)
 
 
 def _active(
