@@ -195,7 +195,7 @@ def without_none(value: Any) -> Any:
 # Defaults the server cannot fill: fields of one dataset variant only (a structural
 # schema allows no defaults inside `oneOf`), so the model fills them.
 VARIANT_ONLY = {"modes", "radius", "std", "modesPerSide", "spacing", "split", "download"}
-VARIANT_ONLY |= {"mirror", "imageSize", "channels", "key", "size"}
+VARIANT_ONLY |= {"mirror", "imageSize", "channels", "key", "size", "crop"}
 
 
 @pytest.mark.parametrize(

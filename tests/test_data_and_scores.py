@@ -24,6 +24,8 @@ from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_core.spec import NetworkPartSpec, ScoreSpec
 from lipizzaner_core.spec_datasets import (
     ArraySpec,
+    Cifar10Spec,
+    FashionMnistSpec,
     GaussianGridSpec,
     GaussianRingSpec,
     ImageFolderSpec,
@@ -146,6 +148,74 @@ def test_array_files_with_pickled_objects_are_refused(tmp_path):
         load_dataset(ArraySpec(name="array", path=str(tmp_path / "evil.npy")), seed=0)
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes (MNIST's and Fashion-MNIST's format)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_mnists_idx_files_and_is_not_scored_as_digits(tmp_path):
+    images = np.zeros((5, 28, 28), dtype=np.uint8)
+    images[:, 10:18, 6:22] = 255  # a grey "shirt"
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 3, 9]))
+    data = load_dataset(FashionMnistSpec(name="fashion-mnist", path=str(tmp_path)), seed=0)
+    assert (data.name, data.shape, len(data)) == ("fashion-mnist", (1, 28, 28), 5)
+    assert data.labels.tolist() == [0, 1, 2, 3, 9]
+    assert data.data.max() == 1.0 and data.data.min() == -1.0
+    assert data.identity.startswith("fashion-mnist:")
+    assert build_scorer("auto", data).objective_name == "swd"  # no digit classifier
+    with pytest.raises(FileNotFoundError, match=r"dataset.path: no Fashion-MNIST files") as e:
+        load_dataset(FashionMnistSpec(name="fashion-mnist", path=str(tmp_path / "x")), seed=0)
+    assert "download" not in str(e.value)
+
+
+def cifar_record(label: int, red: int, green: int, blue: int) -> bytes:
+    return bytes([label]) + bytes([red] * 1024 + [green] * 1024 + [blue] * 1024)
+
+
+def test_cifar10_reads_its_binary_batches_never_the_pickled_ones(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "data_batch_1.bin").write_bytes(
+        cifar_record(3, 255, 0, 128) + cifar_record(7, 0, 0, 0)
+    )
+    (folder / "data_batch_2.bin").write_bytes(cifar_record(9, 0, 255, 0))
+    (folder / "test_batch.bin").write_bytes(cifar_record(1, 0, 0, 255))
+    (folder / "data_batch_1").write_bytes(b"\x80\x04pickled: never read")
+    data = load_dataset(Cifar10Spec(name="cifar10", path=str(tmp_path)), seed=0)
+    assert (data.shape, len(data), data.labels.tolist()) == ((3, 32, 32), 3, [3, 7, 9])
+    first = data.data[0]
+    assert (first[0].unique().tolist(), first[1].unique().tolist()) == ([1.0], [-1.0])
+    assert abs(first[2, 0, 0].item() - (128 / 127.5 - 1)) < 1e-6  # planes in R, G, B order
+    test = load_dataset(Cifar10Spec(name="cifar10", path=str(tmp_path), split="test"), seed=0)
+    assert test.labels.tolist() == [1] and test.identity != data.identity
+    (folder / "data_batch_2.bin").write_bytes(cifar_record(9, 0, 0, 0)[:-1])
+    with pytest.raises(ValueError, match=r"data_batch_2.bin holds 3072 bytes, not a whole"):
+        load_dataset(Cifar10Spec(name="cifar10", path=str(tmp_path)), seed=0)
+    with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 binary files.*never read"):
+        load_dataset(Cifar10Spec(name="cifar10", path=str(tmp_path / "none")), seed=0)
+
+
+def test_image_folder_crops_the_centre_square_before_resizing(tmp_path):
+    """A 60x40 picture, red bands at the sides and green between: the centre square is
+    all green; squashed whole, the red comes back at the edges."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (60, 40), (0, 255, 0))
+    for left in (0, 50):
+        picture.paste((255, 0, 0), (left, 0, left + 10, 40))
+    picture.save(tmp_path / "face.png")
+    spec = ImageFolderSpec(name="image-folder", path=str(tmp_path), imageSize=128, crop="center")
+    cropped = load_dataset(spec, seed=0)
+    assert cropped.shape == (3, 128, 128)
+    assert cropped.data[0, 0].max() == -1.0 and cropped.data[0, 1].min() == 1.0
+    squashed = load_dataset(spec.model_copy(update={"crop": "none"}), seed=0)
+    assert squashed.data[0, 0, :, 0].min() == 1.0  # red at the left edge
+    grey = load_dataset(spec.model_copy(update={"channels": 1}), seed=0)
+    assert grey.shape == (1, 128, 128)
+
+
 def test_image_folder_resizes_and_converts(tmp_path):
     from PIL import Image
 
@@ -159,7 +229,7 @@ def test_image_folder_resizes_and_converts(tmp_path):
     assert grey.shape == (1, 28, 28)
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 128, 128)])
 def test_dcgan_networks_fit_every_supported_image_size(shape):
     part = NetworkPartSpec(architecture="dcgan", width=8)
     generator, discriminator = build_generator(part, 16, shape), build_discriminator(part, shape)

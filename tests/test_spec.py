@@ -68,6 +68,23 @@ def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks
         ({"spec.dataset": {"name": "cifar"}}, "spec.dataset.name: must be one of"),
         ({"spec.dataset": {"name": "mnist"}}, "spec.dataset.path: required field is missing"),
         ({"spec.dataset.samplingRatio": 1.5}, "spec.dataset.samplingRatio: must be <= 1"),
+        (
+            {"spec.dataset": {"name": "fashion-mnist", "path": "d", "download": True}},
+            "spec.dataset.download: unknown field",
+        ),
+        ({"spec.dataset": {"name": "cifar10"}}, "spec.dataset.path: required field is missing"),
+        (
+            {"spec.dataset": {"name": "cifar10", "path": "d", "split": "val"}},
+            "spec.dataset.split: must be",
+        ),
+        (
+            {"spec.dataset": {"name": "image-folder", "path": "d", "crop": "side"}},
+            "spec.dataset.crop: must be",
+        ),
+        (
+            {"spec.dataset": {"name": "image-folder", "path": "d", "imageSize": 100}},
+            "spec.dataset.imageSize: must be",
+        ),
         ({"spec.coevolution.mutation.probability": 2}, "spec.coevolution.mutation.probability"),
         ({"spec.coevolution.fitness.mode": "median"}, "spec.coevolution.fitness.mode: must be"),
         ({"spec.loss": "hinge"}, "spec.loss: must be"),

@@ -57,11 +57,12 @@ class MLPDiscriminator(nn.Module):
 
 
 def _upsampling_plan(image_size: int) -> tuple[int, int]:
-    """(side of the first feature map, number of x2 upsamplings) for 28, 32 or 64 pixels."""
+    """(side of the first feature map, number of x2 upsamplings) for 28, 32, 64 or 128
+    pixels."""
     base = 7 if image_size == 28 else 4
     steps = int(math.log2(image_size // base))
     if base * 2**steps != image_size:
-        raise ValueError(f"dcgan supports 28, 32 or 64 pixel images, got {image_size}")
+        raise ValueError(f"dcgan supports 28, 32, 64 or 128 pixel images, got {image_size}")
     return base, steps
 
 

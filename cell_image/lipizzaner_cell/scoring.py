@@ -27,9 +27,12 @@ AUTO = ScoreSpec()
 
 
 def feature_network(features: str, dataset: Dataset) -> str | None:
-    """`score.features` resolved: `auto` is the MNIST CNN for 28x28 grey images, else none."""
+    """`score.features` resolved: `auto` is the MNIST CNN for 28x28 grey images (not for
+    Fashion-MNIST's clothes: a digit classifier's features would not say what FID claims),
+    else none."""
     if features == "auto":
-        return "mnist-cnn" if dataset.shape == (1, 28, 28) else None
+        digits = dataset.shape == (1, 28, 28) and dataset.name != "fashion-mnist"
+        return "mnist-cnn" if digits else None
     return features
 
 

@@ -37,10 +37,17 @@ class GaussianGridSpec(DatasetBase):
     size: int = Field(10_000, ge=1)
 
 
-class MnistSpec(DatasetBase):
-    name: Literal["mnist"]
+class IdxImagesSpec(DatasetBase):
+    """Images and labels in IDX files (MNIST's format, gzipped or not)."""
+
     path: str = Field(..., min_length=1, description="Directory or URI holding the IDX files")
-    split: Literal["auto", "train", "test"] = "auto"
+    split: Literal["auto", "train", "test"] = Field(
+        "auto", description="auto: the training split if its files are there, else the test split"
+    )
+
+
+class MnistSpec(IdxImagesSpec):
+    name: Literal["mnist"]
     download: bool = False
     mirror: str = Field(
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -48,11 +55,36 @@ class MnistSpec(DatasetBase):
     )
 
 
+class FashionMnistSpec(IdxImagesSpec):
+    """Zalando's Fashion-MNIST: 28x28 grey clothes in MNIST's IDX files and file names."""
+
+    name: Literal["fashion-mnist"]
+
+
+class Cifar10Spec(DatasetBase):
+    name: Literal["cifar10"]
+    path: str = Field(
+        ...,
+        min_length=1,
+        description="Directory or URI holding CIFAR-10's binary version (data_batch_<n>.bin, "
+        "test_batch.bin: a label byte and 3,072 pixel bytes per image); its Python version "
+        "is pickled and never read",
+    )
+    split: Literal["auto", "train", "test"] = Field(
+        "auto", description="auto: the training batches if any are there, else the test batch"
+    )
+
+
 class ImageFolderSpec(DatasetBase):
     name: Literal["image-folder"]
     path: str = Field(..., min_length=1)
-    image_size: Literal[28, 32, 64] = 64
+    image_size: Literal[28, 32, 64, 128] = 64
     channels: Literal[1, 3] = 3
+    crop: Literal["none", "center"] = Field(
+        "none",
+        description="center: cut the largest centred square first (CelebA's faces), so the "
+        "resize keeps proportions",
+    )
 
 
 class ArraySpec(DatasetBase):
@@ -61,15 +93,30 @@ class ArraySpec(DatasetBase):
     key: str | None = None
 
 
-DATASET_SPECS = (GaussianRingSpec, GaussianGridSpec, MnistSpec, ImageFolderSpec, ArraySpec)
+DATASET_SPECS = (
+    GaussianRingSpec,
+    GaussianGridSpec,
+    MnistSpec,
+    FashionMnistSpec,
+    Cifar10Spec,
+    ImageFolderSpec,
+    ArraySpec,
+)
 DatasetSpec = Annotated[
-    GaussianRingSpec | GaussianGridSpec | MnistSpec | ImageFolderSpec | ArraySpec,
+    GaussianRingSpec
+    | GaussianGridSpec
+    | MnistSpec
+    | FashionMnistSpec
+    | Cifar10Spec
+    | ImageFolderSpec
+    | ArraySpec,
     Field(discriminator="name"),
 ]
 DATASET_NAMES = {get_args(spec.model_fields["name"].annotation)[0] for spec in DATASET_SPECS}
 
 
-IMAGE_DATASETS = ("mnist", "image-folder")  # the datasets dcgan networks apply to
+# The datasets dcgan networks apply to.
+IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "image-folder")
 
 
 def is_image_dataset(dataset: Any) -> bool:
