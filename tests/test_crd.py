@@ -129,6 +129,8 @@ INVALID = [
     ({"spec.network.generator.hiddenSizes": [0]}, "hiddenSizes", "hiddenSizes"),
     ({"spec.network.discriminator.output": "relu"}, "output", "output"),
     ({"spec.network.generator.architecture": "dcgan"}, "spec.network", "spec.network"),
+    ({"spec.network.discriminator.architecture": "rnn"}, "spec.network", "spec.network"),
+    ({"spec.network.generator.cell": "cnn"}, "spec.network.generator.cell", "cell"),
     ({"spec.loss": "hinge"}, "spec.loss", "spec.loss"),
     ({"spec.coevolution.populationSize": 0}, "populationSize", "populationSize"),
     ({"spec.coevolution.tournamentSize": 4}, "tournamentSize", "tournamentSize"),
@@ -195,7 +197,7 @@ def without_none(value: Any) -> Any:
 # Defaults the server cannot fill: fields of one dataset variant only (a structural
 # schema allows no defaults inside `oneOf`), so the model fills them.
 VARIANT_ONLY = {"modes", "radius", "std", "modesPerSide", "spacing", "split", "download"}
-VARIANT_ONLY |= {"mirror", "imageSize", "channels", "key", "size", "crop"}
+VARIANT_ONLY |= {"mirror", "imageSize", "channels", "key", "size", "crop", "waves"}
 
 
 @pytest.mark.parametrize(

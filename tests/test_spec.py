@@ -95,6 +95,15 @@ def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks
             {"spec.network.generator.architecture": "dcgan"},
             "spec.network.generator.architecture: dcgan needs an image dataset",
         ),
+        (
+            {"spec.network.discriminator.architecture": "rnn"},
+            "spec.network.discriminator.architecture: rnn needs a sequence dataset",
+        ),
+        ({"spec.network.generator.cell": "cnn"}, "spec.network.generator.cell: must be"),
+        (
+            {"spec.dataset": {"name": "sine-waves", "minFrequency": 3, "maxFrequency": 2}},
+            "spec.dataset.maxFrequency: must be >= minFrequency",
+        ),
         ({"metadata.name": "Bad_Name"}, "metadata.name: must match"),
         ({"kind": "Job"}, "kind: must be 'LipizzanerRun'"),
     ],

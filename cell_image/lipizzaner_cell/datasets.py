@@ -24,6 +24,8 @@ from lipizzaner_core.spec_datasets import (
     GaussianRingSpec,
     ImageFolderSpec,
     MnistSpec,
+    SequencesSpec,
+    SineWavesSpec,
 )
 from lipizzaner_core.storage import Storage
 
@@ -279,17 +281,20 @@ def centre_square(image: PilImage) -> PilImage:
     return image.crop((left, top, left + side, top + side))
 
 
+def read_array(storage: Storage, path: str, key: str | None) -> np.ndarray:
+    """One array of a .npy or .npz file; pickled objects are refused, never loaded."""
+    loaded = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        return loaded
+    keys = list(loaded.keys())
+    key = key or keys[0]
+    if key not in keys:
+        raise KeyError(f"dataset.key: {key!r} not in {path} (has {keys})")
+    return loaded[key]
+
+
 def load_array(spec: ArraySpec, seed: int, storage: Storage) -> Dataset:
-    raw = storage.read_bytes(spec.path)
-    loaded = np.load(io.BytesIO(raw), allow_pickle=False)
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.keys())
-        key = spec.key or keys[0]
-        if key not in keys:
-            raise KeyError(f"dataset.key: {key!r} not in {spec.path} (has {keys})")
-        array = loaded[key]
-    else:
-        array = loaded
+    array = read_array(storage, spec.path, spec.key)
     source_dtype = array.dtype
     array = np.asarray(array, dtype=np.float64)
     if array.ndim < 2 or array.shape[0] < 2:
@@ -307,6 +312,49 @@ def load_array(spec: ArraySpec, seed: int, storage: Storage) -> Dataset:
     )
 
 
+def load_sequences(spec: SequencesSpec, seed: int, storage: Storage) -> Dataset:
+    """N x T x C (or N x T) values, scaled into [-1, 1] by one range per channel."""
+    array = read_array(storage, spec.path, spec.key)
+    source_dtype = array.dtype
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[0] < 2 or array.shape[1] < 2:
+        raise ValueError(
+            f"dataset.path: need N x T x C (or N x T) sequences, N and T >= 2, got shape "
+            f"{array.shape} in {spec.path}"
+        )
+    low, high = array.min(axis=(0, 1)), array.max(axis=(0, 1))
+    scale = np.where(high > low, (high - low) / 2, 1.0)
+    offset = (high + low) / 2
+    steps = array.shape[1]
+    return Dataset(
+        name="sequences",
+        data=torch.from_numpy((array - offset) / scale).float(),
+        values=ValueMap(
+            np.tile(scale, steps).tolist(), np.tile(offset, steps).tolist(), str(source_dtype)
+        ),
+        identity=f"sequences:{spec.path}:{array.shape}",
+    )
+
+
+def load_sine_waves(spec: SineWavesSpec, seed: int, storage: Storage) -> Dataset:
+    """Sine waves of a random frequency (cycles per sequence) and phase per channel."""
+    rng = np.random.default_rng(seed)
+    shape = (spec.size, 1, spec.waves)
+    frequency = rng.uniform(spec.min_frequency, spec.max_frequency, size=shape)
+    phase = rng.uniform(0, 2 * np.pi, size=shape)
+    t = (np.arange(spec.length) / spec.length)[None, :, None]
+    waves = np.sin(2 * np.pi * frequency * t + phase)
+    return Dataset(
+        name="sine-waves",
+        data=torch.from_numpy(waves).float(),
+        values=ValueMap([1.0], [0.0], "float32"),
+        identity=f"sine-waves:{spec.size}:{spec.length}:{spec.waves}:"
+        f"{spec.min_frequency}:{spec.max_frequency}",
+    )
+
+
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "gaussian-ring": load_gaussian_ring,
     "gaussian-grid": load_gaussian_grid,
@@ -315,6 +363,8 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "cifar10": load_cifar10,
     "image-folder": load_image_folder,
     "array": load_array,
+    "sequences": load_sequences,
+    "sine-waves": load_sine_waves,
 }
 
 

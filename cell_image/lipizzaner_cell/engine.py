@@ -158,6 +158,9 @@ class CellEngine:
         if not graphable(self.loss):
             log.info("cell %d: %s steps run without CUDA graphs", self.index, spec.loss)
             return None
+        if "rnn" in (spec.network.generator.architecture, spec.network.discriminator.architecture):
+            log.info("cell %d: recurrent networks' steps run without CUDA graphs", self.index)
+            return None
         return GraphedSteps(self.device)
 
     # ----------------------------------------------------------------- the generation loop

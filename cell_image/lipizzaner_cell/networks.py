@@ -103,15 +103,79 @@ class DCGANDiscriminator(nn.Module):
         return self.net(x).squeeze(1)
 
 
+RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def _recurrent_stack(cell: str, size_in: int, hidden_sizes: list[int]) -> nn.ModuleList:
+    """Recurrent layers of the given sizes, one after another (batch first)."""
+    sizes = [size_in, *hidden_sizes]
+    layer = RECURRENT[cell]
+    return nn.ModuleList(layer(a, b, batch_first=True) for a, b in itertools.pairwise(sizes))
+
+
+def _run_stack(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x, _ = layer(x)
+    return x
+
+
+class RNNGenerator(nn.Module):
+    """Sequences of T steps and C channels: the latent vector, with the step's position
+    (its sine and cosine over the sequence), in at every step; tanh out, or none with
+    `linear` (a tanh saturates into square waves)."""
+
+    clock: torch.Tensor  # (T, 2): each step's sine and cosine over the sequence
+
+    def __init__(
+        self,
+        latent_size: int,
+        hidden_sizes: list[int],
+        cell: str,
+        shape: Shape,
+        linear: bool = False,
+    ) -> None:
+        super().__init__()
+        self.squash = nn.Identity() if linear else nn.Tanh()
+        self.shape = shape
+        steps = shape[0]
+        angle = 2 * math.pi * torch.arange(steps, dtype=torch.float32) / steps
+        self.register_buffer("clock", torch.stack([angle.sin(), angle.cos()], 1), persistent=False)
+        self.layers = _recurrent_stack(cell, latent_size + 2, hidden_sizes)
+        self.out = nn.Linear(hidden_sizes[-1], shape[1])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        steps = self.shape[0]
+        clock = self.clock.expand(z.shape[0], steps, 2)
+        x = torch.cat([z.unsqueeze(1).expand(-1, steps, -1), clock], 2)
+        return self.squash(self.out(_run_stack(self.layers, x)))
+
+
+class RNNDiscriminator(nn.Module):
+    """A sequence's logit from the recurrent layers' outputs, averaged over its steps."""
+
+    def __init__(self, hidden_sizes: list[int], cell: str, shape: Shape) -> None:
+        super().__init__()
+        self.layers = _recurrent_stack(cell, shape[1], hidden_sizes)
+        self.out = nn.Linear(hidden_sizes[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(_run_stack(self.layers, x).mean(1)).squeeze(1)
+
+
 def build_generator(part: NetworkPartSpec, latent_size: int, shape: Shape) -> nn.Module:
     if part.architecture == "dcgan":
         return DCGANGenerator(latent_size, part.width, shape)
+    if part.architecture == "rnn":
+        linear = part.output == "linear"
+        return RNNGenerator(latent_size, list(part.hidden_sizes), part.cell, shape, linear)
     return MLPGenerator(latent_size, list(part.hidden_sizes), shape, linear=part.output == "linear")
 
 
 def build_discriminator(part: NetworkPartSpec, shape: Shape) -> nn.Module:
     if part.architecture == "dcgan":
         return DCGANDiscriminator(part.width, shape)
+    if part.architecture == "rnn":
+        return RNNDiscriminator(list(part.hidden_sizes), part.cell, shape)
     return MLPDiscriminator(list(part.hidden_sizes), shape)
 
 

@@ -27,6 +27,7 @@ from lipizzaner_cell.scoring import build_report_scorer
 from lipizzaner_cell.selection import best
 
 REFERENCE_POINTS = 1000
+REFERENCE_SEQUENCES = 8  # real sequences kept for the preview
 
 
 def data_description(dataset: Dataset) -> dict[str, Any]:
@@ -36,6 +37,8 @@ def data_description(dataset: Dataset) -> dict[str, Any]:
         modes = dataset.values.to_data(dataset.modes.numpy()).tolist()
     if len(dataset.shape) == 1:  # low-dimensional data: a sample of it for the preview
         reference = dataset.values.to_data(dataset.data[:REFERENCE_POINTS].numpy()).tolist()
+    elif len(dataset.shape) == 2:  # sequences: a few real ones to draw beside the samples
+        reference = dataset.values.to_data(dataset.data[:REFERENCE_SEQUENCES].numpy()).tolist()
     return {
         "dataset": dataset.name,
         "shape": list(dataset.shape),

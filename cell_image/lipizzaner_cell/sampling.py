@@ -63,7 +63,9 @@ def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> by
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    if len(data["shape"]) == 1:
+    if len(data["shape"]) == 2:
+        fig, ax = _curves(plt, samples, data)
+    elif len(data["shape"]) == 1:
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
         if data.get("reference"):
             real = np.asarray(data["reference"])
@@ -96,6 +98,21 @@ def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> by
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+CURVES = 6  # sequences drawn of each kind
+
+
+def _curves(plt: Any, samples: np.ndarray, data: dict[str, Any]) -> tuple[Any, Any]:
+    """Sequences: the first channel of a few generated ones over a few real ones."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for k, real in enumerate(np.asarray(data.get("reference") or [])[:CURVES]):
+        ax.plot(real[:, 0], c="grey", alpha=0.6, label="data" if k == 0 else None)
+    for k, sample in enumerate(samples[:CURVES]):
+        ax.plot(sample[:, 0], c=f"C{k}", label="samples" if k == 0 else None)
+    ax.set_xlabel("step")
+    ax.legend(loc="upper right")
+    return fig, ax
 
 
 SAMPLE_FORMATS = (".png", ".npz")
@@ -139,6 +156,7 @@ SCORE_NAMES = {
     "tvd": "class TVD from uniform",
     "mode-kl": "mode KL",
     "swd": "sliced Wasserstein distance",
+    "spectrum": "log-spectrum distance",
 }
 
 

@@ -284,3 +284,51 @@ class SlicedWassersteinScorer(Scorer):
         pooled pixels; cruder than in a trained network's features, but every dataset
         gets them)."""
         return {**self.scores_of(embedded), **precision_recall(embedded, self.reference)}
+
+
+class SpectrumScorer(Scorer):
+    """Sequences (N x T x C) scored by what real ones look like over time.
+
+    A sample's embedding is its log power spectrum per channel (`log1p` of the squared
+    magnitudes of its real FFT over the steps), then its autocorrelation at lags 1 to T/2.
+    The objective, `spectrum`, is the root mean square difference between the mean log
+    spectra of the samples and of the real reference: a generator stuck on one frequency,
+    or one that makes noise, is far from real data that spreads over a band. The report
+    adds the same distance between mean autocorrelations, and precision and recall in the
+    embedding.
+    """
+
+    objective_name = "spectrum"
+    REFERENCE = 4096
+
+    def __init__(self, real: Dataset) -> None:
+        rows = torch.randperm(len(real.data), generator=torch.Generator().manual_seed(1))
+        self.steps, self.channels = real.shape
+        self.frequencies = (self.steps // 2 + 1) * self.channels
+        self.reference = self.embed(real.data[rows[: self.REFERENCE]])
+        self.real_mean = self.reference.mean(0)
+
+    def embed(self, samples: torch.Tensor) -> torch.Tensor:
+        x = samples.detach().cpu().double()
+        x = x - x.mean(1, keepdim=True)
+        spectrum = torch.log1p(torch.fft.rfft(x, dim=1).abs().square()).flatten(1)
+        lags = range(1, self.steps // 2 + 1)
+        energy = x.square().sum(1).clamp_min(1e-12)
+        correlation = [(x[:, lag:] * x[:, :-lag]).sum(1) / energy for lag in lags]
+        return torch.cat([spectrum, torch.stack(correlation, 1).flatten(1)], 1)
+
+    def _distance(self, embedded: torch.Tensor, part: slice) -> float:
+        gap = embedded[:, part].mean(0) - self.real_mean[part]
+        return float(gap.square().mean().sqrt())
+
+    def objective_of(self, embedded: torch.Tensor) -> float:
+        return self._distance(embedded, slice(0, self.frequencies))
+
+    def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
+        return {
+            "spectrum": self.objective_of(embedded),
+            "autocorrelation": self._distance(embedded, slice(self.frequencies, None)),
+        }
+
+    def final_scores(self, embedded: torch.Tensor) -> dict[str, float]:
+        return {**self.scores_of(embedded), **precision_recall(embedded, self.reference)}

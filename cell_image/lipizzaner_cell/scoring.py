@@ -21,6 +21,7 @@ from lipizzaner_cell.scores import (
     ModeScorer,
     Scorer,
     SlicedWassersteinScorer,
+    SpectrumScorer,
 )
 
 AUTO = ScoreSpec()
@@ -46,8 +47,9 @@ def build_scorer(
     references: ReferenceCache | None = None,
 ) -> Scorer | None:
     """The scorer of `score_type` against `dataset` (the real reference); `auto` picks the
-    most telling one the data allows: mode KL for known modes, FID where a feature network
-    applies, else the sliced Wasserstein distance. `none`: no scoring (and no ES).
+    most telling one the data allows: mode KL for known modes, the spectrum distance for
+    sequences, FID where a feature network applies, else the sliced Wasserstein distance.
+    `none`: no scoring (and no ES).
 
     `network` overrides `score.features` (the final report's network); `references`
     caches the real data's embedding for the run (`references.py`).
@@ -55,8 +57,16 @@ def build_scorer(
     network = feature_network(network or score.features, dataset)
     if score_type == "auto":
         score_type = "mode-kl" if dataset.modes is not None else "fid" if network else "swd"
+        score_type = "spectrum" if len(dataset.shape) == 2 else score_type
     if score_type == "none":
         return None
+    if score_type == "spectrum":
+        if len(dataset.shape) != 2:
+            raise ValueError(
+                f"mixture.scoreType: spectrum needs sequences (N x T x C), got dataset "
+                f"{dataset.name} of shape {dataset.shape}"
+            )
+        return SpectrumScorer(dataset)
     if score_type == "swd":
         return SlicedWassersteinScorer(dataset, device)
     if score_type == "mode-kl":

@@ -17,8 +17,14 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
-from lipizzaner_core.spec import API_VERSION, KIND, MAX_CELLS, NAME_PATTERN, RunSpecBody
-from lipizzaner_core.spec_datasets import IMAGE_DATASETS
+from lipizzaner_core.spec import (
+    API_VERSION,
+    ARCHITECTURE_DATA,
+    KIND,
+    MAX_CELLS,
+    NAME_PATTERN,
+    RunSpecBody,
+)
 from lipizzaner_core.status import RunStatus
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -86,14 +92,17 @@ SPEC_RULES: list[Schema] = [
         "fieldPath": ".failurePolicy.maxFailedCells",
         "reason": "FieldValueInvalid",
     },
-    {
-        "rule": "(self.network.generator.architecture != 'dcgan' && "
-        "self.network.discriminator.architecture != 'dcgan') || "
-        f"self.dataset.name in {list(IMAGE_DATASETS)}",
-        "message": "network: dcgan needs an image dataset (mnist or image-folder)",
-        "fieldPath": ".network",
-        "reason": "FieldValueInvalid",
-    },
+    *(
+        {
+            "rule": f"(self.network.generator.architecture != '{architecture}' && "
+            f"self.network.discriminator.architecture != '{architecture}') || "
+            f"self.dataset.name in {list(datasets)}",
+            "message": f"network: {architecture} needs {kind} dataset ({', '.join(datasets)})",
+            "fieldPath": ".network",
+            "reason": "FieldValueInvalid",
+        }
+        for architecture, (kind, datasets) in ARCHITECTURE_DATA.items()
+    ),
 ]
 GRID_RULES: list[Schema] = [
     {

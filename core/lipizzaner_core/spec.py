@@ -16,7 +16,12 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from lipizzaner_core.placement import process_groups
 from lipizzaner_core.spec_base import SpecModel
-from lipizzaner_core.spec_datasets import DATASET_NAMES, DatasetSpec, is_image_dataset
+from lipizzaner_core.spec_datasets import (
+    DATASET_NAMES,
+    IMAGE_DATASETS,
+    SEQUENCE_DATASETS,
+    DatasetSpec,
+)
 from lipizzaner_core.spec_errors import describe_errors
 from lipizzaner_core.spec_kubernetes import CellTemplateSpec, SchedulingSpec
 from lipizzaner_core.topology import Grid, neighbourhood_size
@@ -49,19 +54,30 @@ class GridSpec(SpecModel):
 
 
 class NetworkPartSpec(SpecModel):
-    architecture: Literal["mlp", "dcgan"] = "mlp"
+    architecture: Literal["mlp", "dcgan", "rnn"] = "mlp"
     hidden_sizes: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [256, 256], min_length=1
+        default_factory=lambda: [256, 256],
+        min_length=1,
+        description="mlp: the hidden layers' widths; rnn: the stacked recurrent layers' sizes",
     )
+    cell: Literal["lstm", "gru"] = Field("lstm", description="rnn: the recurrent layer")
     width: int = Field(64, ge=1, description="dcgan: channels of the widest conv layer")
     output: Literal["tanh", "linear"] = Field(
         "tanh", description="generator output layer; linear suits low-dimensional data"
     )
 
 
+# The data an architecture needs: (what kind, which datasets); mlp takes any.
+ARCHITECTURE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dcgan": ("an image", IMAGE_DATASETS),
+    "rnn": ("a sequence", SEQUENCE_DATASETS),
+}
+
+
 # Measured on MNIST at this project's budgets (docs/algorithm.md, "The default learning
 # rate"): perceptrons learn fastest at 1e-3, in a grid and alone; 2e-4 is DCGAN's own.
-DEFAULT_LEARNING_RATES = {"mlp": 1e-3, "dcgan": 2e-4}
+# Recurrent networks take the perceptrons' rate (the sequences example trains at it; not swept).
+DEFAULT_LEARNING_RATES = {"mlp": 1e-3, "dcgan": 2e-4, "rnn": 1e-3}
 
 
 class NetworkSpec(SpecModel):
@@ -123,7 +139,7 @@ class CoevolutionSpec(SpecModel):
 
 class MixtureSpec(SpecModel):
     sigma: float = Field(0.01, gt=0)
-    score_type: Literal["auto", "fid", "tvd", "mode-kl", "swd", "none"] = "auto"
+    score_type: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum", "none"] = "auto"
     score_sample_size: int = Field(1000, ge=10)
     es_generations_at_end: int = Field(0, ge=0)
     keep: Literal["best", "last"] = Field(
@@ -303,13 +319,15 @@ class RunSpecBody(SpecModel):
                 "failurePolicy.maxFailedCells: must be less than the number of cells "
                 f"({grid.rows * grid.cols}), got {self.failure_policy.max_failed_cells}"
             )
-        if is_image_dataset(self.dataset):
-            return self
         for part in ("generator", "discriminator"):
-            if getattr(self.network, part).architecture == "dcgan":
+            architecture = getattr(self.network, part).architecture
+            if architecture not in ARCHITECTURE_DATA:
+                continue
+            kind, names = ARCHITECTURE_DATA[architecture]
+            if self.dataset.name not in names:
                 raise ValueError(
-                    f"network.{part}.architecture: dcgan needs an image dataset "
-                    f"(mnist or image-folder), got dataset {self.dataset.name}"
+                    f"network.{part}.architecture: {architecture} needs {kind} dataset "
+                    f"({', '.join(names)}), got dataset {self.dataset.name}"
                 )
         return self
 

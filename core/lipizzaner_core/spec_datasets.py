@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lipizzaner_core.spec_base import SpecModel
 
@@ -87,6 +87,34 @@ class ImageFolderSpec(DatasetBase):
     )
 
 
+class SequencesSpec(DatasetBase):
+    name: Literal["sequences"]
+    path: str = Field(
+        ..., min_length=1, description=".npy or .npz array of N x T x C (or N x T: one channel)"
+    )
+    key: str | None = None
+
+
+class SineWavesSpec(DatasetBase):
+    """Synthetic sequences: sine waves of random frequency and phase, one per channel."""
+
+    name: Literal["sine-waves"]
+    size: int = Field(10_000, ge=1)
+    length: int = Field(64, ge=4, description="time steps per sequence")
+    waves: int = Field(1, ge=1, le=16, description="channels: one wave each")
+    min_frequency: float = Field(1.0, gt=0, description="cycles per sequence, at least")
+    max_frequency: float = Field(4.0, gt=0, description="cycles per sequence, at most")
+
+    @model_validator(mode="after")
+    def _frequency_range(self) -> SineWavesSpec:
+        if self.max_frequency < self.min_frequency:
+            raise ValueError(
+                f"maxFrequency: must be >= minFrequency ({self.min_frequency}), "
+                f"got {self.max_frequency}"
+            )
+        return self
+
+
 class ArraySpec(DatasetBase):
     name: Literal["array"]
     path: str = Field(..., min_length=1, description=".npy or .npz file")
@@ -101,6 +129,8 @@ DATASET_SPECS = (
     Cifar10Spec,
     ImageFolderSpec,
     ArraySpec,
+    SequencesSpec,
+    SineWavesSpec,
 )
 DatasetSpec = Annotated[
     GaussianRingSpec
@@ -109,7 +139,9 @@ DatasetSpec = Annotated[
     | FashionMnistSpec
     | Cifar10Spec
     | ImageFolderSpec
-    | ArraySpec,
+    | ArraySpec
+    | SequencesSpec
+    | SineWavesSpec,
     Field(discriminator="name"),
 ]
 DATASET_NAMES = {get_args(spec.model_fields["name"].annotation)[0] for spec in DATASET_SPECS}
@@ -119,5 +151,5 @@ DATASET_NAMES = {get_args(spec.model_fields["name"].annotation)[0] for spec in D
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "image-folder")
 
 
-def is_image_dataset(dataset: Any) -> bool:
-    return dataset.name in IMAGE_DATASETS
+# The datasets of N x T x C sequences, which rnn networks apply to.
+SEQUENCE_DATASETS = ("sequences", "sine-waves")
