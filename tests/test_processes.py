@@ -220,6 +220,41 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_manifest, tmp_path):
     assert "stopped by SIGTERM" in kept
 
 
+def test_sigterm_stops_every_cell_of_a_process_at_a_checkpoint(tiny_manifest, tmp_path):
+    """A process of two cells (a pod of `cellsPerPod: 2`): SIGTERM checkpoints both and
+    exits 0, each cell saying so in its own kept log."""
+    manifest = quick(
+        tiny_manifest, grid={"rows": 1, "cols": 2}, generations=10_000, checkpoint={"every": 1000}
+    )
+    manifest["spec"]["cell"] = {"cellsPerPod": 2}
+    port = free_port_block(2)
+    command = launcher_cell_command(write_spec(tmp_path, manifest), range(2), port, 1)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port + i}") for i in range(2)]
+    try:
+        stubs = [status_call(channel) for channel in channels]
+
+        def both_training() -> bool:
+            try:
+                return all(s(cell_pb2.StatusRequest(), timeout=1).generation >= 2 for s in stubs)
+            except grpc.RpcError:
+                return False
+
+        assert wait_until(both_training, timeout=120)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        for channel in channels:
+            channel.close()
+    for cell in range(2):
+        out = tmp_path / "out" / "cells" / str(cell)
+        names = Storage().list_dir(str(out / "checkpoints"))
+        assert len(names) == 1 and int(names[0]) >= 2
+        kept = (out / "logs" / "attempt-0.log").read_text()
+        assert f"cell {cell} stopped by SIGTERM" in kept
+
+
 def test_bad_configuration_exits_with_code_2(tiny_manifest, tmp_path):
     done = run_cell(write_spec(tmp_path, tiny_manifest), cell=7, ports=1, timeout=60)
     assert done.returncode == 2 and "outside the 2x2 grid" in done.stderr
