@@ -228,6 +228,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_ensemble_optimize(args: argparse.Namespace) -> int:
+    for flag, value in (("--max-size", args.max_size), ("--samples", args.samples)):
+        if value < 1:
+            error(f"{flag}: must be >= 1, got {value}")
+            return ExitCode.BAD_INPUT
+    from lipizzaner_cell.optimised_ensemble import optimise
+    from lipizzaner_cell.sampling import describe_score
+
+    try:
+        manifest = optimise(
+            args.run, args.method, args.max_size, args.samples, args.seed, args.objective
+        )
+    except FileNotFoundError:
+        error(f"{args.run}: no finished run there (no ensemble/manifest.json)")
+        return ExitCode.BAD_INPUT
+    except ValueError as exc:
+        error(str(exc))
+        return ExitCode.BAD_INPUT
+    search, objective = manifest["search"], manifest["objective"]
+    chosen = len(manifest["generators"])
+    console.print(
+        f"{args.method} over {search['candidates']} generators: "
+        f"{describe_score(objective['name'], objective['value'])} (the best cell's mixture: "
+        f"{search['bestCell']['objective']:.4g}); {chosen} generator{'s' * (chosen != 1)} "
+        f"in {args.run.rstrip('/')}/ensemble-{args.method}"
+    )
+    return ExitCode.OK
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """A run's history: a summary per cell, and curves of its score and losses."""
     from lipizzaner_core.storage import Storage, join
@@ -378,6 +407,37 @@ def build_parser() -> argparse.ArgumentParser:
         "fsspec URI; default RUN_URI/tensorboard)",
     )
     history.set_defaults(func=cmd_history)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="search a finished run's whole grid for a better ensemble"
+    )
+    actions = ensemble.add_subparsers(dest="action", required=True, metavar="ACTION")
+    optimize = actions.add_parser(
+        "optimize",
+        help="pick generators from every cell's mixture, and their weights",
+        description="Search every generator the cells of a finished run ended with (greedy "
+        "forward selection, or a genetic algorithm over weights), scored on the run's "
+        "held-out data, and write the ensemble to RUN_URI/ensemble-METHOD/ beside the run's "
+        "own (docs/ensembles.md).",
+    )
+    optimize.add_argument("run", metavar="RUN_URI", help="the run's output (local or any URI)")
+    optimize.add_argument("--method", choices=["greedy", "ga"], default="greedy")
+    optimize.add_argument(
+        "--max-size", type=int, default=8, help="generators at most (default %(default)s)"
+    )
+    optimize.add_argument(
+        "--samples",
+        type=int,
+        default=2000,
+        help="samples per candidate generator to score on (default %(default)s)",
+    )
+    optimize.add_argument("--seed", type=int, default=0)
+    optimize.add_argument(
+        "--objective",
+        choices=["fid", "tvd", "mode-kl", "swd", "spectrum"],
+        help="default: the run's own mixture objective",
+    )
+    optimize.set_defaults(func=cmd_ensemble_optimize)
 
     crd = commands.add_parser(
         "crd",

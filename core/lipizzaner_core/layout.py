@@ -102,6 +102,11 @@ class RunLayout:
     def ensemble_manifest(self) -> str:
         return join(self.ensemble, ENSEMBLE_MANIFEST)
 
+    def optimised_ensemble(self, method: str) -> str:
+        """An ensemble searched over the whole grid (`lipizzaner ensemble optimize`),
+        beside the run's own, never in place of it."""
+        return join(self.output, f"ensemble-{method}")
+
     @staticmethod
     def ensemble_generator(k: int) -> str:
         """Relative to the ensemble directory: the manifest names its files this way."""
