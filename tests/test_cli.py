@@ -105,7 +105,7 @@ def test_run_on_mnist_with_dcgan_scores_fid_and_draws_a_grid(mnist_dir, tmp_path
         )
         == 0
     )
-    digits = np.load(tmp_path / "digits.npz")["samples"]
+    digits = np.load(tmp_path / "digits.npz", allow_pickle=False)["samples"]
     assert digits.shape == (9, 1, 28, 28) and digits.min() >= 0 and digits.max() <= 255
 
 
