@@ -114,3 +114,11 @@ def cluster(control_plane, request: pytest.FixtureRequest):
     view = Cluster(control_plane, "".join(c for c in name if c.isalnum() or c == "-"))
     yield view
     view.cleanup()
+
+
+def ring(**fields: Any):
+    """The 8-Gaussian ring at its defaults (or `fields`), drawn from seed 0."""
+    from lipizzaner_cell.datasets import load_dataset
+    from lipizzaner_core.spec_datasets import GaussianRingSpec
+
+    return load_dataset(GaussianRingSpec(name="gaussian-ring", **fields), seed=0)

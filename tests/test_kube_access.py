@@ -22,8 +22,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 from lipizzaner_operator.kube import CredentialsError, connection_info, load_configuration
+from operator_harness import drive_to_success, manifest, operator, phase_is, terminated
 from test_helm import VALUE_SETS, render
-from test_operator import drive_to_success, manifest, operator, phase_is, terminated
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stand-ins for the Prometheus Operator's PodMonitor and ServiceMonitor CRDs (their real

@@ -18,7 +18,7 @@ from envtest import Cluster, wait_for
 from kubernetes import client
 from lipizzaner_cell.local_launcher import free_port_block
 from lipizzaner_operator.leader import LeaderElection, claim
-from test_operator import manifest, terminated
+from operator_harness import manifest, terminated
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 

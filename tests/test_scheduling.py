@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from envtest import Cluster, wait_for
 from kubernetes.client.exceptions import ApiException
-from test_operator import manifest, operator, phase_is
+from operator_harness import manifest, operator, phase_is
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
-from test_operator import (  # noqa: F401 - the autouse check of kopf's status writes
+from operator_harness import (  # noqa: F401 - the autouse check of kopf's status writes
     _no_inconsistent_status_writes,
     manifest,
     operator,
