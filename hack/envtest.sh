@@ -21,7 +21,7 @@ VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$MODUL
 BIN="${LIPIZZANER_ENVTEST_CACHE:-$HOME/.cache/lipizzaner/envtest}/$VERSION"
 COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 CONTROLLERS=(garbage-collector-controller namespace-controller serviceaccount-controller
-    serviceaccount-token-controller root-ca-certificate-publisher-controller
+    job-controller serviceaccount-token-controller root-ca-certificate-publisher-controller
     clusterrole-aggregation-controller disruption-controller pod-garbage-collector-controller)
 
 die() { echo "envtest: $*" >&2; exit 2; }
@@ -158,8 +158,9 @@ start() {
         >"$dir/kubeconfig-cert"
 
     # Only the controllers an API-level test meets: garbage collection of owned objects,
-    # namespaces (their deletion, their default ServiceAccount and root CA) and pod
-    # disruption budgets. No node controllers: there are no kubelets.
+    # namespaces (their deletion, their default ServiceAccount and root CA), pod
+    # disruption budgets and Jobs (the ensemble search). No node controllers: there are no
+    # kubelets.
     "$BIN/kube-controller-manager" \
         --kubeconfig "$dir/kubeconfig" \
         --authentication-kubeconfig "$dir/kubeconfig" \

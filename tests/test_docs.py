@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_RING
 from lipizzaner_cell.cli import build_parser as lipizzaner_parser
 from lipizzaner_core.spec import parse_run
 from lipizzaner_operator.operator_main import build_parser as operator_parser
@@ -74,6 +75,8 @@ def test_every_manifest_in_the_docs_parses_and_validates(where, language, text):
     for document in yaml.safe_load_all(text):
         if isinstance(document, dict) and document.get("kind") == "LipizzanerRun":
             parse_run(document)
+        elif isinstance(document, dict) and set(document) == {"spec"}:  # a spec's excerpt
+            parse_run({**TINY_RING, "spec": {**TINY_RING["spec"], **document["spec"]}})
 
 
 def check_lipizzaner(arguments: list[str], parser) -> None:

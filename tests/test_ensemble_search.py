@@ -66,14 +66,56 @@ def test_optimize_writes_a_better_ensemble_beside_the_runs_own(tmp_path):
     assert (tmp_path / "out" / "ensemble" / "manifest.json").read_bytes() == own
 
 
+def test_a_runs_own_search_step_runs_once_and_the_jobs_command_repeats_it(
+    tiny_manifest, tmp_path, capsys
+):
+    """`spec.ensemble` makes the search the run's last step; run again, the finished run
+    changes nothing; the operator's Job command (`--run-spec`) finds the same ensemble."""
+    tiny_manifest["spec"]["ensemble"] = {"method": "greedy", "samples": 300, "maxSize": 3}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_manifest))
+    assert main(["run", str(path), "--in-process", "--quiet"]) == 0
+    searched = tmp_path / "out" / "ensemble-greedy" / "manifest.json"
+    first = searched.read_bytes()
+    found = json.loads(first)
+    assert found["search"] | {"candidates": 0} == {
+        **found["search"],
+        "method": "greedy",
+        "maxSize": 3,
+        "samples": 300,
+        "seed": 5,  # spec.seed
+        "candidates": 0,
+    }
+    assert 1 <= len(found["generators"]) <= 3 and found["objective"]["name"] == "mode-kl"
+    assert "greedy over" in capsys.readouterr().out
+    assert main(["run", str(path), "--in-process", "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert "nothing to do" in said.err and "greedy over" in said.out
+    assert searched.read_bytes() == first
+    searched.unlink()
+    assert main(["ensemble", "optimize", "--run-spec", str(path)]) == 0
+    assert searched.read_bytes() == first
+
+
 @pytest.mark.parametrize(
     ("arguments", "said"),
     [
         (["/nonexistent/run"], "/nonexistent/run: no finished run there"),
         (["/nonexistent/run", "--max-size", "0"], "--max-size: must be >= 1, got 0"),
+        ([], "give RUN_URI or --run-spec RUN.yaml, one of them"),
+        (["/r", "--run-spec", "r.yaml"], "give RUN_URI or --run-spec RUN.yaml, one of them"),
+        (["--run-spec", "r.yaml", "--method", "ga"], "--method: with --run-spec the search"),
+        (["--run-spec", "/nonexistent.yaml"], "--run-spec /nonexistent.yaml: No such file"),
     ],
 )
 def test_optimize_refuses_bad_input_in_one_line(arguments, said, capsys):
     assert main(["ensemble", "optimize", *arguments]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and said in lines[0]
+
+
+def test_the_job_command_refuses_a_run_without_a_search(tiny_manifest, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_manifest))
+    assert main(["ensemble", "optimize", "--run-spec", str(path)]) == 2
+    assert "spec.ensemble.method is best-cell: nothing to search" in capsys.readouterr().err

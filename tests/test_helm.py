@@ -108,6 +108,7 @@ def test_cluster_wide_rbac_grants_only_what_the_operator_uses():
         "/configmaps": {"get", "create", "patch"},
         "/services": {"create"},
         "/secrets": {"get", "create"},  # spec.exchange.tls: the run's certificates
+        "batch/jobs": {"get", "create"},  # spec.ensemble: the search's Job
         "scheduling.x-k8s.io/podgroups": {"create"},  # spec.scheduling.podGroup
         "scheduling.volcano.sh/podgroups": {"create"},
         "/events": {"create"},

@@ -21,6 +21,11 @@ from envtest import GROUP, PLURAL, VERSION, Cluster, ControlPlane, wait_for
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
+from lipizzaner_cell.cli import main as cli_main
+from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_core.contract import SPEC_FILE
+from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.spec import parse_run
 from lipizzaner_operator.kube import CredentialsError, connection_info, load_configuration
 from operator_harness import drive_to_success, manifest, operator, phase_is, terminated
 from test_helm import VALUE_SETS, render
@@ -128,6 +133,60 @@ def test_least_privilege_namespaced_mode_is_denied_elsewhere(cluster, tmp_path):
         assert not allowed(api, "list", resource, namespace), resource
         assert not allowed(api, "list", resource, "default"), resource
     assert not allowed(api, "list", "secrets", cluster.namespace)
+
+
+def test_least_privilege_runs_a_searched_ensemble_as_a_job(cluster, tmp_path):
+    """spec.ensemble greedy, the namespaced chart's grants: after the cells, the operator
+    assembles the run's own ensemble and creates the search's Job; the test plays its pod
+    by running the pod's command on the spec the pod mounts, and kube-controller-manager's
+    job controller completes the Job."""
+    namespace, account = install_rbac(cluster, {"watchNamespaces": [cluster.namespace]})
+    token = token_for(cluster, namespace, account)
+    kubeconfig = cluster.plane.token_kubeconfig(tmp_path / "operator.kubeconfig", token)
+    document = manifest(tmp_path, ensemble={"method": "greedy", "samples": 300, "maxSize": 3})
+    run = parse_run(document)
+    run_in_process(run, resume=False)  # real cell results
+    layout = RunLayout.of(run)
+    layout.storage.remove_tree(layout.ensemble)
+    jobs = f"/apis/batch/v1/namespaces/{cluster.namespace}/jobs"
+    with operator(cluster, kubeconfig=kubeconfig):
+        cluster.create_run(document)
+        wait_for("two cell pods", lambda: len(cluster.pods()) == 2)
+        for i in range(2):
+            cluster.set_pod_status(f"demo-cell-{i}", terminated("Succeeded", 0))
+        job = wait_for("the search's Job", lambda: cluster.get(f"{jobs}/demo-ensemble"))
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "LipizzanerRun"
+        assert layout.storage.exists(layout.ensemble_manifest)  # assembled first
+        status = wait_for(
+            "the run following its Job",
+            lambda: "in Job demo-ensemble" in (s := cluster.status("demo"))["message"] and s,
+        )
+        assert status["phase"] == "Running"
+        pod = wait_for(
+            "the Job's pod",
+            lambda: next(iter(job_pods(cluster)), None),
+        )
+        container = pod["spec"]["containers"][0]
+        spec_file = tmp_path / "run.yaml"
+        config = cluster.get(f"/api/v1/namespaces/{cluster.namespace}/configmaps/demo-spec")
+        spec_file.write_text(config["data"]["run.yaml"])
+        command = [spec_file if word == SPEC_FILE else word for word in container["command"]]
+        assert command[0] == "lipizzaner"
+        assert cli_main([str(word) for word in command[1:]]) == 0
+        cluster.set_pod_status(pod["metadata"]["name"], terminated("Succeeded", 0))
+        status = wait_for("Succeeded", phase_is(cluster, "Succeeded"))
+    searched = layout.optimised_ensemble("greedy")
+    assert status["ensemble"] == {"uri": layout.ensemble, "searchedUri": searched}
+    assert "the greedy search's ensemble, mode-kl" in status["message"]
+    assert layout.storage.exists(f"{searched}/manifest.json")
+
+
+def job_pods(cluster) -> list[dict]:
+    return [
+        p
+        for p in cluster.items("pods")
+        if p["metadata"].get("labels", {}).get("job-name") == "demo-ensemble"
+    ]
 
 
 def test_the_cells_service_account_can_read_nothing(cluster, tmp_path):

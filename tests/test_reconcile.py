@@ -10,10 +10,12 @@ from lipizzaner_core.spec import parse_run
 from lipizzaner_core.status import RunStatus
 from lipizzaner_operator.reconcile import (
     CellProgress,
+    JobView,
     PodView,
     cell_views,
     decide,
     succeed,
+    view_job,
     view_pod,
 )
 
@@ -245,6 +247,41 @@ def test_all_cells_succeeded_asks_for_the_ensemble():
     # A finished run does nothing more.
     after = step(run, done, pods("Succeeded"))
     assert (after.create, after.delete, after.assemble) == ([], [], False)
+
+
+def test_a_searched_ensemble_is_assembled_then_searched_in_a_job_then_succeeds():
+    run = make_run(ensemble={"method": "ga"})
+    status = step(run, RunStatus(), {}).status
+    first = step(run, status, pods("Succeeded"))
+    assert first.assemble and first.search and not first.searched
+    assert first.status.phase == "Running"
+    assert "then searching for another (ga, Job tiny-ensemble)" in first.status.message
+
+    def with_job(job: JobView):
+        return decide(run, 1, first.status, pods("Succeeded"), {}, T0, job)
+
+    running = with_job(JobView())
+    assert (running.assemble, running.search, running.searched) == (False, False, False)
+    assert running.status.phase == "Running" and "in Job tiny-ensemble" in running.status.message
+    assert with_job(JobView("Complete")).searched
+    failed = with_job(JobView("Failed", "Job has reached the specified backoff limit"))
+    assert failed.status.phase == "Failed" and not failed.searched
+    assert condition(failed.status, "Failed").reason == "EnsembleSearchFailed"
+    assert "backoff limit; the best cell's ensemble is written" in failed.status.message
+    done = succeed(first.status, "/o/ensemble", T0, "/o/ensemble-ga", "ga: mode-kl 0.1")
+    assert (done.ensemble.uri, done.ensemble.searched_uri) == ("/o/ensemble", "/o/ensemble-ga")
+    assert done.message.endswith("; ga: mode-kl 0.1")
+
+
+def test_a_job_is_read_by_its_finishing_condition():
+    def job(*conditions):
+        return {"status": {"conditions": [{"type": t, "status": v} for t, v in conditions]}}
+
+    assert view_job({}) == JobView()
+    assert view_job(job(("SuccessCriteriaMet", "True"))) == JobView()
+    assert view_job(job(("SuccessCriteriaMet", "True"), ("Complete", "True"))).outcome == "Complete"
+    assert view_job(job(("Failed", "False"))) == JobView()
+    assert view_job(job(("Failed", "True"))).outcome == "Failed"
 
 
 def test_suspend_stops_the_cells_and_resume_recreates_them_without_restarts():

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from conftest import TINY_RING
 from lipizzaner_cell.cell_main import build_parser, hosted_cells, peer_address
+from lipizzaner_cell.cli import build_parser as cli_parser
+from lipizzaner_core.contract import SPEC_FILE
 from lipizzaner_core.spec import load_run, parse_run
 from lipizzaner_core.wire.tls import generate
 from lipizzaner_operator.render import (
@@ -24,6 +26,7 @@ from lipizzaner_operator.render import (
     render_network_policy,
     render_pod,
     render_pod_group,
+    render_search_job,
     render_service,
     render_tls_secret,
 )
@@ -74,10 +77,11 @@ def rendered(run, namespace="ml"):
         "service": render_service(run, namespace, DEFAULTS),
         "networkpolicy": render_network_policy(run, namespace, DEFAULTS, "lipizzaner-system"),
         "pod-4": render_pod(run, namespace, 4, restarts=2, defaults=DEFAULTS),
+        "job-ensemble": render_search_job(run, namespace, DEFAULTS),
     }
 
 
-@pytest.mark.parametrize("kind", ["configmap", "service", "networkpolicy", "pod-4"])
+@pytest.mark.parametrize("kind", ["configmap", "service", "networkpolicy", "pod-4", "job-ensemble"])
 def test_rendered_objects_match_their_golden_files(kind):
     obj = rendered(full_run())[kind]
     golden = GOLDEN / f"{kind}.yaml"
@@ -114,6 +118,7 @@ def test_every_rendered_object_is_accepted_by_the_api_server(cluster, run):
         render_service(run, namespace, DEFAULTS),
         render_network_policy(run, namespace, DEFAULTS, "lipizzaner-system"),
         *(render_pod(run, namespace, i, 0, DEFAULTS) for i in range(run.spec.grid.rows)),
+        render_search_job(run, namespace, DEFAULTS),
     ]
     if run.spec.exchange.tls.enabled:
         objects.append(render_tls_secret(run, namespace, generate("x.y.lipizzaner")))
@@ -125,6 +130,23 @@ def cell_arguments_in(pod) -> argparse.Namespace:
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
     with mock.patch.dict(os.environ, env):
         return build_parser().parse_args([])
+
+
+def test_the_ensemble_job_runs_the_cell_images_search_where_the_cells_ran():
+    run = full_run()
+    job = render_search_job(run, "ml", DEFAULTS)
+    pod = render_pod(run, "ml", 0, 0, DEFAULTS)
+    container, cell = job["spec"]["template"]["spec"]["containers"][0], pod["spec"]["containers"][0]
+    assert job["metadata"]["name"] == "mnist-grid-ensemble"
+    assert container["command"][:3] == ["lipizzaner", "ensemble", "optimize"]
+    arguments = cli_parser().parse_args(container["command"][1:])
+    assert arguments.run_spec == SPEC_FILE and arguments.run is None
+    for key in ("image", "resources", "envFrom", "volumeMounts"):
+        assert container[key] == cell[key] or key == "volumeMounts"
+    assert container["volumeMounts"] == [m for m in cell["volumeMounts"] if m["name"] != "tls"]
+    for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName"):
+        assert job["spec"]["template"]["spec"][key] == pod["spec"][key]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
 def test_cells_find_each_other_through_the_headless_service():

@@ -101,6 +101,24 @@ def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks
         ),
         ({"spec.network.generator.cell": "cnn"}, "spec.network.generator.cell: must be"),
         (
+            {"spec.ensemble": {"method": "all"}},
+            "spec.ensemble.method: must be 'best-cell', 'greedy' or 'ga'",
+        ),
+        ({"spec.ensemble": {"maxSize": 0}}, "spec.ensemble.maxSize: must be >= 1, got 0"),
+        (
+            {"spec.ensemble": {"method": "greedy", "objective": "spectrum"}},
+            "spec.ensemble.objective: spectrum needs a sequence dataset (sequences, sine-waves), "
+            "got dataset gaussian-ring",
+        ),
+        (
+            {"spec.ensemble": {"method": "ga"}, "spec.mixture.scoreType": "none"},
+            "spec.ensemble.objective: method ga needs a score to search by",
+        ),
+        (
+            {"spec.mixture.scoreType": "spectrum"},
+            "spec.mixture.scoreType: spectrum needs a sequence dataset",
+        ),
+        (
             {"spec.dataset": {"name": "sine-waves", "minFrequency": 3, "maxFrequency": 2}},
             "spec.dataset.maxFrequency: must be >= minFrequency",
         ),

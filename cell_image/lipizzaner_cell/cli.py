@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "nothing to do. --generations N continues it, --fresh starts it anew."
             )
             print_results(finished, layout)
-            return ExitCode.OK
+            return search_ensemble(run, layout, again=False)
         announce_resume(layout, run)
     grid = run.spec.grid
     where = "all cells in this process" if args.in_process else "one process per cell"
@@ -150,6 +150,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print("stopped; run the same command again to resume", style="yellow")
         return ExitCode.FAILED
     print_results(manifest, layout)
+    return search_ensemble(run, layout, again=True)
+
+
+def search_ensemble(run: LipizzanerRun, layout: RunLayout, again: bool) -> int:
+    """The run's last step, `spec.ensemble`'s search, if it names one; not `again` when
+    its ensemble is already there (a finished run run again changes nothing)."""
+    if not run.spec.ensemble.searched:
+        return ExitCode.OK
+    from lipizzaner_core.layout import ENSEMBLE_MANIFEST
+    from lipizzaner_core.storage import join
+
+    from lipizzaner_cell.optimised_ensemble import describe_search, optimise_run
+
+    method = run.spec.ensemble.method
+    searched = join(layout.optimised_ensemble(method), ENSEMBLE_MANIFEST)
+    if not again and layout.storage.exists(searched):
+        manifest = layout.storage.read_json(searched)
+    else:
+        console.print(f"searching every cell's generators for an ensemble ({method})")
+        try:
+            manifest = optimise_run(run)
+        except (FileNotFoundError, ValueError) as exc:
+            error(f"ensemble search failed: {exc}")
+            return ExitCode.FAILED
+    out.print(describe_search(manifest, layout.output))
     return ExitCode.OK
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from lipizzaner_core.ensemble import read_results
 from lipizzaner_core.layout import ENSEMBLE_MANIFEST, RunLayout
-from lipizzaner_core.spec import NetworkPartSpec, parse_run
+from lipizzaner_core.spec import LipizzanerRun, NetworkPartSpec, parse_run
 from lipizzaner_core.storage import Storage, join
 from safetensors.torch import load as load_tensors
 
@@ -27,6 +27,7 @@ from lipizzaner_cell.ensemble_search import Found, genetic, greedy
 from lipizzaner_cell.mixture import MixtureEmbeddings
 from lipizzaner_cell.networks import build_generator
 from lipizzaner_cell.references import ReferenceCache
+from lipizzaner_cell.sampling import describe_score
 from lipizzaner_cell.scoring import build_scorer
 
 
@@ -38,6 +39,20 @@ class Candidate:
     net: torch.nn.Module
 
 
+def optimise_run(run: LipizzanerRun) -> dict[str, Any]:
+    """The run's own final step, `spec.ensemble` (greedy or ga), over its output."""
+    search = run.spec.ensemble
+    return optimise(
+        run.output_uri(),
+        search.method,
+        search.max_size,
+        search.samples,
+        run.spec.seed if search.seed is None else search.seed,
+        None if search.objective == "auto" else search.objective,
+        RunLayout.of(run).storage,
+    )
+
+
 def optimise(
     output: str,
     method: str,
@@ -45,10 +60,13 @@ def optimise(
     samples: int,
     seed: int = 0,
     objective: str | None = None,
+    storage: Storage | None = None,
 ) -> dict[str, Any]:
-    """Search the run at `output`; write and return the optimised ensemble's manifest."""
-    first = RunLayout(output, Storage()).ensemble_manifest
-    default = Storage().read_json(first)  # FileNotFoundError: not a finished run
+    """Search the run at `output` (read through `storage`: default, the environment's
+    settings); write and return the optimised ensemble's manifest."""
+    storage = storage or Storage()
+    # FileNotFoundError: not a finished run
+    default = storage.read_json(RunLayout(output, storage).ensemble_manifest)
     run = parse_run(default["spec"])
     layout = RunLayout.of(run, output)
     spec = run.spec
@@ -145,3 +163,15 @@ def write_ensemble(
         weight = float(found.weights[k])
         generators.append({"file": name, "weight": weight, "sourceCell": candidates[k].cell})
     return {**default, "generators": generators}
+
+
+def describe_search(manifest: dict[str, Any], output: str) -> str:
+    """One line on a search's result, beside the run's own ensemble's figure."""
+    search, objective = manifest["search"], manifest["objective"]
+    chosen = len(manifest["generators"])
+    return (
+        f"{search['method']} over {search['candidates']} generators: "
+        f"{describe_score(objective['name'], objective['value'])} (the best cell's mixture: "
+        f"{search['bestCell']['objective']:.4g}); {chosen} generator{'s' * (chosen != 1)} "
+        f"in {output.rstrip('/')}/ensemble-{search['method']}"
+    )

@@ -7,8 +7,10 @@ Exit codes (`ExitCode`): 0 done, 2 refused (bad flags, nothing to read there).
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from lipizzaner_core.contract import ExitCode
+from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
 from rich.console import Console
 from rich.table import Table
 
@@ -65,18 +67,27 @@ def add_commands(
         "held-out data, and write the ensemble to RUN_URI/ensemble-METHOD/ beside the run's "
         "own (docs/ensembles.md).",
     )
-    optimize.add_argument("run", metavar="RUN_URI", help="the run's output (local or any URI)")
-    optimize.add_argument("--method", choices=["greedy", "ga"], default="greedy")
     optimize.add_argument(
-        "--max-size", type=int, default=8, help="generators at most (default %(default)s)"
+        "run", nargs="?", metavar="RUN_URI", help="the run's output (local or any URI)"
+    )
+    optimize.add_argument(
+        "--run-spec",
+        metavar="RUN.yaml",
+        help="instead of RUN_URI and the flags below: search the output of this manifest's "
+        "run as its spec.ensemble says (the operator's ensemble Job runs this)",
+    )
+    optimize.add_argument(
+        "--method", choices=["greedy", "ga"], help=f"default {SEARCH_DEFAULTS['method']}"
+    )
+    optimize.add_argument(
+        "--max-size", type=int, help=f"generators at most (default {SEARCH_DEFAULTS['max_size']})"
     )
     optimize.add_argument(
         "--samples",
         type=int,
-        default=2000,
-        help="samples per candidate generator to score on (default %(default)s)",
+        help=f"samples per candidate generator to score on (default {SEARCH_DEFAULTS['samples']})",
     )
-    optimize.add_argument("--seed", type=int, default=0)
+    optimize.add_argument("--seed", type=int, help="default 0")
     optimize.add_argument(
         "--objective",
         choices=["fid", "tvd", "mode-kl", "swd", "spectrum"],
@@ -105,35 +116,59 @@ def cmd_sample(args: argparse.Namespace, error: Say, out: Console, console: Cons
     return ExitCode.OK
 
 
+# `ensemble optimize`'s defaults where no manifest gives them: spec.ensemble's own.
+SEARCH_DEFAULTS: dict[str, Any] = {"method": "greedy", "max_size": 8, "samples": 2000, "seed": 0}
+
+
 def cmd_ensemble_optimize(
     args: argparse.Namespace, error: Say, out: Console, console: Console
 ) -> int:
-    for flag, value in (("--max-size", args.max_size), ("--samples", args.samples)):
-        if value < 1:
-            error(f"{flag}: must be >= 1, got {value}")
-            return ExitCode.BAD_INPUT
-    from lipizzaner_cell.optimised_ensemble import optimise
-    from lipizzaner_cell.sampling import describe_score
+    from lipizzaner_cell.optimised_ensemble import describe_search, optimise, optimise_run
 
-    try:
-        manifest = optimise(
-            args.run, args.method, args.max_size, args.samples, args.seed, args.objective
-        )
-    except FileNotFoundError:
-        error(f"{args.run}: no finished run there (no ensemble/manifest.json)")
+    flags: dict[str, Any] = {"method": args.method, "max_size": args.max_size}
+    flags["samples"] = args.samples
+    flags |= {"seed": args.seed, "objective": args.objective}
+    given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value is not None]
+    if (args.run is None) == (args.run_spec is None):
+        error("give RUN_URI or --run-spec RUN.yaml, one of them")
         return ExitCode.BAD_INPUT
-    except ValueError as exc:
+    if args.run_spec is not None and given:
+        error(f"{given[0]}: with --run-spec the search follows the manifest's spec.ensemble")
+        return ExitCode.BAD_INPUT
+    for flag in ("max_size", "samples"):
+        if flags[flag] is not None and flags[flag] < 1:
+            error(f"--{flag.replace('_', '-')}: must be >= 1, got {flags[flag]}")
+            return ExitCode.BAD_INPUT
+    try:
+        if args.run_spec is not None:
+            run = load_searched_run(args.run_spec)
+            output, manifest = run.output_uri(), optimise_run(run)
+        else:
+            chosen: dict[str, Any] = {
+                k: v if v is not None else SEARCH_DEFAULTS.get(k) for k, v in flags.items()
+            }
+            output, manifest = args.run, optimise(args.run, **chosen)
+    except FileNotFoundError:
+        error(f"{args.run or args.run_spec}: no finished run there (no ensemble/manifest.json)")
+        return ExitCode.BAD_INPUT
+    except ValueError as exc:  # SpecError is one
         error(str(exc))
         return ExitCode.BAD_INPUT
-    search, objective = manifest["search"], manifest["objective"]
-    chosen = len(manifest["generators"])
-    console.print(
-        f"{args.method} over {search['candidates']} generators: "
-        f"{describe_score(objective['name'], objective['value'])} (the best cell's mixture: "
-        f"{search['bestCell']['objective']:.4g}); {chosen} generator{'s' * (chosen != 1)} "
-        f"in {args.run.rstrip('/')}/ensemble-{args.method}"
-    )
+    console.print(describe_search(manifest, output))
     return ExitCode.OK
+
+
+def load_searched_run(path: str) -> LipizzanerRun:
+    """The manifest at `path`, whose spec.ensemble names a search."""
+    try:
+        run = load_run(path)
+    except OSError as exc:
+        raise ValueError(f"--run-spec {path}: {exc.strerror}") from None
+    except SpecError as exc:
+        raise ValueError(f"--run-spec {path}: {exc.errors[0]}") from None
+    if not run.spec.ensemble.searched:
+        raise ValueError(f"--run-spec {path}: spec.ensemble.method is best-cell: nothing to search")
+    return run
 
 
 def cmd_history(args: argparse.Namespace, error: Say, out: Console, console: Console) -> int:

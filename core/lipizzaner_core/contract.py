@@ -24,6 +24,8 @@ METRICS_PORT = 9090
 SPEC_FILE = "/etc/lipizzaner/run.yaml"  # where a pod mounts its run's manifest
 TLS_DIR = "/etc/lipizzaner/tls"  # where a pod mounts its run's certificates
 RUN_LABEL, CELL_LABEL = "lipizzaner.io/run", "lipizzaner.io/cell"
+# The ensemble Job's command (`spec.ensemble`): the cell image's CLI, reading the mounted spec.
+ENSEMBLE_SEARCH_COMMAND = ["lipizzaner", "ensemble", "optimize", "--run-spec", SPEC_FILE]
 CONTROLLER_NAME = "lipizzaner.io/operator"  # spec.managedBy of the runs this operator runs
 # Kueue's plain-pod-group contract: the run's queue label, copied onto each cell pod.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -23,6 +23,7 @@ from lipizzaner_core.spec import (
     KIND,
     MAX_CELLS,
     NAME_PATTERN,
+    OBJECTIVE_DATA,
     RunSpecBody,
 )
 from lipizzaner_core.status import RunStatus
@@ -97,12 +98,35 @@ SPEC_RULES: list[Schema] = [
             "rule": f"(self.network.generator.architecture != '{architecture}' && "
             f"self.network.discriminator.architecture != '{architecture}') || "
             f"self.dataset.name in {list(datasets)}",
-            "message": f"network: {architecture} needs {kind} dataset ({', '.join(datasets)})",
+            "message": f"network: {architecture} needs {kind} ({', '.join(datasets)})",
             "fieldPath": ".network",
             "reason": "FieldValueInvalid",
         }
         for architecture, (kind, datasets) in ARCHITECTURE_DATA.items()
     ),
+    *(
+        {
+            "rule": f"{condition} || self.dataset.name in {list(datasets)}",
+            "message": f"{field}: {objective} needs {kind} ({', '.join(datasets)})",
+            "fieldPath": f".{field}",
+            "reason": "FieldValueInvalid",
+        }
+        for objective, (kind, datasets) in OBJECTIVE_DATA.items()
+        for field, condition in (
+            ("mixture.scoreType", f"self.mixture.scoreType != '{objective}'"),
+            (
+                "ensemble.objective",
+                f"self.ensemble.method == 'best-cell' || self.ensemble.objective != '{objective}'",
+            ),
+        )
+    ),
+    {
+        "rule": "self.ensemble.method == 'best-cell' || self.ensemble.objective != 'auto' || "
+        "self.mixture.scoreType != 'none'",
+        "message": "ensemble.objective: a search needs a score, and mixture.scoreType is none",
+        "fieldPath": ".ensemble.objective",
+        "reason": "FieldValueInvalid",
+    },
 ]
 GRID_RULES: list[Schema] = [
     {

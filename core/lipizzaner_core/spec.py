@@ -69,8 +69,8 @@ class NetworkPartSpec(SpecModel):
 
 # The data an architecture needs: (what kind, which datasets); mlp takes any.
 ARCHITECTURE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
-    "dcgan": ("an image", IMAGE_DATASETS),
-    "rnn": ("a sequence", SEQUENCE_DATASETS),
+    "dcgan": ("an image dataset", IMAGE_DATASETS),
+    "rnn": ("a sequence dataset", SEQUENCE_DATASETS),
 }
 
 
@@ -151,6 +151,34 @@ class MixtureSpec(SpecModel):
 
 
 FEATURE_NETWORK = r"^(auto|mnist-cnn|inception-v3|\S+\.safetensors)$"
+
+
+# What each objective needs of the data (the cell builds the scorer and says the rest).
+OBJECTIVE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "spectrum": ("a sequence dataset", SEQUENCE_DATASETS),
+    "mode-kl": ("a dataset with known modes", ("gaussian-ring", "gaussian-grid")),
+}
+
+
+class EnsembleSpec(SpecModel):
+    """The run's final step: which ensemble to build from the finished cells."""
+
+    method: Literal["best-cell", "greedy", "ga"] = Field(
+        "best-cell",
+        description="best-cell: the best cell's neighbourhood mixture (always written to "
+        "<output>/ensemble); greedy or ga: also search every cell's generators for a better "
+        "ensemble, written to <output>/ensemble-<method> (docs/ensembles.md)",
+    )
+    max_size: int = Field(8, ge=1, le=256, description="greedy, ga: generators at most")
+    objective: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum"] = Field(
+        "auto", description="greedy, ga: the score to minimise; auto: mixture.scoreType's"
+    )
+    samples: int = Field(2000, ge=10, description="greedy, ga: samples per candidate generator")
+    seed: int | None = Field(None, ge=0, description="greedy, ga: default: spec.seed")
+
+    @property
+    def searched(self) -> bool:
+        return self.method != "best-cell"
 
 
 class ScoreSpec(SpecModel):
@@ -264,6 +292,7 @@ class RunSpecBody(SpecModel):
     loss: LossName = "bce"
     coevolution: CoevolutionSpec = Field(default_factory=CoevolutionSpec)
     mixture: MixtureSpec = Field(default_factory=MixtureSpec)
+    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
     score: ScoreSpec = Field(default_factory=ScoreSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
@@ -319,17 +348,42 @@ class RunSpecBody(SpecModel):
                 "failurePolicy.maxFailedCells: must be less than the number of cells "
                 f"({grid.rows * grid.cols}), got {self.failure_policy.max_failed_cells}"
             )
-        for part in ("generator", "discriminator"):
-            architecture = getattr(self.network, part).architecture
-            if architecture not in ARCHITECTURE_DATA:
-                continue
-            kind, names = ARCHITECTURE_DATA[architecture]
-            if self.dataset.name not in names:
-                raise ValueError(
-                    f"network.{part}.architecture: {architecture} needs {kind} dataset "
-                    f"({', '.join(names)}), got dataset {self.dataset.name}"
-                )
+        ensemble = self.ensemble
+        objective = ensemble.objective if ensemble.searched else None
+        if objective == "auto" and self.mixture.score_type == "none":
+            raise ValueError(
+                f"ensemble.objective: method {ensemble.method} needs a score to search by, "
+                "and mixture.scoreType is none: set ensemble.objective"
+            )
+        for field, name, needs in (
+            (
+                "network.generator.architecture",
+                self.network.generator.architecture,
+                ARCHITECTURE_DATA,
+            ),
+            (
+                "network.discriminator.architecture",
+                self.network.discriminator.architecture,
+                ARCHITECTURE_DATA,
+            ),
+            ("mixture.scoreType", self.mixture.score_type, OBJECTIVE_DATA),
+            ("ensemble.objective", objective, OBJECTIVE_DATA),
+        ):
+            self._fits_data(field, name, needs)
         return self
+
+    def _fits_data(
+        self, field: str, name: str | None, needs: dict[str, tuple[str, tuple[str, ...]]]
+    ) -> None:
+        """`name` (an architecture, an objective) works on the run's dataset."""
+        if name not in needs:
+            return
+        kind, datasets = needs[name]
+        if self.dataset.name not in datasets:
+            raise ValueError(
+                f"{field}: {name} needs {kind} ({', '.join(datasets)}), "
+                f"got dataset {self.dataset.name}"
+            )
 
 
 class Metadata(SpecModel):

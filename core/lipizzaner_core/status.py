@@ -58,7 +58,8 @@ class GenerationRange(StatusModel):
 
 
 class EnsembleStatus(StatusModel):
-    uri: str
+    uri: str = Field(description="the best cell's mixture")
+    searched_uri: str | None = Field(None, description="spec.ensemble's searched ensemble")
 
 
 class RunStatus(StatusModel):

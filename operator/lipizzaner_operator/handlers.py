@@ -17,15 +17,24 @@ import kopf
 from lipizzaner_core.contract import CONTROLLER_NAME, KUEUE_RETRIABLE_ANNOTATION
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
 from lipizzaner_core.ensemble import assemble_ensemble
-from lipizzaner_core.layout import RunLayout
+from lipizzaner_core.layout import ENSEMBLE_MANIFEST, RunLayout
 from lipizzaner_core.placement import port_of
 from lipizzaner_core.spec import LipizzanerRun, SpecError, parse_run
 from lipizzaner_core.status import RunStatus
+from lipizzaner_core.storage import join
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.metrics import OperatorMetrics
-from lipizzaner_operator.reconcile import Decision, cell_views, decide, fail, succeed, view_pod
+from lipizzaner_operator.reconcile import (
+    Decision,
+    cell_views,
+    decide,
+    fail,
+    succeed,
+    view_job,
+    view_pod,
+)
 from lipizzaner_operator.render import (
     CellDefaults,
     cell_selector,
@@ -34,8 +43,10 @@ from lipizzaner_operator.render import (
     render_network_policy,
     render_pod,
     render_pod_group,
+    render_search_job,
     render_service,
     render_tls_secret,
+    search_job_name,
     tls_secret_name,
 )
 
@@ -113,7 +124,12 @@ def reconcile(
         config.status_timeout_seconds,
         tls,
     )
-    decision = decide(run, body["metadata"].get("generation"), old, views, progress, now)
+    search = None
+    if run.spec.ensemble.searched and old.phase not in ("Succeeded", "Failed"):
+        job = kube.read_job(namespace, search_job_name(run))
+        search = None if job is None else view_job(job)
+    generation = body["metadata"].get("generation")
+    decision = decide(run, generation, old, views, progress, now, search)
     _carry_out(body, run, namespace, decision, kube, config, logger)
     metrics.pod_creations.inc(len(decision.create))
     reasons = [e.reason for e in decision.events]
@@ -121,7 +137,13 @@ def reconcile(
     metrics.cell_disruptions.inc(reasons.count("CellDisrupted"))
     metrics.cells_given_up.inc(reasons.count("CellGivenUp"))
     if decision.assemble:
-        decision.status = _assemble(run, decision.status, now, logger)
+        decision.status = _assemble(run, decision.status, now, logger, final=not decision.search)
+        if decision.search and decision.status.phase != "Failed":
+            job = render_search_job(run, namespace, config.cell)
+            kopf.adopt(job, owner=body)
+            kube.create(job)
+    if decision.searched:
+        decision.status = _searched(run, decision.status, now)
     for event in decision.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if decision.delete_run:
@@ -206,15 +228,37 @@ def _carry_out(
 
 
 def _assemble(
-    run: LipizzanerRun, status: RunStatus, now: datetime, logger: logging.Logger | kopf.Logger
+    run: LipizzanerRun,
+    status: RunStatus,
+    now: datetime,
+    logger: logging.Logger | kopf.Logger,
+    final: bool,
 ) -> RunStatus:
+    """Assemble the run's ensemble; succeed if it is the `final` step."""
     layout = RunLayout.of(run)  # its own storage options: no lock, nothing global
     try:
         assemble_ensemble(run, layout)
     except Exception as exc:  # storage errors come in many types; all end the run the same way
         logger.exception("assembling the ensemble failed")
         return fail(status, "EnsembleFailed", f"assembling the ensemble failed: {exc}", now)
-    return succeed(status, layout.ensemble, now)
+    return succeed(status, layout.ensemble, now) if final else status
+
+
+def _searched(run: LipizzanerRun, status: RunStatus, now: datetime) -> RunStatus:
+    """The search's Job completed: succeed with the ensemble it wrote, said in a line."""
+    layout = RunLayout.of(run)
+    searched = layout.optimised_ensemble(run.spec.ensemble.method)
+    try:
+        manifest = layout.storage.read_json(join(searched, ENSEMBLE_MANIFEST))
+        found, own = manifest["objective"], manifest["search"]["bestCell"]["objective"]
+    except Exception as exc:  # missing, unreadable or not a search's manifest: all the same
+        message = f"the ensemble search's Job completed, but {searched} has no ensemble: {exc}"
+        return fail(status, "EnsembleSearchFailed", message, now)
+    said = (
+        f"the {run.spec.ensemble.method} search's ensemble, {found['name']} "
+        f"{found['value']:.4g} (the best cell's {own:.4g}), written to {searched}"
+    )
+    return succeed(status, layout.ensemble, now, searched, said)
 
 
 def register(

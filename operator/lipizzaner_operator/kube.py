@@ -105,6 +105,7 @@ class KubeClient:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.networking = client.NetworkingV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
 
     @classmethod
     def from_environment(cls) -> KubeClient:
@@ -117,7 +118,7 @@ class KubeClient:
         return json.loads(response.data)["items"]
 
     def create(self, obj: Manifest) -> None:
-        """Create a Pod, Service, ConfigMap, Secret, NetworkPolicy or PodGroup; one that
+        """Create a Pod, Service, ConfigMap, Secret, NetworkPolicy, Job or PodGroup; one that
         exists is left as it is.
 
         Responses stay unparsed: we never read them, and the client's models reject
@@ -140,6 +141,7 @@ class KubeClient:
             "ConfigMap": self.core.create_namespaced_config_map,
             "Secret": self.core.create_namespaced_secret,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
+            "Job": self.batch.create_namespaced_job,
         }[obj["kind"]]
         try:
             create(
@@ -148,6 +150,16 @@ class KubeClient:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+    def read_job(self, namespace: str, name: str) -> Manifest | None:
+        """A Job as plain data; None when there is no such Job."""
+        try:
+            job = self.batch.read_namespaced_job(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+        return json.loads(job.data)
 
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """A Secret's data, decoded; None when there is no such Secret."""

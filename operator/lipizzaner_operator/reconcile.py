@@ -29,7 +29,7 @@ from lipizzaner_core.status import (
     with_conditions,
 )
 
-from lipizzaner_operator.render import kueue_queue, pod_group, pod_name
+from lipizzaner_operator.render import kueue_queue, pod_group, pod_name, search_job_name
 
 GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
 # Waiting reasons that mean a pod will not start by itself.
@@ -59,6 +59,23 @@ class PodView:
 
 
 @dataclass(frozen=True)
+class JobView:
+    """What the operator needs to know of the ensemble search's Job."""
+
+    outcome: Literal["Complete", "Failed"] | None = None  # None: not finished
+    message: str = ""
+
+
+def view_job(job: dict[str, Any]) -> JobView:
+    """Read a Job object into a JobView: its Complete or Failed condition, if any."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            said = condition.get("message") or condition.get("reason", "")
+            return JobView(condition["type"], said)
+    return JobView()
+
+
+@dataclass(frozen=True)
 class CellProgress:
     """A cell's own report (its gRPC GetStatus)."""
 
@@ -80,6 +97,8 @@ class Decision:
     delete: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     assemble: bool = False  # every cell succeeded: build the ensemble, then call `succeed`
+    search: bool = False  # with `assemble`: then create the ensemble search's Job instead
+    searched: bool = False  # the search's Job completed: read its ensemble, then `succeed`
     delete_run: bool = False  # ttlSecondsAfterFinished has passed
     release: list[int] = field(default_factory=list)  # pods to mark not retriable (Kueue)
 
@@ -161,16 +180,25 @@ def fail(status: RunStatus, reason: str, message: str, now: datetime) -> RunStat
     return status
 
 
-def succeed(status: RunStatus, ensemble_uri: str, now: datetime) -> RunStatus:
+def succeed(
+    status: RunStatus,
+    ensemble_uri: str,
+    now: datetime,
+    searched_uri: str | None = None,
+    searched: str = "",
+) -> RunStatus:
+    """The run succeeded with its ensemble (and `spec.ensemble`'s searched one, said so)."""
     message = f"ensemble written to {ensemble_uri}"
     given_up = [r.cell for r in status.cell_records if r.phase == "Failed"]
     if given_up:
         message += f" from the cells that finished (given up: {given_up})"
+    if searched:
+        message += f"; {searched}"
     status = status.model_copy(
         update={
             "phase": "Succeeded",
             "message": message,
-            "ensemble": EnsembleStatus(uri=ensemble_uri),
+            "ensemble": EnsembleStatus(uri=ensemble_uri, searched_uri=searched_uri),
             "completion_time": timestamp(now),
         }
     )
@@ -224,9 +252,11 @@ def decide(
     pods: dict[int, PodView],
     progress: dict[int, CellProgress],
     now: datetime,
+    search: JobView | None = None,
 ) -> Decision:
     """What to do now, and the run's new status. `pods` has each cell's pod (`cell_views`);
-    the pods to create, delete or release come back as their first cells."""
+    the pods to create, delete or release come back as their first cells. `search` is the
+    ensemble search's Job, once there is one."""
     status = old.model_copy(deep=True)
     status.observed_generation = generation
     status.grid = f"{run.spec.grid.rows}x{run.spec.grid.cols}"
@@ -239,7 +269,7 @@ def decide(
         decision = _suspended(status, records, pods, now)
         reason = "Suspended"
     else:
-        decision = _active(run, status, records, pods, progress, now)
+        decision = _active(run, status, records, pods, progress, now, search)
         reason = "CellsProgressing"
     status = decision.status
     status.cell_records = [records[i] for i in sorted(records)]
@@ -265,6 +295,7 @@ def _active(
     pods: dict[int, PodView],
     progress: dict[int, CellProgress],
     now: datetime,
+    search: JobView | None,
 ) -> Decision:
     decision = Decision(status=status)
     deadline = run.spec.active_deadline_seconds
@@ -285,12 +316,42 @@ def _active(
             return _failed(decision, pods, verdict.reason, message, now)
         _take_progress(record, progress.get(index))
     _summarise(status, records, decision)
+    if decision.assemble and run.spec.ensemble.searched:
+        return _search_step(run, decision, search, pods, now)
     if run.spec.scheduling.pod_group != "none" and status.phase == "Pending":
         placed = sum(p.scheduled or p.phase != "Pending" for p in pods.values())
         status.message = (
             f"{GANG_WAITING}: {placed} of {run.spec.grid.size} cells placed "
             f"(PodGroup {run.metadata.name}-cells, {run.spec.scheduling.pod_group})"
         )
+    return decision
+
+
+def _search_step(
+    run: LipizzanerRun,
+    decision: Decision,
+    job: JobView | None,
+    pods: dict[int, PodView],
+    now: datetime,
+) -> Decision:
+    """Every cell has finished and `spec.ensemble` names a search: assemble the run's own
+    ensemble and start the search's Job, follow the Job, or end the run with it."""
+    method, name = run.spec.ensemble.method, search_job_name(run)
+    if job is None:
+        decision.search = True
+        decision.status.message += f", then searching for another ({method}, Job {name})"
+        return decision
+    decision.assemble = False
+    if job.outcome == "Failed":
+        message = (
+            f"the ensemble search (Job {name}) failed: {job.message}; the best cell's "
+            "ensemble is written, and `lipizzaner ensemble optimize` runs the search again"
+        )
+        return _failed(decision, pods, "EnsembleSearchFailed", message, now)
+    decision.searched = job.outcome == "Complete"
+    decision.status.message = (
+        f"searching every cell's generators for an ensemble ({method}) in Job {name}"
+    )
     return decision
 
 

@@ -20,6 +20,7 @@ import yaml
 from lipizzaner_core.contract import (
     CELL_LABEL,
     COL_LABEL,
+    ENSEMBLE_SEARCH_COMMAND,
     GRPC_PORT,
     KUEUE_GROUP_COUNT_ANNOTATION,
     KUEUE_POD_GROUP_LABEL,
@@ -255,7 +256,6 @@ def render_pod(
 ) -> Manifest:
     """The pod of cell `index` (and of the other cells of its group); `restarts` is how
     often it was recreated (shown in its cells' statuses)."""
-    template = run.spec.cell
     cells = pod_group(run, index)
     name = pod_name(run, index)
     labels = {**run_labels(run, "cell"), CELL_LABEL: str(cells.start)}  # its first cell
@@ -272,17 +272,47 @@ def render_pod(
         labels[COSCHEDULING_LABEL] = pod_group_name(run)
     elif scheduling.pod_group == "volcano":
         annotations[VOLCANO_ANNOTATION] = pod_group_name(run)
-    container: Manifest = {
-        "name": "cell",
-        "image": template.image or defaults.image,
-        "imagePullPolicy": template.image_pull_policy or defaults.image_pull_policy,
-        "command": ["lipizzaner-cell"],
+    container = {
+        **_container(run, "cell", ["lipizzaner-cell"], defaults),
         "env": _cell_env(run, namespace, cells, restarts, defaults),
         "ports": [
             *_grpc_ports(defaults, cells),
             {"name": "metrics", "containerPort": defaults.metrics_port, "protocol": "TCP"},
         ],
         "readinessProbe": _readiness_probe(run, defaults),
+    }
+    volumes = []
+    if run.spec.exchange.tls.enabled:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append(
+            {"name": "tls", "secret": {"secretName": tls_secret_name(run), "defaultMode": 0o400}}
+        )
+    scheduler = scheduling.scheduler_name or (
+        "volcano" if scheduling.pod_group == "volcano" else None
+    )
+    pod_spec: Manifest = {
+        "hostname": name,
+        "subdomain": service_name(run),
+        **_pod_spec(run, container, volumes, scheduler),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+    }
+    metadata = _metadata(name, namespace, labels)
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def _container(
+    run: LipizzanerRun, name: str, command: list[str], defaults: CellDefaults
+) -> Manifest:
+    """What a cell's and the ensemble Job's containers share: the cell image, the run's
+    resources, its spec mounted, its storage credentials, no privileges."""
+    template = run.spec.cell
+    container: Manifest = {
+        "name": name,
+        "image": template.image or defaults.image,
+        "imagePullPolicy": template.image_pull_policy or defaults.image_pull_policy,
+        "command": command,
         "resources": template.pod_resources(),
         "volumeMounts": [
             {"name": "run-spec", "mountPath": SPEC_FILE.rsplit("/", 1)[0], "readOnly": True},
@@ -293,26 +323,26 @@ def render_pod(
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    volumes = [{"name": "run-spec", "configMap": {"name": config_map_name(run)}}]
-    if run.spec.exchange.tls.enabled:
-        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
-        volumes.append(
-            {"name": "tls", "secret": {"secretName": tls_secret_name(run), "defaultMode": 0o400}}
-        )
     if run.spec.output.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": run.spec.output.credentials_secret}}]
+    return container
+
+
+def _pod_spec(
+    run: LipizzanerRun, container: Manifest, volumes: list[Manifest], scheduler: str | None
+) -> Manifest:
+    """A pod spec around `container`: never restarted in place, placed as the cells are."""
+    template = run.spec.cell
     pod_spec: Manifest = {
-        "hostname": name,
-        "subdomain": service_name(run),
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [*volumes, *template.volumes],
+        "volumes": [
+            {"name": "run-spec", "configMap": {"name": config_map_name(run)}},
+            *volumes,
+            *template.volumes,
+        ],
     }
-    scheduler = scheduling.scheduler_name or (
-        "volcano" if scheduling.pod_group == "volcano" else None
-    )
     optional = {
         "schedulerName": scheduler,
         "nodeSelector": template.node_selector,
@@ -323,7 +353,38 @@ def render_pod(
         "imagePullSecrets": template.image_pull_secrets,
     }
     pod_spec.update({key: value for key, value in optional.items() if value})
-    metadata = _metadata(name, namespace, labels)
-    if annotations:
-        metadata["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    return pod_spec
+
+
+# Retries of the ensemble Job's pod before the search, and so the run, fails.
+SEARCH_BACKOFF_LIMIT = 2
+
+
+def search_job_name(run: LipizzanerRun) -> str:
+    return f"{run.metadata.name}-ensemble"
+
+
+def render_search_job(run: LipizzanerRun, namespace: str, defaults: CellDefaults) -> Manifest:
+    """The Job of `spec.ensemble`'s search: the cell image's `lipizzaner ensemble optimize`
+    on the finished run's output, with a cell's resources, placement and credentials."""
+    labels = run_labels(run, "ensemble")
+    container = {
+        **_container(run, "ensemble", ENSEMBLE_SEARCH_COMMAND, defaults),
+        "env": list(run.spec.cell.env),
+    }
+    job_labels = dict(labels)
+    queue = kueue_queue(run)
+    if queue:  # Kueue admits the Job as it admitted the cells
+        job_labels[KUEUE_QUEUE_LABEL] = queue
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(search_job_name(run), namespace, job_labels),
+        "spec": {
+            "backoffLimit": SEARCH_BACKOFF_LIMIT,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec(run, container, [], run.spec.scheduling.scheduler_name),
+            },
+        },
+    }
