@@ -151,6 +151,15 @@ INVALID = [
     ({"spec.mixture.scoreType": "spectrum"}, "spec.mixture.scoreType", "scoreType"),
     ({"spec.ensemble.method": "random"}, "spec.ensemble.method", "spec.ensemble.method"),
     ({"spec.ensemble.maxSize": 0}, "spec.ensemble.maxSize", "spec.ensemble.maxSize"),
+    ({"spec.dataset.labelRate": 0.1}, "spec.dataset.labelRate", "spec.dataset.labelRate"),
+    ({"spec.dataset.labelRate": 0}, "spec.dataset.labelRate", "spec.dataset.labelRate"),
+    (
+        {"spec.semiSupervised.enabled": True, "spec.dataset": {"name": "sine-waves"}},
+        "spec.semiSupervised.enabled",
+        "spec.semiSupervised.enabled",
+    ),
+    ({"spec.semiSupervised.weights": "even"}, "semiSupervised.weights", "weights"),
+    ({"spec.semiSupervised.labelledBatchSize": 0}, "labelledBatchSize", "labelledBatchSize"),
     (
         {"spec.ensemble.method": "ga", "spec.ensemble.objective": "spectrum"},
         "spec.ensemble.objective",

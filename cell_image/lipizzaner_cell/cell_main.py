@@ -44,6 +44,7 @@ from lipizzaner_cell.metrics import CellMetrics, MetricsEndpoint
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.output_log import OutputLog
 from lipizzaner_cell.references import ReferenceCache
+from lipizzaner_cell.semi_supervised import discriminator_classes
 from lipizzaner_cell.wire.client import GrpcNeighbourhood, NeighbourPuller, PullPolicy
 from lipizzaner_cell.wire.codec import CentreArchitecture, architecture_of
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
@@ -124,6 +125,8 @@ class CellStatusBoard:
         self, engine: CellEngine, report: GenerationReport, neighbourhood: GrpcNeighbourhood
     ) -> None:
         scores = {} if report.mixture_score is None else {"mixture": report.mixture_score}
+        if report.accuracy is not None:
+            scores["accuracy"] = report.accuracy
         self.update(
             phase=Phase.TRAINING,
             generation=report.generation,
@@ -143,7 +146,7 @@ def neighbour_pullers(
     run: LipizzanerRun,
     args: argparse.Namespace,
     cell: int,
-    data_shape: tuple[int, ...],
+    dataset: Dataset,
     metrics: CellMetrics | None,
     tls: TlsMaterial | None,
 ) -> dict[int, NeighbourPuller]:
@@ -151,8 +154,9 @@ def neighbour_pullers(
     policy = PullPolicy(max_state_bytes=run.spec.exchange.max_state_megabytes << 20, tls=tls)
     network, optimizer = run.spec.network, spec_loss(run.spec.loss).optimizer
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        generator = build_generator(network.generator, network.latent_size, data_shape)
-        discriminator = build_discriminator(network.discriminator, data_shape)
+        shape, classes = dataset.shape, discriminator_classes(run.spec, dataset)
+        generator = build_generator(network.generator, network.latent_size, shape)
+        discriminator = build_discriminator(network.discriminator, shape, classes)
         expected = CentreArchitecture(
             architecture_of(generator.state_dict()),
             architecture_of(discriminator.state_dict()),
@@ -212,6 +216,8 @@ def train(
                 report, time.perf_counter() - started, score_name, engine.mixture_weights
             )
         score = "" if report.mixture_score is None else f" score {report.mixture_score:.4f}"
+        if report.accuracy is not None:
+            score += f" accuracy {report.accuracy:.4f}"
         log.info(
             "generation %d/%d: G %.4f D %.4f%s",
             report.generation,
@@ -334,7 +340,7 @@ def serve_and_train(
     neighbourhood = None
     try:
         dataset = shared.data.get()
-        pullers = neighbour_pullers(run, args, cell, dataset.shape, metrics, tls)
+        pullers = neighbour_pullers(run, args, cell, dataset, metrics, tls)
         neighbourhood = GrpcNeighbourhood(board, pullers)
         engine = CellEngine(
             run,

@@ -85,6 +85,7 @@ class Dataset:
     data: torch.Tensor
     values: ValueMap
     labels: torch.Tensor | None = None
+    classes: int | None = None  # how many classes `labels` counts (0 .. classes - 1)
     # Synthetic 2-D data: mode centres and their standard deviation, in model space.
     modes: torch.Tensor | None = None
     mode_std: float | None = None
@@ -141,6 +142,7 @@ def _mixture_of_gaussians(
         data=torch.from_numpy(points / extent).float(),
         values=ValueMap([extent], [0.0], "float32", bounded=False),
         labels=torch.from_numpy(which),
+        classes=len(centres),
         modes=torch.from_numpy(centres / extent).float(),
         mode_std=std / extent,
         identity=identity,
@@ -201,6 +203,7 @@ def load_mnist(spec: MnistSpec | FashionMnistSpec, seed: int, storage: Storage) 
         data=_images_to_model_space(images).unsqueeze(1),
         values=PIXELS,
         labels=torch.from_numpy(labels.astype(np.int64)),
+        classes=10,
         identity=f"{spec.name}:{images_uri}:{images.shape[0]}",
     )
 
@@ -245,6 +248,7 @@ def load_cifar10(spec: Cifar10Spec, seed: int, storage: Storage) -> Dataset:
         data=_images_to_model_space(table[:, 1:].reshape(-1, 3, 32, 32)),
         values=PIXELS,
         labels=torch.from_numpy(table[:, 0].astype(np.int64)),
+        classes=10,
         identity=f"cifar10:{spec.path}:{split}:{table.shape[0]}",
     )
 
@@ -264,13 +268,34 @@ def load_image_folder(spec: ImageFolderSpec, seed: int, storage: Storage) -> Dat
             pixels = np.asarray(image.convert(mode).resize(size, Image.Resampling.BILINEAR))
         images.append(pixels.reshape(spec.image_size, spec.image_size, spec.channels))
     stacked = np.stack(images).transpose(0, 3, 1, 2)
+    labels, classes = folder_classes(storage, spec.path, files)
     return Dataset(
         name="image-folder",
         data=_images_to_model_space(stacked),
         values=PIXELS,
+        labels=labels,
+        classes=classes,
         identity=f"image-folder:{spec.path}:{len(files)}:{spec.image_size}:{spec.channels}"
         f":{spec.crop}",
     )
+
+
+def folder_classes(
+    storage: Storage, root: str, files: list[str]
+) -> tuple[torch.Tensor | None, int | None]:
+    """Each image's class, its sub-folder under `root` (folders in name order); none
+    unless every image is in one."""
+    _, base = storage.filesystem(root)
+    folders = []
+    for uri in files:
+        _, path = storage.filesystem(uri)
+        parts = path[len(base.rstrip("/")) :].strip("/").split("/")
+        if len(parts) < 2:
+            return None, None
+        folders.append(parts[0])
+    names = sorted(set(folders))
+    index = {name: k for k, name in enumerate(names)}
+    return torch.tensor([index[f] for f in folders], dtype=torch.int64), len(names)
 
 
 def centre_square(image: PilImage) -> PilImage:
@@ -281,15 +306,16 @@ def centre_square(image: PilImage) -> PilImage:
     return image.crop((left, top, left + side, top + side))
 
 
-def read_array(storage: Storage, path: str, key: str | None) -> np.ndarray:
-    """One array of a .npy or .npz file; pickled objects are refused, never loaded."""
+def read_array(storage: Storage, path: str, key: str | None, field: str = "key") -> np.ndarray:
+    """One array of a .npy or .npz file; pickled objects are refused, never loaded.
+    `field` names the spec's key field in errors."""
     loaded = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return loaded
     keys = list(loaded.keys())
     key = key or keys[0]
     if key not in keys:
-        raise KeyError(f"dataset.key: {key!r} not in {path} (has {keys})")
+        raise KeyError(f"dataset.{field}: {key!r} not in {path} (has {keys})")
     return loaded[key]
 
 
@@ -304,12 +330,28 @@ def load_array(spec: ArraySpec, seed: int, storage: Storage) -> Dataset:
     scale = np.where(high > low, (high - low) / 2, 1.0)
     offset = (high + low) / 2
     model = ((flat - offset) / scale).reshape(array.shape)
+    labels = None if spec.labels_key is None else array_labels(storage, spec, len(array))
     return Dataset(
         name="array",
         data=torch.from_numpy(model).float(),
         values=ValueMap(scale.tolist(), offset.tolist(), str(source_dtype)),
+        labels=labels,
+        classes=None if labels is None else int(labels.max()) + 1,
         identity=f"array:{spec.path}:{array.shape}",
     )
+
+
+def array_labels(storage: Storage, spec: ArraySpec, count: int) -> torch.Tensor:
+    """The samples' classes under `labelsKey`: N integers from 0."""
+    labels = read_array(storage, spec.path, spec.labels_key, "labelsKey")
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"dataset.labelsKey: {spec.labels_key!r} in {spec.path} must hold {count} integer "
+            f"classes, got {labels.dtype} of shape {labels.shape}"
+        )
+    if labels.min() < 0:
+        raise ValueError(f"dataset.labelsKey: classes must be >= 0, got {labels.min()}")
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def load_sequences(spec: SequencesSpec, seed: int, storage: Storage) -> Dataset:

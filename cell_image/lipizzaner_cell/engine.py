@@ -18,7 +18,7 @@ from lipizzaner_core.storage import Storage
 from lipizzaner_core.topology import cell_seed
 
 from lipizzaner_cell.datasets import Dataset
-from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes
+from lipizzaner_cell.fitness import LabelAware, evaluate_fitness, generator_fakes
 from lipizzaner_cell.graphed import GraphedSteps, graphable
 from lipizzaner_cell.individual import Individual
 from lipizzaner_cell.losses import Loss, spec_loss
@@ -29,6 +29,12 @@ from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.scores import Scorer
 from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
+from lipizzaner_cell.semi_supervised import (
+    SemiSupervision,
+    accuracy,
+    classification_loss,
+    discriminator_classes,
+)
 from lipizzaner_cell.training import BatchTrainer, EagerSteps, Players
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,8 @@ class GenerationReport:
     # Keep-best: the best mixture's score so far and its generation (None without).
     kept_score: float | None = None
     kept_generation: int | None = None
+    # Semi-supervised runs: the centre discriminator's accuracy on the held-out data.
+    accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ class CellEngine:
         diet = self.training_set.subset(spec.dataset.sampling_ratio, self.seed)
         self.data = diet.data.to(self.device)
         self.shape = dataset.shape
+        self.semi = SemiSupervision.of(spec, index, diet, self.seed, self.device)
+        self.classes = discriminator_classes(spec, dataset)
         # Decisions score against held-out data (the training data when none is held out).
         held_out = self.validation_set is not None
         self.scored_on = "validation" if held_out else "training"
@@ -147,13 +157,16 @@ class CellEngine:
             self.rng,
             self.device_rng,
             self.noise,
-            self._graphed_steps() or EagerSteps(self.device_rng),
+            self._graphed_steps() or EagerSteps(self.device_rng, self.semi),
         )
 
     def _graphed_steps(self) -> GraphedSteps | None:
         """Captured CUDA graphs for step 4 where they apply (`graphed.py`), else None."""
         spec = self.spec
         if self.device.type != "cuda" or not spec.training.cuda_graphs:
+            return None
+        if self.semi is not None:
+            log.info("cell %d: semi-supervised steps run without CUDA graphs", self.index)
             return None
         if not graphable(self.loss):
             log.info("cell %d: %s steps run without CUDA graphs", self.index, spec.loss)
@@ -177,6 +190,7 @@ class CellEngine:
             hood = self.snapshot_neighbourhood()  # 1
         with _timed(seconds, "fitness"):
             real, noise = self._fitness_samples()  # 2
+            labelled = self._labelled_samples()
             hood_fakes = generator_fakes(hood.generators, noise)
             evaluate_fitness(
                 hood.generators,
@@ -185,13 +199,14 @@ class CellEngine:
                 hood_fakes,
                 self.loss,
                 co.fitness.mode,
+                label_aware=self._label_aware(hood.discriminators, labelled),
             )
         with _timed(seconds, "selection"):
             players = self.select(hood)  # 3
         with _timed(seconds, "training"):
             losses = self.train(players, should_stop)  # 4
         with _timed(seconds, "replacement"):
-            accepted = self.replace(hood, hood_fakes, players, real, noise)  # 5
+            accepted = self.replace(hood, hood_fakes, players, real, noise, labelled)  # 5
             offered = 2 * co.replacements if co.selection else 0
             self.offspring_accepted += accepted
             self.offspring_offered += offered
@@ -218,6 +233,7 @@ class CellEngine:
             seconds=seconds,
             kept_score=self.kept.score if self.kept else None,
             kept_generation=self.kept.generation if self.kept else None,
+            accuracy=self.classifier_accuracy([centre_d.net]),
         )
 
     def snapshot_neighbourhood(self) -> Neighbourhood:
@@ -279,13 +295,14 @@ class CellEngine:
         players: Players,
         real: torch.Tensor,
         noise: torch.Tensor,
+        labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> int:
         """Step 5: score the trained individuals against the neighbourhood and, with
         selection, put the better offspring in place of the worst locals.
 
-        Uses step 2's samples. With selection `hood_fakes` are still valid (training
-        worked on clones); without, the local generators trained in place and make fresh
-        fakes, and nothing is replaced.
+        Uses step 2's samples (`labelled`: semi-supervised runs' labelled ones). With
+        selection `hood_fakes` are still valid (training worked on clones); without, the
+        local generators trained in place and make fresh fakes, and nothing is replaced.
         """
         co = self.spec.coevolution
         mode, loss = co.fitness.mode, self.loss
@@ -296,7 +313,14 @@ class CellEngine:
         if not co.selection:
             hood_fakes = trained_fakes + hood_fakes[len(self.generators) :]
         evaluate_fitness(
-            hood.generators, players.discriminators, real, hood_fakes, loss, mode, assign=("d",)
+            hood.generators,
+            players.discriminators,
+            real,
+            hood_fakes,
+            loss,
+            mode,
+            assign=("d",),
+            label_aware=self._label_aware(players.discriminators, labelled),
         )
         if not co.selection:
             return 0
@@ -363,6 +387,24 @@ class CellEngine:
         ]
         return cells, nets
 
+    def classifiers(self, hood: Neighbourhood) -> tuple[list[int], list[torch.nn.Module]]:
+        """Semi-supervised runs: the cells of the neighbourhood's centre discriminators, and
+        the discriminators, this cell's first."""
+        cells = [self.index, *hood.neighbour_cells]
+        nets = [best(self.discriminators).net] + [
+            self._imports[("discriminator", c)].net for c in hood.neighbour_cells
+        ]
+        return cells, nets
+
+    def classifier_accuracy(self, nets: list[torch.nn.Module]) -> float | None:
+        """Semi-supervised runs: the accuracy of `nets` (their vote) on the held-out data
+        (the training data when none is held out); None otherwise."""
+        if self.semi is None:
+            return None
+        held = self.validation_set or self.training_set
+        assert held.labels is not None  # SemiSupervision.of checked
+        return accuracy(nets, held.data.to(self.device), held.labels)
+
     def mixture_weights_of(self, cells: list[int]) -> torch.Tensor:
         """The weights of these cells, renormalised to sum to 1."""
         weights = torch.tensor([self.mixture_weights[c] for c in cells], dtype=torch.float64)
@@ -390,7 +432,7 @@ class CellEngine:
         if role == "generator":
             net = build_generator(network.generator, network.latent_size, self.shape)
         else:
-            net = build_discriminator(network.discriminator, self.shape)
+            net = build_discriminator(network.discriminator, self.shape, self.classes)
         return net.to(self.device)
 
     def _import(self, state: CentreState, role: str) -> Individual:
@@ -421,6 +463,24 @@ class CellEngine:
         size = self.spec.coevolution.fitness.sample_size
         rows = torch.randint(len(self.data), (size,), generator=self.device_rng, device=self.device)
         return self.data[rows], self.noise(size)
+
+    def _labelled_samples(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Semi-supervised runs: the generation's labelled samples for fitness."""
+        if self.semi is None:
+            return None
+        return self.semi.draw(self.spec.coevolution.fitness.sample_size, self.device_rng)
+
+    def _label_aware(
+        self,
+        discriminators: list[Individual],
+        labelled: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> LabelAware | None:
+        """The label-aware fitness of `discriminators` on the labelled samples."""
+        if self.semi is None or labelled is None:
+            return None
+        with torch.no_grad():
+            losses = [classification_loss(d.net, *labelled) for d in discriminators]
+        return LabelAware(self.semi.unsupervised, self.semi.supervised, torch.stack(losses))
 
     def centre_state(self) -> CentreState:
         centre_g, centre_d = best(self.generators), best(self.discriminators)

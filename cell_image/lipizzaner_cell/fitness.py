@@ -9,6 +9,8 @@ neighbourhood's networks do not change in between.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lipizzaner_cell.individual import Individual
@@ -59,6 +61,21 @@ def loss_tables(
     return g_table, (torch.stack(d_rows).double().cpu() if d_rows else None)
 
 
+@dataclass(frozen=True)
+class LabelAware:
+    """The original's label-aware discriminator fitness (semi-supervised runs): the GAN
+    loss weighted by `unsupervised`, plus each discriminator's classification loss on the
+    generation's labelled samples weighted by `supervised`."""
+
+    unsupervised: float
+    supervised: float
+    classification: torch.Tensor  # per discriminator, in their order
+
+    def weigh(self, d_table: torch.Tensor) -> torch.Tensor:
+        extra = self.supervised * self.classification.double().cpu()
+        return self.unsupervised * d_table + extra[:, None]
+
+
 def evaluate_fitness(
     generators: list[Individual],
     discriminators: list[Individual],
@@ -68,6 +85,7 @@ def evaluate_fitness(
     mode: str,
     *,
     assign: tuple[str, ...] = ("g", "d"),
+    label_aware: LabelAware | None = None,
 ) -> None:
     """Set fitness (losses against all opponents, combined per mode) on the sides in `assign`.
 
@@ -77,6 +95,8 @@ def evaluate_fitness(
     if "d" in assign and real is None:
         raise ValueError("discriminator fitness needs real samples")
     g_table, d_table = loss_tables(fakes, discriminators, real, loss)
+    if label_aware is not None and d_table is not None:
+        d_table = label_aware.weigh(d_table)
     sides = {"g": (generators, g_table), "d": (discriminators, d_table)}
     for side in assign:
         individuals, table = sides[side]

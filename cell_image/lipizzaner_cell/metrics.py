@@ -94,6 +94,11 @@ class CellMetrics:
             "Keep-best: the best mixture score so far, the one the cell would end with",
             extra=("score",),
         )
+        self.accuracy = metric(
+            Gauge,
+            "classifier_accuracy",
+            "Semi-supervised runs: the best discriminator's accuracy on the held-out data",
+        )
         self.mixture_weight = metric(
             Gauge, "mixture_weight", "Weight of a neighbourhood member's generator", ("member",)
         )
@@ -165,6 +170,8 @@ class CellMetrics:
             self.score.labels(**self.labels, score=score_name).set(report.mixture_score)
         if report.kept_score is not None and score_name is not None:
             self.kept_score.labels(**self.labels, score=score_name).set(report.kept_score)
+        if report.accuracy is not None:
+            self.accuracy.set(report.accuracy)
         for member, weight in weights.items():
             self.mixture_weight.labels(**self.labels, member=str(member)).set(weight)
 

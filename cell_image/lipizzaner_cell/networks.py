@@ -1,6 +1,8 @@
 """Generator and discriminator networks, built from the run spec and the data's shape.
 
-Discriminators return one logit per sample; every loss works on logits. Discriminators
+Discriminators return one logit per sample; every loss works on logits. A semi-supervised
+run's discriminator (`ClassifyingDiscriminator`) also classifies, and its logit is the
+one its K + 1 outputs imply. Discriminators
 have no batch normalisation, so a sample's score never depends on the rest of its batch
 (fitness evaluation scores many generators' samples in one forward pass).
 """
@@ -43,13 +45,13 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    def __init__(self, hidden_sizes: list[int], shape: Shape) -> None:
+    def __init__(self, hidden_sizes: list[int], shape: Shape, outputs: int = 1) -> None:
         super().__init__()
         sizes = [math.prod(shape), *hidden_sizes]
         layers: list[nn.Module] = []
         for size_in, size_out in itertools.pairwise(sizes):
             layers += [nn.Linear(size_in, size_out), nn.LeakyReLU(0.2)]
-        layers.append(nn.Linear(sizes[-1], 1))
+        layers.append(nn.Linear(sizes[-1], outputs))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +91,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, width: int, shape: Shape) -> None:
+    def __init__(self, width: int, shape: Shape, outputs: int = 1) -> None:
         super().__init__()
         channels, image_size = shape[0], shape[1]
         base, steps = _upsampling_plan(image_size)
@@ -97,7 +99,9 @@ class DCGANDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Conv2d(w_in, w_out, 4, 2, 1), nn.LeakyReLU(0.2)]
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(widths[-1] * base * base, 1))
+        self.net = nn.Sequential(
+            *layers, nn.Flatten(), nn.Linear(widths[-1] * base * base, outputs)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
@@ -153,10 +157,10 @@ class RNNGenerator(nn.Module):
 class RNNDiscriminator(nn.Module):
     """A sequence's logit from the recurrent layers' outputs, averaged over its steps."""
 
-    def __init__(self, hidden_sizes: list[int], cell: str, shape: Shape) -> None:
+    def __init__(self, hidden_sizes: list[int], cell: str, shape: Shape, outputs: int = 1) -> None:
         super().__init__()
         self.layers = _recurrent_stack(cell, shape[1], hidden_sizes)
-        self.out = nn.Linear(hidden_sizes[-1], 1)
+        self.out = nn.Linear(hidden_sizes[-1], outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(_run_stack(self.layers, x).mean(1)).squeeze(1)
@@ -171,12 +175,39 @@ def build_generator(part: NetworkPartSpec, latent_size: int, shape: Shape) -> nn
     return MLPGenerator(latent_size, list(part.hidden_sizes), shape, linear=part.output == "linear")
 
 
-def build_discriminator(part: NetworkPartSpec, shape: Shape) -> nn.Module:
+class ClassifyingDiscriminator(nn.Module):
+    """The SGAN discriminator (Salimans et al.; the original's `ssgan_*` networks): K class
+    logits and a fake one. Its GAN logit is log(1 - p_fake) - log p_fake, so sigmoid of it
+    is the probability of "real, of any class", and every loss applies unchanged: BCE on
+    it is the original's real and fake terms, the generator's the original's too."""
+
+    def __init__(self, body: nn.Module, classes: int) -> None:
+        super().__init__()
+        self.body = body  # K + 1 outputs: the classes, then fake
+        self.classes = classes
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The K class logits."""
+        return self.body(x)[:, : self.classes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.body(x)
+        return torch.logsumexp(logits[:, : self.classes], 1) - logits[:, self.classes]
+
+
+def build_discriminator(
+    part: NetworkPartSpec, shape: Shape, classes: int | None = None
+) -> nn.Module:
+    """The discriminator of `part`; with `classes`, one that also classifies."""
+    outputs = 1 if classes is None else classes + 1
+    body: nn.Module
     if part.architecture == "dcgan":
-        return DCGANDiscriminator(part.width, shape)
-    if part.architecture == "rnn":
-        return RNNDiscriminator(list(part.hidden_sizes), part.cell, shape)
-    return MLPDiscriminator(list(part.hidden_sizes), shape)
+        body = DCGANDiscriminator(part.width, shape, outputs)
+    elif part.architecture == "rnn":
+        body = RNNDiscriminator(list(part.hidden_sizes), part.cell, shape, outputs)
+    else:
+        body = MLPDiscriminator(list(part.hidden_sizes), shape, outputs)
+    return body if classes is None else ClassifyingDiscriminator(body, classes)
 
 
 @contextmanager

@@ -148,8 +148,7 @@ def finish_cell(
     layout.storage.remove_tree(layout.mixture)  # no member of an earlier mixture stays
     for cell, net, weight in zip(cells, nets, weights.tolist(), strict=True):
         name = layout.mixture_generator(cell)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        layout.storage.write_bytes(join(layout.uri, name), save_tensors(tensors))
+        layout.storage.write_bytes(join(layout.uri, name), save_tensors(_tensors(net)))
         mixture.append({"cell": cell, "weight": weight, "file": name})
     row, col = engine.grid.position(engine.index)
     result = {
@@ -184,5 +183,33 @@ def finish_cell(
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     }
+    if engine.semi is not None:
+        result["classifier"] = write_classifiers(engine, layout)
     layout.storage.write_json(layout.result, result)
     return result
+
+
+def write_classifiers(engine: CellEngine, layout: CellLayout) -> dict[str, Any]:
+    """Semi-supervised runs: the neighbourhood's centre discriminators, the cell's own
+    first, and the accuracy of its own and of their vote on the held-out data."""
+    cells, nets = engine.classifiers(engine.snapshot_neighbourhood())
+    layout.storage.remove_tree(layout.classifiers)
+    members = []
+    for cell, net in zip(cells, nets, strict=True):
+        name = layout.classifier(cell)
+        layout.storage.write_bytes(join(layout.uri, name), save_tensors(_tensors(net)))
+        members.append({"cell": cell, "file": name})
+    return {
+        "classes": engine.classes,
+        "labelled": len(engine.semi.classes) if engine.semi is not None else 0,
+        "scoredOn": engine.scored_on,
+        "accuracy": {
+            "discriminator": engine.classifier_accuracy(nets[:1]),
+            "neighbourhood": engine.classifier_accuracy(nets),
+        },
+        "members": members,
+    }
+
+
+def _tensors(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

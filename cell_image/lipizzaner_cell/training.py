@@ -24,6 +24,7 @@ from torch import nn
 
 from lipizzaner_cell.individual import Individual, mutate_learning_rate
 from lipizzaner_cell.losses import Loss, draw_loss, gradient_penalty
+from lipizzaner_cell.semi_supervised import SemiSupervision
 
 
 @dataclass
@@ -90,9 +91,12 @@ def clip_weights(net: nn.Module, clip: float) -> None:
 
 @dataclass
 class EagerSteps:
-    """Each step as plain PyTorch: the reference every other way of stepping must match."""
+    """Each step as plain PyTorch: the reference every other way of stepping must match.
+    With `labelled` (semi-supervised runs) a discriminator's loss adds its classification
+    loss on a labelled batch."""
 
-    device_rng: torch.Generator  # gradient-penalty mixing
+    device_rng: torch.Generator  # gradient-penalty mixing, labelled batches
+    labelled: SemiSupervision | None = None
 
     def begin(self, players: Players) -> None:
         pass
@@ -121,6 +125,8 @@ class EagerSteps:
         if loss.gradient_penalty:
             penalty = gradient_penalty(player.net, real, fake, self.device_rng)
             value = value + loss.gradient_penalty * penalty
+        if self.labelled is not None:
+            value = self.labelled.discriminator_loss(player.net, value, self.device_rng)
         player.optimizer.zero_grad(set_to_none=True)
         value.backward()
         player.optimizer.step()

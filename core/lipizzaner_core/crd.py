@@ -21,6 +21,7 @@ from lipizzaner_core.spec import (
     API_VERSION,
     ARCHITECTURE_DATA,
     KIND,
+    LABELLED_DATASETS,
     MAX_CELLS,
     NAME_PATTERN,
     OBJECTIVE_DATA,
@@ -120,6 +121,19 @@ SPEC_RULES: list[Schema] = [
             ),
         )
     ),
+    {
+        "rule": f"!self.semiSupervised.enabled || self.dataset.name in {list(LABELLED_DATASETS)}",
+        "message": "semiSupervised.enabled: needs a dataset with classes "
+        f"({', '.join(LABELLED_DATASETS)})",
+        "fieldPath": ".semiSupervised.enabled",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!has(self.dataset.labelRate) || self.semiSupervised.enabled",
+        "message": "dataset.labelRate: only semi-supervised runs use labels",
+        "fieldPath": ".dataset.labelRate",
+        "reason": "FieldValueInvalid",
+    },
     {
         "rule": "self.ensemble.method == 'best-cell' || self.ensemble.objective != 'auto' || "
         "self.mixture.scoreType != 'none'",

@@ -1,6 +1,7 @@
 """Assemble the run's ensemble from the cells' result files (torch-free, so the operator can).
 
-The ensemble is the best cell's neighbourhood mixture: the cell whose mixture has the
+The ensemble is the best cell's neighbourhood mixture (and, in a semi-supervised run, its
+neighbourhood's discriminators: the run's classifier): the cell whose mixture has the
 lowest objective (FID, mode KL, ...; on held-out data unless the run holds none out), or,
 for runs without a score, the lowest generator fitness. With keep-best a cell's mixture
 is the best it saw over the run, and `mixtureGeneration` says from which generation.
@@ -61,14 +62,37 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
         ],
         "cells": [
             {key: r.get(key) for key in CELL_SUMMARY}
+            | ({"accuracy": r["classifier"]["accuracy"]} if "classifier" in r else {})
             for r in sorted(results, key=lambda r: r["cell"])
         ],
+        **classifier_entry(winner, spec),
         "spec": spec,
         "provenance": {
             **winner["provenance"],
             "assembledBy": f"lipizzaner {__version__}",
             "assembled": datetime.now(UTC).isoformat(timespec="seconds"),
         },
+    }
+
+
+def classifier_entry(winner: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Semi-supervised runs: the best cell's classifiers (its own discriminator first, then
+    its neighbours'), their class count and accuracy; nothing otherwise."""
+    if "classifier" not in winner:
+        return {}
+    found = winner["classifier"]
+    return {
+        "classifier": {
+            "classes": found["classes"],
+            "labelled": found["labelled"],
+            "scoredOn": found["scoredOn"],
+            "accuracy": found["accuracy"],
+            "network": spec["spec"]["network"]["discriminator"],
+            "members": [
+                {"file": RunLayout.ensemble_classifier(k), "sourceCell": member["cell"]}
+                for k, member in enumerate(found["members"])
+            ],
+        }
     }
 
 
@@ -91,7 +115,11 @@ def assemble_ensemble(run: LipizzanerRun, layout: RunLayout) -> dict[str, Any]:
     winner = next(r for r in results if r["cell"] == manifest["bestCell"])
     cell = layout.cell(winner["cell"])
     layout.storage.remove_tree(layout.ensemble)
-    for member, entry in zip(winner["mixture"], manifest["generators"], strict=True):
+    copies = list(zip(winner["mixture"], manifest["generators"], strict=True))
+    if "classifier" in manifest:
+        members = winner["classifier"]["members"]
+        copies += zip(members, manifest["classifier"]["members"], strict=True)
+    for member, entry in copies:
         layout.storage.copy(join(cell.uri, member["file"]), join(layout.ensemble, entry["file"]))
     layout.storage.write_json(layout.ensemble_manifest, manifest)
     return manifest

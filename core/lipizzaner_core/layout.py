@@ -69,6 +69,14 @@ class CellLayout:
         return f"mixture/generator-{source_cell}.safetensors"
 
     @property
+    def classifiers(self) -> str:
+        return join(self.uri, "classifier")
+
+    def classifier(self, source_cell: int) -> str:
+        """Semi-supervised runs, relative to the cell: the neighbourhood's discriminators."""
+        return f"classifier/discriminator-{source_cell}.safetensors"
+
+    @property
     def logs(self) -> str:
         return join(self.uri, "logs")
 
@@ -111,6 +119,11 @@ class RunLayout:
     def ensemble_generator(k: int) -> str:
         """Relative to the ensemble directory: the manifest names its files this way."""
         return f"generator-{k}.safetensors"
+
+    @staticmethod
+    def ensemble_classifier(k: int) -> str:
+        """Semi-supervised runs, relative to the ensemble directory: the classifiers."""
+        return f"discriminator-{k}.safetensors"
 
     @property
     def preview(self) -> str:

@@ -19,6 +19,7 @@ from lipizzaner_core.spec_base import SpecModel
 from lipizzaner_core.spec_datasets import (
     DATASET_NAMES,
     IMAGE_DATASETS,
+    LABELLED_DATASETS,
     SEQUENCE_DATASETS,
     DatasetSpec,
 )
@@ -181,6 +182,37 @@ class EnsembleSpec(SpecModel):
         return self.method != "best-cell"
 
 
+class SemiSupervisedSpec(SpecModel):
+    """Semi-supervised training (SGAN): discriminators also classify (docs/semi-supervised.md)."""
+
+    enabled: bool = Field(
+        False,
+        description="true: each discriminator outputs the dataset's classes plus fake, trains "
+        "on the labelled samples' cross-entropy too, and its fitness counts both",
+    )
+    weights: Literal["fixed", "spread"] = Field(
+        "fixed",
+        description="fixed: every cell weighs its losses by unsupervisedWeight and "
+        "supervisedWeight; spread: as the original, cell i of n by i/(n-1) and 1-i/(n-1)",
+    )
+    unsupervised_weight: float = Field(
+        1.0, ge=0.0, description="fixed: the weight of the discriminator's GAN loss"
+    )
+    supervised_weight: float = Field(
+        1.0, ge=0.0, description="fixed: the weight of its classification loss"
+    )
+    labelled_batch_size: int = Field(
+        100, ge=1, description="labelled samples in each discriminator step, drawn anew"
+    )
+
+    def weights_of(self, cell: int, cells: int) -> tuple[float, float]:
+        """(unsupervised, supervised) weights of a cell's discriminator losses."""
+        if self.weights == "fixed":
+            return self.unsupervised_weight, self.supervised_weight
+        unsupervised = 0.5 if cells == 1 else cell / (cells - 1)
+        return unsupervised, 1.0 - unsupervised
+
+
 class ScoreSpec(SpecModel):
     """Which feature networks score a run: a cheap one every generation, maybe a standard
     one for the final report."""
@@ -293,6 +325,7 @@ class RunSpecBody(SpecModel):
     coevolution: CoevolutionSpec = Field(default_factory=CoevolutionSpec)
     mixture: MixtureSpec = Field(default_factory=MixtureSpec)
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
+    semi_supervised: SemiSupervisedSpec = Field(default_factory=SemiSupervisedSpec)
     score: ScoreSpec = Field(default_factory=ScoreSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
@@ -355,6 +388,7 @@ class RunSpecBody(SpecModel):
                 f"ensemble.objective: method {ensemble.method} needs a score to search by, "
                 "and mixture.scoreType is none: set ensemble.objective"
             )
+        self._labels_fit_data()
         for field, name, needs in (
             (
                 "network.generator.architecture",
@@ -371,6 +405,22 @@ class RunSpecBody(SpecModel):
         ):
             self._fits_data(field, name, needs)
         return self
+
+    def _labels_fit_data(self) -> None:
+        dataset = self.dataset.name
+        if self.semi_supervised.enabled and dataset not in LABELLED_DATASETS:
+            raise ValueError(
+                f"semiSupervised.enabled: needs a dataset with classes "
+                f"({', '.join(LABELLED_DATASETS)}), got dataset {dataset}"
+            )
+        if (
+            getattr(self.dataset, "label_rate", None) is not None
+            and not self.semi_supervised.enabled
+        ):
+            raise ValueError(
+                "dataset.labelRate: only semi-supervised runs use labels: set "
+                "semiSupervised.enabled: true"
+            )
 
     def _fits_data(
         self, field: str, name: str | None, needs: dict[str, tuple[str, tuple[str, ...]]]

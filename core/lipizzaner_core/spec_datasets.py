@@ -21,7 +21,20 @@ class DatasetBase(SpecModel):
     )
 
 
-class GaussianRingSpec(DatasetBase):
+class LabelledBase(DatasetBase):
+    """A dataset whose samples have classes: semi-supervised runs can use them."""
+
+    label_rate: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="semiSupervised: the fraction of the training samples whose labels the "
+        "run may use, drawn per cell from its seed, the same count from every class "
+        "(default: all)",
+    )
+
+
+class GaussianRingSpec(LabelledBase):
     name: Literal["gaussian-ring"]
     modes: int = Field(8, ge=1)
     radius: float = Field(2.0, gt=0)
@@ -29,7 +42,7 @@ class GaussianRingSpec(DatasetBase):
     size: int = Field(10_000, ge=1)
 
 
-class GaussianGridSpec(DatasetBase):
+class GaussianGridSpec(LabelledBase):
     name: Literal["gaussian-grid"]
     modes_per_side: int = Field(5, ge=1)
     spacing: float = Field(2.0, gt=0)
@@ -37,7 +50,7 @@ class GaussianGridSpec(DatasetBase):
     size: int = Field(10_000, ge=1)
 
 
-class IdxImagesSpec(DatasetBase):
+class IdxImagesSpec(LabelledBase):
     """Images and labels in IDX files (MNIST's format, gzipped or not)."""
 
     path: str = Field(..., min_length=1, description="Directory or URI holding the IDX files")
@@ -61,7 +74,7 @@ class FashionMnistSpec(IdxImagesSpec):
     name: Literal["fashion-mnist"]
 
 
-class Cifar10Spec(DatasetBase):
+class Cifar10Spec(LabelledBase):
     name: Literal["cifar10"]
     path: str = Field(
         ...,
@@ -75,9 +88,14 @@ class Cifar10Spec(DatasetBase):
     )
 
 
-class ImageFolderSpec(DatasetBase):
+class ImageFolderSpec(LabelledBase):
     name: Literal["image-folder"]
-    path: str = Field(..., min_length=1)
+    path: str = Field(
+        ...,
+        min_length=1,
+        description="Directory or URI of PNG/JPG images; with labelRate, one sub-folder per "
+        "class (its name is the class)",
+    )
     image_size: Literal[28, 32, 64, 128] = 64
     channels: Literal[1, 3] = 3
     crop: Literal["none", "center"] = Field(
@@ -115,10 +133,19 @@ class SineWavesSpec(DatasetBase):
         return self
 
 
-class ArraySpec(DatasetBase):
+class ArraySpec(LabelledBase):
     name: Literal["array"]
     path: str = Field(..., min_length=1, description=".npy or .npz file")
     key: str | None = None
+    labels_key: str | None = Field(
+        None, min_length=1, description=".npz: the key of the samples' integer classes"
+    )
+
+    @model_validator(mode="after")
+    def _labels_for_rate(self) -> ArraySpec:
+        if self.label_rate is not None and self.labels_key is None:
+            raise ValueError("labelRate: an array's labels need labelsKey (an .npz key)")
+        return self
 
 
 DATASET_SPECS = (
@@ -149,6 +176,14 @@ DATASET_NAMES = {get_args(spec.model_fields["name"].annotation)[0] for spec in D
 
 # The datasets dcgan networks apply to.
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "image-folder")
+
+
+# The datasets whose samples can have classes (`labelRate`, semi-supervised runs).
+LABELLED_DATASETS = tuple(
+    get_args(spec.model_fields["name"].annotation)[0]
+    for spec in DATASET_SPECS
+    if issubclass(spec, LabelledBase)
+)
 
 
 # The datasets of N x T x C sequences, which rnn networks apply to.
