@@ -206,7 +206,9 @@ def drive_to_success(
             servers.enter_context(status_servers(boards, port, material))
 
             for i in range(2):
-                boards[i].update(generation=i + 1, scores={"mixture": 0.5 + i})
+                boards[i].update(
+                    generation=i + 1, scores={"mixture": 0.5 + i, "accuracy": 0.6 + i / 10}
+                )
                 cluster.set_pod_status(f"demo-cell-{i}", running(f"127.0.0.{i + 1}"))
             status = wait_for(
                 "progress from the cells' GetStatus",
@@ -216,6 +218,7 @@ def drive_to_success(
             assert condition(status, "Running")["status"] == "True"
             assert status["generation"] == {"min": 1, "max": 2}
             assert status["bestScore"] == 0.5
+            assert status["bestAccuracy"] == 0.7  # semi-supervised cells report accuracy
             assert status["grid"] == "1x2" and status["cells"]["running"] == 2
             assert waiter.poll() is None  # still waiting: the run has not succeeded
 

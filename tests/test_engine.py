@@ -54,6 +54,14 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(tiny_manifest, tmp_path)
     assert_resume_is_bit_exact(tiny_manifest, tmp_path)
 
 
+def test_a_semi_supervised_run_resumes_bit_for_bit(tiny_manifest, tmp_path):
+    """Its labelled samples are drawn anew from the cell's seed; its batches from the
+    checkpointed generators."""
+    manifest = with_spec(tiny_manifest, semiSupervised={"enabled": True, "labelledBatchSize": 20})
+    manifest["spec"]["dataset"]["labelRate"] = 0.05
+    assert_resume_is_bit_exact(manifest, tmp_path)
+
+
 P3 = {"populationSize": 3, "tournamentSize": 3, "replacements": 2}
 
 

@@ -50,6 +50,7 @@ def report(generation: int = 1) -> GenerationReport:
         samples_trained=500,
         kept_score=0.2,
         kept_generation=generation - 1,
+        accuracy=0.85,
     )
 
 
@@ -116,6 +117,7 @@ def test_cell_metrics_record_what_happened():
     assert value("lipizzaner_cell_samples_trained_total", labels) == 500
     assert value("lipizzaner_cell_score", {**labels, "score": "fid"}) == 0.25
     assert value("lipizzaner_cell_kept_score", {**labels, "score": "fid"}) == 0.2
+    assert value("lipizzaner_cell_classifier_accuracy", labels) == 0.85
     assert value("lipizzaner_cell_mixture_weight", {**labels, "member": "1"}) == 0.4
     assert value("lipizzaner_cell_exchange_failures_total", {**labels, "direction": "north"}) == 1
     assert value("lipizzaner_cell_exchange_failures_total", {**labels, "direction": "west"}) == 0

@@ -52,12 +52,13 @@ def test_a_new_run_creates_every_cell_and_waits():
 def test_running_cells_report_generations_and_the_best_score():
     run = make_run()
     status = step(run, RunStatus(), {}).status
-    progress = {0: CellProgress(3, 0.9), 1: CellProgress(1, 0.4), 2: CellProgress(2)}
+    progress = {0: CellProgress(3, 0.9, 0.7), 1: CellProgress(1, 0.4, 0.8), 2: CellProgress(2)}
     decision = step(run, status, pods(), progress, T0 + timedelta(seconds=5))
     status = decision.status
     assert (status.phase, status.cells.running) == ("Running", 4)
     assert (status.generation.min, status.generation.max) == (0, 3)
     assert status.best_score == 0.4
+    assert status.best_accuracy == 0.8 and status.cell_records[0].accuracy == 0.7
     assert condition(status, "Running").status == "True"
     assert decision.create == [] and decision.delete == []
     assert [e.reason for e in decision.events] == ["Running"]

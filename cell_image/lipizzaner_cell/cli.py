@@ -225,12 +225,32 @@ def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
         )
     else:
         out.print("no score for this dataset (spec.mixture.scoreType is none); * the ensemble")
+    if "classifier" in manifest:
+        out.print(describe_classifier(manifest))
     generators = len(manifest["generators"])
     out.print(
         f"ensemble: cell {manifest['bestCell']}'s mixture of {generators} "
         f"generator{'' if generators == 1 else 's'}: {layout.ensemble_manifest}\n"
         f"preview: {layout.preview}\n"
         f"cell logs: {layout.cells}/<i>/logs/"
+    )
+
+
+def describe_classifier(manifest: dict[str, Any]) -> str:
+    """A semi-supervised run's classifier and its accuracies, per cell and the run's."""
+    found = manifest["classifier"]
+    data = "held-out" if found["scoredOn"] == "validation" else "training"
+    per_cell = ", ".join(
+        f"{cell['cell']}: {cell['accuracy']['discriminator']:.4f}"
+        for cell in manifest["cells"]
+        if cell.get("accuracy")
+    )
+    own, vote = found["accuracy"]["discriminator"], found["accuracy"]["neighbourhood"]
+    return (
+        f"classifier accuracy on the {data} data ({found['classes']} classes, "
+        f"{found['labelled']} labelled samples a cell): cell {manifest['bestCell']}'s "
+        f"discriminator {own:.4f}, its neighbourhood's vote {vote:.4f}; each cell's own: "
+        f"{per_cell} (lipizzaner classify)"
     )
 
 

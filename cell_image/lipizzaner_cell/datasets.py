@@ -306,16 +306,18 @@ def centre_square(image: PilImage) -> PilImage:
     return image.crop((left, top, left + side, top + side))
 
 
-def read_array(storage: Storage, path: str, key: str | None, field: str = "key") -> np.ndarray:
+def read_array(
+    storage: Storage, path: str, key: str | None, field: str = "dataset.key"
+) -> np.ndarray:
     """One array of a .npy or .npz file; pickled objects are refused, never loaded.
-    `field` names the spec's key field in errors."""
+    `field` names where the key came from, in errors."""
     loaded = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return loaded
     keys = list(loaded.keys())
     key = key or keys[0]
     if key not in keys:
-        raise KeyError(f"dataset.{field}: {key!r} not in {path} (has {keys})")
+        raise KeyError(f"{field}: {key!r} not in {path} (has {keys})")
     return loaded[key]
 
 
@@ -343,7 +345,7 @@ def load_array(spec: ArraySpec, seed: int, storage: Storage) -> Dataset:
 
 def array_labels(storage: Storage, spec: ArraySpec, count: int) -> torch.Tensor:
     """The samples' classes under `labelsKey`: N integers from 0."""
-    labels = read_array(storage, spec.path, spec.labels_key, "labelsKey")
+    labels = read_array(storage, spec.path, spec.labels_key, "dataset.labelsKey")
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"dataset.labelsKey: {spec.labels_key!r} in {spec.path} must hold {count} integer "

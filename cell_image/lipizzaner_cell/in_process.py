@@ -111,6 +111,8 @@ def write_preview(layout: RunLayout, title: str) -> None:
 
 def _status(index: int, report: GenerationReport) -> str:
     score = "" if report.mixture_score is None else f" score {report.mixture_score:.3f}"
+    if report.accuracy is not None:
+        score += f" accuracy {report.accuracy:.3f}"
     return (
         f"cell {index} gen {report.generation} "
         f"G {report.generator_loss:.3f} D {report.discriminator_loss:.3f}{score}"

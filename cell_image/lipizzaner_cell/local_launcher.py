@@ -337,6 +337,8 @@ def _describe(process: LocalProcess, status: cell_pb2.CellStatus | None) -> str:
     parts = [f"G {status.generator_loss:.3f} D {status.discriminator_loss:.3f}"]
     if "mixture" in status.scores:
         parts.append(f"score {status.scores['mixture']:.3f}")
+    if "accuracy" in status.scores:
+        parts.append(f"accuracy {status.scores['accuracy']:.3f}")
     if process.restarts:
         parts.append(f"restarts {process.restarts}")
     if status.offspring_offered:

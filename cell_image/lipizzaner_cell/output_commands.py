@@ -1,5 +1,5 @@
-"""`lipizzaner sample`, `history` and `ensemble optimize`: commands over a run's output,
-local or on any fsspec URI (the cluster commands are in `cluster_commands.py`).
+"""`lipizzaner sample`, `history`, `ensemble optimize` and `classify`: commands over a
+run's output, local or on any fsspec URI (the cluster commands are in `cluster_commands.py`).
 
 Exit codes (`ExitCode`): 0 done, 2 refused (bad flags, nothing to read there).
 """
@@ -20,7 +20,7 @@ from lipizzaner_cell.cluster_commands import Say
 def add_commands(
     commands: argparse._SubParsersAction, error: Say, out: Console, console: Console
 ) -> None:
-    """Register the three commands on the `lipizzaner` parser; `error` says one line,
+    """Register the four commands on the `lipizzaner` parser; `error` says one line,
     `out` and `console` are stdout and stderr."""
     sample = commands.add_parser(
         "sample",
@@ -94,6 +94,31 @@ def add_commands(
         help="default: the run's own mixture objective",
     )
     optimize.set_defaults(func=lambda args: cmd_ensemble_optimize(args, error, out, console))
+
+    classify = commands.add_parser(
+        "classify",
+        help="classify data with a semi-supervised run's classifier",
+        description="Classify DATA with the discriminator of a semi-supervised run's best "
+        "cell (or, with --vote, the majority vote of its neighbourhood's), print the "
+        "accuracy where DATA has labels, and write each sample's class to a CSV file "
+        "(docs/semi-supervised.md).",
+    )
+    classify.add_argument(
+        "ensemble", metavar="ENSEMBLE_OR_RUN", help="the run's output or its ensemble"
+    )
+    classify.add_argument(
+        "data",
+        metavar="DATA",
+        help="an .npz/.npy array of samples in the data's own range (pixel values 0-255, "
+        "say), or 'held-out': the run's own held-out samples",
+    )
+    classify.add_argument("--key", help=".npz: the samples' key (default: the first)")
+    classify.add_argument("--labels-key", help=".npz: the key of their classes, if known")
+    classify.add_argument(
+        "--vote", action="store_true", help="the vote of the neighbourhood's discriminators"
+    )
+    classify.add_argument("-o", "--output", default="predictions.csv", help="default: %(default)s")
+    classify.set_defaults(func=lambda args: cmd_classify(args, error, out, console))
 
 
 def cmd_sample(args: argparse.Namespace, error: Say, out: Console, console: Console) -> int:
@@ -171,6 +196,55 @@ def load_searched_run(path: str) -> LipizzanerRun:
     return run
 
 
+def cmd_classify(args: argparse.Namespace, error: Say, out: Console, console: Console) -> int:
+    """A semi-supervised run's classifier on data: accuracy, and a CSV of predictions."""
+    import torch
+    from lipizzaner_core.storage import Storage
+
+    from lipizzaner_cell.classifiers import (
+        HELD_OUT,
+        classify,
+        file_data,
+        held_out_data,
+        load_classifier,
+        predictions_csv,
+    )
+
+    if not args.output.lower().endswith(".csv"):
+        error(f"-o {args.output}: must end in .csv")
+        return ExitCode.BAD_INPUT
+    storage = Storage()
+    labels: torch.Tensor | None
+    try:
+        classifier = load_classifier(args.ensemble, storage)
+        if args.data == HELD_OUT:
+            samples, labels = held_out_data(classifier, storage)
+        else:
+            samples, labels = file_data(classifier, args.data, args.key, args.labels_key, storage)
+    except FileNotFoundError as exc:
+        error(f"{exc.filename or args.ensemble}: not found (no ensemble, or no data file)")
+        return ExitCode.BAD_INPUT
+    except (ValueError, KeyError) as exc:
+        error(str(exc).strip("'\""))
+        return ExitCode.BAD_INPUT
+    predicted = classify(classifier, samples, args.vote)
+    storage.write_bytes(args.output, predictions_csv(predicted, labels))
+    found = classifier.manifest["classifier"]
+    by = (
+        f"the vote of {len(classifier.nets)} discriminators"
+        if args.vote
+        else f"cell {classifier.manifest['bestCell']}'s discriminator"
+    )
+    if labels is not None:
+        right = int((predicted == labels).sum())
+        out.print(
+            f"accuracy {right / len(labels):.4f} ({right} of {len(labels)}) by {by}, "
+            f"{found['classes']} classes"
+        )
+    console.print(f"wrote {len(predicted)} predictions to {args.output}")
+    return ExitCode.OK
+
+
 def cmd_history(args: argparse.Namespace, error: Say, out: Console, console: Console) -> int:
     """A run's history: a summary per cell, and curves of its score and losses."""
     from lipizzaner_core.storage import Storage, join
@@ -187,7 +261,9 @@ def cmd_history(args: argparse.Namespace, error: Say, out: Console, console: Con
         return ExitCode.BAD_INPUT
     table = Table(title=f"{args.run}: per-generation history of each cell")
     columns = ["cell", "generations", "G loss", "D loss", "best score", "at generation"]
-    for column in [*columns, "offspring accepted"]:
+    classified = any(line.get("accuracy") is not None for h in histories.values() for line in h)
+    columns += ["offspring accepted"] + (["accuracy"] if classified else [])
+    for column in columns:
         table.add_column(column, justify="right", min_width=len(column), no_wrap=True)
     for cell, lines in histories.items():
         last = lines[-1]
@@ -195,6 +271,7 @@ def cmd_history(args: argparse.Namespace, error: Say, out: Console, console: Con
         best = min(scored, key=lambda line: line["score"]) if scored else None
         offered = sum(line["offspring_offered"] for line in lines)
         accepted = sum(line["offspring_accepted"] for line in lines)
+        accuracy = [f"{last['accuracy']:.4f}"] if classified else []
         table.add_row(
             str(cell),
             str(last["generation"]),
@@ -203,6 +280,7 @@ def cmd_history(args: argparse.Namespace, error: Say, out: Console, console: Con
             "-" if best is None else f"{best['score_name']} {best['score']:.4g}",
             "-" if best is None else str(best["generation"]),
             f"{accepted / offered:.0%}" if offered else "-",
+            *accuracy,
         )
     out.print(table)
     storage.write_bytes(args.output, render_curves(histories, args.run))

@@ -284,6 +284,12 @@ def _printer_columns() -> list[Schema]:
             "description": "generations completed by the slowest cell",
         },
         {"name": "Best score", "type": "number", "jsonPath": ".status.bestScore"},
+        {
+            "name": "Accuracy",
+            "type": "number",
+            "jsonPath": ".status.bestAccuracy",
+            "priority": 1,
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

@@ -40,6 +40,7 @@ class CellRecord(StatusModel):
     disruptions: int = 0  # preempted, evicted, node lost: recreated, not counted
     generation: int = 0
     score: float | None = None
+    accuracy: float | None = None  # semi-supervised runs: its classifier's, held-out data
     message: str = ""
 
 
@@ -71,6 +72,9 @@ class RunStatus(StatusModel):
     cells: CellCounts = Field(default_factory=CellCounts)
     generation: GenerationRange = Field(default_factory=GenerationRange)
     best_score: float | None = Field(None, description="lowest mixture score over the cells")
+    best_accuracy: float | None = Field(
+        None, description="semi-supervised runs: the highest classifier accuracy over the cells"
+    )
     ensemble: EnsembleStatus | None = None
     start_time: str | None = None
     completion_time: str | None = None

@@ -248,7 +248,8 @@ def cell_progress(
         status = get_status(cell_channel, timeout)
     if status is None:
         return None
-    return CellProgress(generation=status.generation, score=status.scores.get("mixture"))
+    scores = status.scores
+    return CellProgress(status.generation, scores.get("mixture"), scores.get("accuracy"))
 
 
 def _address(ip: str, port: int) -> str:

@@ -81,6 +81,7 @@ class CellProgress:
 
     generation: int
     score: float | None = None
+    accuracy: float | None = None  # semi-supervised runs
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,8 @@ def decide(
     status.generation = GenerationRange(min=min(generations), max=max(generations))
     scores = [r.score for r in records.values() if r.score is not None]
     status.best_score = min(scores) if scores else None
+    accuracies = [r.accuracy for r in records.values() if r.accuracy is not None]
+    status.best_accuracy = max(accuracies) if accuracies else None
     if status.phase != "Failed":  # `fail` has set the conditions with its own reason
         status.conditions = with_conditions(status, reason, status.message, now)
     if status.phase == "Failed":
@@ -453,6 +456,8 @@ def _take_progress(record: CellRecord, progress: CellProgress | None) -> None:
         record.generation = max(record.generation, progress.generation)
     if progress.score is not None:
         record.score = progress.score
+    if progress.accuracy is not None:
+        record.accuracy = progress.accuracy
 
 
 def _summarise(status: RunStatus, records: dict[int, CellRecord], decision: Decision) -> None:
