@@ -81,7 +81,7 @@ def test_the_real_api_server_establishes_the_crd(server):
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Grid", "Phase", "Generation", "Best score", "Age"]
+    assert columns == ["Grid", "Phase", "Generation", "Best score", "Accuracy", "Age"]
 
 
 def patched(changes: dict[str, Any]) -> dict:
