@@ -78,3 +78,26 @@ def apply_assignments(spec: dict, assignments: list[tuple[list[str], Any]]) -> N
         for key in path[:-1]:
             section = section.setdefault(key, {})
         section[path[-1]] = value
+
+
+def add_result_flags(parser: argparse.ArgumentParser, plot: str) -> None:
+    """--json (keep the rows), --plot (`plot` says what of) and --rows (an earlier
+    --json's rows, printed and plotted again instead of measuring)."""
+    parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--plot", help=f"{plot} (PNG)")
+    parser.add_argument("--rows", help="print and plot the rows of an earlier --json instead")
+
+
+def print_rows(title: str, columns: tuple[str, ...], rows: list[dict], number: str) -> None:
+    """The rows as a table, numbers in the `number` format."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            *(f"{row[c]:{number}}" if isinstance(row[c], float) else str(row[c]) for c in columns)
+        )
+    Console(width=140).print(table)

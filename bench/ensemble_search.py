@@ -17,10 +17,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import mnist_manifest
+from common import add_result_flags, mnist_manifest, print_rows
 from lipizzaner_cell.cli import main as lipizzaner
-from rich.console import Console
-from rich.table import Table
 
 COLUMNS = ("run", "seed", "objective", "best cell", "greedy", "greedy size", "ga", "ga size")
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
@@ -60,13 +58,25 @@ def measure(manifest: dict, workdir: Path, samples: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--data", help="directory of the MNIST IDX files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--ring-generations", type=int, default=30)
     parser.add_argument("--mnist-generations", type=int, default=20)
     parser.add_argument("--samples", type=int, default=2000, help="per candidate generator")
-    parser.add_argument("--json", help="write the rows here too")
+    add_result_flags(parser, "each search's objective over the run's own")
     args = parser.parse_args()
+    if not (args.rows or args.data):
+        parser.error("--data: needed unless --rows")
+    rows = json.loads(Path(args.rows).read_text()) if args.rows else run_all(args)
+    title = "The run's own ensemble against ensembles searched over the grid"
+    print_rows(title, COLUMNS, rows, ".4g")
+    if args.json and not args.rows:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def run_all(args: argparse.Namespace) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
@@ -80,16 +90,30 @@ def main() -> None:
             for name, manifest in runs:
                 row = measure(manifest, Path(workdir), args.samples)
                 rows.append({"run": name, "seed": seed, **row})
-    table = Table(title="The run's own ensemble against ensembles searched over the grid")
-    for column in COLUMNS:
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
-            *(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS)
-        )
-    Console(width=140).print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Each search's objective as a share of the best cell's mixture's (below 1: better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    labels = [f"{row['run']}\nseed {row['seed']}" for row in rows]
+    for k, method in enumerate(("greedy", "ga")):
+        shares = [row[method] / row["best cell"] for row in rows]
+        ax.bar([i + 0.4 * k for i in range(len(rows))], shares, 0.4, label=method)
+    ax.axhline(1.0, color="black", linewidth=1, label="the best cell's mixture")
+    ax.set_xticks([i + 0.2 for i in range(len(rows))])
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylim(0.8, 1.08)
+    ax.set_ylabel("objective / the best cell's")
+    ax.set_title("Ensembles searched over the grid (lower is better)")
+    ax.legend(fontsize=8, loc="upper right", ncol=3)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from common import mnist_manifest
+from common import add_result_flags, mnist_manifest, print_rows
 from lipizzaner_cell.cli import main as lipizzaner
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.individual import new_optimizer
@@ -29,8 +29,6 @@ from lipizzaner_cell.networks import build_discriminator
 from lipizzaner_cell.semi_supervised import accuracy, classification_loss, labelled_rows
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.topology import cell_seed
-from rich.console import Console
-from rich.table import Table
 
 COLUMNS = (
     "seed",
@@ -106,13 +104,25 @@ def measure(manifest: dict, workdir: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--data", help="directory of the MNIST IDX files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--per-class", type=int, default=10, help="labels a cell may use")
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batches", type=int, default=50, help="per generation")
-    parser.add_argument("--json", help="write the rows here too")
+    add_result_flags(parser, "bars of each seed's accuracies")
     args = parser.parse_args()
+    if not (args.rows or args.data):
+        parser.error("--data: needed unless --rows")
+    rows = json.loads(Path(args.rows).read_text())["rows"] if args.rows else run_seeds(args)
+    print_rows("MNIST, 2x2 grid: held-out accuracy of the classifiers", COLUMNS, rows, ".4f")
+    if args.json and not args.rows:
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "rows")}
+        Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def run_seeds(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -121,17 +131,30 @@ def main() -> None:
             row = {"seed": seed, **measure(with_rate(manifest, args.per_class), Path(workdir))}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    table = Table(title="MNIST, 2x2 grid: held-out accuracy of the classifiers")
-    for column in COLUMNS:
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
-            *(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS)
-        )
-    Console().print(table)
-    if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+    return rows
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    bars = COLUMNS[2:6]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    width = 0.8 / len(bars)
+    for k, name in enumerate(bars):
+        xs = [i + k * width for i in range(len(rows))]
+        ax.bar(xs, [row[name] for row in rows], width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([f"seed {row['seed']}" for row in rows])
+    low = min(row[name] for row in rows for name in bars)
+    ax.set_ylim(max(0.0, low - 0.1), 1.04)
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"MNIST, {rows[0]['labels a cell']} labelled digits a cell")
+    ax.legend(fontsize=8, loc="upper center", ncol=4)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,7 @@ def test_every_panel_answers_from_prometheus_scraping_a_real_run(
 ):
     manifest = copy.deepcopy(TINY_RING)
     manifest["spec"].update(generations=5000, output={"uri": str(tmp_path / "out")})
+    manifest["spec"]["semiSupervised"] = {"enabled": True}  # its cells report accuracy too
     run = parse_run(manifest)
     local = LocalRun(run, tmp_path, threads=1)
     # The operator's gauge of runs by phase reads a real API server.

@@ -60,6 +60,21 @@ def test_the_classifying_discriminators_logit_is_real_of_any_class():
     assert torch.allclose(torch.sigmoid(net(x)), real, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("part", "shape"),
+    [
+        ({"architecture": "dcgan", "width": 8}, (1, 28, 28)),
+        ({"architecture": "rnn", "hiddenSizes": [8]}, (16, 2)),
+    ],
+)
+def test_every_architecture_has_a_classifying_discriminator(part, shape):
+    from lipizzaner_core.spec import NetworkPartSpec
+
+    net = build_discriminator(NetworkPartSpec.model_validate(part), shape, classes=5)
+    x = torch.randn(3, *shape)
+    assert net(x).shape == (3,) and net.classify(x).shape == (3, 5)
+
+
 class Fixed(nn.Module):
     """A body whose class logits are fixed: its vote is known."""
 

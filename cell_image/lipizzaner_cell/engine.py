@@ -123,6 +123,7 @@ class CellEngine:
         self.shape = dataset.shape
         self.semi = SemiSupervision.of(spec, index, diet, self.seed, self.device)
         self.classes = discriminator_classes(spec, dataset)
+        self._accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None
         # Decisions score against held-out data (the training data when none is held out).
         held_out = self.validation_set is not None
         self.scored_on = "validation" if held_out else "training"
@@ -401,9 +402,11 @@ class CellEngine:
         (the training data when none is held out); None otherwise."""
         if self.semi is None:
             return None
-        held = self.validation_set or self.training_set
-        assert held.labels is not None  # SemiSupervision.of checked
-        return accuracy(nets, held.data.to(self.device), held.labels)
+        if self._accuracy_data is None:  # on the device once, not every generation
+            held = self.validation_set or self.training_set
+            assert held.labels is not None  # SemiSupervision.of checked
+            self._accuracy_data = (held.data.to(self.device), held.labels.to(self.device))
+        return accuracy(nets, *self._accuracy_data)
 
     def mixture_weights_of(self, cells: list[int]) -> torch.Tensor:
         """The weights of these cells, renormalised to sum to 1."""
