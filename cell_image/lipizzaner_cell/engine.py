@@ -338,7 +338,7 @@ class CellEngine:
         if self.scorer is None:
             return None
         scorer = self.scorer
-        cells, nets = self.mixture_members(hood)
+        cells, nets = self.centres(hood, "generator")
         mass = sum(self.mixture_weights[c] for c in cells)
         samples = self.spec.mixture.score_sample_size
         noise = self.noise(len(nets) * samples).view(len(nets), samples, -1)
@@ -364,7 +364,7 @@ class CellEngine:
             return
         if self.kept is not None and score >= self.kept.score:
             return
-        cells, nets = self.mixture_members(hood)
+        cells, nets = self.centres(hood, "generator")
         weights = self.mixture_weights_of(cells).tolist()
         self.kept = KeptMixture(
             generation=self.generation + 1,
@@ -380,21 +380,12 @@ class CellEngine:
         net.load_state_dict(weights)
         return net
 
-    def mixture_members(self, hood: Neighbourhood) -> tuple[list[int], list[torch.nn.Module]]:
-        """The cells of the mixture and their centre generators: this cell first."""
+    def centres(self, hood: Neighbourhood, role: str) -> tuple[list[int], list[torch.nn.Module]]:
+        """The neighbourhood's centre generators (the mixture's members) or discriminators
+        (a semi-supervised run's classifiers), and their cells: this cell's first."""
+        local = self.generators if role == "generator" else self.discriminators
         cells = [self.index, *hood.neighbour_cells]
-        nets = [best(self.generators).net] + [
-            self._imports[("generator", c)].net for c in hood.neighbour_cells
-        ]
-        return cells, nets
-
-    def classifiers(self, hood: Neighbourhood) -> tuple[list[int], list[torch.nn.Module]]:
-        """Semi-supervised runs: the cells of the neighbourhood's centre discriminators, and
-        the discriminators, this cell's first."""
-        cells = [self.index, *hood.neighbour_cells]
-        nets = [best(self.discriminators).net] + [
-            self._imports[("discriminator", c)].net for c in hood.neighbour_cells
-        ]
+        nets = [best(local).net] + [self._imports[(role, c)].net for c in hood.neighbour_cells]
         return cells, nets
 
     def classifier_accuracy(self, nets: list[torch.nn.Module]) -> float | None:

@@ -68,7 +68,7 @@ def final_candidates(engine: CellEngine) -> list[Candidate]:
     es_steps = engine.spec.mixture.es_generations_at_end
     if es_steps:
         engine.evolve_mixture(hood, steps=es_steps)
-    cells, nets = engine.mixture_members(hood)
+    cells, nets = engine.centres(hood, "generator")
     candidates = [Candidate(engine.generation, cells, nets, engine.mixture_weights_of(cells))]
     kept = engine.kept
     if kept is not None and kept.generation < engine.generation:
@@ -192,7 +192,7 @@ def finish_cell(
 def write_classifiers(engine: CellEngine, layout: CellLayout) -> dict[str, Any]:
     """Semi-supervised runs: the neighbourhood's centre discriminators, the cell's own
     first, and the accuracy of its own and of their vote on the held-out data."""
-    cells, nets = engine.classifiers(engine.snapshot_neighbourhood())
+    cells, nets = engine.centres(engine.snapshot_neighbourhood(), "discriminator")
     layout.storage.remove_tree(layout.classifiers)
     members = []
     for cell, net in zip(cells, nets, strict=True):
