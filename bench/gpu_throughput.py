@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from lipizzaner_cell.individual import ADAM_BETAS
 from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_core.spec import NetworkSpec
+from lipizzaner_core.spec_training import NetworkSpec
 from rich.console import Console
 from rich.table import Table
 from torch import nn

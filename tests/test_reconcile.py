@@ -8,16 +8,15 @@ from datetime import UTC, datetime, timedelta
 from conftest import TINY_RING
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.status import RunStatus
-from lipizzaner_operator.reconcile import (
+from lipizzaner_operator.observed import (
     CellProgress,
     JobView,
     PodView,
     cell_views,
-    decide,
-    succeed,
     view_job,
     view_pod,
 )
+from lipizzaner_operator.reconcile import decide, succeed
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

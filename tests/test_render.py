@@ -14,8 +14,9 @@ from unittest import mock
 import pytest
 import yaml
 from conftest import TINY_RING
-from lipizzaner_cell.cell_main import build_parser, hosted_cells, peer_address
+from lipizzaner_cell.cell_main import build_parser, hosted_cells
 from lipizzaner_cell.cli import build_parser as cli_parser
+from lipizzaner_cell.peers import peer_address
 from lipizzaner_core.contract import SPEC_FILE
 from lipizzaner_core.spec import load_run, parse_run
 from lipizzaner_core.wire.tls import generate

@@ -17,11 +17,11 @@ from lipizzaner_cell.scores import (
     precision_recall,
 )
 from lipizzaner_cell.scoring import build_scorer
-from lipizzaner_core.spec import ScoreSpec
 from lipizzaner_core.spec_datasets import (
     GaussianGridSpec,
     MnistSpec,
 )
+from lipizzaner_core.spec_outcome import ScoreSpec
 
 
 def test_mode_scorer_on_real_data_and_on_a_collapsed_generator():

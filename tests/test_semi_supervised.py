@@ -68,7 +68,7 @@ def test_the_classifying_discriminators_logit_is_real_of_any_class():
     ],
 )
 def test_every_architecture_has_a_classifying_discriminator(part, shape):
-    from lipizzaner_core.spec import NetworkPartSpec
+    from lipizzaner_core.spec_training import NetworkPartSpec
 
     net = build_discriminator(NetworkPartSpec.model_validate(part), shape, classes=5)
     x = torch.randn(3, *shape)
@@ -213,7 +213,7 @@ def test_image_folders_take_their_classes_from_sub_folders(tmp_path):
     assert unlabelled.labels is None
     run = parse_run(semi_supervised(TINY_RING)).spec
     with pytest.raises(ValueError, match="one sub-folder per class"):
-        SemiSupervision.of(run, 0, unlabelled, 0, torch.device("cpu"))
+        SemiSupervision.of(run, 0, unlabelled, unlabelled, 0, torch.device("cpu"))
 
 
 def test_arrays_take_their_classes_from_a_labels_key(tmp_path):

@@ -15,8 +15,8 @@ from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.sampling import render_png
 from lipizzaner_cell.scores import SpectrumScorer
 from lipizzaner_cell.scoring import build_scorer
-from lipizzaner_core.spec import NetworkPartSpec
 from lipizzaner_core.spec_datasets import SequencesSpec, SineWavesSpec
+from lipizzaner_core.spec_training import NetworkPartSpec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sequences.yaml"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from lipizzaner_core.contract import CELL_FLAGS, ExitCode
 from lipizzaner_core.layout import CellLayout, RunLayout
-from lipizzaner_core.placement import group_of, parse_cells, pod_name, port_of
+from lipizzaner_core.placement import group_of, parse_cells
 from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial
@@ -38,15 +38,11 @@ from lipizzaner_core.wire.tls import TlsError, TlsMaterial
 from lipizzaner_cell.datasets import Dataset, load_dataset
 from lipizzaner_cell.driver import CellDriver
 from lipizzaner_cell.engine import CellEngine, GenerationReport
-from lipizzaner_cell.individual import moment_template
-from lipizzaner_cell.losses import spec_loss
 from lipizzaner_cell.metrics import CellMetrics, MetricsEndpoint
-from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.output_log import OutputLog
+from lipizzaner_cell.peers import cell_port, neighbour_pullers
 from lipizzaner_cell.references import ReferenceCache
-from lipizzaner_cell.semi_supervised import discriminator_classes
-from lipizzaner_cell.wire.client import GrpcNeighbourhood, NeighbourPuller, PullPolicy
-from lipizzaner_cell.wire.codec import CentreArchitecture, architecture_of
+from lipizzaner_cell.wire.client import GrpcNeighbourhood
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 
 log = logging.getLogger("lipizzaner.cell")
@@ -82,21 +78,6 @@ def fix_mmap_threshold(size: int) -> bool:
     if size <= 0 or platform.libc_ver()[0] != "glibc":
         return False
     return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, size))
-
-
-def cell_port(run: LipizzanerRun, args: argparse.Namespace, base: int, cell: int) -> int:
-    return port_of(base, cell, run.spec.cell.cells_per_pod, args.port_by)
-
-
-def peer_address(run: LipizzanerRun, args: argparse.Namespace, cell: int) -> str:
-    """Where `cell` listens, from `--peer-template` ({run}, {index}, {pod}, {port})."""
-    group = group_of(cell, run.spec.grid.size, run.spec.cell.cells_per_pod)
-    return args.peer_template.format(
-        run=run.metadata.name,
-        index=cell,
-        pod=pod_name(run.metadata.name, group),
-        port=cell_port(run, args, args.grpc_port_base, cell),
-    )
 
 
 class CellStatusBoard:
@@ -140,37 +121,6 @@ class CellStatusBoard:
             offspring_accepted=engine.offspring_accepted,
             offspring_offered=engine.offspring_offered,
         )
-
-
-def neighbour_pullers(
-    run: LipizzanerRun,
-    args: argparse.Namespace,
-    cell: int,
-    dataset: Dataset,
-    metrics: CellMetrics | None,
-    tls: TlsMaterial | None,
-) -> dict[int, NeighbourPuller]:
-    """One puller per neighbour, expecting the architectures the spec gives every cell."""
-    policy = PullPolicy(max_state_bytes=run.spec.exchange.max_state_megabytes << 20, tls=tls)
-    network, optimizer = run.spec.network, spec_loss(run.spec.loss).optimizer
-    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        shape, classes = dataset.shape, discriminator_classes(run.spec, dataset)
-        generator = build_generator(network.generator, network.latent_size, shape)
-        discriminator = build_discriminator(network.discriminator, shape, classes)
-        expected = CentreArchitecture(
-            architecture_of(generator.state_dict()),
-            architecture_of(discriminator.state_dict()),
-            architecture_of(moment_template(generator, optimizer)),
-            architecture_of(moment_template(discriminator, optimizer)),
-        )
-    pullers = {}
-    for neighbour in run.spec.grid.topology().neighbours(cell):
-        address = peer_address(run, args, neighbour.index)
-        record = None if metrics is None else partial(metrics.record_pull, neighbour.direction)
-        pullers[neighbour.index] = NeighbourPuller(
-            neighbour.index, address, expected, policy, on_pull=record
-        )
-    return pullers
 
 
 def finished_cell(cell: CellLayout, generations: int) -> bool:

@@ -17,8 +17,9 @@ from lipizzaner_core.storage import join
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from lipizzaner_cell.engine import CellEngine, KeptMixture
+from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.individual import Individual
+from lipizzaner_cell.mixture import KeptMixture
 
 # 3: per-batch mutation, the original's batch order and loss names (2 continues differently).
 FORMAT = "lipizzaner-cell-checkpoint/3"

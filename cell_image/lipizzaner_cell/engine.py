@@ -22,19 +22,19 @@ from lipizzaner_cell.fitness import LabelAware, evaluate_fitness, generator_fake
 from lipizzaner_cell.graphed import GraphedSteps, graphable
 from lipizzaner_cell.individual import Individual
 from lipizzaner_cell.losses import Loss, spec_loss
-from lipizzaner_cell.mixture import MixtureEmbeddings, es_step
-from lipizzaner_cell.neighbourhood import CentreState, NeighbourhoodProvider
+from lipizzaner_cell.mixture import KeptMixture, MixtureEmbeddings, es_step
+from lipizzaner_cell.neighbourhood import (
+    CentreState,
+    Neighbourhood,
+    NeighbourhoodProvider,
+    NeighbourImports,
+)
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.scores import Scorer
 from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
-from lipizzaner_cell.semi_supervised import (
-    SemiSupervision,
-    accuracy,
-    classification_loss,
-    discriminator_classes,
-)
+from lipizzaner_cell.semi_supervised import SemiSupervision, discriminator_classes
 from lipizzaner_cell.training import BatchTrainer, EagerSteps, Players
 
 log = logging.getLogger(__name__)
@@ -60,26 +60,6 @@ class GenerationReport:
     kept_generation: int | None = None
     # Semi-supervised runs: the centre discriminator's accuracy on the held-out data.
     accuracy: float | None = None
-
-
-@dataclass(frozen=True)
-class KeptMixture:
-    """The best-scoring mixture a cell has seen: its generators' weights (CPU copies),
-    the mixture weights by cell, its score and the generation it came from."""
-
-    generation: int
-    score: float
-    weights: dict[int, float]
-    generators: dict[int, dict[str, torch.Tensor]]
-
-
-@dataclass
-class Neighbourhood:
-    """Step 1's snapshot: local sub-populations first, then one import per neighbour."""
-
-    generators: list[Individual]
-    discriminators: list[Individual]
-    neighbour_cells: list[int]
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -121,9 +101,9 @@ class CellEngine:
         diet = self.training_set.subset(spec.dataset.sampling_ratio, self.seed)
         self.data = diet.data.to(self.device)
         self.shape = dataset.shape
-        self.semi = SemiSupervision.of(spec, index, diet, self.seed, self.device)
+        scored = self.validation_set or self.training_set
+        self.semi = SemiSupervision.of(spec, index, diet, scored, self.seed, self.device)
         self.classes = discriminator_classes(spec, dataset)
-        self._accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None
         # Decisions score against held-out data (the training data when none is held out).
         held_out = self.validation_set is not None
         self.scored_on = "validation" if held_out else "training"
@@ -149,7 +129,7 @@ class CellEngine:
             self.discriminators = [self._new("discriminator") for _ in range(self._population)]
         hood = [index, *self.neighbour_cells]
         self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
-        self._imports: dict[tuple[str, int], Individual] = {}
+        self.imports = NeighbourImports(self._build, self.loss.optimizer)
         self.trainer = BatchTrainer(
             spec,
             self.loss,
@@ -234,7 +214,7 @@ class CellEngine:
             seconds=seconds,
             kept_score=self.kept.score if self.kept else None,
             kept_generation=self.kept.generation if self.kept else None,
-            accuracy=self.classifier_accuracy([centre_d.net]),
+            accuracy=None if self.semi is None else self.semi.accuracy([centre_d.net]),
         )
 
     def snapshot_neighbourhood(self) -> Neighbourhood:
@@ -242,9 +222,10 @@ class CellEngine:
         states = self.provider.neighbour_states()
         cells = [cell for cell in self.neighbour_cells if cell in states]
         return Neighbourhood(
-            generators=self.generators + [self._import(states[c], "generator") for c in cells],
+            generators=self.generators
+            + [self.imports.individual(states[c], "generator") for c in cells],
             discriminators=self.discriminators
-            + [self._import(states[c], "discriminator") for c in cells],
+            + [self.imports.individual(states[c], "discriminator") for c in cells],
             neighbour_cells=cells,
         )
 
@@ -385,19 +366,8 @@ class CellEngine:
         (a semi-supervised run's classifiers), and their cells: this cell's first."""
         local = self.generators if role == "generator" else self.discriminators
         cells = [self.index, *hood.neighbour_cells]
-        nets = [best(local).net] + [self._imports[(role, c)].net for c in hood.neighbour_cells]
+        nets = [best(local).net] + [self.imports.net(role, c) for c in hood.neighbour_cells]
         return cells, nets
-
-    def classifier_accuracy(self, nets: list[torch.nn.Module]) -> float | None:
-        """Semi-supervised runs: the accuracy of `nets` (their vote) on the held-out data
-        (the training data when none is held out); None otherwise."""
-        if self.semi is None:
-            return None
-        if self._accuracy_data is None:  # on the device once, not every generation
-            held = self.validation_set or self.training_set
-            assert held.labels is not None  # SemiSupervision.of checked
-            self._accuracy_data = (held.data.to(self.device), held.labels.to(self.device))
-        return accuracy(nets, *self._accuracy_data)
 
     def mixture_weights_of(self, cells: list[int]) -> torch.Tensor:
         """The weights of these cells, renormalised to sum to 1."""
@@ -429,26 +399,6 @@ class CellEngine:
             net = build_discriminator(network.discriminator, self.shape, self.classes)
         return net.to(self.device)
 
-    def _import(self, state: CentreState, role: str) -> Individual:
-        """A neighbour's centre as an individual; its net is built once and refilled after."""
-        key = (role, state.cell)
-        if key not in self._imports:
-            with torch.random.fork_rng(devices=[]):
-                net = self._build(role)
-                self._imports[key] = Individual.fresh(net, 0.0, state.cell, self.loss.optimizer)
-        imported = self._imports[key]
-        weights = state.generator if role == "generator" else state.discriminator
-        imported.net.load_state_dict(weights)
-        imported.set_learning_rate(
-            state.generator_lr if role == "generator" else state.discriminator_lr
-        )
-        # Without moments (not sent, or none yet) the optimizer is left empty, and a
-        # selected import continues the local individual's (`select`).
-        imported.load_moments(
-            state.generator_moments if role == "generator" else state.discriminator_moments
-        )
-        return imported
-
     def noise(self, count: int) -> torch.Tensor:
         latent = self.spec.network.latent_size
         return torch.randn((count, latent), generator=self.device_rng, device=self.device)
@@ -460,21 +410,18 @@ class CellEngine:
 
     def _labelled_samples(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Semi-supervised runs: the generation's labelled samples for fitness."""
-        if self.semi is None:
-            return None
-        return self.semi.draw(self.spec.coevolution.fitness.sample_size, self.device_rng)
+        size = self.spec.coevolution.fitness.sample_size
+        return None if self.semi is None else self.semi.draw(size, self.device_rng)
 
     def _label_aware(
         self,
         discriminators: list[Individual],
         labelled: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> LabelAware | None:
-        """The label-aware fitness of `discriminators` on the labelled samples."""
+        """Semi-supervised runs: the label-aware fitness of `discriminators`."""
         if self.semi is None or labelled is None:
             return None
-        with torch.no_grad():
-            losses = [classification_loss(d.net, *labelled) for d in discriminators]
-        return LabelAware(self.semi.unsupervised, self.semi.supervised, torch.stack(losses))
+        return self.semi.label_aware([d.net for d in discriminators], *labelled)
 
     def centre_state(self) -> CentreState:
         centre_g, centre_d = best(self.generators), best(self.discriminators)

@@ -1,8 +1,10 @@
-"""The neighbourhood's generator mixture: sampling by weight, and one (1+1)-ES step."""
+"""The neighbourhood's generator mixture: sampling by weight, one (1+1)-ES step, and the
+record keep-best keeps of the best mixture seen."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -86,3 +88,14 @@ def es_step(
     if candidate_score < current_score:
         return candidate, candidate_score, True
     return weights, current_score, False
+
+
+@dataclass(frozen=True)
+class KeptMixture:
+    """The best-scoring mixture a cell has seen: its generators' weights (CPU copies),
+    the mixture weights by cell, its score and the generation it came from."""
+
+    generation: int
+    score: float
+    weights: dict[int, float]
+    generators: dict[int, dict[str, torch.Tensor]]

@@ -6,10 +6,14 @@ client (issue 3) implement the same two calls, so the generation loop is one cod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from torch import nn
+
+from lipizzaner_cell.individual import Individual, OptimizerName
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,42 @@ class InProcessProvider:
 
     def publish(self, state: CentreState) -> None:
         self.exchange._pending[state.cell] = state
+
+
+@dataclass
+class Neighbourhood:
+    """Step 1's snapshot: local sub-populations first, then one import per neighbour."""
+
+    generators: list[Individual]
+    discriminators: list[Individual]
+    neighbour_cells: list[int]
+
+
+class NeighbourImports:
+    """Neighbours' centres as individuals: each net built once per neighbour and role,
+    then refilled from every new state (no allocation per generation)."""
+
+    def __init__(self, build: Callable[[str], nn.Module], optimizer: OptimizerName) -> None:
+        self.build = build  # a fresh network of a role, on the cell's device
+        self.optimizer = optimizer
+        self._imported: dict[tuple[str, int], Individual] = {}
+
+    def individual(self, state: CentreState, role: str) -> Individual:
+        """The centre of `role` in `state`, as an individual of this cell's."""
+        key = (role, state.cell)
+        if key not in self._imported:
+            with torch.random.fork_rng(devices=[]):
+                net = self.build(role)
+                self._imported[key] = Individual.fresh(net, 0.0, state.cell, self.optimizer)
+        imported = self._imported[key]
+        generator = role == "generator"
+        imported.net.load_state_dict(state.generator if generator else state.discriminator)
+        imported.set_learning_rate(state.generator_lr if generator else state.discriminator_lr)
+        # Without moments (not sent, or none yet) the optimizer is left empty, and a
+        # selected import continues the local individual's (`CellEngine.select`).
+        imported.load_moments(state.generator_moments if generator else state.discriminator_moments)
+        return imported
+
+    def net(self, role: str, cell: int) -> nn.Module:
+        """The last imported centre of `role` from `cell`."""
+        return self._imported[(role, cell)].net

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from lipizzaner_core.spec import NetworkPartSpec
+from lipizzaner_core.spec_training import NetworkPartSpec
 from torch import nn
 
 Shape = tuple[int, ...]

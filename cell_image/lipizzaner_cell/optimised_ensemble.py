@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from lipizzaner_core.ensemble import read_results
 from lipizzaner_core.layout import ENSEMBLE_MANIFEST, RunLayout
-from lipizzaner_core.spec import LipizzanerRun, NetworkPartSpec, parse_run
+from lipizzaner_core.spec import LipizzanerRun, parse_run
+from lipizzaner_core.spec_training import NetworkPartSpec
 from lipizzaner_core.storage import Storage, join
 from safetensors.torch import load as load_tensors
 

@@ -199,13 +199,15 @@ def write_classifiers(engine: CellEngine, layout: CellLayout) -> dict[str, Any]:
         name = layout.classifier(cell)
         layout.storage.write_bytes(join(layout.uri, name), save_tensors(_tensors(net)))
         members.append({"cell": cell, "file": name})
+    semi = engine.semi
+    assert semi is not None  # only semi-supervised runs write classifiers
     return {
         "classes": engine.classes,
-        "labelled": len(engine.semi.classes) if engine.semi is not None else 0,
+        "labelled": len(semi.classes),
         "scoredOn": engine.scored_on,
         "accuracy": {
-            "discriminator": engine.classifier_accuracy(nets[:1]),
-            "neighbourhood": engine.classifier_accuracy(nets),
+            "discriminator": semi.accuracy(nets[:1]),
+            "neighbourhood": semi.accuracy(nets),
         },
         "members": members,
     }

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from lipizzaner_core.layout import ENSEMBLE_MANIFEST
-from lipizzaner_core.spec import NetworkPartSpec
+from lipizzaner_core.spec_training import NetworkPartSpec
 from lipizzaner_core.storage import Storage, join
 from safetensors.torch import load as load_tensors
 

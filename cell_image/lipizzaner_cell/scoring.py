@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import torch
-from lipizzaner_core.spec import ScoreSpec
+from lipizzaner_core.spec_outcome import ScoreSpec
 from lipizzaner_core.storage import Storage
 
 from lipizzaner_cell.datasets import Dataset

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lipizzaner_cell.datasets import Dataset
+from lipizzaner_cell.fitness import LabelAware
 from lipizzaner_cell.networks import ClassifyingDiscriminator
 
 ACCURACY_BATCH = 1000  # samples per forward pass when measuring accuracy
@@ -46,23 +47,32 @@ def labelled_rows(
 
 @dataclass
 class SemiSupervision:
-    """A cell's labelled samples (on its device) and the weights of its two losses."""
+    """A cell's labelled samples and the data its accuracy is measured on (both on its
+    device), and the weights of its discriminators' two losses."""
 
     samples: torch.Tensor
     classes: torch.Tensor
     unsupervised: float  # the weight of the GAN loss
     supervised: float  # the weight of the classification loss
     batch_size: int
+    scored: tuple[torch.Tensor, torch.Tensor]  # held-out samples and their classes
 
     @classmethod
     def of(
-        cls, spec: RunSpecBody, index: int, training: Dataset, seed: int, device: torch.device
+        cls,
+        spec: RunSpecBody,
+        index: int,
+        training: Dataset,
+        scored: Dataset,
+        seed: int,
+        device: torch.device,
     ) -> SemiSupervision | None:
-        """The cell's semi-supervision, or None when the run is not semi-supervised."""
+        """The cell's semi-supervision, or None when the run is not semi-supervised.
+        `training`: the cell's own samples; `scored`: those accuracy is measured on."""
         semi = spec.semi_supervised
         if not semi.enabled:
             return None
-        if training.labels is None or training.classes is None:
+        if training.labels is None or training.classes is None or scored.labels is None:
             raise ValueError(
                 f"semiSupervised.enabled: dataset {training.name} has no labels here (an image "
                 "folder needs one sub-folder per class)"
@@ -76,7 +86,20 @@ class SemiSupervision:
             unsupervised,
             supervised,
             semi.labelled_batch_size,
+            (scored.data.to(device), scored.labels.to(device)),
         )
+
+    def label_aware(
+        self, discriminators: list[nn.Module], samples: torch.Tensor, classes: torch.Tensor
+    ) -> LabelAware:
+        """The label-aware fitness terms of `discriminators` on these labelled samples."""
+        with torch.no_grad():
+            losses = [classification_loss(net, samples, classes) for net in discriminators]
+        return LabelAware(self.unsupervised, self.supervised, torch.stack(losses))
+
+    def accuracy(self, nets: list[nn.Module]) -> float:
+        """The accuracy of `nets` (their vote) on the held-out data."""
+        return accuracy(nets, *self.scored)
 
     def draw(self, count: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`count` labelled samples and their classes, drawn with replacement."""

@@ -17,16 +17,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
-from lipizzaner_core.spec import (
-    API_VERSION,
-    ARCHITECTURE_DATA,
-    KIND,
-    LABELLED_DATASETS,
-    MAX_CELLS,
-    NAME_PATTERN,
-    OBJECTIVE_DATA,
-    RunSpecBody,
-)
+from lipizzaner_core.spec import API_VERSION, KIND, MAX_CELLS, NAME_PATTERN, RunSpecBody
+from lipizzaner_core.spec_datasets import LABELLED_DATASETS
+from lipizzaner_core.spec_outcome import OBJECTIVE_DATA
+from lipizzaner_core.spec_training import ARCHITECTURE_DATA
 from lipizzaner_core.status import RunStatus
 
 GROUP, VERSION = API_VERSION.split("/")

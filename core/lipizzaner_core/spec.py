@@ -1,5 +1,8 @@
-"""The `LipizzanerRun` manifest as pydantic models (the dataset and Kubernetes sections
-in `spec_datasets.py` and `spec_kubernetes.py`).
+"""The `LipizzanerRun` manifest as pydantic models: the run's envelope, grid, output,
+failure policy and exchange, and the rules across sections. The other sections have
+modules of their own: `spec_datasets.py`, `spec_training.py` (networks, co-evolution,
+semi-supervision, batches), `spec_outcome.py` (mixture, scores, ensemble) and
+`spec_kubernetes.py`.
 
 Torch-free on purpose: the operator image validates and renders runs without torch.
 Field names are camelCase on the wire (as in every Kubernetes manifest) and snake_case
@@ -9,7 +12,7 @@ in Python. Unknown fields are errors, so a typo never silently falls back to a d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
@@ -18,13 +21,22 @@ from lipizzaner_core.placement import process_groups
 from lipizzaner_core.spec_base import SpecModel
 from lipizzaner_core.spec_datasets import (
     DATASET_NAMES,
-    IMAGE_DATASETS,
     LABELLED_DATASETS,
-    SEQUENCE_DATASETS,
     DatasetSpec,
 )
 from lipizzaner_core.spec_errors import describe_errors
 from lipizzaner_core.spec_kubernetes import CellTemplateSpec, SchedulingSpec
+from lipizzaner_core.spec_outcome import OBJECTIVE_DATA, EnsembleSpec, MixtureSpec, ScoreSpec
+from lipizzaner_core.spec_training import (
+    ARCHITECTURE_DATA,
+    DEFAULT_LEARNING_RATES,
+    CheckpointSpec,
+    CoevolutionSpec,
+    LossName,
+    NetworkSpec,
+    SemiSupervisedSpec,
+    TrainingSpec,
+)
 from lipizzaner_core.topology import Grid, neighbourhood_size
 
 API_VERSION = "lipizzaner.io/v1alpha1"
@@ -52,214 +64,6 @@ class GridSpec(SpecModel):
 
     def topology(self) -> Grid:
         return Grid(self.rows, self.cols, self.neighbourhood)
-
-
-class NetworkPartSpec(SpecModel):
-    architecture: Literal["mlp", "dcgan", "rnn"] = "mlp"
-    hidden_sizes: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [256, 256],
-        min_length=1,
-        description="mlp: the hidden layers' widths; rnn: the stacked recurrent layers' sizes",
-    )
-    cell: Literal["lstm", "gru"] = Field("lstm", description="rnn: the recurrent layer")
-    width: int = Field(64, ge=1, description="dcgan: channels of the widest conv layer")
-    output: Literal["tanh", "linear"] = Field(
-        "tanh", description="generator output layer; linear suits low-dimensional data"
-    )
-
-
-# The data an architecture needs: (what kind, which datasets); mlp takes any.
-ARCHITECTURE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
-    "dcgan": ("an image dataset", IMAGE_DATASETS),
-    "rnn": ("a sequence dataset", SEQUENCE_DATASETS),
-}
-
-
-# Measured on MNIST at this project's budgets (docs/algorithm.md, "The default learning
-# rate"): perceptrons learn fastest at 1e-3, in a grid and alone; 2e-4 is DCGAN's own.
-# Recurrent networks take the perceptrons' rate (the sequences example trains at it; not swept).
-DEFAULT_LEARNING_RATES = {"mlp": 1e-3, "dcgan": 2e-4, "rnn": 1e-3}
-
-
-class NetworkSpec(SpecModel):
-    latent_size: int = Field(64, ge=1)
-    generator: NetworkPartSpec = Field(default_factory=NetworkPartSpec)
-    discriminator: NetworkPartSpec = Field(default_factory=NetworkPartSpec)
-
-
-# The original's names and meanings (see the cell's losses.py); minimax and wgan-gp are ours.
-LossName = Literal["bce", "heuristic", "minimax", "mse", "wgan", "wgan-gp", "mustangs"]
-
-
-class FitnessSpec(SpecModel):
-    sample_size: int = Field(500, ge=1)
-    mode: Literal["worst", "best", "average"] = "average"
-
-
-class MutationSpec(SpecModel):
-    probability: float = Field(0.5, ge=0.0, le=1.0)
-    alpha: float = Field(1e-4, ge=0.0)
-
-
-class CoevolutionSpec(SpecModel):
-    population_size: int = Field(1, ge=1)
-    tournament_size: int = Field(2, ge=1)
-    replacements: int = Field(1, ge=0)
-    replacement_rule: Literal["faithful", "offspring"] = "faithful"
-    selection: bool = True
-    learning_rate: float | None = Field(
-        None,
-        gt=0,
-        description="Both players' initial rate (default: 1e-3 for a perceptron, 2e-4 for a "
-        "DCGAN, each player by its own network)",
-    )
-    generator_learning_rate: float | None = Field(
-        None, gt=0, description="The generators' initial rate (default: learningRate)"
-    )
-    discriminator_learning_rate: float | None = Field(
-        None, gt=0, description="The discriminators' initial rate (default: learningRate)"
-    )
-    mutation: MutationSpec = Field(default_factory=MutationSpec)
-    fitness: FitnessSpec = Field(default_factory=FitnessSpec)
-    discriminator_skip_every_nth: int = Field(
-        0,
-        ge=0,
-        description="The original's discriminator_skip_each_nth_step: the discriminator "
-        "trains on batches where batch % (n + 1) == 0 (0: every batch, 1: every other)",
-    )
-
-    @model_validator(mode="after")
-    def _replacements_fit_population(self) -> CoevolutionSpec:
-        if self.replacements > self.population_size:
-            raise ValueError(
-                f"replacements: must be <= populationSize ({self.population_size}), "
-                f"got {self.replacements}"
-            )
-        return self
-
-
-class MixtureSpec(SpecModel):
-    sigma: float = Field(0.01, gt=0)
-    score_type: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum", "none"] = "auto"
-    score_sample_size: int = Field(1000, ge=10)
-    es_generations_at_end: int = Field(0, ge=0)
-    keep: Literal["best", "last"] = Field(
-        "best",
-        description="best: each cell keeps its best-scoring mixture (weights and generators) "
-        "over the run and ends with it if it still scores better than the last; last: the "
-        "last generation's mixture",
-    )
-
-
-FEATURE_NETWORK = r"^(auto|mnist-cnn|inception-v3|\S+\.safetensors)$"
-
-
-# What each objective needs of the data (the cell builds the scorer and says the rest).
-OBJECTIVE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
-    "spectrum": ("a sequence dataset", SEQUENCE_DATASETS),
-    "mode-kl": ("a dataset with known modes", ("gaussian-ring", "gaussian-grid")),
-}
-
-
-class EnsembleSpec(SpecModel):
-    """The run's final step: which ensemble to build from the finished cells."""
-
-    method: Literal["best-cell", "greedy", "ga"] = Field(
-        "best-cell",
-        description="best-cell: the best cell's neighbourhood mixture (always written to "
-        "<output>/ensemble); greedy or ga: also search every cell's generators for a better "
-        "ensemble, written to <output>/ensemble-<method> (docs/ensembles.md)",
-    )
-    max_size: int = Field(8, ge=1, le=256, description="greedy, ga: generators at most")
-    objective: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum"] = Field(
-        "auto", description="greedy, ga: the score to minimise; auto: mixture.scoreType's"
-    )
-    samples: int = Field(2000, ge=10, description="greedy, ga: samples per candidate generator")
-    seed: int | None = Field(None, ge=0, description="greedy, ga: default: spec.seed")
-
-    @property
-    def searched(self) -> bool:
-        return self.method != "best-cell"
-
-
-class SemiSupervisedSpec(SpecModel):
-    """Semi-supervised training (SGAN): discriminators also classify (docs/semi-supervised.md)."""
-
-    enabled: bool = Field(
-        False,
-        description="true: each discriminator outputs the dataset's classes plus fake, trains "
-        "on the labelled samples' cross-entropy too, and its fitness counts both",
-    )
-    weights: Literal["fixed", "spread"] = Field(
-        "fixed",
-        description="fixed: every cell weighs its losses by unsupervisedWeight and "
-        "supervisedWeight; spread: as the original, cell i of n by i/(n-1) and 1-i/(n-1)",
-    )
-    unsupervised_weight: float = Field(
-        1.0, ge=0.0, description="fixed: the weight of the discriminator's GAN loss"
-    )
-    supervised_weight: float = Field(
-        1.0, ge=0.0, description="fixed: the weight of its classification loss"
-    )
-    labelled_batch_size: int = Field(
-        100, ge=1, description="labelled samples in each discriminator step, drawn anew"
-    )
-
-    def weights_of(self, cell: int, cells: int) -> tuple[float, float]:
-        """(unsupervised, supervised) weights of a cell's discriminator losses."""
-        if self.weights == "fixed":
-            return self.unsupervised_weight, self.supervised_weight
-        unsupervised = 0.5 if cells == 1 else cell / (cells - 1)
-        return unsupervised, 1.0 - unsupervised
-
-
-class ScoreSpec(SpecModel):
-    """Which feature networks score a run: a cheap one every generation, maybe a standard
-    one for the final report."""
-
-    features: str = Field(
-        "auto",
-        pattern=FEATURE_NETWORK,
-        description="the feature space of the per-generation objective (fid, tvd) and of "
-        "keep-best: auto (mnist-cnn for 28x28 grey images, else none: the ES uses swd), "
-        "mnist-cnn, inception-v3, or the safetensors URI of a 28x28 classifier "
-        "(`lipizzaner train-classifier`)",
-    )
-    final: str | None = Field(
-        None,
-        pattern=FEATURE_NETWORK,
-        description="the feature space of the final report (FID, precision, recall; with "
-        "inception-v3 also KID and the Inception Score); default: features",
-    )
-    inception_weights: str | None = Field(
-        None,
-        min_length=1,
-        description="safetensors URI of the Inception-v3 weights (see docs/scores.md); "
-        "default: $LIPIZZANER_INCEPTION_WEIGHTS",
-    )
-    final_samples: int = Field(
-        10_000, ge=100, description="samples per final score (50,000 in published FIDs)"
-    )
-
-    @property
-    def final_network(self) -> str:
-        return self.final or self.features
-
-
-class TrainingSpec(SpecModel):
-    batch_size: int = Field(100, ge=1)
-    batches_per_generation: int = Field(0, ge=0, description="0 = one pass over the cell's data")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    cuda_graphs: bool = Field(
-        True,
-        description="On CUDA, replay each training step as a captured CUDA graph (the same "
-        "numbers, several times faster for small networks); false: plain PyTorch steps",
-    )
-
-
-class CheckpointSpec(SpecModel):
-    every: int = Field(5, ge=1, description="Checkpoint every N generations")
-    keep: int = Field(2, ge=1, description="How many checkpoints each cell keeps")
 
 
 class OutputSpec(SpecModel):

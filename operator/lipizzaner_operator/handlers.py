@@ -26,15 +26,8 @@ from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identi
 
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.metrics import OperatorMetrics
-from lipizzaner_operator.reconcile import (
-    Decision,
-    cell_views,
-    decide,
-    fail,
-    succeed,
-    view_job,
-    view_pod,
-)
+from lipizzaner_operator.observed import cell_views, view_job, view_pod
+from lipizzaner_operator.reconcile import Decision, decide, fail, succeed
 from lipizzaner_operator.render import (
     CellDefaults,
     cell_selector,

@@ -25,7 +25,7 @@ from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.status import get_status
 from lipizzaner_core.wire.tls import TlsMaterial
 
-from lipizzaner_operator.reconcile import CellProgress, PodView
+from lipizzaner_operator.observed import CellProgress, PodView
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]

@@ -1,8 +1,9 @@
 """The operator's decisions as one pure function: observed state in, actions and status out.
 
 `decide` is level-triggered: it needs only the run, its last status, the pods that exist
-now and the cells' reported progress, so an operator restarted mid-run simply carries on
-(existing pods are adopted, nothing is created twice). The kopf handlers do the I/O.
+now and the cells' reported progress (read into values by `observed.py`), so an operator
+restarted mid-run simply carries on (existing pods are adopted, nothing is created
+twice). The kopf handlers do the I/O.
 
 Run phases: Pending (cells' pods not all running yet) -> Running -> Succeeded | Failed;
 Suspended while `spec.suspend` is true. Each cell keeps a record in the status (its phase,
@@ -13,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-from lipizzaner_core.contract import CELL_LABEL, KUEUE_RETRIABLE_ANNOTATION
 from lipizzaner_core.policy import Verdict, judge
 from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.status import (
@@ -29,59 +29,10 @@ from lipizzaner_core.status import (
     with_conditions,
 )
 
+from lipizzaner_operator.observed import CellProgress, JobView, PodView
 from lipizzaner_operator.render import kueue_queue, pod_group, pod_name, search_job_name
 
 GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
-# Waiting reasons that mean a pod will not start by itself.
-STUCK_REASONS = {
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-}
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the operator needs to know of one cell pod."""
-
-    cell: int
-    phase: str  # Pending, Running, Succeeded, Failed, Unknown
-    deleting: bool = False
-    exit_code: int | None = None
-    problem: str = ""  # why it is not running: image pull, scheduling, ...
-    ip: str | None = None
-    disruption: str = ""  # why Kubernetes took it away: preemption, eviction, node lost
-    scheduled: bool = False  # placed on a node (PodScheduled True)
-    released: bool = False  # marked not retriable in its Kueue group (the run has ended)
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What the operator needs to know of the ensemble search's Job."""
-
-    outcome: Literal["Complete", "Failed"] | None = None  # None: not finished
-    message: str = ""
-
-
-def view_job(job: dict[str, Any]) -> JobView:
-    """Read a Job object into a JobView: its Complete or Failed condition, if any."""
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
-            said = condition.get("message") or condition.get("reason", "")
-            return JobView(condition["type"], said)
-    return JobView()
-
-
-@dataclass(frozen=True)
-class CellProgress:
-    """A cell's own report (its gRPC GetStatus)."""
-
-    generation: int
-    score: float | None = None
-    accuracy: float | None = None  # semi-supervised runs
 
 
 @dataclass(frozen=True)
@@ -102,56 +53,6 @@ class Decision:
     searched: bool = False  # the search's Job completed: read its ensemble, then `succeed`
     delete_run: bool = False  # ttlSecondsAfterFinished has passed
     release: list[int] = field(default_factory=list)  # pods to mark not retriable (Kueue)
-
-
-def view_pod(pod: dict[str, Any]) -> PodView:
-    """Read a pod object (camelCase JSON) into a PodView."""
-    meta, status = pod.get("metadata", {}), pod.get("status") or {}
-    cell = int(meta["labels"][CELL_LABEL])
-    exit_code, problems = None, []
-    for container in status.get("containerStatuses") or []:
-        state = container.get("state") or {}
-        if "terminated" in state:
-            exit_code = state["terminated"].get("exitCode")
-        waiting = state.get("waiting") or {}
-        if waiting.get("reason") in STUCK_REASONS:
-            problems.append(f"{waiting['reason']}: {waiting.get('message', '')}".strip(": "))
-    scheduled = False
-    for condition in status.get("conditions") or []:
-        scheduled |= condition.get("type") == "PodScheduled" and condition.get("status") == "True"
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            reason = condition.get("reason", "Unschedulable")
-            said = "cannot be scheduled" if reason == "Unschedulable" else reason
-            problems.append(f"{said}: {condition.get('message', '')}".strip(": "))
-    return PodView(
-        cell=cell,
-        phase=status.get("phase", "Pending"),
-        deleting=bool(meta.get("deletionTimestamp")),
-        exit_code=exit_code,
-        problem="; ".join(problems),
-        ip=status.get("podIP"),
-        disruption=_disruption(status),
-        scheduled=scheduled,
-        released=(meta.get("annotations") or {}).get(KUEUE_RETRIABLE_ANNOTATION) == "false",
-    )
-
-
-def _disruption(status: dict[str, Any]) -> str:
-    """Why Kubernetes took the pod away, if it did: the `DisruptionTarget` condition
-    (preemption, the eviction API, the taint manager, pod GC after its node was lost) or
-    the kubelet's own eviction (`reason: Evicted`); "" for anything else."""
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            said = f"{condition.get('reason', 'DisruptionTarget')}: {condition.get('message', '')}"
-            return said.strip(": ")
-    if status.get("reason") == "Evicted":
-        return f"Evicted: {status.get('message', '')}".strip(": ")
-    return ""
-
-
-def cell_views(run: LipizzanerRun, pods: list[PodView]) -> dict[int, PodView]:
-    """Each cell's pod: a pod of several cells (labelled with its first) stands for each."""
-    return {cell: pod for pod in pods for cell in pod_group(run, pod.cell)}
 
 
 def _by_pods(run: LipizzanerRun, decision: Decision) -> Decision:
