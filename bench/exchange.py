@@ -6,22 +6,30 @@ For states of 1, 10, 50 and 200 MB, in one run:
   mTLS      the same pull over mutual TLS (spec.exchange.tls) with the run's certificates;
   original  the original Lipizzaner's path, re-created here only as a reference:
             torch.save to bytes, base64, JSON, one HTTP response; the reader reverses it.
-Prints MB/s and the ratios; each figure is the best of --repeats transfers.
+The transfers take turns, one of each a round in a shuffled order, for --repeats rounds,
+so that this shared machine's slow moments fall on all of them alike. Prints MB/s of each
+one's best round, and each ratio as the median over the rounds of the two transfers'
+times in that round.
 
-    python bench/exchange.py [--sizes 1 10 50 200] [--repeats 3]
+    python bench/exchange.py [--sizes 1 10 50 200] [--repeats 15]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import dataclasses
 import http.server
 import io
 import json
+import random
 import socket
+import statistics
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 
 import torch
 from lipizzaner_cell.neighbourhood import CentreState
@@ -34,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 MB = 1_000_000
+Transfer = Callable[[], None]
 
 
 def make_state(megabytes: int) -> CentreState:
@@ -42,70 +51,63 @@ def make_state(megabytes: int) -> CentreState:
     return CentreState(1, 1, generator, discriminator, 2e-4, 2e-4, 0.5, 0.5, {1: 1.0})
 
 
-def best_of(repeats: int, transfer) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        transfer()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def raw_tcp_seconds(payload: bytes, repeats: int) -> float:
+@contextlib.contextmanager
+def raw_tcp(payload: bytes) -> Iterator[Transfer]:
+    """A fresh connection per transfer, read into one preallocated buffer."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
     def serve() -> None:
-        for _ in range(repeats):
-            connection, _ = listener.accept()
-            with connection:
-                connection.sendall(payload)
+        with contextlib.suppress(OSError):  # the listener closed: done
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.sendall(payload)
 
     threading.Thread(target=serve, daemon=True).start()
+    view = memoryview(bytearray(len(payload)))
 
     def receive() -> None:
-        buffer = bytearray(len(payload))
-        view, got = memoryview(buffer), 0
+        got = 0
         with socket.create_connection(("127.0.0.1", port)) as sock:
             while got < len(payload):
                 got += sock.recv_into(view[got:])
 
-    seconds = best_of(repeats, receive)
-    listener.close()
-    return seconds
+    try:
+        yield receive
+    finally:
+        listener.close()
 
 
-def grpc_seconds(
-    state: CentreState, repeats: int, tls: TlsMaterial | None = None
-) -> tuple[float, float]:
+@contextlib.contextmanager
+def grpc_pull(state: CentreState, tls: TlsMaterial | None = None) -> Iterator[Transfer]:
+    """A cell server publishing `state` and a puller asking for it afresh every time,
+    decoding it into its reused buffers as it would a neighbour's every new state."""
     board = CentreBoard()
-    started = time.perf_counter()
-    board.publish(state)  # once per generation, whatever the number of readers
-    publish = time.perf_counter() - started
+    board.publish(state)
     identity = None if tls is None else tls.identity
-    service = CellService(board, lambda: None, identity)
-    server, port = start_server(service, 0, "127.0.0.1", tls)
+    server, port = start_server(CellService(board, lambda: None, identity), 0, "127.0.0.1", tls)
     address = f"127.0.0.1:{port}"
     puller = NeighbourPuller(
-        1,
-        address,
-        CentreArchitecture.of(state),
-        PullPolicy(max_state_bytes=1 << 31, tls=tls),
+        1, address, CentreArchitecture.of(state), PullPolicy(max_state_bytes=1 << 31, tls=tls)
     )
-    with channel(address, tls=tls) as grpc_channel:
-        call = centre_call(grpc_channel)
+    try:
+        with channel(address, tls=tls) as grpc_channel:
+            call = centre_call(grpc_channel)
 
-        def pull() -> None:
-            puller.latest = None  # ask for the state afresh every time
-            if not puller.pull_once(call):
-                raise RuntimeError(puller.stats.last_error)
+            def pull() -> None:
+                if puller.latest is not None:  # ask for the same state again, as if new
+                    puller.latest = dataclasses.replace(puller.latest, generation=-1)
+                if not puller.pull_once(call):
+                    raise RuntimeError(puller.stats.last_error)
 
-        seconds = best_of(repeats, pull)
-    server.stop(None)
-    return seconds, publish
+            yield pull
+    finally:
+        server.stop(None)
 
 
-def original_seconds(state: CentreState, repeats: int) -> float:
+@contextlib.contextmanager
+def original_path(state: CentreState) -> Iterator[Transfer]:
     """torch.save -> base64 -> JSON -> HTTP, then back; torch.load with weights_only."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -124,38 +126,71 @@ def original_seconds(state: CentreState, repeats: int) -> float:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
 
     def fetch() -> None:
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
         with urllib.request.urlopen(url) as response:
             document = json.loads(response.read())
         raw = base64.b64decode(document["generator"])
         torch.load(io.BytesIO(raw), weights_only=True)
 
-    seconds = best_of(repeats, fetch)
-    server.shutdown()
+    try:
+        yield fetch
+    finally:
+        server.shutdown()
+
+
+def in_turns(transfers: dict[str, Transfer], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each transfer in each round; one warm-up round first (connections).
+
+    Each round runs them in a new (seeded) order, so that no transfer always comes first
+    or always follows the same other one: in a fixed order, one gRPC setting measured 10
+    to 25 % faster than another and, shuffled, the same.
+    """
+    for transfer in transfers.values():
+        transfer()
+    seconds: dict[str, list[float]] = {name: [] for name in transfers}
+    order = random.Random(0)
+    for _ in range(rounds):
+        for name in order.sample(list(transfers), len(transfers)):
+            transfer = transfers[name]
+            started = time.perf_counter()
+            transfer()
+            seconds[name].append(time.perf_counter() - started)
     return seconds
+
+
+def relative_speed(of: list[float], against: list[float]) -> float:
+    """`of`'s speed as a multiple of `against`'s: the median over rounds of their times'
+    ratio, paired round by round."""
+    return statistics.median(a / o for o, a in zip(of, against, strict=True))
+
+
+def publish_seconds(state: CentreState) -> float:
+    """Encoding a state into its chunks: once per generation, whatever the readers."""
+    started = time.perf_counter()
+    CentreBoard().publish(state)
+    return time.perf_counter() - started
+
+
+COLUMNS = ("raw TCP", "gRPC", "mTLS", "original")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of transfers")
     parser.add_argument("--plot", metavar="PNG", help="also draw the MB/s figure to this file")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {
-        "raw TCP": [],
-        "gRPC (ours)": [],
-        "gRPC, mTLS": [],
-        "original": [],
-    }
-    table = Table(title=f"Neighbour state over loopback, MB/s (best of {args.repeats})")
+    rates: dict[str, list[float]] = {name: [] for name in COLUMNS}
+    table = Table(
+        title=f"Neighbour state over loopback: MB/s of the best of {args.repeats} rounds, "
+        "ratios the median over rounds"
+    )
     for column in (
         "state",
-        "raw TCP",
-        "gRPC",
-        "mTLS",
-        "original",
+        *COLUMNS,
+        "gRPC / raw (best)",
         "gRPC / raw",
         "mTLS / gRPC",
         "gRPC / original",
@@ -166,24 +201,27 @@ def main() -> None:
     for size in args.sizes:
         state = make_state(size)
         payload = state.generator["weight"].numpy().tobytes()
-        raw = raw_tcp_seconds(payload, args.repeats)
-        ours, publish = grpc_seconds(state, args.repeats)
-        secured, _ = grpc_seconds(state, args.repeats, tls)
-        original = original_seconds(state, args.repeats)
-        for name, seconds in zip(rates, (raw, ours, secured, original), strict=True):
-            rates[name].append(size / seconds)
+        with contextlib.ExitStack() as stack:
+            transfers = {
+                "raw TCP": stack.enter_context(raw_tcp(payload)),
+                "gRPC": stack.enter_context(grpc_pull(state)),
+                "mTLS": stack.enter_context(grpc_pull(state, tls)),
+                "original": stack.enter_context(original_path(state)),
+            }
+            seconds = in_turns(transfers, args.repeats)
+        best = {name: min(times) for name, times in seconds.items()}
+        for name in COLUMNS:
+            rates[name].append(size / best[name])
         table.add_row(
             f"{size} MB",
-            f"{size / raw:,.0f}",
-            f"{size / ours:,.0f}",
-            f"{size / secured:,.0f}",
-            f"{size / original:,.0f}",
-            f"{raw / ours:.2f}",
-            f"{ours / secured:.2f}",
-            f"{original / ours:.1f}x",
-            f"{publish * 1000:.0f} ms",
+            *(f"{size / best[name]:,.0f}" for name in COLUMNS),
+            f"{best['raw TCP'] / best['gRPC']:.2f}",
+            f"{relative_speed(seconds['gRPC'], seconds['raw TCP']):.2f}",
+            f"{relative_speed(seconds['mTLS'], seconds['gRPC']):.2f}",
+            f"{relative_speed(seconds['gRPC'], seconds['original']):.1f}x",
+            f"{publish_seconds(state) * 1000:.0f} ms",
         )
-    Console().print(table)
+    Console(width=180).print(table)
     if args.plot:
         plot(args.sizes, rates, args.plot)
 

@@ -140,6 +140,10 @@ def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
         ]
         timed = [sum(line["seconds"].values()) for line in lines]
         training = [line["seconds"]["training"] for line in lines]
+        phases = {
+            name: statistics.mean(line["seconds"].get(name, 0.0) for line in lines)
+            for name in lines[0]["seconds"]
+        }
     generations_seen = [
         c.get("lipizzaner_cell_generations_completed_total", 0) for c in last.values()
     ]
@@ -151,6 +155,7 @@ def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
         "grouping": per_process,
         "seconds_per_generation": statistics.mean(timed),
         "training_per_generation": statistics.mean(training),
+        "phases": phases,
         "wall": wall,
         "bytes_per_generation": sum(received) / done,
         "rss": peak["rss"],
@@ -249,12 +254,31 @@ def main() -> None:
             f"{result['pss']:.0f}",
             f"{result['wall']:.0f}",
         )
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    console.print(phase_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv, "rows": results}, indent=1))
     if args.plot:
         ideal_label = f"ideal on {cores} cores" if args.device == "cpu" else "ideal: flat"
         plot(results, cores, ideal_label, args.plot)
+
+
+def phase_table(results: list[dict]) -> Table:
+    """Each phase of a generation (the cells' own timings), so that what grows with the
+    grid beyond training shows by name."""
+    names = list(results[0]["phases"])
+    table = Table(title="Seconds per generation of one cell, by phase")
+    for column in ("cells", "cells / process", *names):
+        table.add_column(column, justify="right")
+    for result in results:
+        phases = result["phases"]
+        table.add_row(
+            str(result["cells"]),
+            str(result["per_process"]),
+            *(f"{phases.get(name, 0.0):.3f}" for name in names),
+        )
+    return table
 
 
 def _label(row: dict) -> str:

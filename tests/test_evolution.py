@@ -112,7 +112,10 @@ def test_moments_are_shaped_as_the_template_and_load_into_another_individual(opt
     receiver = Individual.fresh(
         nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(), nn.Linear(4, 1)), 5e-4, 1, optimizer
     )
-    receiver.load_moments({k: v.clone() for k, v in moments.items()})
+    arrived = {k: v.clone() for k, v in moments.items()}
+    receiver.load_moments(arrived)
+    for tensor in arrived.values():  # the buffer they came in is reused for a later state
+        tensor.fill_(7.0)
     assert all(torch.equal(receiver.moments()[k], v) for k, v in moments.items())
     assert receiver.optimizer.param_groups[0]["lr"] == 5e-4
     receiver.load_moments({})

@@ -126,6 +126,60 @@ def test_a_50_megabyte_state_streams_without_raising_message_limits(served):
     assert torch.equal(puller.latest.generator["0.weight"], state.generator["0.weight"])
 
 
+def _storage(state: CentreState) -> int:
+    return state.generator["0.weight"].untyped_storage().data_ptr()
+
+
+def _equal(got: CentreState, sent: CentreState) -> bool:
+    pairs = [*zip(got.generator.values(), sent.generator.values(), strict=True)]
+    pairs += [*zip(got.generator_moments.values(), sent.generator_moments.values(), strict=True)]
+    return all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_new_state_reuses_the_buffer_of_the_state_before_the_last(served):
+    board, _, address = served
+    states = [centre(cell=1, generation=g) for g in (1, 2, 3, 4)]
+    puller = puller_for(states[0], address)
+    with grpc.insecure_channel(address) as channel:
+        call = centre_call(channel)
+        buffers = []
+        for state in states:
+            board.publish(state)
+            assert puller.pull_once(call), puller.stats.last_error
+            assert _equal(puller.latest, state)
+            buffers.append(_storage(puller.latest))
+    assert buffers[0] != buffers[1]  # the newest and the one before coexist
+    assert buffers[2] == buffers[0] and buffers[3] == buffers[1]  # then they alternate
+
+
+def test_a_state_being_read_is_never_overwritten(served):
+    """The engine copies its neighbours' states while it holds them; a puller that gets
+    two newer states meanwhile decodes the second into fresh memory, not into them."""
+    from lipizzaner_cell.wire.client import GrpcNeighbourhood
+
+    board, _, address = served
+    states = [centre(cell=1, generation=g) for g in (1, 2, 3, 4, 5, 6)]
+    puller = puller_for(states[0], address)
+    neighbourhood = GrpcNeighbourhood(board, {1: puller})
+    with grpc.insecure_channel(address) as channel:
+        call = centre_call(channel)
+
+        def pull(state: CentreState) -> int:
+            board.publish(state)
+            assert puller.pull_once(call) and _equal(puller.latest, state)
+            return _storage(puller.latest)
+
+        first = pull(states[0])
+        pull(states[1])
+        with neighbourhood.neighbour_states() as held:
+            read = held[1]
+            assert pull(states[2]) == first  # generation 1's buffer: nobody reads it
+            fourth = pull(states[3])  # generation 2's buffer is being read: fresh memory
+            assert fourth not in (first, _storage(read))
+            assert read.generation == 2 and _equal(read, states[1])
+        assert pull(states[4]) == first and pull(states[5]) == fourth  # alternating again
+
+
 def test_the_background_puller_keeps_the_newest_state(served):
     board, _, address = served
     state = centre(cell=1, generation=2)

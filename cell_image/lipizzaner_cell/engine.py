@@ -219,15 +219,15 @@ class CellEngine:
 
     def snapshot_neighbourhood(self) -> Neighbourhood:
         """Step 1: the local sub-populations plus each neighbour's newest centre."""
-        states = self.provider.neighbour_states()
-        cells = [cell for cell in self.neighbour_cells if cell in states]
-        return Neighbourhood(
-            generators=self.generators
-            + [self.imports.individual(states[c], "generator") for c in cells],
-            discriminators=self.discriminators
-            + [self.imports.individual(states[c], "discriminator") for c in cells],
-            neighbour_cells=cells,
-        )
+        with self.provider.neighbour_states() as states:  # copied into the imports
+            cells = [cell for cell in self.neighbour_cells if cell in states]
+            return Neighbourhood(
+                generators=self.generators
+                + [self.imports.individual(states[c], "generator") for c in cells],
+                discriminators=self.discriminators
+                + [self.imports.individual(states[c], "discriminator") for c in cells],
+                neighbour_cells=cells,
+            )
 
     def select(self, hood: Neighbourhood) -> Players:
         """Step 3: tournament selection from the whole neighbourhood, or, with selection

@@ -75,12 +75,13 @@ class Individual:
         return {f"{param}.{slot}": t for param, slots in state.items() for slot, t in slots.items()}
 
     def load_moments(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Continue from these moments (as `moments()` names them), keeping this one's
-        rate; an empty dict clears the optimizer state."""
+        """Continue from copies of these moments (as `moments()` names them), keeping this
+        one's rate; an empty dict clears the optimizer state. Copies, because the given
+        tensors may change afterwards: a puller reuses the buffer a state arrived in."""
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
             param, slot = key.split(".", 1)
-            state.setdefault(int(param), {})[slot] = tensor
+            state.setdefault(int(param), {})[slot] = tensor.clone()
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         self.set_learning_rate(self.learning_rate)

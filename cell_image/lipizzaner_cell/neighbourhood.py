@@ -6,7 +6,9 @@ client (issue 3) implement the same two calls, so the generation loop is one cod
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,7 +20,12 @@ from lipizzaner_cell.individual import Individual, OptimizerName
 
 @dataclass(frozen=True)
 class CentreState:
-    """A cell's best generator and discriminator after a generation: immutable once made."""
+    """A cell's best generator and discriminator after a generation: immutable once made.
+
+    A state a puller received is the exception: its tensors are views of a buffer the
+    puller reuses for a later state once the state is neither its newest nor being read
+    (`NeighbourhoodProvider.neighbour_states`).
+    """
 
     cell: int
     generation: int
@@ -35,8 +42,12 @@ class CentreState:
 
 
 class NeighbourhoodProvider(Protocol):
-    def neighbour_states(self) -> dict[int, CentreState]:
-        """The newest known state of each neighbour, by cell index; missing ones absent."""
+    def neighbour_states(self) -> AbstractContextManager[dict[int, CentreState]]:
+        """The newest known state of each neighbour, by cell index; missing ones absent.
+
+        The states stay as they are until the block ends; whatever must outlive it is
+        copied (the engine copies them into its imported networks).
+        """
         ...
 
     def publish(self, state: CentreState) -> None: ...
@@ -66,9 +77,9 @@ class InProcessProvider:
     exchange: InProcessExchange
     neighbours: list[int]
 
-    def neighbour_states(self) -> dict[int, CentreState]:
+    def neighbour_states(self) -> AbstractContextManager[dict[int, CentreState]]:
         visible = self.exchange._visible
-        return {i: visible[i] for i in self.neighbours if i in visible}
+        return contextlib.nullcontext({i: visible[i] for i in self.neighbours if i in visible})
 
     def publish(self, state: CentreState) -> None:
         self.exchange._pending[state.cell] = state

@@ -4,18 +4,25 @@ Each puller keeps the newest valid state of its neighbour. The generation loop o
 those cached states, so it never waits on the network (except once, at start-up, for the
 first states, with a timeout). Failures back off exponentially with jitter; a state that
 does not validate is counted, and the last good one is kept.
+
+A new state is decoded into the buffer of the state before the last when nobody reads
+that one any more, instead of into fresh memory: the kernel's first touch of each fresh
+page cost a large pull more than the transfer itself (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+import torch
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.service import GET_CENTRE
@@ -28,6 +35,7 @@ from lipizzaner_cell.wire.codec import (
     CentreArchitecture,
     StateRejected,
     decode_centre,
+    new_payload,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +89,10 @@ class NeighbourPuller(threading.Thread):
         self.expected = expected
         self.policy = policy or PullPolicy()
         self.latest: CentreState | None = None
+        self._payload: torch.Tensor | None = None  # the buffer `latest`'s tensors view
+        self._spare: torch.Tensor | None = None  # the one before, free for the next state
+        self._receiving: torch.Tensor | None = None  # the one a pull decodes into
+        self._reads: Counter[int] = Counter()  # payloads being read, by id
         self.stats = PullStats()
         self.first_state = threading.Event()
         self._updated = threading.Condition()
@@ -125,7 +137,9 @@ class NeighbourPuller(threading.Thread):
                 cell_pb2.CentreRequest(newer_than_generation=have),
                 timeout=self.policy.deadline_seconds,
             )
-            state = decode_centre(counted(stream), self.expected, self.policy.max_state_bytes)
+            state = decode_centre(
+                counted(stream), self.expected, self.policy.max_state_bytes, self._buffer
+            )
             if state is not None and state.cell != self.cell:
                 raise StateRejected(f"asked cell {self.cell}, got a state of cell {state.cell}")
         except StateRejected as exc:
@@ -143,12 +157,37 @@ class NeighbourPuller(threading.Thread):
         self.stats.bytes_received += received
         if state is not None:
             with self._updated:
-                self.latest = state
+                self._spare = self._payload
+                self.latest, self._payload = state, self._receiving
                 self._updated.notify_all()
             self.stats.received += 1
             self.stats.seconds.append(time.perf_counter() - started)
             self.first_state.set()
         return True
+
+    def _buffer(self, size: int) -> torch.Tensor:
+        """The spare payload buffer when it has the size and nobody reads it, else a
+        fresh one."""
+        with self._updated:
+            spare, self._spare = self._spare, None
+            if spare is not None and (spare.numel() != size or self._reads[id(spare)]):
+                spare = None
+        self._receiving = new_payload(size) if spare is None else spare
+        return self._receiving
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[CentreState | None]:
+        """`latest`, whose tensors stay as they are until the block ends."""
+        with self._updated:
+            state, payload = self.latest, self._payload
+            self._reads[id(payload)] += 1
+        try:
+            yield state
+        finally:
+            with self._updated:
+                self._reads[id(payload)] -= 1
+                if not self._reads[id(payload)]:
+                    del self._reads[id(payload)]
 
     def _observe(self, outcome: str, started: float, received: int) -> None:
         if self.on_pull is not None:
@@ -173,8 +212,12 @@ class GrpcNeighbourhood:
         for puller in self.pullers.values():
             puller.start()
 
-    def neighbour_states(self) -> dict[int, CentreState]:
-        return {c: p.latest for c, p in self.pullers.items() if p.latest is not None}
+    @contextlib.contextmanager
+    def neighbour_states(self) -> Iterator[dict[int, CentreState]]:
+        """Each neighbour's newest state, none of them overwritten until the block ends."""
+        with contextlib.ExitStack() as reads:
+            states = {c: reads.enter_context(p.reading()) for c, p in self.pullers.items()}
+            yield {c: state for c, state in states.items() if state is not None}
 
     def publish(self, state: CentreState) -> None:
         self.board.publish(state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -186,12 +186,22 @@ def _tensors(
     return tensors
 
 
+def new_payload(size: int) -> torch.Tensor:
+    """Uninitialised bytes: no zero-filling pass over a state about to be overwritten."""
+    return torch.empty(size, dtype=torch.uint8)
+
+
 def decode_centre(
     chunks: Iterable[cell_pb2.CentreChunk | bytes],
     expected: CentreArchitecture,
     max_bytes: int,
+    payload_buffer: Callable[[int], torch.Tensor] = new_payload,
 ) -> CentreState | None:
-    """Validate and decode a streamed state; None if the stream was empty (nothing newer)."""
+    """Validate and decode a streamed state; None if the stream was empty (nothing newer).
+
+    The state's tensors are views of one payload of bytes, which `payload_buffer(size)`
+    gives (a puller passes one it reuses).
+    """
     stream: Iterator = iter(chunks)
     first = _parse(next(stream, None))
     if first is None:
@@ -206,9 +216,7 @@ def decode_centre(
         infos = getattr(header, part)
         if infos or part not in OPTIONAL_PARTS:
             _check_table(infos, getattr(expected, part), part, header.payload_bytes)
-    # Uninitialised (no zero-filling pass over a state that is about to be overwritten);
-    # the tensors are views of it.
-    payload = torch.empty(header.payload_bytes, dtype=torch.uint8)
+    payload = payload_buffer(header.payload_bytes)
     writable = payload.numpy().data
     filled = 0
     for item in stream:
