@@ -3,6 +3,9 @@
 For states of 1, 10, 50 and 200 MB, in one run:
   raw TCP   the same bytes through a plain socket: the physical limit here;
   gRPC      one GetCentre pull between two cell servers, decoding and validation included;
+  gRPC, fresh buffers
+            the same pull decoding every state into freshly allocated memory, as pulls
+            did before they reused their buffers;
   mTLS      the same pull over mutual TLS (spec.exchange.tls) with the run's certificates;
   original  the original Lipizzaner's path, re-created here only as a reference:
             torch.save to bytes, base64, JSON, one HTTP response; the reader reverses it.
@@ -11,7 +14,7 @@ so that this shared machine's slow moments fall on all of them alike. Prints MB/
 one's best round, and each ratio as the median over the rounds of the two transfers'
 times in that round.
 
-    python bench/exchange.py [--sizes 1 10 50 200] [--repeats 15]
+    python bench/exchange.py [--sizes 1 10 50 200] [--repeats 15] [--mmap-threshold 4194304]
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import torch
+from lipizzaner_cell.cell_main import fix_mmap_threshold
 from lipizzaner_cell.neighbourhood import CentreState
 from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
-from lipizzaner_cell.wire.codec import CentreArchitecture
+from lipizzaner_cell.wire.codec import CentreArchitecture, new_payload
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.tls import TlsMaterial, generate, run_identity
@@ -79,16 +83,25 @@ def raw_tcp(payload: bytes) -> Iterator[Transfer]:
         listener.close()
 
 
+class FreshBufferPuller(NeighbourPuller):
+    """A puller that decodes every state into newly allocated memory."""
+
+    def payload_buffer(self, size: int) -> torch.Tensor:
+        return new_payload(size)
+
+
 @contextlib.contextmanager
-def grpc_pull(state: CentreState, tls: TlsMaterial | None = None) -> Iterator[Transfer]:
+def grpc_pull(
+    state: CentreState, tls: TlsMaterial | None = None, puller_type: type = NeighbourPuller
+) -> Iterator[Transfer]:
     """A cell server publishing `state` and a puller asking for it afresh every time,
-    decoding it into its reused buffers as it would a neighbour's every new state."""
+    decoding it as it would a neighbour's every new state."""
     board = CentreBoard()
     board.publish(state)
     identity = None if tls is None else tls.identity
     server, port = start_server(CellService(board, lambda: None, identity), 0, "127.0.0.1", tls)
     address = f"127.0.0.1:{port}"
-    puller = NeighbourPuller(
+    puller = puller_type(
         1, address, CentreArchitecture.of(state), PullPolicy(max_state_bytes=1 << 31, tls=tls)
     )
     try:
@@ -173,7 +186,7 @@ def publish_seconds(state: CentreState) -> float:
     return time.perf_counter() - started
 
 
-COLUMNS = ("raw TCP", "gRPC", "mTLS", "original")
+COLUMNS = ("raw TCP", "gRPC", "gRPC, fresh buffers", "mTLS", "original")
 
 
 def main() -> None:
@@ -181,7 +194,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
     parser.add_argument("--repeats", type=int, default=15, help="rounds of transfers")
     parser.add_argument("--plot", metavar="PNG", help="also draw the MB/s figure to this file")
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="run with a cell's allocator setting (cells: 4194304); 0 keeps glibc's own",
+    )
     args = parser.parse_args()
+    fix_mmap_threshold(args.mmap_threshold)
     rates: dict[str, list[float]] = {name: [] for name in COLUMNS}
     table = Table(
         title=f"Neighbour state over loopback: MB/s of the best of {args.repeats} rounds, "
@@ -192,6 +213,7 @@ def main() -> None:
         *COLUMNS,
         "gRPC / raw (best)",
         "gRPC / raw",
+        "reused / fresh buffers",
         "mTLS / gRPC",
         "gRPC / original",
         "publish (once)",
@@ -205,6 +227,9 @@ def main() -> None:
             transfers = {
                 "raw TCP": stack.enter_context(raw_tcp(payload)),
                 "gRPC": stack.enter_context(grpc_pull(state)),
+                "gRPC, fresh buffers": stack.enter_context(
+                    grpc_pull(state, puller_type=FreshBufferPuller)
+                ),
                 "mTLS": stack.enter_context(grpc_pull(state, tls)),
                 "original": stack.enter_context(original_path(state)),
             }
@@ -217,6 +242,7 @@ def main() -> None:
             *(f"{size / best[name]:,.0f}" for name in COLUMNS),
             f"{best['raw TCP'] / best['gRPC']:.2f}",
             f"{relative_speed(seconds['gRPC'], seconds['raw TCP']):.2f}",
+            f"{relative_speed(seconds['gRPC'], seconds['gRPC, fresh buffers']):.2f}x",
             f"{relative_speed(seconds['mTLS'], seconds['gRPC']):.2f}",
             f"{relative_speed(seconds['gRPC'], seconds['original']):.1f}x",
             f"{publish_seconds(state) * 1000:.0f} ms",
@@ -236,10 +262,12 @@ def plot(sizes: list[int], rates: dict[str, list[float]], path: str) -> None:
     width = 0.8 / len(rates)
     for k, (name, values) in enumerate(rates.items()):
         ax.bar([i + k * width for i in range(len(sizes))], values, width, label=name)
-    ax.set_xticks([i + width for i in range(len(sizes))], [f"{s} MB" for s in sizes])
+    ax.set_xticks(
+        [i + width * (len(rates) - 1) / 2 for i in range(len(sizes))], [f"{s} MB" for s in sizes]
+    )
     ax.set_ylabel("MB/s (loopback)")
     ax.set_title("Neighbour state transfer")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 

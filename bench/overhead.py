@@ -22,6 +22,7 @@ import torch
 from common import mnist_manifest
 from lipizzaner_cell.checkpoint import save_checkpoint
 from lipizzaner_cell.datasets import load_dataset
+from lipizzaner_cell.engine import GENERATION_PHASES
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.individual import ADAM_BETAS
 from lipizzaner_cell.losses import LOSSES
@@ -29,8 +30,6 @@ from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_core.spec import LipizzanerRun, parse_run
 from rich.console import Console
 from rich.table import Table
-
-STEPS = ["neighbourhood", "fitness", "selection", "training", "replacement", "mixture", "publish"]
 
 
 def manifest(data: str, generations: int, output: str, samples: int | None = None) -> dict:
@@ -119,7 +118,7 @@ def main() -> None:
         table.add_column(f"{label}: s", justify="right")
         table.add_column("share", justify="right")
     totals = {label: sum(steps.values()) for label, steps in measured.items()}
-    for step in [*STEPS, "checkpoint"]:
+    for step in [*GENERATION_PHASES, "checkpoint"]:
         cells = []
         for label, steps in measured.items():
             cells += [f"{steps[step]:.3f}", f"{steps[step] / totals[label]:.1%}"]
@@ -152,7 +151,7 @@ def plot(measured: dict[str, dict[str, float]], floor: float, path: str) -> None
     colours = plt.get_cmap("tab10")
     for row, (label, steps) in enumerate(measured.items()):
         left = 0.0
-        for i, step in enumerate([*STEPS, "checkpoint"]):
+        for i, step in enumerate([*GENERATION_PHASES, "checkpoint"]):
             ax.barh(
                 label, steps[step], left=left, color=colours(i), label=step if not row else None
             )

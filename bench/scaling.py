@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import mnist_manifest
+from lipizzaner_cell.engine import GENERATION_PHASES
 from lipizzaner_cell.history import read_history
 from lipizzaner_cell.local_launcher import LocalRun
 from lipizzaner_core.spec import parse_run
@@ -142,7 +143,7 @@ def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
         training = [line["seconds"]["training"] for line in lines]
         phases = {
             name: statistics.mean(line["seconds"].get(name, 0.0) for line in lines)
-            for name in lines[0]["seconds"]
+            for name in GENERATION_PHASES
         }
     generations_seen = [
         c.get("lipizzaner_cell_generations_completed_total", 0) for c in last.values()
@@ -267,16 +268,14 @@ def main() -> None:
 def phase_table(results: list[dict]) -> Table:
     """Each phase of a generation (the cells' own timings), so that what grows with the
     grid beyond training shows by name."""
-    names = list(results[0]["phases"])
     table = Table(title="Seconds per generation of one cell, by phase")
-    for column in ("cells", "cells / process", *names):
+    for column in ("cells", "cells / process", *GENERATION_PHASES):
         table.add_column(column, justify="right")
     for result in results:
-        phases = result["phases"]
         table.add_row(
             str(result["cells"]),
             str(result["per_process"]),
-            *(f"{phases.get(name, 0.0):.3f}" for name in names),
+            *(f"{result['phases'][name]:.3f}" for name in GENERATION_PHASES),
         )
     return table
 

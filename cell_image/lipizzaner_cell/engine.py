@@ -40,6 +40,19 @@ from lipizzaner_cell.training import BatchTrainer, EagerSteps, Players
 log = logging.getLogger(__name__)
 
 
+# The timed steps of a generation, in the order `CellEngine.step` runs them: the keys of
+# `GenerationReport.seconds` (and of each history line's "seconds").
+GENERATION_PHASES = (
+    "neighbourhood",
+    "fitness",
+    "selection",
+    "training",
+    "replacement",
+    "mixture",
+    "publish",
+)
+
+
 @dataclass
 class GenerationReport:
     generation: int

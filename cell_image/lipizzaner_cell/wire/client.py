@@ -138,7 +138,7 @@ class NeighbourPuller(threading.Thread):
                 timeout=self.policy.deadline_seconds,
             )
             state = decode_centre(
-                counted(stream), self.expected, self.policy.max_state_bytes, self._buffer
+                counted(stream), self.expected, self.policy.max_state_bytes, self.payload_buffer
             )
             if state is not None and state.cell != self.cell:
                 raise StateRejected(f"asked cell {self.cell}, got a state of cell {state.cell}")
@@ -165,7 +165,7 @@ class NeighbourPuller(threading.Thread):
             self.first_state.set()
         return True
 
-    def _buffer(self, size: int) -> torch.Tensor:
+    def payload_buffer(self, size: int) -> torch.Tensor:
         """The spare payload buffer when it has the size and nobody reads it, else a
         fresh one."""
         with self._updated:
