@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from common import mnist_manifest
@@ -38,8 +39,9 @@ def manifest(data: str, generations: int, output: str, samples: int | None = Non
     return mnist_manifest("overhead", 2, data, generations, output, coevolution=sized)
 
 
-def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
-    """One generation's worth of batches in a plain GAN loop: the compute floor."""
+def plain_loop(run: LipizzanerRun, batches: int) -> Callable[[], None]:
+    """One generation's worth of batches in a plain GAN loop (the compute floor), built
+    once: each call trains the same networks on `batches` more batches."""
     spec = run.spec
     data = load_dataset(spec.dataset, spec.seed).data
     generator = build_generator(spec.network.generator, spec.network.latent_size, data.shape[1:])
@@ -50,9 +52,8 @@ def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=d_lr, betas=ADAM_BETAS, fused=True)
     loss = LOSSES[spec.loss]
     rng = torch.Generator().manual_seed(0)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+
+    def train() -> None:
         order = torch.randperm(len(data), generator=rng)
         for step in range(batches):
             real = data[order[step * batch : (step + 1) * batch]]
@@ -68,6 +69,17 @@ def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
+
+    return train
+
+
+def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
+    """The plain loop's median seconds for `batches` batches."""
+    train = plain_loop(run, batches)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        train()
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)
 

@@ -61,23 +61,29 @@ def default_threads(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     return os.cpu_count() or 1
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 # One cell of a process scores its final mixture at a time: 10,000 samples and their
 # features are a cell's largest transient memory, and its siblings' would add up.
 FINISHING = threading.Lock()
 
 
 def fix_mmap_threshold(size: int) -> bool:
-    """Keep allocations of `size` bytes and up out of glibc's heaps, for good.
+    """Keep allocations of `size` bytes and up out of glibc's heaps, for good, and let the
+    heaps keep up to twice that free at their top.
 
     glibc raises its threshold to the largest block freed so far (up to 32 MB), so after a
     cell's first big scoring tensors every later large buffer (decoded states, samples,
     embeddings) comes from a per-thread heap that keeps it when freed; a process of nine
-    cells then held twice the memory (`docs/benchmarks.md`, "Memory per cell"). False
-    where it does not apply (size 0, or not glibc)."""
+    cells then held twice the memory (`docs/benchmarks.md`, "Memory per cell"). A fixed
+    threshold also stops glibc's matching rise of the trim threshold (twice the mmap
+    threshold), which would stay at 128 KiB: every block under `size` freed at a heap's top
+    was then handed back, and came back as fresh pages, faulted in one by one (a training
+    step's tensors, a pull's 1 MiB messages). False where it does not apply (size 0, or
+    not glibc)."""
     if size <= 0 or platform.libc_ver()[0] != "glibc":
         return False
-    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, size))
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, size) and libc.mallopt(M_TRIM_THRESHOLD, 2 * size))
 
 
 class CellStatusBoard:

@@ -106,7 +106,8 @@ CELL_FLAGS: dict[str, CellFlag] = {
             int,
             str(4 << 20),
             "glibc: allocations from this many bytes up are mapped apart and given back when "
-            "freed (0: glibc's own threshold, which climbs and keeps freed memory per thread)",
+            "freed, and each heap keeps up to twice this free at its top (0: glibc's own "
+            "thresholds, which climb and keep freed memory per thread)",
         ),
         CellFlag(
             "--tls-dir",
