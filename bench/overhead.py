@@ -17,7 +17,6 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
 
 import torch
 from common import mnist_manifest
@@ -39,9 +38,8 @@ def manifest(data: str, generations: int, output: str, samples: int | None = Non
     return mnist_manifest("overhead", 2, data, generations, output, coevolution=sized)
 
 
-def plain_loop(run: LipizzanerRun, batches: int) -> Callable[[], None]:
-    """One generation's worth of batches in a plain GAN loop (the compute floor), built
-    once: each call trains the same networks on `batches` more batches."""
+def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
+    """One generation's worth of batches in a plain GAN loop: the compute floor."""
     spec = run.spec
     data = load_dataset(spec.dataset, spec.seed).data
     generator = build_generator(spec.network.generator, spec.network.latent_size, data.shape[1:])
@@ -52,8 +50,9 @@ def plain_loop(run: LipizzanerRun, batches: int) -> Callable[[], None]:
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=d_lr, betas=ADAM_BETAS, fused=True)
     loss = LOSSES[spec.loss]
     rng = torch.Generator().manual_seed(0)
-
-    def train() -> None:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
         order = torch.randperm(len(data), generator=rng)
         for step in range(batches):
             real = data[order[step * batch : (step + 1) * batch]]
@@ -69,17 +68,6 @@ def plain_loop(run: LipizzanerRun, batches: int) -> Callable[[], None]:
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
-
-    return train
-
-
-def plain_loop_seconds(run: LipizzanerRun, batches: int, repeats: int) -> float:
-    """The plain loop's median seconds for `batches` batches."""
-    train = plain_loop(run, batches)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        train()
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)
 
