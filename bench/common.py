@@ -81,11 +81,22 @@ def apply_assignments(spec: dict, assignments: list[tuple[list[str], Any]]) -> N
 
 
 def add_result_flags(parser: argparse.ArgumentParser, plot: str) -> None:
-    """--json (keep the rows), --plot (`plot` says what of) and --rows (an earlier
-    --json's rows, printed and plotted again instead of measuring)."""
+    """--data and --seeds (what to measure on), --json (keep the rows), --plot (`plot`
+    says what of) and --rows (an earlier --json's rows, printed and plotted again instead
+    of measuring); `parse_result_args` reads them."""
+    parser.add_argument("--data", help="directory of the MNIST IDX files")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--plot", help=f"{plot} (PNG)")
     parser.add_argument("--rows", help="print and plot the rows of an earlier --json instead")
+
+
+def parse_result_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The flags, with --data required unless --rows replays earlier rows."""
+    args = parser.parse_args()
+    if not (args.rows or args.data):
+        parser.error("--data: needed unless --rows")
+    return args
 
 
 def print_rows(title: str, columns: tuple[str, ...], rows: list[dict], number: str) -> None:

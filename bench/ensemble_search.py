@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import add_result_flags, mnist_manifest, print_rows
+from common import add_result_flags, mnist_manifest, parse_result_args, print_rows
 from lipizzaner_cell.cli import main as lipizzaner
 
 COLUMNS = ("run", "seed", "objective", "best cell", "greedy", "greedy size", "ga", "ga size")
@@ -58,15 +58,11 @@ def measure(manifest: dict, workdir: Path, samples: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="directory of the MNIST IDX files")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--ring-generations", type=int, default=30)
     parser.add_argument("--mnist-generations", type=int, default=20)
     parser.add_argument("--samples", type=int, default=2000, help="per candidate generator")
     add_result_flags(parser, "each search's objective over the run's own")
-    args = parser.parse_args()
-    if not (args.rows or args.data):
-        parser.error("--data: needed unless --rows")
+    args = parse_result_args(parser)
     rows = json.loads(Path(args.rows).read_text()) if args.rows else run_all(args)
     title = "The run's own ensemble against ensembles searched over the grid"
     print_rows(title, COLUMNS, rows, ".4g")

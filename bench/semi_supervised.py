@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from common import add_result_flags, mnist_manifest, print_rows
+from common import add_result_flags, mnist_manifest, parse_result_args, print_rows
 from lipizzaner_cell.cli import main as lipizzaner
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.individual import new_optimizer
@@ -104,15 +104,11 @@ def measure(manifest: dict, workdir: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="directory of the MNIST IDX files")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--per-class", type=int, default=10, help="labels a cell may use")
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batches", type=int, default=50, help="per generation")
     add_result_flags(parser, "bars of each seed's accuracies")
-    args = parser.parse_args()
-    if not (args.rows or args.data):
-        parser.error("--data: needed unless --rows")
+    args = parse_result_args(parser)
     rows = json.loads(Path(args.rows).read_text())["rows"] if args.rows else run_seeds(args)
     print_rows("MNIST, 2x2 grid: held-out accuracy of the classifiers", COLUMNS, rows, ".4f")
     if args.json and not args.rows:

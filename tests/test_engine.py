@@ -7,9 +7,10 @@ import pytest
 import torch
 from lipizzaner_cell.checkpoint import export_state
 from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.engine import GENERATION_PHASES, CellEngine
+from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.in_process import run_in_process
 from lipizzaner_cell.neighbourhood import InProcessExchange
+from lipizzaner_cell.report import GENERATION_PHASES
 from lipizzaner_cell.scores import ModeScorer
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run

@@ -37,11 +37,12 @@ from lipizzaner_core.wire.tls import TlsError, TlsMaterial
 
 from lipizzaner_cell.datasets import Dataset, load_dataset
 from lipizzaner_cell.driver import CellDriver
-from lipizzaner_cell.engine import CellEngine, GenerationReport
+from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.metrics import CellMetrics, MetricsEndpoint
 from lipizzaner_cell.output_log import OutputLog
 from lipizzaner_cell.peers import cell_port, neighbour_pullers
 from lipizzaner_cell.references import ReferenceCache
+from lipizzaner_cell.report import GenerationReport
 from lipizzaner_cell.wire.client import GrpcNeighbourhood
 from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 

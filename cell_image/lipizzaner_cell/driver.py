@@ -11,8 +11,9 @@ from lipizzaner_core.layout import CellLayout
 
 from lipizzaner_cell.checkpoint import restore_latest, save_checkpoint
 from lipizzaner_cell.datasets import Dataset
-from lipizzaner_cell.engine import CellEngine, GenerationReport
+from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.history import History, record
+from lipizzaner_cell.report import GenerationReport
 from lipizzaner_cell.results import finish_cell
 
 

@@ -7,10 +7,7 @@ and results are written by whoever drives it (the in-process runner, a cell proc
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 from lipizzaner_core.spec import LipizzanerRun
@@ -31,6 +28,7 @@ from lipizzaner_cell.neighbourhood import (
 )
 from lipizzaner_cell.networks import build_discriminator, build_generator
 from lipizzaner_cell.references import ReferenceCache
+from lipizzaner_cell.report import GenerationReport, timed_phase
 from lipizzaner_cell.scores import Scorer
 from lipizzaner_cell.scoring import build_scorer
 from lipizzaner_cell.selection import best, replace, tournament_select
@@ -38,41 +36,6 @@ from lipizzaner_cell.semi_supervised import SemiSupervision, discriminator_class
 from lipizzaner_cell.training import BatchTrainer, EagerSteps, Players
 
 log = logging.getLogger(__name__)
-
-
-# The timed steps of a generation, in the order `CellEngine.step` runs them: the keys of
-# `GenerationReport.seconds` (and of each history line's "seconds").
-GENERATION_PHASES = (
-    "neighbourhood",
-    "fitness",
-    "selection",
-    "training",
-    "replacement",
-    "mixture",
-    "publish",
-)
-
-
-@dataclass
-class GenerationReport:
-    generation: int
-    generator_loss: float
-    discriminator_loss: float
-    generator_fitness: float
-    discriminator_fitness: float
-    generator_lr: float
-    discriminator_lr: float
-    mixture_score: float | None
-    offspring_offered: int
-    offspring_accepted: int
-    neighbours_present: int
-    samples_trained: int
-    seconds: dict[str, float] = field(default_factory=dict)
-    # Keep-best: the best mixture's score so far and its generation (None without).
-    kept_score: float | None = None
-    kept_generation: int | None = None
-    # Semi-supervised runs: the centre discriminator's accuracy on the held-out data.
-    accuracy: float | None = None
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -180,9 +143,9 @@ class CellEngine:
         """
         co = self.spec.coevolution
         seconds: dict[str, float] = {}
-        with _timed(seconds, "neighbourhood"):
+        with timed_phase(seconds, "neighbourhood"):
             hood = self.snapshot_neighbourhood()  # 1
-        with _timed(seconds, "fitness"):
+        with timed_phase(seconds, "fitness"):
             real, noise = self._fitness_samples()  # 2
             labelled = self._labelled_samples()
             hood_fakes = generator_fakes(hood.generators, noise)
@@ -195,19 +158,19 @@ class CellEngine:
                 co.fitness.mode,
                 label_aware=self._label_aware(hood.discriminators, labelled),
             )
-        with _timed(seconds, "selection"):
+        with timed_phase(seconds, "selection"):
             players = self.select(hood)  # 3
-        with _timed(seconds, "training"):
+        with timed_phase(seconds, "training"):
             losses = self.train(players, should_stop)  # 4
-        with _timed(seconds, "replacement"):
+        with timed_phase(seconds, "replacement"):
             accepted = self.replace(hood, hood_fakes, players, real, noise, labelled)  # 5
             offered = 2 * co.replacements if co.selection else 0
             self.offspring_accepted += accepted
             self.offspring_offered += offered
-        with _timed(seconds, "mixture"):
+        with timed_phase(seconds, "mixture"):
             score = self.evolve_mixture(hood)  # 6
             self.keep_if_best(hood, score)
-        with _timed(seconds, "publish"):
+        with timed_phase(seconds, "publish"):
             self.generation += 1
             self.publish_centre()  # 7
         centre_g, centre_d = best(self.generators), best(self.discriminators)
@@ -456,10 +419,3 @@ class CellEngine:
 
 def _frozen_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
-
-
-@contextmanager
-def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start

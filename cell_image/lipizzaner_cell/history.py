@@ -19,7 +19,8 @@ from typing import Any
 from lipizzaner_core.layout import CellLayout
 from lipizzaner_core.storage import Storage, join
 
-from lipizzaner_cell.engine import CellEngine, GenerationReport
+from lipizzaner_cell.engine import CellEngine
+from lipizzaner_cell.report import GenerationReport
 
 
 def record(engine: CellEngine, report: GenerationReport) -> dict[str, Any]:

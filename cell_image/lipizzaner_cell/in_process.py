@@ -18,10 +18,11 @@ from lipizzaner_core.spec import LipizzanerRun
 
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.driver import CellDriver
-from lipizzaner_cell.engine import CellEngine, GenerationReport
+from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.neighbourhood import InProcessExchange
 from lipizzaner_cell.progress import progress_bar
 from lipizzaner_cell.references import ReferenceCache
+from lipizzaner_cell.report import GenerationReport
 from lipizzaner_cell.sampling import load_ensemble, preview_title, write_samples
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from lipizzaner_cell.engine import GenerationReport
+from lipizzaner_cell.report import GenerationReport
 
 CELL_LABELS = ("run", "cell", "row", "col")
 GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 600)

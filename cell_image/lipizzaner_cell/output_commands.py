@@ -7,6 +7,7 @@ Exit codes (`ExitCode`): 0 done, 2 refused (bad flags, nothing to read there).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from lipizzaner_core.contract import ExitCode
@@ -16,14 +17,32 @@ from rich.table import Table
 
 from lipizzaner_cell.cluster_commands import Say
 
+# A command's body: the parsed flags, then `error`, stdout and stderr; returns an ExitCode.
+Handler = Callable[[argparse.Namespace, Say, Console, Console], int]
+
 
 def add_commands(
     commands: argparse._SubParsersAction, error: Say, out: Console, console: Console
 ) -> None:
     """Register the four commands on the `lipizzaner` parser; `error` says one line,
     `out` and `console` are stdout and stderr."""
-    sample = commands.add_parser(
+
+    def command(
+        parent: argparse._SubParsersAction,
+        name: str,
+        handler: Handler,
+        help: str,
+        description: str,
+    ) -> argparse.ArgumentParser:
+        """A command whose `handler` is called with the parsed flags and the three outputs."""
+        parser = parent.add_parser(name, help=help, description=description)
+        parser.set_defaults(func=lambda args: handler(args, error, out, console))
+        return parser
+
+    sample = command(
+        commands,
         "sample",
+        cmd_sample,
         help="draw samples from a saved ensemble",
         description="Draw by the ensemble's mixture weights. -o out.png writes a picture; "
         "-o out.npz writes the raw samples in the data's own value range (key 'samples').",
@@ -32,10 +51,11 @@ def add_commands(
     sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     sample.add_argument("-o", "--output", required=True, metavar="OUT.png|OUT.npz")
     sample.add_argument("--seed", type=int, default=0)
-    sample.set_defaults(func=lambda args: cmd_sample(args, error, out, console))
 
-    history = commands.add_parser(
+    history = command(
+        commands,
         "history",
+        cmd_history,
         help="summarise a run's per-generation history and plot its curves",
         description="Read cells/<i>/history.jsonl under RUN_URI (a run's output, local or "
         "object storage): print a summary per cell and write PNG curves of the score and "
@@ -53,14 +73,15 @@ def add_commands(
         help="also write TensorBoard event files, a run per cell, to DIR (any local path or "
         "fsspec URI; default RUN_URI/tensorboard)",
     )
-    history.set_defaults(func=lambda args: cmd_history(args, error, out, console))
 
     ensemble = commands.add_parser(
         "ensemble", help="search a finished run's whole grid for a better ensemble"
     )
     actions = ensemble.add_subparsers(dest="action", required=True, metavar="ACTION")
-    optimize = actions.add_parser(
+    optimize = command(
+        actions,
         "optimize",
+        cmd_ensemble_optimize,
         help="pick generators from every cell's mixture, and their weights",
         description="Search every generator the cells of a finished run ended with (greedy "
         "forward selection, or a genetic algorithm over weights), scored on the run's "
@@ -93,10 +114,11 @@ def add_commands(
         choices=["fid", "tvd", "mode-kl", "swd", "spectrum"],
         help="default: the run's own mixture objective",
     )
-    optimize.set_defaults(func=lambda args: cmd_ensemble_optimize(args, error, out, console))
 
-    classify = commands.add_parser(
+    classify = command(
+        commands,
         "classify",
+        cmd_classify,
         help="classify data with a semi-supervised run's classifier",
         description="Classify DATA with the discriminator of a semi-supervised run's best "
         "cell (or, with --vote, the majority vote of its neighbourhood's), print the "
@@ -118,7 +140,6 @@ def add_commands(
         "--vote", action="store_true", help="the vote of the neighbourhood's discriminators"
     )
     classify.add_argument("-o", "--output", default="predictions.csv", help="default: %(default)s")
-    classify.set_defaults(func=lambda args: cmd_classify(args, error, out, console))
 
 
 def cmd_sample(args: argparse.Namespace, error: Say, out: Console, console: Console) -> int:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -100,6 +100,16 @@ def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
     )
 
 
+@contextlib.contextmanager
+def tolerating(status: int) -> Iterator[None]:
+    """Let an API answer of `status` pass (404: not there, 409: already there)."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status != status:
+            raise
+
+
 class KubeClient:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api_client)
@@ -127,13 +137,10 @@ class KubeClient:
         if obj["kind"] == "PodGroup":  # a scheduler's custom resource
             group, version = obj["apiVersion"].split("/")
             namespace = obj["metadata"]["namespace"]
-            try:
+            with tolerating(409):
                 self.custom.create_namespaced_custom_object(
                     group, version, namespace, "podgroups", obj, field_validation=STRICT
                 )
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
             return
         create = {
             "Pod": self.core.create_namespaced_pod,
@@ -143,46 +150,35 @@ class KubeClient:
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
             "Job": self.batch.create_namespaced_job,
         }[obj["kind"]]
-        try:
+        with tolerating(409):  # already there
             create(
                 obj["metadata"]["namespace"], obj, field_validation=STRICT, _preload_content=False
             )
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
 
     def read_job(self, namespace: str, name: str) -> Manifest | None:
         """A Job as plain data; None when there is no such Job."""
-        try:
+        with tolerating(404):
             job = self.batch.read_namespaced_job(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            return None
-        return json.loads(job.data)
+            return json.loads(job.data)
+        return None
 
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """A Secret's data, decoded; None when there is no such Secret."""
-        try:
+        with tolerating(404):
             secret = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            return None
-        data = json.loads(secret.data).get("data") or {}
-        return {key: base64.b64decode(value) for key, value in data.items()}
+            data = json.loads(secret.data).get("data") or {}
+            return {key: base64.b64decode(value) for key, value in data.items()}
+        return None
 
     def apply_config_map(self, obj: Manifest) -> None:
         """Create the ConfigMap, or bring its data up to date (new pods read the new spec)."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        try:
+        current = None
+        with tolerating(404):
             current = self.core.read_namespaced_config_map(name, namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        if current is None:
             self.create(obj)
-            return
-        if current.data != obj["data"]:
+        elif current.data != obj["data"]:
             self.core.patch_namespaced_config_map(
                 name,
                 namespace,
@@ -193,20 +189,14 @@ class KubeClient:
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         """Add annotations to a pod; a pod that is gone is not an error."""
-        try:
+        with tolerating(404):
             self.core.patch_namespaced_pod(
                 name, namespace, {"metadata": {"annotations": annotations}}, _preload_content=False
             )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
     def delete_pod(self, namespace: str, name: str) -> None:
-        try:
+        with tolerating(404):  # already gone
             self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
     def list_runs(self, namespaces: list[str]) -> list[Manifest]:
         """Runs in these namespaces, or in all of them when the list is empty."""
