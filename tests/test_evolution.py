@@ -35,7 +35,7 @@ def test_a_mutated_rate_changes_the_size_of_the_next_adam_step():
         before = ind.net.weight.detach().clone()
         ind.net(torch.ones(1, 3)).sum().backward()
         ind.optimizer.step()
-        steps.append(float((ind.net.weight - before).abs().max()))
+        steps.append(float((ind.net.weight.detach() - before).abs().max()))
     assert steps[1] == pytest.approx(5 * steps[0], rel=1e-3)
 
 
