@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,17 @@ TINY_RING: dict[str, Any] = {
 }
 
 
+def wait_until(condition, timeout: float = 240.0, poll: float = 0.05) -> bool:
+    """Whether `condition()` came true within `timeout` seconds (generous: the suite must
+    pass with the other core busy)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return False
+
+
 @pytest.fixture(autouse=True)
 def _single_thread() -> None:
     torch.set_num_threads(1)
@@ -61,6 +73,28 @@ def inception_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "inception.safetensors"
     save_file(weights, str(path))
     return path
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """An S3 server on loopback (moto) with a bucket `runs`, and the credentials to use it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    import boto3
+
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runs")
+    yield endpoint
+    server.stop()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from lipizzaner_core.contract import CELL_FLAGS, ExitCode
+from lipizzaner_core.contract import CANNOT_START, CELL_FLAGS, ExitCode
 from lipizzaner_core.layout import CellLayout, RunLayout
 from lipizzaner_core.placement import group_of, parse_cells
 from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
@@ -49,6 +49,7 @@ from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
 log = logging.getLogger("lipizzaner.cell")
 Phase = cell_pb2.CellStatus.Phase
 LOG_FORMAT = "%(asctime)s %(threadName)s %(message)s"  # a cell's thread is named "cell <i>"
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # ISO 8601
 
 
 def default_threads(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -159,9 +160,9 @@ def train(
     neighbourhood: GrpcNeighbourhood,
     status: CellStatusBoard,
     metrics: CellMetrics | None,
-    stop: threading.Event,
+    stop: Stop,
 ) -> None:
-    """Generations until the spec's last, or until SIGTERM (then a checkpoint)."""
+    """Generations until the spec's last, or until a stop (then a checkpoint)."""
     engine, spec = driver.engine, driver.spec
     score_name = engine.scorer.objective_name if engine.scorer else None
     while not driver.done and not stop.is_set():
@@ -185,7 +186,9 @@ def train(
         )
     if stop.is_set():
         driver.checkpoint()
-        log.info("stopped by SIGTERM at generation %d, checkpoint written", engine.generation)
+        log.info(
+            "stopped by %s at generation %d, checkpoint written", stop.reason, engine.generation
+        )
 
 
 class SharedData:
@@ -211,7 +214,27 @@ class ProcessShared:
     data: SharedData
     endpoint: MetricsEndpoint | None
     tls: TlsMaterial | None
-    stop: threading.Event
+    stop: Stop
+
+
+class Stop(threading.Event):
+    """The cells' stop request, and why it came (for their logs)."""
+
+    reason = "a stop request"
+
+    def request(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+        self.set()
+
+
+def stop_when_orphaned(parent: int, stop: Stop, every: float = 1.0) -> None:
+    """Stop the cells (at a checkpoint, as SIGTERM does) once the launcher `parent` is
+    gone, so a killed `lipizzaner run` never leaves cells training on their own."""
+    while not stop.wait(every):
+        if os.getppid() != parent:
+            log.warning("the launcher (pid %d) is gone; stopping at a checkpoint", parent)
+            stop.request(f"the launcher's end (pid {parent})")
 
 
 def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int:
@@ -227,8 +250,11 @@ def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int
     if args.metrics_port is not None:  # one /metrics for the process: its first cell's port
         endpoint = MetricsEndpoint()
         endpoint.serve(cell_port(run, args, args.metrics_port, cells.start), args.listen_host)
-    shared = ProcessShared(layout, data, endpoint, tls, threading.Event())
-    signal.signal(signal.SIGTERM, lambda *_: shared.stop.set())
+    shared = ProcessShared(layout, data, endpoint, tls, Stop())
+    signal.signal(signal.SIGTERM, lambda *_: shared.stop.request("SIGTERM"))
+    if args.parent_pid is not None:
+        watch = partial(stop_when_orphaned, args.parent_pid, shared.stop)
+        threading.Thread(target=watch, name="parent watch", daemon=True).start()
     codes: dict[int, int] = {}
     threads = torch.get_num_threads()
 
@@ -236,7 +262,8 @@ def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int
         torch.set_num_threads(threads)  # the process's count, in this thread too
         codes[cell] = run_cell(run, args, cell, shared)
         if codes[cell] != ExitCode.OK:
-            shared.stop.set()  # the siblings checkpoint and stop: the process restarts whole
+            # The siblings checkpoint and stop: the process restarts whole.
+            shared.stop.request(f"cell {cell}'s failure")
 
     workers = [threading.Thread(target=life, args=(c,), name=f"cell {c}") for c in cells]
     for worker in workers:
@@ -255,9 +282,11 @@ def _severity(code: int) -> int:
 def run_cell(run: LipizzanerRun, args: argparse.Namespace, cell: int, shared: ProcessShared) -> int:
     """One cell's life in its own thread, its log lines kept in the run's output."""
     root = logging.getLogger()
+    layout = shared.layout.cell(cell)
+    attempt = args.attempt if args.attempt is not None else layout.next_attempt()
     kept = OutputLog(
         shared.layout.storage,
-        shared.layout.cell(cell).log(args.restarts),
+        layout.log(attempt),
         root.handlers[0].formatter if root.handlers else None,
     )
     mine = threading.current_thread().name
@@ -327,7 +356,10 @@ def serve_and_train(
             return ExitCode.OK
         status.update(phase=Phase.FINISHING)
         with FINISHING:
+            started = time.perf_counter()
+            log.info("final scoring: %d samples of the mixture", spec.score.final_samples)
             result = driver.finish(dataset, missing_neighbours=neighbourhood.missing())
+            log.info("final scoring took %.1f s", time.perf_counter() - started)
         status.update(phase=Phase.SUCCEEDED, scores=result["scores"])
         left = neighbourhood.linger(
             spec.generations,
@@ -339,7 +371,7 @@ def serve_and_train(
             log.warning("leaving before neighbours %s finished", left)
         return ExitCode.OK
     except (FileNotFoundError, KeyError, ValueError) as exc:
-        log.error("cannot start: %s", exc)
+        log.error("%s%s", CANNOT_START, str(exc).strip("'\""))
         status.update(phase=Phase.FAILED)
         return ExitCode.BAD_INPUT
     finally:
@@ -368,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=DATE_FORMAT)
     if args.run_spec is None or args.cells is None:
         log.error("--run-spec and --cells are required")
         return ExitCode.BAD_INPUT

@@ -17,12 +17,12 @@ import torch
 from lipizzaner_core.layout import ENSEMBLE_MANIFEST
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.spec_training import NetworkPartSpec
-from lipizzaner_core.storage import Storage, join
-from safetensors.torch import load as load_tensors
+from lipizzaner_core.storage import Storage, damaged_as, join
 
 from lipizzaner_cell.datasets import load_dataset, read_array
 from lipizzaner_cell.networks import build_discriminator
 from lipizzaner_cell.semi_supervised import predictions
+from lipizzaner_cell.weights import load_weights
 
 HELD_OUT = "held-out"  # DATA: the run's own held-out samples
 
@@ -49,16 +49,19 @@ def load_classifier(uri: str, storage: Storage) -> Classifier:
     """The classifiers of the ensemble at, or of the run at, `uri`."""
     manifest_uri = ensemble_manifest_uri(uri, storage)
     manifest = storage.read_json(manifest_uri)  # FileNotFoundError: no ensemble there
-    found = manifest.get("classifier")
+    found = manifest.get("classifier") if isinstance(manifest, dict) else None
     if found is None:
         raise ValueError(f"{uri}: not a semi-supervised run's ensemble (it has no classifier)")
-    part = NetworkPartSpec.model_validate(found["network"])
-    base = manifest_uri.removesuffix(f"/{ENSEMBLE_MANIFEST}")
-    nets = []
-    for member in found["members"]:
-        net = build_discriminator(part, tuple(manifest["data"]["shape"]), found["classes"])
-        net.load_state_dict(load_tensors(storage.read_bytes(join(base, member["file"]))))
-        nets.append(net.eval())
+    with damaged_as(manifest_uri):
+        part = NetworkPartSpec.model_validate(found["network"])
+        shape, classes = tuple(manifest["data"]["shape"]), int(found["classes"])
+        files = [
+            join(manifest_uri.removesuffix(f"/{ENSEMBLE_MANIFEST}"), member["file"])
+            for member in found["members"]
+        ]
+    nets = [
+        load_weights(build_discriminator(part, shape, classes), storage, file) for file in files
+    ]
     return Classifier(manifest, nets)
 
 

@@ -3,8 +3,9 @@
 Commands that train or sample import torch only when they run, so `lipizzaner validate`
 and `lipizzaner crd` start fast; `submit`, `status` and `logs` (a run on a cluster) live in
 `cluster_commands.py`. Exit codes (`lipizzaner_core.contract.ExitCode`): 0 success, 1 the
-work failed, 2 bad input (usage, spec or file errors), 3 `submit --wait` timed out, always
-with a one-line reason and never a traceback.
+work failed, 2 bad input (usage, spec, data or damaged files), 3 `submit --wait` timed out,
+128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM), always with a one-line reason and
+never a traceback.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from lipizzaner_core.contract import ExitCode
 from lipizzaner_core.ensemble import completed_run
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun, SpecError, dump_run, load_run, parse_run
+from lipizzaner_core.storage import DamagedFile
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from lipizzaner_cell.arguments import Parser, UsageError, whole
 from lipizzaner_cell.cluster_commands import add_commands as add_cluster_commands
 from lipizzaner_cell.output_commands import add_commands as add_output_commands
+from lipizzaner_cell.output_commands import print_whole
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -48,11 +52,27 @@ def _load_or_report(path: str) -> LipizzanerRun | None:
     return None
 
 
+def data_problem(run: LipizzanerRun) -> str | None:
+    """What is wrong with the run's data files, if they are on this machine: missing,
+    the wrong shape, keys or label counts, NaN or infinite values. Remote data is checked
+    by the first cell that loads it (exit 2 too)."""
+    from lipizzaner_cell.datasets import check_local_data
+
+    try:
+        check_local_data(run.spec.dataset)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return str(exc).strip("'\"")
+    return None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     status = ExitCode.OK
     for path in args.manifests:
         run = _load_or_report(path)
-        if run is None:
+        problem = None if run is None else data_problem(run)
+        if problem is not None:
+            error(f"{path}: {problem}")
+        if run is None or problem is not None:
             status = ExitCode.BAD_INPUT
         else:
             grid = run.spec.grid
@@ -107,7 +127,7 @@ def train(run: LipizzanerRun, layout: RunLayout, args: argparse.Namespace) -> di
     from lipizzaner_cell.local_launcher import run_local
 
     manifest = run_local(run, show_progress=not args.quiet, threads=args.threads)
-    write_preview(layout, run.metadata.name)
+    write_preview(layout, run)
     return manifest
 
 
@@ -121,19 +141,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in exc.errors:
             error(f"{args.manifest} with the command line's overrides: {line}")
         return ExitCode.BAD_INPUT
+    problem = data_problem(run)
+    if problem is not None:
+        error(f"{args.manifest}: {problem}")
+        return ExitCode.BAD_INPUT
     layout = RunLayout.of(run)
+    if not args.fresh:
+        finished = completed_run(run, layout)
+        if finished is not None:
+            say_complete(run, finished)
+            print_results(finished, layout, run)
+            return search_ensemble(run, layout, again=False)
+    from lipizzaner_cell.lease import Lease, LeaseHeld
+    from lipizzaner_cell.local_launcher import RunFailed
+    from lipizzaner_cell.signals import Stopped, stopped_by_signals
+
+    lease = Lease(layout.storage, layout.lease)
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        error(str(exc))
+        return ExitCode.BAD_INPUT
+    try:
+        with stopped_by_signals():
+            manifest = start_training(run, layout, args)
+    except Stopped as exc:
+        console.print(f"stopped by {exc}; run the same command again to resume", style="yellow")
+        return exc.exit_code
+    except RunFailed as exc:
+        error(f"run failed: {exc}" if exc.exit_code == ExitCode.FAILED else str(exc))
+        return exc.exit_code
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, DamagedFile):
+            raise
+        error(f"run failed: {exc}")
+        return ExitCode.FAILED
+    finally:
+        lease.release()
+    print_results(manifest, layout, run)
+    return search_ensemble(run, layout, again=True)
+
+
+def start_training(run: LipizzanerRun, layout: RunLayout, args: argparse.Namespace) -> dict:
+    """Anew (--fresh) or from the checkpoints: say which, then train."""
     if args.fresh:
         for uri in (layout.cells, layout.ensemble, layout.preview):
             layout.storage.remove_tree(uri)
     else:
-        finished = completed_run(run, layout)
-        if finished is not None:
-            console.print(
-                f"{run.metadata.name} is complete ({run.spec.generations} generations); "
-                "nothing to do. --generations N continues it, --fresh starts it anew."
-            )
-            print_results(finished, layout)
-            return search_ensemble(run, layout, again=False)
         announce_resume(layout, run)
     grid = run.spec.grid
     where = "all cells in this process" if args.in_process else "one process per cell"
@@ -141,16 +195,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"[bold]{run.metadata.name}[/]: {grid.rows}x{grid.cols} grid, "
         f"{run.spec.generations} generations, {where} -> {layout.output}"
     )
-    try:
-        manifest = train(run, layout, args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        error(f"run failed: {exc}")
-        return ExitCode.FAILED
-    except KeyboardInterrupt:
-        console.print("stopped; run the same command again to resume", style="yellow")
-        return ExitCode.FAILED
-    print_results(manifest, layout)
-    return search_ensemble(run, layout, again=True)
+    return train(run, layout, args)
+
+
+def say_complete(run: LipizzanerRun, manifest: dict[str, Any]) -> None:
+    """A finished run run again: nothing to do, and how far it really went."""
+    done = min(cell["generation"] for cell in manifest["cells"])
+    asked = run.spec.generations
+    if done > asked:
+        console.print(
+            f"{run.metadata.name} finished at {done} generations, more than the {asked} "
+            "asked; nothing to do. --generations N above that continues it, --fresh starts "
+            "it anew."
+        )
+    else:
+        console.print(
+            f"{run.metadata.name} is complete ({done} generations); nothing to do. "
+            "--generations N continues it, --fresh starts it anew."
+        )
 
 
 def search_ensemble(run: LipizzanerRun, layout: RunLayout, again: bool) -> int:
@@ -162,6 +224,7 @@ def search_ensemble(run: LipizzanerRun, layout: RunLayout, again: bool) -> int:
     from lipizzaner_core.storage import join
 
     from lipizzaner_cell.optimised_ensemble import describe_search, optimise_run
+    from lipizzaner_cell.yardsticks import kept_yardsticks
 
     method = run.spec.ensemble.method
     searched = join(layout.optimised_ensemble(method), ENSEMBLE_MANIFEST)
@@ -174,7 +237,7 @@ def search_ensemble(run: LipizzanerRun, layout: RunLayout, again: bool) -> int:
         except (FileNotFoundError, ValueError) as exc:
             error(f"ensemble search failed: {exc}")
             return ExitCode.FAILED
-    out.print(describe_search(manifest, layout.output))
+    out.print(describe_search(manifest, layout.output, kept_yardsticks(layout)))
     return ExitCode.OK
 
 
@@ -186,11 +249,17 @@ HIGHER_IS_BETTER = {
     "modes_covered",
     "high_quality_fraction",
 }
+# Facts about the data, not scores: neither better high nor low.
+NOT_SCORES = {"modes_total"}
 
 
-def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
-    """Each cell's final mixture scores, which one is the ensemble, and where it is."""
+def print_results(manifest: dict[str, Any], layout: RunLayout, run: LipizzanerRun) -> None:
+    """Each cell's final mixture scores beside what real data and noise score, which one
+    is the ensemble, and where it is."""
     from lipizzaner_cell.sampling import describe_score
+    from lipizzaner_cell.yardsticks import YARDSTICKS, yardsticks
+
+    ends = yardsticks(run, layout)
 
     names = sorted({name for cell in manifest["cells"] for name in cell["scores"]})
     data = "the held-out data" if manifest.get("scoredOn") == "validation" else "the training data"
@@ -204,12 +273,13 @@ def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
             str(cell["row"]),
             str(cell["col"]),
             str(cell.get("mixtureGeneration") or cell["generation"]),
-            *(f"{cell['scores'].get(n, float('nan')):.4g}" for n in names),
+            *(number(cell["scores"].get(n)) for n in names),
         )
-    out.print(table)
-    higher = [n for n in names if n in HIGHER_IS_BETTER]
-    if higher:
-        out.print(f"{', '.join(higher)}: higher is better; the others: lower is better")
+    for label, part in YARDSTICKS:
+        if part in ends:
+            table.add_row(label, "", "", "", *(number(ends[part].get(n)) for n in names))
+    print_whole(out, table)
+    out.print(score_directions(names))
     if manifest.get("trainScores"):
         pairs = ", ".join(
             f"{n} {manifest['scores'][n]:.4g} / {manifest['trainScores'][n]:.4g}"
@@ -221,7 +291,7 @@ def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
     if objective:
         out.print(
             f"* the ensemble: the mixture with the best "
-            f"{describe_score(objective['name'], objective['value'])}"
+            f"{describe_score(objective['name'], objective['value'], ends)}"
         )
     else:
         out.print("no score for this dataset (spec.mixture.scoreType is none); * the ensemble")
@@ -234,6 +304,22 @@ def print_results(manifest: dict[str, Any], layout: RunLayout) -> None:
         f"preview: {layout.preview}\n"
         f"cell logs: {layout.cells}/<i>/logs/"
     )
+
+
+def number(value: float | None) -> str:
+    """A score as shown; '-' where there is none (null in the JSON: NaN is never written)."""
+    return "-" if value is None else f"{value:.4g}"
+
+
+def score_directions(names: list[str]) -> str:
+    """Which of `names` are better high, which low, and which are no score at all."""
+    higher = [n for n in names if n in HIGHER_IS_BETTER]
+    facts = [n for n in names if n in NOT_SCORES]
+    lower = [n for n in names if n not in HIGHER_IS_BETTER and n not in NOT_SCORES]
+    parts = [f"{', '.join(higher)}: higher is better"] if higher else []
+    parts += [f"{', '.join(lower)}: lower is better"] if lower else []
+    parts += [f"{', '.join(facts)}: the data's own count"] if facts else []
+    return "; ".join(parts)
 
 
 def describe_classifier(manifest: dict[str, Any]) -> str:
@@ -278,7 +364,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lipizzaner",
         description="Robust GAN training by spatially distributed co-evolution.",
     )
@@ -309,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--threads",
-        type=int,
+        type=whole(1),
         metavar="N",
         help="torch threads per cell process (default: cores / cells, at least 1); "
         "with --in-process, torch threads of this process",
@@ -350,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights file to write (default: %(default)s here; the packaged one is never "
         "overwritten)",
     )
-    classifier.add_argument("--epochs", type=int, default=4)
+    classifier.add_argument("--epochs", type=whole(1), default=4)
     classifier.set_defaults(func=cmd_train_classifier)
     add_output_commands(commands, error, out, console)
     add_cluster_commands(commands, _load_or_report, error, out, console)
@@ -358,13 +444,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        error(f"{exc} (--help lists what it takes)")
+        return ExitCode.BAD_INPUT
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[
+            RichHandler(console=console, show_path=False, log_time_format="%Y-%m-%dT%H:%M:%S")
+        ],
     )
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DamagedFile as exc:  # any command, any file of a run's output
+        error(str(exc))
+        return ExitCode.BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`lipizzaner submit`, `status` and `logs`: a run on a cluster, from a terminal or a CI job.
 
 Built on `lipizzaner_core.client.RunClient`. Exit codes (`ExitCode`): 0 the run succeeded
-(or, without --wait, was created), 1 it failed or missed --max-score, 2 refused (invalid
-manifest, name taken, no run, no cluster), 3 --wait gave up (the run goes on).
+(or, without --wait, was created), 1 it failed or missed --max-score, or the API server did
+not answer (worth trying again), 2 refused (invalid manifest, name taken, no run, no usable
+kubeconfig), 3 --wait gave up (the run goes on).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun
 from rich.console import Console
 from rich.table import Table
+
+from lipizzaner_cell.arguments import finite, seconds, whole
 
 if TYPE_CHECKING:  # the kubernetes client loads only when a cluster command runs
     from lipizzaner_core.client import RunClient, RunView
@@ -52,11 +55,11 @@ def add_commands(
     connected(submit)
     submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
     submit.add_argument(
-        "--timeout", type=float, default=86400.0, help="seconds to wait (default: a day)"
+        "--timeout", type=seconds, default=86400.0, help="seconds to wait (default: a day)"
     )
     submit.add_argument(
         "--max-score",
-        type=float,
+        type=finite,
         metavar="SCORE",
         help="with --wait: exit 1 unless the best score is at most this (lower is better)",
     )
@@ -78,17 +81,29 @@ def add_commands(
         help="print a run's cell logs from its output",
         description="The logs each cell keeps in the run's output (cells/<i>/logs/"
         "attempt-<k>.log), readable after the pods are gone; the latest attempt of each cell "
-        "unless --attempt says which.",
+        "unless --attempt says which. RUN is a run's name (its output is read from its spec "
+        "on the cluster) or the output itself: `lipizzaner logs runs/quickstart`.",
     )
-    logs.add_argument("run", metavar="RUN", help="the run's name")
+    logs.add_argument(
+        "run", metavar="RUN", help="the run's name on the cluster, or its output (a folder or URI)"
+    )
     connected(logs)
-    logs.add_argument("--cell", type=int, metavar="I", help="only this cell")
-    logs.add_argument("--attempt", type=int, metavar="K", help="this start (0 = the first)")
+    logs.add_argument("--cell", type=whole(0), metavar="I", help="only this cell")
+    logs.add_argument("--attempt", type=whole(0), metavar="K", help="this start (0 = the first)")
     logs.set_defaults(func=lambda args: cmd_logs(args, error, out))
 
 
 def _connect(args: argparse.Namespace) -> RunClient:
+    import logging
+
     from lipizzaner_core.client import RunClient
+
+    runs = RunClient.connect(args.context, args.namespace)
+    # urllib3 retries a refused connection with a warning each time: the one line that
+    # says the server is not there comes after them. (The client's configuration sets
+    # this logger's level itself, so this comes after it.)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    return runs
 
     return RunClient.connect(args.context, args.namespace)
 
@@ -100,7 +115,7 @@ def cmd_submit(
     out: Console,
     console: Console,
 ) -> int:
-    from lipizzaner_core.client import ClusterError, RunNotFound, RunRefused
+    from lipizzaner_core.client import ClusterError, ClusterUnreachable, RunNotFound, RunRefused
 
     run = load(args.manifest)
     if run is None:
@@ -108,6 +123,9 @@ def cmd_submit(
     try:
         runs = _connect(args)
         created = runs.create(run)
+    except ClusterUnreachable as exc:
+        error(f"{args.manifest}: not submitted: {exc}")
+        return ExitCode.FAILED
     except (ClusterError, RunRefused) as exc:
         error(f"{args.manifest}: not submitted: {exc}")
         return ExitCode.BAD_INPUT
@@ -183,21 +201,25 @@ def describe(view: RunView) -> str:
     return ", ".join(parts)
 
 
-def _fetch(args: argparse.Namespace, error: Say) -> RunView | None:
-    """The run named on the command line, or None once `error` has said why not."""
-    from lipizzaner_core.client import ClusterError, RunNotFound
+def _fetch(args: argparse.Namespace, error: Say) -> RunView | int:
+    """The run named on the command line, or the exit code once `error` has said why not:
+    1 if the API server did not answer, 2 if there is no such run or no usable cluster."""
+    from lipizzaner_core.client import ClusterError, ClusterUnreachable, RunNotFound
 
     try:
         return _connect(args).get(args.run)
+    except ClusterUnreachable as exc:
+        error(str(exc))
+        return ExitCode.FAILED
     except (ClusterError, RunNotFound) as exc:
         error(str(exc))
-        return None
+        return ExitCode.BAD_INPUT
 
 
 def cmd_status(args: argparse.Namespace, error: Say, out: Console) -> int:
     view = _fetch(args, error)
-    if view is None:
-        return ExitCode.BAD_INPUT
+    if isinstance(view, int):
+        return view
     summary = view.summary()
     if args.json:
         out.print_json(json.dumps(summary))
@@ -209,12 +231,24 @@ def cmd_status(args: argparse.Namespace, error: Say, out: Console) -> int:
     return ExitCode.OK
 
 
+def is_output(run: str) -> bool:
+    """A run's output folder or URI rather than a run's name (names have no slash)."""
+    return "/" in run or Path(run).is_dir()
+
+
 def cmd_logs(args: argparse.Namespace, error: Say, out: Console) -> int:
-    view = _fetch(args, error)
-    if view is None:
-        return ExitCode.BAD_INPUT
-    layout = RunLayout.of(view.run)
-    cells = [args.cell] if args.cell is not None else range(view.run.spec.grid.size)
+    if is_output(args.run):
+        from lipizzaner_core.storage import Storage
+
+        name, layout = args.run, RunLayout(args.run.rstrip("/"), Storage())
+        found = [int(n) for n in layout.storage.list_dir(layout.cells) if n.isdigit()]
+        cells = [args.cell] if args.cell is not None else sorted(found)
+    else:
+        view = _fetch(args, error)
+        if isinstance(view, int):
+            return view
+        name, layout = view.name, RunLayout.of(view.run)
+        cells = [args.cell] if args.cell is not None else list(range(view.run.spec.grid.size))
     printed = 0
     for index in cells:
         cell = layout.cell(index)
@@ -226,6 +260,6 @@ def cmd_logs(args: argparse.Namespace, error: Say, out: Console) -> int:
             out.print(text, markup=False, highlight=False, end="")
             printed += 1
     if not printed:
-        error(f"{view.name}: no cell logs in {layout.output} yet")
+        error(f"{name}: no cell logs in {layout.output} yet")
         return ExitCode.FAILED
     return ExitCode.OK

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -311,32 +312,65 @@ def read_array(
 ) -> np.ndarray:
     """One array of a .npy or .npz file; pickled objects are refused, never loaded.
     `field` names where the key came from, in errors."""
-    loaded = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        return loaded
-    keys = list(loaded.keys())
-    key = key or keys[0]
-    if key not in keys:
-        raise KeyError(f"{field}: {key!r} not in {path} (has {keys})")
-    return loaded[key]
+    try:
+        loaded = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        keys = list(loaded.keys())
+        key = key or (keys[0] if keys else None)
+        if key not in keys:
+            raise KeyError(f"{field}: {key!r} not in {path} (has {keys})")
+        return loaded[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise FileNotFoundError(f"dataset.path: no file {path}") from None
+        raise ValueError(
+            f"dataset.path: {path} is not a readable .npy or .npz file ({exc})"
+        ) from None
+
+
+def finite_values(array: np.ndarray, path: str) -> np.ndarray:
+    """`array` as float64, refused if it holds NaN or infinities: they would train into
+    NaN weights and scores."""
+    values = np.asarray(array, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(len(values), -1).any(axis=1))[0][0])
+        raise ValueError(
+            f"dataset.path: {path} holds {int(bad.sum())} NaN or infinite values "
+            f"(the first in sample {first}); clean or drop those samples"
+        )
+    return values
+
+
+def value_map(low: np.ndarray, high: np.ndarray, dtype: np.dtype) -> ValueMap:
+    """Each feature's own [low, high] onto [-1, 1]; a feature constant in the data maps
+    back to its constant, so no sample leaves the data's range."""
+    return ValueMap(((high - low) / 2).tolist(), ((high + low) / 2).tolist(), str(dtype))
+
+
+def to_model_space(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Into [-1, 1] per feature; constant features are 0."""
+    half = np.where(high > low, (high - low) / 2, 1.0)
+    return (values - (high + low) / 2) / half
 
 
 def load_array(spec: ArraySpec, seed: int, storage: Storage) -> Dataset:
     array = read_array(storage, spec.path, spec.key)
     source_dtype = array.dtype
-    array = np.asarray(array, dtype=np.float64)
     if array.ndim < 2 or array.shape[0] < 2:
-        raise ValueError(f"dataset.path: need an array of N >= 2 samples, got shape {array.shape}")
+        raise ValueError(
+            f"dataset.path: need an array of N >= 2 samples, got shape {array.shape} in {spec.path}"
+        )
+    array = finite_values(array, spec.path)
     flat = array.reshape(array.shape[0], -1)
     low, high = flat.min(axis=0), flat.max(axis=0)
-    scale = np.where(high > low, (high - low) / 2, 1.0)
-    offset = (high + low) / 2
-    model = ((flat - offset) / scale).reshape(array.shape)
+    model = to_model_space(flat, low, high).reshape(array.shape)
     labels = None if spec.labels_key is None else array_labels(storage, spec, len(array))
     return Dataset(
         name="array",
         data=torch.from_numpy(model).float(),
-        values=ValueMap(scale.tolist(), offset.tolist(), str(source_dtype)),
+        values=value_map(low, high, source_dtype),
         labels=labels,
         classes=None if labels is None else int(labels.max()) + 1,
         identity=f"array:{spec.path}:{array.shape}",
@@ -360,7 +394,6 @@ def load_sequences(spec: SequencesSpec, seed: int, storage: Storage) -> Dataset:
     """N x T x C (or N x T) values, scaled into [-1, 1] by one range per channel."""
     array = read_array(storage, spec.path, spec.key)
     source_dtype = array.dtype
-    array = np.asarray(array, dtype=np.float64)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[0] < 2 or array.shape[1] < 2:
@@ -368,16 +401,13 @@ def load_sequences(spec: SequencesSpec, seed: int, storage: Storage) -> Dataset:
             f"dataset.path: need N x T x C (or N x T) sequences, N and T >= 2, got shape "
             f"{array.shape} in {spec.path}"
         )
+    array = finite_values(array, spec.path)
     low, high = array.min(axis=(0, 1)), array.max(axis=(0, 1))
-    scale = np.where(high > low, (high - low) / 2, 1.0)
-    offset = (high + low) / 2
     steps = array.shape[1]
     return Dataset(
         name="sequences",
-        data=torch.from_numpy((array - offset) / scale).float(),
-        values=ValueMap(
-            np.tile(scale, steps).tolist(), np.tile(offset, steps).tolist(), str(source_dtype)
-        ),
+        data=torch.from_numpy(to_model_space(array, low, high)).float(),
+        values=value_map(np.tile(low, steps), np.tile(high, steps), source_dtype),
         identity=f"sequences:{spec.path}:{array.shape}",
     )
 
@@ -410,6 +440,18 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "sequences": load_sequences,
     "sine-waves": load_sine_waves,
 }
+
+
+def check_local_data(spec: Any) -> None:
+    """Load a dataset whose files are on this machine, so that what is wrong with them
+    (missing, shapes, keys, labels, NaN) is said before any cell starts; data elsewhere
+    (s3://...) is left to the cells."""
+    path = getattr(spec, "path", None)
+    if path is None or ("://" in path and not path.startswith("file://")):
+        return
+    if getattr(spec, "download", False):
+        return  # fetched by the first cell when missing
+    load_dataset(spec, 0)
 
 
 def load_dataset(spec, seed: int, storage: Storage | None = None) -> Dataset:

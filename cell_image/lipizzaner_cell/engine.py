@@ -66,6 +66,9 @@ class CellEngine:
         self.device = device or resolve_device(spec.training.device)
         self.grid = spec.grid.topology()
         self.neighbour_cells = [n.index for n in self.grid.neighbours(index)]
+        # A 1x1 grid of one individual is a plain GAN: its offspring always replaces its
+        # parent, as a GAN's step does (under the faithful rule it would never move).
+        self.lone = not self.neighbour_cells and spec.coevolution.population_size == 1
         self.seed = cell_seed(spec.seed, index)
         # Decisions (opponents, mutations, tournaments) draw from a CPU generator; noise
         # and batch order from one on the training device, so nothing waits on a copy.
@@ -218,10 +221,11 @@ class CellEngine:
             (hood.generators, self.generators),
             (hood.discriminators, self.discriminators),
         ):
-            size = co.tournament_size
-            if size > len(pool):
+            size = min(co.tournament_size, len(pool))
+            if size < co.tournament_size and self.neighbour_cells:
                 # Validation sizes the tournament for the full pool; missing neighbours
-                # shrink it, and that is said, never done silently.
+                # shrink it, and that is said, never done silently. (A lone cell's pool is
+                # its population: validation lets its tournaments shrink to it.)
                 log.warning(
                     "cell %d: %d of %d neighbours missing; tournaments of %d from a pool of %d",
                     self.index,
@@ -230,7 +234,6 @@ class CellEngine:
                     len(pool),
                     len(pool),
                 )
-                size = len(pool)
             winners = tournament_select(pool, co.population_size, size, self.rng)
             for slot, winner in enumerate(winners):
                 if not winner.optimizer.state:  # a neighbour's, sent without moments
@@ -282,7 +285,7 @@ class CellEngine:
         )
         if not co.selection:
             return 0
-        rule = co.replacement_rule
+        rule = "offspring" if self.lone else co.replacement_rule
         return replace(self.generators, players.generators, co.replacements, rule) + replace(
             self.discriminators, players.discriminators, co.replacements, rule
         )

@@ -12,15 +12,17 @@ import io
 import json
 import logging
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from lipizzaner_core.layout import CellLayout
-from lipizzaner_core.storage import Storage, join
+from lipizzaner_core.storage import Storage, finite, join
 
 from lipizzaner_cell.engine import CellEngine
 from lipizzaner_cell.report import GenerationReport
+
+log = logging.getLogger(__name__)
 
 
 def record(engine: CellEngine, report: GenerationReport) -> dict[str, Any]:
@@ -48,16 +50,41 @@ class History:
         self.lines.append(line)
 
     def write(self) -> None:
-        text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in self.lines)
+        text = "".join(
+            json.dumps(finite(line), sort_keys=True, allow_nan=False) + "\n" for line in self.lines
+        )
         self.layout.storage.write_bytes(self.layout.history, text.encode())
 
 
+# Every key of a line, as `record` writes it.
+REQUIRED = {f.name for f in fields(GenerationReport)} - {"mixture_score"} | {
+    "score",
+    "score_name",
+    "mixture_weights",
+}
+
+
 def read_history(layout: CellLayout) -> list[dict[str, Any]]:
-    """A cell's history lines, oldest first; empty when it has none yet."""
+    """A cell's history lines, oldest first; empty when it has none yet. A line that is
+    not a generation's record (the torn end a kill leaves, a flipped byte) is skipped
+    with a warning naming the file and the line."""
     if not layout.storage.exists(layout.history):
         return []
-    text = layout.storage.read_bytes(layout.history).decode()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    text = layout.storage.read_bytes(layout.history).decode(errors="replace")
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not all(k in record for k in REQUIRED):
+                raise ValueError("not a generation's record")
+            int(record["generation"])
+        except (ValueError, TypeError) as exc:
+            log.warning("%s line %d: skipped, damaged (%s)", layout.history, number, exc)
+            continue
+        lines.append(record)
+    return lines
 
 
 def run_histories(storage: Storage, output: str) -> dict[int, list[dict[str, Any]]]:
@@ -78,10 +105,14 @@ def render_curves(histories: dict[int, list[dict[str, Any]]], title: str) -> byt
 
     panels = [("score", "score (dashed: best kept)"), ("generator_loss", "generator loss")]
     panels.append(("discriminator_loss", "discriminator loss"))
+    if any(line.get("accuracy") is not None for lines in histories.values() for line in lines):
+        panels.append(("accuracy", "held-out accuracy (semi-supervised)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=100)
     for ax, (key, label) in zip(axes, panels, strict=True):
         for cell, lines in histories.items():
-            points = [(line["generation"], line[key]) for line in lines if line[key] is not None]
+            points = [
+                (line["generation"], line[key]) for line in lines if line.get(key) is not None
+            ]
             if not points:
                 continue
             (drawn,) = ax.plot(*zip(*points, strict=True), label=f"cell {cell}")
@@ -112,6 +143,8 @@ def scalars(line: dict[str, Any]) -> dict[str, float]:
     }
     if line["score"] is not None:
         values[f"score/{line['score_name']}"] = line["score"]
+    if line.get("accuracy") is not None:
+        values["accuracy/discriminator"] = line["accuracy"]
     if line.get("kept_score") is not None:
         values[f"score/{line['score_name']}_kept"] = line["kept_score"]
     if line["offspring_offered"]:

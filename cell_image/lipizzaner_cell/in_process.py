@@ -8,6 +8,7 @@ visible to neighbours at the end of the round, so results do not depend on cell 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,8 @@ from lipizzaner_cell.neighbourhood import InProcessExchange
 from lipizzaner_cell.progress import progress_bar
 from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.report import GenerationReport
-from lipizzaner_cell.sampling import load_ensemble, preview_title, write_samples
+from lipizzaner_cell.sampling import CURVES, load_ensemble, preview_title, write_samples
+from lipizzaner_cell.yardsticks import yardsticks
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +91,31 @@ def run_in_process(
                     on_report(driver.engine.index, report)
                 progress.update(task, advance=1, status=_status(driver.engine.index, report))
             exchange.commit()
-
-    for driver in drivers:
-        driver.finish(dataset)
+        started = time.perf_counter()
+        for driver in drivers:
+            scoring = (
+                f"final scoring: cell {driver.engine.index}, {spec.score.final_samples} samples"
+            )
+            progress.update(task, status=scoring)
+            driver.finish(dataset)
+        log.info("final scoring of %d cells took %.1f s", grid.size, time.perf_counter() - started)
     outcome.manifest = assemble_ensemble(run, layout)
-    write_preview(layout, run.metadata.name)
+    write_preview(layout, run)
     return outcome
 
 
-def write_preview(layout: RunLayout, title: str) -> None:
-    """<output>/samples.png: what the final ensemble draws, with its score."""
+def write_preview(layout: RunLayout, run: LipizzanerRun) -> None:
+    """<output>/samples.png: what the final ensemble draws, with its score between what
+    real data and noise score."""
     ensemble = load_ensemble(layout.ensemble, layout.storage)
-    count = 1000 if len(ensemble.manifest["data"]["shape"]) == 1 else 64
+    shape = ensemble.manifest["data"]["shape"]
+    count = 1000 if len(shape) == 1 else 64
+    shown = min(count, CURVES) if len(shape) == 2 else count  # sequences: a few curves
     write_samples(
         layout.preview,
         ensemble.sample(count),
         ensemble.manifest["data"],
-        title=preview_title(title, ensemble.manifest, count),
+        title=preview_title(run.metadata.name, ensemble.manifest, shown, yardsticks(run, layout)),
         storage=layout.storage,
     )
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from lipizzaner_core.contract import cell_arguments
+from lipizzaner_core.contract import CANNOT_START, ExitCode, cell_arguments
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.placement import cells_text
@@ -36,13 +36,19 @@ from lipizzaner_core.wire.status import get_status
 from lipizzaner_core.wire.tls import TlsMaterial, generate, run_identity
 
 from lipizzaner_cell.progress import progress_bar
+from lipizzaner_cell.signals import Stopped
 
 log = logging.getLogger(__name__)
 STATUS_POLL_SECONDS = 0.5
 
 
 class RunFailed(RuntimeError):
-    pass
+    """The run cannot go on; `exit_code` is BAD_INPUT where a cell refused its
+    configuration (its data, its checkpoints), which no restart mends."""
+
+    def __init__(self, message: str, exit_code: int = ExitCode.FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -55,6 +61,7 @@ class LocalProcess:
     workdir: Path
     layout: RunLayout
     restarts: int = 0
+    attempt: int = 0  # this start's number, across resumes too: it names the kept log
     process: subprocess.Popen | None = None
     succeeded: bool = False
     given_up: bool = False  # past its restarts, within spec.failurePolicy.maxFailedCells
@@ -70,12 +77,16 @@ class LocalProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"cells-{self.label}-attempt-{self.restarts}.log"
+        return self.workdir / f"cells-{self.label}-attempt-{self.attempt}.log"
 
     def start(self) -> None:
+        self.attempt = max(self.layout.cell(c).next_attempt() for c in self.cells)
+        arguments = cell_arguments(
+            restarts=self.restarts, attempt=self.attempt, parent_pid=os.getpid()
+        )
         with self.log_path.open("a") as log_file:
             self.process = subprocess.Popen(
-                [*self.command, *cell_arguments(restarts=self.restarts)],
+                [*self.command, *arguments],
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -87,10 +98,15 @@ class LocalProcess:
         if self.log_path.exists():
             text = self.log_path.read_bytes()
             for cell in self.cells:
-                self.layout.storage.write_bytes(self.layout.cell(cell).log(self.restarts), text)
+                self.layout.storage.write_bytes(self.layout.cell(cell).log(self.attempt), text)
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+
+    def refusal(self) -> str | None:
+        """The line in which a cell of this attempt refused its configuration, if one did."""
+        found = [line for line in self.log_path.read_text().splitlines() if CANNOT_START in line]
+        return found[-1].split(CANNOT_START, 1)[1] if found else None
 
 
 def free_port_block(count: int, attempts: int = 50) -> int:
@@ -235,6 +251,9 @@ class LocalRun:
                 process.given_up = True
                 log.warning("%s %s", process.name, verdict.message)
             elif verdict.action == "fail":
+                refusal = process.refusal() if code == ExitCode.BAD_INPUT else None
+                if refusal is not None:
+                    raise RunFailed(refusal, ExitCode.BAD_INPUT)
                 raise RunFailed(f"{process.name} {verdict.message}\n{process.log_tail()}")
             else:
                 process.history.append(code)
@@ -292,7 +311,7 @@ def run_local(
     )
     try:
         watch(local, show_progress)
-    except (KeyboardInterrupt, RunFailed):
+    except (KeyboardInterrupt, Stopped, RunFailed):
         log.warning("stopping all cells (they checkpoint first)")
         local.stop_all()
         raise
@@ -319,7 +338,9 @@ def watch(local: LocalRun, show_progress: bool) -> list[tuple[float, float | Non
             finished = local.tick()
             done = local.generations_done()
             for cell, row, count in zip(cells, rows, done, strict=True):
-                status = _describe(local.process_of(cell), local.statuses[cell])
+                status = _describe(
+                    local.process_of(cell), local.statuses[cell], local.run.spec.score.final_samples
+                )
                 progress.update(row, completed=count, status=status)
             progress.update(overall, completed=sum(done))
             if not finished:
@@ -327,13 +348,15 @@ def watch(local: LocalRun, show_progress: bool) -> list[tuple[float, float | Non
         return [(task.completed, task.total) for task in progress.tasks]
 
 
-def _describe(process: LocalProcess, status: cell_pb2.CellStatus | None) -> str:
+def _describe(process: LocalProcess, status: cell_pb2.CellStatus | None, final_samples: int) -> str:
     if process.succeeded:
         return "done"
     if process.given_up:
         return "given up"
     if status is None:
         return "starting"
+    if status.phase == cell_pb2.CellStatus.Phase.FINISHING:
+        return f"final scoring: {final_samples} samples"
     parts = [f"G {status.generator_loss:.3f} D {status.discriminator_loss:.3f}"]
     if "mixture" in status.scores:
         parts.append(f"score {status.scores['mixture']:.3f}")

@@ -20,8 +20,7 @@ from lipizzaner_core.ensemble import read_results
 from lipizzaner_core.layout import ENSEMBLE_MANIFEST, RunLayout
 from lipizzaner_core.spec import LipizzanerRun, parse_run
 from lipizzaner_core.spec_training import NetworkPartSpec
-from lipizzaner_core.storage import Storage, join
-from safetensors.torch import load as load_tensors
+from lipizzaner_core.storage import Storage, damaged_as, join
 
 from lipizzaner_cell.datasets import load_dataset
 from lipizzaner_cell.ensemble_search import Found, genetic, greedy
@@ -30,6 +29,8 @@ from lipizzaner_cell.networks import build_generator
 from lipizzaner_cell.references import ReferenceCache
 from lipizzaner_cell.sampling import describe_score
 from lipizzaner_cell.scoring import build_scorer
+from lipizzaner_cell.weights import load_weights
+from lipizzaner_cell.yardsticks import Yardsticks
 
 
 @dataclass
@@ -67,8 +68,10 @@ def optimise(
     settings); write and return the optimised ensemble's manifest."""
     storage = storage or Storage()
     # FileNotFoundError: not a finished run
-    default = storage.read_json(RunLayout(output, storage).ensemble_manifest)
-    run = parse_run(default["spec"])
+    manifest_uri = RunLayout(output, storage).ensemble_manifest
+    default = storage.read_json(manifest_uri)
+    with damaged_as(manifest_uri):
+        run = parse_run(default["spec"])
     layout = RunLayout.of(run, output)
     spec = run.spec
     candidates = read_candidates(layout, run.spec.grid.size, default)
@@ -117,18 +120,21 @@ def optimise(
 
 def read_candidates(layout: RunLayout, cells: int, default: dict[str, Any]) -> list[Candidate]:
     """Every generator of every cell's final mixture, each distinct file once."""
-    part = NetworkPartSpec.model_validate(default["network"]["generator"])
-    shape = tuple(default["data"]["shape"])
+    with damaged_as(layout.ensemble_manifest):
+        part = NetworkPartSpec.model_validate(default["network"]["generator"])
+        shape = tuple(default["data"]["shape"])
+        latent = int(default["network"]["latentSize"])
     found: dict[str, Candidate] = {}
     for result in read_results(layout, cells):
         cell = layout.cell(result["cell"])
-        for member in result["mixture"]:
-            data = layout.storage.read_bytes(join(cell.uri, member["file"]))
+        with damaged_as(cell.result):
+            members = [(m["cell"], join(cell.uri, m["file"])) for m in result["mixture"]]
+        for source, uri in members:
+            net = load_weights(build_generator(part, latent, shape), layout.storage, uri)
+            data = layout.storage.read_bytes(uri)
             key = hashlib.sha256(data).hexdigest()
             if key not in found:
-                net = build_generator(part, default["network"]["latentSize"], shape)
-                net.load_state_dict(load_tensors(data))
-                found[key] = Candidate(member["cell"], key, data, net.eval())
+                found[key] = Candidate(source, key, data, net)
     if not found:
         raise ValueError(f"{layout.output}: no cell results with mixtures to search")
     return list(found.values())
@@ -141,8 +147,12 @@ def baseline_weights(
     index = {c.key: k for k, c in enumerate(candidates)}
     weights = torch.zeros(len(candidates), dtype=torch.float64)
     for entry in default["generators"]:
-        data = layout.storage.read_bytes(join(layout.ensemble, entry["file"]))
-        weights[index[hashlib.sha256(data).hexdigest()]] += entry["weight"]
+        uri = join(layout.ensemble, entry["file"])
+        with damaged_as(uri):  # a copy of a cell's mixture member, or damaged
+            key = hashlib.sha256(layout.storage.read_bytes(uri)).hexdigest()
+            if key not in index:
+                raise ValueError("it is none of the cells' mixture members it was copied from")
+            weights[index[key]] += entry["weight"]
     return weights / weights.sum()
 
 
@@ -163,16 +173,19 @@ def write_ensemble(
         layout.storage.write_bytes(join(target, name), candidates[k].data)
         weight = float(found.weights[k])
         generators.append({"file": name, "weight": weight, "sourceCell": candidates[k].cell})
+    reference = default["data"].get("reference")
+    if isinstance(reference, str):  # the run's own ensemble keeps it beside its manifest
+        layout.storage.copy(join(layout.ensemble, reference), join(target, reference))
     return {**default, "generators": generators}
 
 
-def describe_search(manifest: dict[str, Any], output: str) -> str:
+def describe_search(manifest: dict[str, Any], output: str, ends: Yardsticks | None = None) -> str:
     """One line on a search's result, beside the run's own ensemble's figure."""
     search, objective = manifest["search"], manifest["objective"]
     chosen = len(manifest["generators"])
     return (
         f"{search['method']} over {search['candidates']} generators: "
-        f"{describe_score(objective['name'], objective['value'])} (the best cell's mixture: "
+        f"{describe_score(objective['name'], objective['value'], ends)} (the best cell's mixture: "
         f"{search['bestCell']['objective']:.4g}); {chosen} generator{'s' * (chosen != 1)} "
         f"in {output.rstrip('/')}/ensemble-{search['method']}"
     )

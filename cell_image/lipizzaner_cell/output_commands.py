@@ -13,9 +13,22 @@ from typing import Any
 from lipizzaner_core.contract import ExitCode
 from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
+from lipizzaner_cell.arguments import whole
 from lipizzaner_cell.cluster_commands import Say
+
+
+def print_whole(out: Console, table: Table) -> None:
+    """A table at its natural width, wider than the terminal if need be: a score cut to
+    `swd 0.3…` at 80 columns tells nothing."""
+    needed = Measurement.get(out, out.options.update_width(10_000), table).maximum
+    if needed <= out.width:
+        out.print(table)
+    else:  # a console of that width, on the same stream
+        Console(file=out.file, width=needed, soft_wrap=True).print(table)
+
 
 # A command's body: the parsed flags, then `error`, stdout and stderr; returns an ExitCode.
 Handler = Callable[[argparse.Namespace, Say, Console, Console], int]
@@ -48,7 +61,7 @@ def add_commands(
         "-o out.npz writes the raw samples in the data's own value range (key 'samples').",
     )
     sample.add_argument("ensemble", metavar="ENSEMBLE_URI", help="directory of manifest.json")
-    sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("-n", type=whole(1), default=64, help="number of samples (default 64)")
     sample.add_argument("-o", "--output", required=True, metavar="OUT.png|OUT.npz")
     sample.add_argument("--seed", type=int, default=0)
 
@@ -101,11 +114,13 @@ def add_commands(
         "--method", choices=["greedy", "ga"], help=f"default {SEARCH_DEFAULTS['method']}"
     )
     optimize.add_argument(
-        "--max-size", type=int, help=f"generators at most (default {SEARCH_DEFAULTS['max_size']})"
+        "--max-size",
+        type=whole(1),
+        help=f"generators at most (default {SEARCH_DEFAULTS['max_size']})",
     )
     optimize.add_argument(
         "--samples",
-        type=int,
+        type=whole(1),
         help=f"samples per candidate generator to score on (default {SEARCH_DEFAULTS['samples']})",
     )
     optimize.add_argument("--seed", type=int, help="default 0")
@@ -143,9 +158,6 @@ def add_commands(
 
 
 def cmd_sample(args: argparse.Namespace, error: Say, out: Console, console: Console) -> int:
-    if args.n < 1:
-        error(f"-n: must be >= 1, got {args.n}")
-        return ExitCode.BAD_INPUT
     from lipizzaner_cell.sampling import SAMPLE_FORMATS, load_ensemble, write_samples
 
     if not args.output.lower().endswith(SAMPLE_FORMATS):
@@ -169,7 +181,11 @@ SEARCH_DEFAULTS: dict[str, Any] = {"method": "greedy", "max_size": 8, "samples":
 def cmd_ensemble_optimize(
     args: argparse.Namespace, error: Say, out: Console, console: Console
 ) -> int:
+    from lipizzaner_core.layout import RunLayout
+    from lipizzaner_core.storage import Storage
+
     from lipizzaner_cell.optimised_ensemble import describe_search, optimise, optimise_run
+    from lipizzaner_cell.yardsticks import kept_yardsticks
 
     flags: dict[str, Any] = {"method": args.method, "max_size": args.max_size}
     flags["samples"] = args.samples
@@ -181,10 +197,6 @@ def cmd_ensemble_optimize(
     if args.run_spec is not None and given:
         error(f"{given[0]}: with --run-spec the search follows the manifest's spec.ensemble")
         return ExitCode.BAD_INPUT
-    for flag in ("max_size", "samples"):
-        if flags[flag] is not None and flags[flag] < 1:
-            error(f"--{flag.replace('_', '-')}: must be >= 1, got {flags[flag]}")
-            return ExitCode.BAD_INPUT
     try:
         if args.run_spec is not None:
             run = load_searched_run(args.run_spec)
@@ -200,7 +212,8 @@ def cmd_ensemble_optimize(
     except ValueError as exc:  # SpecError is one
         error(str(exc))
         return ExitCode.BAD_INPUT
-    console.print(describe_search(manifest, output))
+    ends = kept_yardsticks(RunLayout(output, Storage()))
+    console.print(describe_search(manifest, output, ends))
     return ExitCode.OK
 
 
@@ -266,11 +279,17 @@ def cmd_classify(args: argparse.Namespace, error: Say, out: Console, console: Co
     return ExitCode.OK
 
 
+def ends_line(scores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in scores.items() if value is not None)
+
+
 def cmd_history(args: argparse.Namespace, error: Say, out: Console, console: Console) -> int:
     """A run's history: a summary per cell, and curves of its score and losses."""
+    from lipizzaner_core.layout import RunLayout
     from lipizzaner_core.storage import Storage, join
 
     from lipizzaner_cell.history import render_curves, run_histories, write_tensorboard
+    from lipizzaner_cell.yardsticks import YARDSTICKS, kept_yardsticks
 
     if not args.output.lower().endswith(".png"):
         error(f"-o {args.output}: must end in .png")
@@ -303,7 +322,13 @@ def cmd_history(args: argparse.Namespace, error: Say, out: Console, console: Con
             f"{accepted / offered:.0%}" if offered else "-",
             *accuracy,
         )
-    out.print(table)
+    print_whole(out, table)
+    ends = kept_yardsticks(RunLayout(args.run, storage))
+    if ends:
+        out.print(
+            "the scores' ends on this data: "
+            + "; ".join(f"{label} {ends_line(ends[part])}" for label, part in YARDSTICKS)
+        )
     storage.write_bytes(args.output, render_curves(histories, args.run))
     if args.tensorboard is not None:
         target = args.tensorboard or join(args.run, "tensorboard")

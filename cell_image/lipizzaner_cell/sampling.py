@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from lipizzaner_core.layout import ENSEMBLE_MANIFEST
 from lipizzaner_core.spec_training import NetworkPartSpec
-from lipizzaner_core.storage import Storage, join
-from safetensors.torch import load as load_tensors
+from lipizzaner_core.storage import Storage, damaged_as, join
 
 from lipizzaner_cell.datasets import ValueMap
 from lipizzaner_cell.mixture import sample_mixture
 from lipizzaner_cell.networks import build_generator
+from lipizzaner_cell.weights import load_weights
+from lipizzaner_cell.yardsticks import Yardsticks, beside
 
 
 @dataclass
@@ -41,16 +42,24 @@ class Ensemble:
 def load_ensemble(uri: str, storage: Storage | None = None) -> Ensemble:
     """An ensemble from `<uri>/manifest.json` (`uri` may also name the manifest itself)."""
     storage = storage or Storage()
-    base = uri.removesuffix(f"/{ENSEMBLE_MANIFEST}")
-    manifest = storage.read_json(join(base, ENSEMBLE_MANIFEST))
-    part = NetworkPartSpec.model_validate(manifest["network"]["generator"])
-    shape = tuple(manifest["data"]["shape"])
-    generators = []
-    for entry in manifest["generators"]:
-        net = build_generator(part, manifest["network"]["latentSize"], shape)
-        net.load_state_dict(load_tensors(storage.read_bytes(join(base, entry["file"]))))
-        generators.append(net.eval())
-    weights = torch.tensor([g["weight"] for g in manifest["generators"]], dtype=torch.float64)
+    base = uri.rstrip("/").removesuffix(f"/{ENSEMBLE_MANIFEST}")
+    manifest_uri = join(base, ENSEMBLE_MANIFEST)
+    manifest = storage.read_json(manifest_uri)
+    with damaged_as(manifest_uri):
+        part = NetworkPartSpec.model_validate(manifest["network"]["generator"])
+        shape = tuple(manifest["data"]["shape"])
+        latent = int(manifest["network"]["latentSize"])
+        weights = torch.tensor([g["weight"] for g in manifest["generators"]], dtype=torch.float64)
+        files = [join(base, entry["file"]) for entry in manifest["generators"]]
+        ValueMap(**manifest["data"]["values"])
+        if not files or not bool(torch.isfinite(weights).all()) or weights.sum() <= 0:
+            raise ValueError(f"generator weights {weights.tolist()} are no mixture")
+        reference = manifest["data"].get("reference")
+    if isinstance(reference, str):  # kept beside the manifest
+        manifest["data"]["reference"] = storage.read_json(join(base, reference))
+    generators = [
+        load_weights(build_generator(part, latent, shape), storage, file) for file in files
+    ]
     return Ensemble(manifest, generators, weights)
 
 
@@ -82,10 +91,12 @@ def render_png(samples: np.ndarray, data: dict[str, Any], title: str = "") -> by
         values = ValueMap(**data["values"])
         # The data's own range to [0, 1]: pixels 0-255, floats in [0, 1] or [-1, 1] alike.
         samples = (samples.astype(np.float64) - values.low) / max(values.high - values.low, 1e-12)
-        canvas = np.ones((side * height, side * width, channels))
+        gap = max(1, height // 14)  # white lines between the tiles: 2 px at 28 px
+        step_y, step_x = height + gap, width + gap
+        canvas = np.ones((side * step_y - gap, side * step_x - gap, channels))
         for k, image in enumerate(samples):
             row, col = divmod(k, side)
-            canvas[row * height : (row + 1) * height, col * width : (col + 1) * width] = (
+            canvas[row * step_y : row * step_y + height, col * step_x : col * step_x + width] = (
                 image.transpose(1, 2, 0)
             )
         fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
@@ -137,8 +148,11 @@ def write_samples(
         storage.write_bytes(target, render_png(samples, data, title))
 
 
-def preview_title(run: str, manifest: dict[str, Any], count: int) -> str:
-    """Which run, which mixture, how many samples, and its score with what that score is."""
+def preview_title(
+    run: str, manifest: dict[str, Any], count: int, ends: Yardsticks | None = None
+) -> str:
+    """Which run, which mixture, how many samples, and its score with what that score is
+    and, given `ends`, what real data and noise score."""
     generators = len(manifest["generators"])
     plural = "" if generators == 1 else "s"
     title = (
@@ -147,7 +161,7 @@ def preview_title(run: str, manifest: dict[str, Any], count: int) -> str:
     )
     objective = manifest.get("objective")
     if objective:
-        title += f"\n{describe_score(objective['name'], objective['value'])}"
+        title += f"\n{describe_score(objective['name'], objective['value'], ends)}"
     return title
 
 
@@ -160,6 +174,8 @@ SCORE_NAMES = {
 }
 
 
-def describe_score(name: str, value: float) -> str:
-    """`FID (MNIST classifier) 12.3, lower is better`: every score here is a distance."""
-    return f"{SCORE_NAMES.get(name, name)} {value:.4g}, lower is better"
+def describe_score(name: str, value: float, ends: Yardsticks | None = None) -> str:
+    """`FID (MNIST classifier) 12.3 (real data 1.2, noise 310), lower is better`: every
+    objective here is a distance."""
+    shown = beside(name.replace("-", "_"), value, ends or {})
+    return f"{SCORE_NAMES.get(name, name)} {shown}, lower is better"

@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import HTTPError
 
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
 from lipizzaner_core.spec import LipizzanerRun, parse_run
@@ -31,6 +34,10 @@ FINISHED = ("Succeeded", "Failed")
 
 class ClusterError(RuntimeError):
     """No cluster to talk to, or an answer that is not about the run itself."""
+
+
+class ClusterUnreachable(ClusterError):
+    """The API server did not answer (down, or the network): worth trying again."""
 
 
 class RunRefused(ValueError):
@@ -91,7 +98,7 @@ def load_api(context: str | None = None) -> tuple[client.ApiClient, str]:
             config_file=path, context=context, client_configuration=configuration
         )
         contexts, current = config.list_kube_config_contexts(config_file=path)
-    except (ConfigException, OSError, ValueError) as exc:
+    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
         where = path or "~/.kube/config"
         raise ClusterError(f"no usable Kubernetes configuration in {where}: {exc}") from None
     chosen = next((c for c in contexts if c["name"] == context), current) if context else current
@@ -105,6 +112,18 @@ def _reason(exc: ApiException) -> str:
         return json.loads(exc.body)["message"]
     except (TypeError, ValueError, KeyError):
         return f"{exc.status} {exc.reason}"
+
+
+@contextmanager
+def reaching(api: client.ApiClient) -> Iterator[None]:
+    """API calls whose connection fails say so in one line, naming the server."""
+    try:
+        yield
+    except HTTPError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ClusterUnreachable(
+            f"cannot reach the Kubernetes API server at {api.configuration.host}: {reason}"
+        ) from None
 
 
 @dataclass
@@ -127,38 +146,41 @@ class RunClient:
         # where its schema has an enum).
         body = run.model_dump(by_alias=True, mode="json", exclude_none=True)
         body["metadata"] = {**body["metadata"], "namespace": self.namespace}
-        try:
-            created = self._custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
-            )
-        except ApiException as exc:
-            if exc.status in (400, 409, 422):
-                raise RunRefused(_reason(exc)) from None
-            raise ClusterError(f"creating {run.metadata.name}: {_reason(exc)}") from None
+        with reaching(self.api):
+            try:
+                created = self._custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
+                )
+            except ApiException as exc:
+                if exc.status in (400, 409, 422):
+                    raise RunRefused(_reason(exc)) from None
+                raise ClusterError(f"creating {run.metadata.name}: {_reason(exc)}") from None
         return self._view(created)
 
     def get(self, name: str) -> RunView:
-        try:
-            found = self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise RunNotFound(
-                    f"no LipizzanerRun {name} in namespace {self.namespace}"
-                ) from None
-            raise ClusterError(f"reading {name}: {_reason(exc)}") from None
+        with reaching(self.api):
+            try:
+                found = self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise RunNotFound(
+                        f"no LipizzanerRun {name} in namespace {self.namespace}"
+                    ) from None
+                raise ClusterError(f"reading {name}: {_reason(exc)}") from None
         return self._view(found)
 
     def events(self, name: str) -> list[dict[str, str]]:
         """The run's Events, oldest first: restarts, failures, what the operator said."""
         selector = f"involvedObject.name={name},involvedObject.kind=LipizzanerRun"
-        try:
-            found = client.CoreV1Api(self.api).list_namespaced_event(
-                self.namespace, field_selector=selector
-            )
-        except ApiException as exc:
-            raise ClusterError(f"reading the events of {name}: {_reason(exc)}") from None
+        with reaching(self.api):
+            try:
+                found = client.CoreV1Api(self.api).list_namespaced_event(
+                    self.namespace, field_selector=selector
+                )
+            except ApiException as exc:
+                raise ClusterError(f"reading the events of {name}: {_reason(exc)}") from None
         events = [
             {
                 "time": str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp),
@@ -182,7 +204,13 @@ class RunClient:
         seconds (the run goes on)."""
         deadline = time.monotonic() + timeout
         while True:
-            view = self.get(name)
+            try:
+                view = self.get(name)
+            except ClusterUnreachable:  # a blip in a long wait: try again until the deadline
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(poll_seconds)
+                continue
             if on_poll is not None:
                 on_poll(view)
             if view.finished:

@@ -19,6 +19,9 @@ class ExitCode(IntEnum):
     TIMED_OUT = 3  # `lipizzaner submit --wait` gave up waiting; the run goes on
 
 
+# How a cell's log line begins when it refuses its configuration (exit 2): the launcher
+# repeats that line as the run's one-line reason.
+CANNOT_START = "cannot start: "
 GRPC_PORT = 50051
 METRICS_PORT = 9090
 SPEC_FILE = "/etc/lipizzaner/run.yaml"  # where a pod mounts its run's manifest
@@ -122,6 +125,21 @@ CELL_FLAGS: dict[str, CellFlag] = {
             int,
             "0",
             "how often this cell was restarted (reported in its status)",
+        ),
+        CellFlag(
+            "--attempt",
+            "LIPIZZANER_ATTEMPT",
+            int,
+            None,
+            "this start's number, which names its kept log (default: the next one free in "
+            "the output, so no start overwrites another's log)",
+        ),
+        CellFlag(
+            "--parent-pid",
+            "LIPIZZANER_PARENT_PID",
+            int,
+            None,
+            "stop at a checkpoint when this process (the local launcher) is gone",
         ),
     )
 }

@@ -64,10 +64,12 @@ _NEIGHBOURHOOD_SIZE = (
 SPEC_RULES: list[Schema] = [
     {
         # The pool: the local population plus one centre per neighbour.
-        "rule": f"self.coevolution.tournamentSize <= self.coevolution.populationSize + "
+        # A lone cell (1x1) is a plain GAN: its tournaments shrink to its pool.
+        "rule": "(self.grid.rows == 1 && self.grid.cols == 1) || "
+        f"self.coevolution.tournamentSize <= self.coevolution.populationSize + "
         f"{_NEIGHBOURHOOD_SIZE} - 1",
         "message": "coevolution.tournamentSize: must be <= the selection pool, the local "
-        "populationSize plus one centre per neighbour",
+        "populationSize plus one centre per neighbour (a 1x1 grid excepted)",
         "fieldPath": ".coevolution.tournamentSize",
         "reason": "FieldValueInvalid",
     },

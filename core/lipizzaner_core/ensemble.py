@@ -9,15 +9,29 @@ is the best it saw over the run, and `mixtureGeneration` says from which generat
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from lipizzaner_core import __version__
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun, dump_run
-from lipizzaner_core.storage import join
+from lipizzaner_core.storage import damaged_as, join
 
 FORMAT = "lipizzaner-ensemble/1"
+# The real data's points for a preview, beside the manifest rather than in it (a thousand
+# points would bury the readable part); `data.reference` names the file.
+REFERENCE_FILE = "reference.json"
+# Fields of a network part that its architecture does not use: left out of the manifest.
+UNUSED_FIELDS = {"mlp": ("cell", "width"), "dcgan": ("cell", "hiddenSizes"), "rnn": ("width",)}
+
+
+def network_part(part: dict[str, Any]) -> dict[str, Any]:
+    """A network part as the manifest says it: only the fields its architecture reads."""
+    unused = UNUSED_FIELDS.get(part.get("architecture", ""), ())
+    return {key: value for key, value in part.items() if key not in unused}
+
+
 # What the manifest says of every cell.
 CELL_SUMMARY = ("cell", "row", "col", "generation", "mixtureGeneration", "objective", "scores")
 
@@ -49,16 +63,18 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
         "mixtureGeneration": winner.get("mixtureGeneration", winner["generation"]),
         "network": {
             "latentSize": spec["spec"]["network"]["latentSize"],
-            "generator": spec["spec"]["network"]["generator"],
+            "generator": network_part(spec["spec"]["network"]["generator"]),
         },
-        "data": winner["data"],
+        "data": {**winner["data"], "reference": REFERENCE_FILE}
+        if winner["data"].get("reference")
+        else winner["data"],
         "generators": [
             {
                 "file": RunLayout.ensemble_generator(k),
                 "weight": member["weight"],
                 "sourceCell": member["cell"],
             }
-            for k, member in enumerate(winner["mixture"])
+            for k, member in enumerate(weighted_members(winner))
         ],
         "cells": [
             {key: r.get(key) for key in CELL_SUMMARY}
@@ -87,7 +103,7 @@ def classifier_entry(winner: dict[str, Any], spec: dict[str, Any]) -> dict[str, 
             "labelled": found["labelled"],
             "scoredOn": found["scoredOn"],
             "accuracy": found["accuracy"],
-            "network": spec["spec"]["network"]["discriminator"],
+            "network": network_part(spec["spec"]["network"]["discriminator"]),
             "members": [
                 {"file": RunLayout.ensemble_classifier(k), "sourceCell": member["cell"]}
                 for k, member in enumerate(found["members"])
@@ -96,12 +112,22 @@ def classifier_entry(winner: dict[str, Any], spec: dict[str, Any]) -> dict[str, 
     }
 
 
+def weighted_members(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A cell's mixture members that carry weight: one of weight 0 draws no sample."""
+    return [member for member in result["mixture"] if member["weight"] > 0]
+
+
 def read_results(layout: RunLayout, cells: int) -> list[dict[str, Any]]:
+    """Every cell's result.json there is; DamagedFile names one that is not a result."""
     results = []
     for index in range(cells):
         uri = layout.cell(index).result
         if layout.storage.exists(uri):
-            results.append(layout.storage.read_json(uri))
+            result = layout.storage.read_json(uri)
+            with damaged_as(uri):
+                if result["cell"] != index or int(result["generation"]) < 0:
+                    raise ValueError(f"it says cell {result['cell']}, not {index}")
+            results.append(result)
     return results
 
 
@@ -115,12 +141,15 @@ def assemble_ensemble(run: LipizzanerRun, layout: RunLayout) -> dict[str, Any]:
     winner = next(r for r in results if r["cell"] == manifest["bestCell"])
     cell = layout.cell(winner["cell"])
     layout.storage.remove_tree(layout.ensemble)
-    copies = list(zip(winner["mixture"], manifest["generators"], strict=True))
+    copies = list(zip(weighted_members(winner), manifest["generators"], strict=True))
     if "classifier" in manifest:
-        members = winner["classifier"]["members"]
-        copies += zip(members, manifest["classifier"]["members"], strict=True)
+        classifiers = winner["classifier"]["members"]
+        copies += zip(classifiers, manifest["classifier"]["members"], strict=True)
     for member, entry in copies:
         layout.storage.copy(join(cell.uri, member["file"]), join(layout.ensemble, entry["file"]))
+    if winner["data"].get("reference"):
+        compact = json.dumps(winner["data"]["reference"], separators=(",", ":"))
+        layout.storage.write_bytes(join(layout.ensemble, REFERENCE_FILE), compact.encode())
     layout.storage.write_json(layout.ensemble_manifest, manifest)
     return manifest
 
@@ -135,4 +164,7 @@ def completed_run(run: LipizzanerRun, layout: RunLayout) -> dict[str, Any] | Non
         return None
     if any(result["generation"] < run.spec.generations for result in results):
         return None
-    return layout.storage.read_json(layout.ensemble_manifest)
+    manifest = layout.storage.read_json(layout.ensemble_manifest)
+    with damaged_as(layout.ensemble_manifest):
+        [int(cell["generation"]) for cell in manifest["cells"]]
+    return manifest

@@ -1,10 +1,12 @@
 """Where everything of a run lives under its output URI: the one place that knows.
 
 <output>/cells/<i>/checkpoints/<generation>/state.{safetensors,json}   a cell's state
+<output>/cells/<i>/checkpoints/<generation>/digests.json   written last: the files' SHA-256
 <output>/cells/<i>/result.json, mixture/generator-<cell>.safetensors    its mixture
 <output>/cells/<i>/logs/attempt-<k>.log                                 its logs (local)
 <output>/ensemble/manifest.json, generator-<k>.safetensors             the ensemble
 <output>/samples.png                                                   a preview
+<output>/lease.json                               the local run training it now, if any
 <output>/references/<digest>.safetensors                 real data's embeddings (a cache)
 """
 
@@ -16,6 +18,8 @@ from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.storage import Storage, join
 
 ENSEMBLE_MANIFEST = "manifest.json"  # inside an ensemble's directory
+CHECKPOINT_FILES = ("state.safetensors", "state.json")  # a checkpoint's state, in write order
+CHECKPOINT_MARKER = "digests.json"  # written last: marks it complete and verifies the rest
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,14 @@ class CellLayout:
         return f"{generation:06d}"
 
     def completed_checkpoints(self) -> list[str]:
-        """Names of the checkpoints whose state.json exists (it is written last), oldest
-        first; a name is the generation it was written at."""
+        """Names of the checkpoints whose marker exists (it is written last), oldest
+        first; a name is the generation it was written at. Complete is not intact: the
+        marker's digests say that (`lipizzaner_cell.checkpoint`)."""
         return [
             name
             for name in self.storage.list_dir(self.checkpoints)
-            if name.isdigit() and self.storage.exists(join(self.checkpoint(name), "state.json"))
+            if name.isdigit()
+            and self.storage.exists(join(self.checkpoint(name), CHECKPOINT_MARKER))
         ]
 
     def log(self, attempt: int) -> str:
@@ -51,6 +57,10 @@ class CellLayout:
         names = self.storage.list_dir(self.logs)
         found = [n.removeprefix(LOG_PREFIX).removesuffix(LOG_SUFFIX) for n in names]
         return sorted(int(n) for n in found if n.isdigit())
+
+    def next_attempt(self) -> int:
+        """The number of the next start: one past the last kept log, never reusing one."""
+        return max(self.attempts(), default=-1) + 1
 
     @property
     def result(self) -> str:
@@ -128,6 +138,11 @@ class RunLayout:
     @property
     def preview(self) -> str:
         return join(self.output, "samples.png")
+
+    @property
+    def lease(self) -> str:
+        """Who is training this output now (`lipizzaner run`): one writer at a time."""
+        return join(self.output, "lease.json")
 
     @property
     def references(self) -> str:

@@ -174,7 +174,8 @@ class RunSpecBody(SpecModel):
         grid = self.grid
         neighbours = neighbourhood_size(grid.rows, grid.cols, grid.neighbourhood) - 1
         pool = self.coevolution.population_size + neighbours
-        if self.coevolution.tournament_size > pool:
+        # A lone cell (1x1) is a plain GAN: its tournaments shrink to its pool.
+        if self.coevolution.tournament_size > pool and neighbours > 0:
             raise ValueError(
                 "coevolution.tournamentSize: must be <= the selection pool, the local "
                 f"populationSize ({self.coevolution.population_size}) plus one centre per "

@@ -2,14 +2,20 @@
 
 A `Storage` carries its own fsspec options (an S3 endpoint, say), so two runs with two
 endpoints can live in one process: nothing is configured globally. Writes go through a
-temporary name and a move where the filesystem supports it, so a reader never sees half a
-file; object stores write whole objects anyway.
+temporary name, an fsync and a rename on local disks, so neither a reader nor a crash ever
+leaves half a file; object stores write whole objects anyway. A file that is there but
+cannot be read as what it should be raises `DamagedFile`, which names it: every command
+turns that into one line and exit 2.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +25,50 @@ from fsspec.core import url_to_fs
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+class DamagedFile(ValueError):
+    """A file of a run's output that is there but unreadable: torn, flipped or foreign."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"{uri}: damaged ({reason})")
+        self.uri, self.reason = uri, reason
+
+
+READ_ERRORS: tuple[type[Exception], ...] = (
+    KeyError,
+    TypeError,
+    ValueError,
+    IndexError,
+    AttributeError,
+    RuntimeError,
+)
+
+
+@contextmanager
+def damaged_as(uri: str, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Reading `uri`'s content: what breaks in there (a missing key, a wrong type, a bad
+    tensor file; `also` a reader's own errors) is that file's damage, not a bug, and is
+    said as such."""
+    errors: tuple[type[Exception], ...] = (*READ_ERRORS, *also)
+    try:
+        yield
+    except DamagedFile:
+        raise
+    except errors as exc:
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+        raise DamagedFile(uri, reason.splitlines()[0][:200]) from None
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None: JSON has no such numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(value) for value in obj]
+    return obj
 
 
 @dataclass(frozen=True)
@@ -49,17 +99,20 @@ class Storage:
         if parent:
             fs.makedirs(parent, exist_ok=True)
         if "file" in fs.protocol:
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # concurrent writers never share one
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, path)
+            write_durably(path, data)
         else:
             fs.pipe_file(path, data)
 
     def read_json(self, uri: str) -> Any:
-        return json.loads(self.read_bytes(uri))
+        """The JSON document at `uri`; DamagedFile if it is not one (a torn write, a
+        flipped byte)."""
+        data = self.read_bytes(uri)
+        with damaged_as(uri):
+            return json.loads(data)
 
     def write_json(self, uri: str, obj: Any) -> None:
-        self.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=False).encode())
+        """Strict JSON: NaN and infinities are written as null, never as bare words."""
+        self.write_bytes(uri, json_bytes(obj))
 
     def exists(self, uri: str) -> bool:
         fs, path = self.filesystem(uri)
@@ -85,3 +138,24 @@ class Storage:
 
     def copy(self, source: str, target: str) -> None:
         self.write_bytes(target, self.read_bytes(source))
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Strict JSON as written to a run's output: NaN and infinities as null."""
+    return json.dumps(finite(obj), indent=2, sort_keys=False, allow_nan=False).encode()
+
+
+def write_durably(path: str, data: bytes) -> None:
+    """A local file replaced whole: a temporary name (concurrent writers never share one),
+    fsync, rename, fsync of the folder, so a crash leaves the old file or the new one."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

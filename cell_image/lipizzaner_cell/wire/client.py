@@ -278,4 +278,5 @@ class GrpcNeighbourhood:
         for puller in self.pullers.values():
             puller.stop()
         for puller in self.pullers.values():
-            puller.join(timeout=5)
+            if puller.is_alive():  # never started when the cell failed before training
+                puller.join(timeout=5)
