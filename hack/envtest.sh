@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on 127.0.0.1 for the tests (envtest style): etcd,
-# kube-apiserver, kube-controller-manager and kube-scheduler as local processes, no kubelet.
+# kube-apiserver, kube-controller-manager and kube-scheduler as local processes, no kubelet
+# (hack/cluster.sh adds a real node: it builds kubelet and kube-proxy here too).
 #
 #   hack/envtest.sh build        build the pinned binaries into the cache (once per machine)
 #   hack/envtest.sh start DIR    build what is missing, start everything on random free ports,
@@ -19,7 +20,10 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 MODULE="$HERE/envtest"
 VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$MODULE/go.mod")"
 BIN="${LIPIZZANER_ENVTEST_CACHE:-$HOME/.cache/lipizzaner/envtest}/$VERSION"
-COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+# hack/cluster.sh's node address: the API server then also listens there (for pods: the
+# `kubernetes` Service's endpoint) and its certificate names it.
+NODE_IP="${LIPIZZANER_ENVTEST_NODE_IP:-}"
 CONTROLLERS=(garbage-collector-controller namespace-controller serviceaccount-controller
     job-controller serviceaccount-token-controller root-ca-certificate-publisher-controller
     clusterrole-aggregation-controller disruption-controller pod-garbage-collector-controller)
@@ -68,8 +72,8 @@ certificates() {  # a CA, the API server's serving certificate, an admin client 
         -keyout "$pki/ca.key" -out "$pki/ca.crt"
     openssl_quiet req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
         -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr"
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc\n' \
-        >"$pki/apiserver.ext"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc%s\n' \
+        "${NODE_IP:+,IP:$NODE_IP}" >"$pki/apiserver.ext"
     openssl_quiet x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
         -CAcreateserial -days 3650 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt"
     # Client certificates authenticate as CN (user) and O (groups).
@@ -133,9 +137,13 @@ start() {
         >"$dir/etcd.log" 2>&1 &
     echo "etcd $!" >"$dir/pids"
 
+    # Alone: loopback only, no endpoint for the `kubernetes` Service. With a node: every
+    # address, and the node's as that endpoint (kube-proxy routes 10.0.0.1 there).
+    local where=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
+    [ -n "$NODE_IP" ] && where=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP" --endpoint-reconciler-type lease)
     "$BIN/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$etcd_port" \
-        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+        "${where[@]}" --secure-port "$api_port" \
         --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
         --client-ca-file "$dir/pki/ca.crt" \
         --token-auth-file "$dir/pki/tokens.csv" \
@@ -144,8 +152,10 @@ start() {
         --service-account-key-file "$dir/pki/sa.pub" \
         --service-account-signing-key-file "$dir/pki/sa.key" \
         --service-cluster-ip-range 10.0.0.0/24 \
-        --endpoint-reconciler-type none \
         --allow-privileged \
+        --kubelet-client-certificate "$dir/pki/admin.crt" --kubelet-client-key "$dir/pki/admin.key" \
+        --kubelet-certificate-authority "$dir/pki/ca.crt" \
+        --kubelet-preferred-address-types InternalIP \
         --cert-dir "$dir/pki" \
         >"$dir/kube-apiserver.log" 2>&1 &
     local api_pid=$!
@@ -161,6 +171,11 @@ start() {
     # namespaces (their deletion, their default ServiceAccount and root CA), pod
     # disruption budgets and Jobs (the ensemble search). No node controllers: there are no
     # kubelets.
+    # With hack/cluster.sh's node: every default controller, as a cluster runs them
+    # (Deployments, EndpointSlices for kube-proxy, the node lifecycle).
+    local controllers
+    controllers="$(IFS=,; echo "${CONTROLLERS[*]}")"
+    [ -n "$NODE_IP" ] && controllers="*"
     "$BIN/kube-controller-manager" \
         --kubeconfig "$dir/kubeconfig" \
         --authentication-kubeconfig "$dir/kubeconfig" \
@@ -168,7 +183,7 @@ start() {
         --bind-address 127.0.0.1 --secure-port "$kcm_port" \
         --service-account-private-key-file "$dir/pki/sa.key" \
         --root-ca-file "$dir/pki/ca.crt" \
-        --controllers "$(IFS=,; echo "${CONTROLLERS[*]}")" \
+        --controllers "$controllers" \
         --leader-elect=false \
         >"$dir/kube-controller-manager.log" 2>&1 &
     echo "kube-controller-manager $!" >>"$dir/pids"

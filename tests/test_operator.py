@@ -261,3 +261,30 @@ def test_the_operators_own_writes_are_strictly_validated(cluster, tmp_path):
     message = json.loads(refused.value.body)["message"]
     assert 'unknown field "spec.containers[0].imagePulPolicy"' in message
     assert cluster.pods() == {}
+
+
+def test_the_operator_reads_a_runs_output_with_the_runs_own_credentials(cluster):
+    """The operator assembles with the keys of the run's credentialsSecret, not only its
+    own environment: on a real node, a run whose bucket only its Secret opens failed with
+    'Unable to locate credentials'."""
+    from conftest import TINY_RING
+    from kubernetes import client as k8s
+    from lipizzaner_operator.handlers import output_layout
+
+    body = {
+        "metadata": {"name": "s3"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key", "OTHER": "x"},
+    }
+    k8s.CoreV1Api(cluster.api).create_namespaced_secret(cluster.namespace, body)
+    spec = {**TINY_RING["spec"], "output": {"uri": "s3://b/r", "endpointUrl": "http://e:1"}}
+    run = parse_run(
+        {**TINY_RING, "spec": {**spec, "output": {**spec["output"], "credentialsSecret": "s3"}}}
+    )
+    layout = output_layout(run, cluster.namespace, KubeClient(cluster.api))
+    assert layout.storage.options == {
+        "s3": {"endpoint_url": "http://e:1", "key": "id", "secret": "key"}
+    }
+    plain = parse_run({**TINY_RING, "spec": spec})
+    assert output_layout(plain, cluster.namespace, KubeClient(cluster.api)).storage.options == {
+        "s3": {"endpoint_url": "http://e:1"}
+    }

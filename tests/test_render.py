@@ -296,7 +296,7 @@ def test_with_mutual_tls_the_pods_mount_the_runs_certificates():
     assert secret["metadata"]["name"] == "tiny-tls" and secret["type"] == "kubernetes.io/tls"
     assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key"]
     own_pod = render_pod(own, "ml", 0, 0, DEFAULTS)
-    assert {"name": "tls", "secret": {"secretName": "tiny-tls", "defaultMode": 0o400}} in own_pod[
+    assert {"name": "tls", "secret": {"secretName": "tiny-tls", "defaultMode": 0o440}} in own_pod[
         "spec"
     ]["volumes"]
 

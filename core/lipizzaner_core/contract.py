@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
 # repeats that line as the run's one-line reason.
 CANNOT_START = "cannot start: "
 GRPC_PORT = 50051
+CELL_GROUP = 10001  # the cell image's group; pods' fsGroup, so mounted Secrets are readable
 METRICS_PORT = 9090
 SPEC_FILE = "/etc/lipizzaner/run.yaml"  # where a pod mounts its run's manifest
 TLS_DIR = "/etc/lipizzaner/tls"  # where a pod mounts its run's certificates

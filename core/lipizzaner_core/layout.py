@@ -100,9 +100,15 @@ class RunLayout:
     storage: Storage
 
     @classmethod
-    def of(cls, run: LipizzanerRun, output: str | None = None) -> RunLayout:
-        """The run's layout; `output` overrides spec.output.uri (e.g. `--output`)."""
-        storage = Storage.with_endpoint(run.spec.output.endpoint_url)
+    def of(
+        cls,
+        run: LipizzanerRun,
+        output: str | None = None,
+        credentials: dict[str, str] | None = None,
+    ) -> RunLayout:
+        """The run's layout; `output` overrides spec.output.uri (e.g. `--output`);
+        `credentials`, the AWS_* keys of its credentialsSecret (else the environment's)."""
+        storage = Storage.with_endpoint(run.spec.output.endpoint_url, credentials)
         return cls(output or run.output_uri(), storage)
 
     @property

@@ -71,6 +71,14 @@ def finite(obj: Any) -> Any:
     return obj
 
 
+# AWS's variables (a credentialsSecret's keys) and s3fs's options for them.
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "key",
+    "AWS_SECRET_ACCESS_KEY": "secret",
+    "AWS_SESSION_TOKEN": "token",
+}
+
+
 @dataclass(frozen=True)
 class Storage:
     """Files under any URI, with fsspec options per protocol (`{"s3": {...}}`)."""
@@ -78,12 +86,17 @@ class Storage:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def with_endpoint(cls, endpoint_url: str | None) -> Storage:
+    def with_endpoint(
+        cls, endpoint_url: str | None, credentials: dict[str, str] | None = None
+    ) -> Storage:
         """S3 at an S3-compatible endpoint (MinIO, Ceph, ...); None: AWS_ENDPOINT_URL or
-        AWS itself. Credentials come from the usual AWS variables or files."""
-        if not endpoint_url:
-            return cls()
-        return cls({"s3": {"endpoint_url": endpoint_url}})
+        AWS itself. Credentials: `credentials` (a Secret's AWS_* keys: the operator reads
+        a run's output with the run's own), else the usual AWS variables or files."""
+        s3: dict[str, Any] = {"endpoint_url": endpoint_url} if endpoint_url else {}
+        for variable, option in S3_CREDENTIALS.items():
+            if (credentials or {}).get(variable):
+                s3[option] = credentials[variable]  # type: ignore[index]
+        return cls({"s3": s3}) if s3 else cls()
 
     def filesystem(self, uri: str) -> tuple[AbstractFileSystem, str]:
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"

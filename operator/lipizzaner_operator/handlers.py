@@ -21,7 +21,7 @@ from lipizzaner_core.layout import ENSEMBLE_MANIFEST, RunLayout
 from lipizzaner_core.placement import port_of
 from lipizzaner_core.spec import LipizzanerRun, SpecError, parse_run
 from lipizzaner_core.status import RunStatus
-from lipizzaner_core.storage import join
+from lipizzaner_core.storage import S3_CREDENTIALS, join
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
@@ -129,14 +129,17 @@ def reconcile(
     metrics.cell_restarts.inc(reasons.count("CellRestarted"))
     metrics.cell_disruptions.inc(reasons.count("CellDisrupted"))
     metrics.cells_given_up.inc(reasons.count("CellGivenUp"))
+    if decision.assemble or decision.searched:
+        layout = output_layout(run, namespace, kube)
     if decision.assemble:
-        decision.status = _assemble(run, decision.status, now, logger, final=not decision.search)
+        final = not decision.search
+        decision.status = _assemble(run, layout, decision.status, now, logger, final)
         if decision.search and decision.status.phase != "Failed":
             job = render_search_job(run, namespace, config.cell)
             kopf.adopt(job, owner=body)
             kube.create(job)
     if decision.searched:
-        decision.status = _searched(run, decision.status, now)
+        decision.status = _searched(run, layout, decision.status, now)
     for event in decision.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if decision.delete_run:
@@ -220,15 +223,25 @@ def _carry_out(
         kube.create(pod)
 
 
+def output_layout(run: LipizzanerRun, namespace: str, kube: KubeClient) -> RunLayout:
+    """The run's output as its cells reach it: with the keys of its credentialsSecret when
+    it names one (else the operator's own environment, `storage.secretName`). Its own
+    storage options: no lock, nothing global."""
+    name = run.spec.output.credentials_secret
+    found = kube.read_secret(namespace, name) if name else None
+    credentials = {k: v.decode() for k, v in (found or {}).items() if k in S3_CREDENTIALS}
+    return RunLayout.of(run, credentials=credentials)
+
+
 def _assemble(
     run: LipizzanerRun,
+    layout: RunLayout,
     status: RunStatus,
     now: datetime,
     logger: logging.Logger | kopf.Logger,
     final: bool,
 ) -> RunStatus:
     """Assemble the run's ensemble; succeed if it is the `final` step."""
-    layout = RunLayout.of(run)  # its own storage options: no lock, nothing global
     try:
         assemble_ensemble(run, layout)
     except Exception as exc:  # storage errors come in many types; all end the run the same way
@@ -237,9 +250,8 @@ def _assemble(
     return succeed(status, layout.ensemble, now) if final else status
 
 
-def _searched(run: LipizzanerRun, status: RunStatus, now: datetime) -> RunStatus:
+def _searched(run: LipizzanerRun, layout: RunLayout, status: RunStatus, now: datetime) -> RunStatus:
     """The search's Job completed: succeed with the ensemble it wrote, said in a line."""
-    layout = RunLayout.of(run)
     searched = layout.optimised_ensemble(run.spec.ensemble.method)
     try:
         manifest = layout.storage.read_json(join(searched, ENSEMBLE_MANIFEST))

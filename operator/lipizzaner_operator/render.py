@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from lipizzaner_core.contract import (
+    CELL_GROUP,
     CELL_LABEL,
     COL_LABEL,
     ENSEMBLE_SEARCH_COMMAND,
@@ -285,7 +286,8 @@ def render_pod(
     if run.spec.exchange.tls.enabled:
         container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append(
-            {"name": "tls", "secret": {"secretName": tls_secret_name(run), "defaultMode": 0o400}}
+            # Readable by the cells' group only (fsGroup below), whatever their image's uid.
+            {"name": "tls", "secret": {"secretName": tls_secret_name(run), "defaultMode": 0o440}}
         )
     scheduler = scheduling.scheduler_name or (
         "volcano" if scheduling.pod_group == "volcano" else None
@@ -335,7 +337,13 @@ def _pod_spec(
     template = run.spec.cell
     pod_spec: Manifest = {
         "restartPolicy": "Never",
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # fsGroup: mounted Secrets belong to this group, which every container process
+        # joins (a root-owned 0400 key was unreadable to the non-root cell on a real node).
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": CELL_GROUP,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [
             {"name": "run-spec", "configMap": {"name": config_map_name(run)}},
