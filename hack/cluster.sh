@@ -263,7 +263,7 @@ EOF
 
 s3_start() {
     local ports key secret
-    read -r -a ports <<<"$(free_ports 7)"
+    read -r -a ports <<<"$(free_ports 8)"
     key="lipizzaner$(openssl rand -hex 4)"
     secret="$(openssl rand -hex 16)"
     mkdir -p "$DIR/seaweedfs"
@@ -273,9 +273,11 @@ s3_start() {
 EOF
     "$TOOLS/weed" server -dir "$DIR/seaweedfs" -ip "$NODE_IP" -ip.bind 0.0.0.0 \
         -master.port "${ports[0]}" -volume.port "${ports[1]}" -filer.port "${ports[2]}" \
+        `# every gRPC port given: weed's default, port + 10000, can pass 65535` \
         -master.port.grpc "${ports[4]}" -volume.port.grpc "${ports[5]}" \
         -filer.port.grpc "${ports[6]}" \
-        -s3 -s3.port "${ports[3]}" -s3.config "$DIR/seaweedfs/s3.json" \
+        -s3 -s3.port "${ports[3]}" -s3.port.grpc "${ports[7]}" \
+        -s3.config "$DIR/seaweedfs/s3.json" \
         -volume.max 64 -master.volumeSizeLimitMB 256 \
         >"$DIR/seaweedfs.log" 2>&1 &
     remember seaweedfs $!
@@ -335,7 +337,7 @@ stop() {
     # What a pod leaves: its network namespace, its mounts (kubelet volumes, rootfs), and
     # the node's copies of the images (gigabytes: the archives stay in the cache).
     for netns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$netns" || true; done
-    grep -E " $DIR/" /proc/mounts | awk '{print $2}' | sort -r | while read -r mount; do
+    { grep -E " $DIR/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r mount; do
         umount -l "$mount" 2>/dev/null || true
     done
     rm -rf "$DIR/containerd/root" "$DIR/kubelet" "$DIR/seaweedfs"
