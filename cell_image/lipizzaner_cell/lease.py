@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -113,9 +114,8 @@ class Lease:
             self._give_back()
 
     def _give_back(self) -> None:
-        try:
+        # Gone or damaged: nothing of ours to give back, and nothing to stop for.
+        with suppress(OSError, DamagedFile, AttributeError):
             if self.storage.read_json(self.uri).get("token") == self.token:
                 self.storage.remove_tree(self.uri)
-        except (OSError, DamagedFile, AttributeError):
-            pass  # gone or damaged: nothing of ours to give back
         self.token = ""
