@@ -6,7 +6,7 @@
 #   hack/cluster.sh build        build what is missing into the cache (once per machine)
 #   hack/cluster.sh start DIR    start everything; DIR/kubeconfig is the admin's
 #   hack/cluster.sh stop DIR     stop it and leave no process, mount, namespace or bridge
-#   hack/cluster.sh bin          print the folder holding kubectl, helm and the rest
+#   hack/cluster.sh bin          print the folder holding kubectl, helm, prometheus, ...
 #
 # The pod network is the bridge lpz0 (10.244.0.0/24; the host is 10.244.0.1), with no
 # masquerade and no route off the machine: pods reach each other, the host's services
@@ -21,10 +21,12 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 CACHE="${LIPIZZANER_CLUSTER_CACHE:-$HOME/.cache/lipizzaner/cluster}"
 HELM_VERSION=v4.3.2
 COREDNS_VERSION=v1.15.0
+# Prometheus with the Kubernetes service discovery (Debian's is built without it), and no
+# other discovery: a quicker build. Its Go module's v0.3XX.Y is Prometheus 3.XX.Y.
+PROMETHEUS_VERSION=v0.316.0
 # SeaweedFS: the version pinned in hack/cluster/seaweedfs/go.mod (built through that module).
 SEAWEEDFS_VERSION="$(awk '$1 == "require" && $2 == "github.com/seaweedfs/seaweedfs" {print $3}' \
     "$HERE/cluster/seaweedfs/go.mod")"
-TOOLS="$CACHE/helm-$HELM_VERSION-coredns-$COREDNS_VERSION-weed-${SEAWEEDFS_VERSION##*-}"
 BRIDGE=lpz0
 NODE_IP=10.244.0.1
 POD_CIDR=10.244.0.0/24
@@ -35,25 +37,39 @@ S3_BUCKET=lipizzaner
 die() { echo "cluster: $*" >&2; exit 2; }
 ENVTEST_BIN="$("$HERE/envtest.sh" bin)"
 
+tool() { echo "$CACHE/tools/$1-$2/$1"; }  # NAME VERSION: where that build is cached
+HELM="$(tool helm "$HELM_VERSION")"
+COREDNS="$(tool coredns "$COREDNS_VERSION")"
+PROMETHEUS="$(tool prometheus "$PROMETHEUS_VERSION")"
+WEED="$(tool weed "${SEAWEEDFS_VERSION##*-}")"
+
+build_tool() {  # BINARY COMMAND...: run COMMAND with GOBIN set, once, into BINARY's folder
+    local binary=$1; shift
+    [ -x "$binary" ] && return 0
+    command -v go >/dev/null || die "go is needed to build $(basename "$binary") (see .ci/run)"
+    echo "cluster: building $(basename "$binary") into $(dirname "$binary") (minutes, once)" >&2
+    rm -rf "$(dirname "$binary").partial"
+    mkdir -p "$(dirname "$binary").partial"
+    GOBIN="$(dirname "$binary").partial" "$@"
+    mv "$(dirname "$binary").partial" "$(dirname "$binary")"
+}
+
 build() {
     "$HERE/envtest.sh" build
-    [ -x "$TOOLS/helm" ] && [ -x "$TOOLS/coredns" ] && [ -x "$TOOLS/weed" ] && return 0
-    [ -x "$TOOLS.partial/helm" ] && [ -x "$TOOLS.partial/coredns" ] || rm -rf "$TOOLS.partial"
-    command -v go >/dev/null || die "go is needed to build helm, coredns and weed (see .ci/run)"
-    echo "cluster: building helm, coredns and weed into $TOOLS (minutes, once)" >&2
-    mkdir -p "$TOOLS.partial"
-    [ -x "$TOOLS.partial/helm" ] || GOBIN="$TOOLS.partial" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
-    [ -x "$TOOLS.partial/coredns" ] || GOBIN="$TOOLS.partial" go install "github.com/coredns/coredns@$COREDNS_VERSION"
-    (cd "$HERE/cluster/seaweedfs" && go build -trimpath -ldflags="-s -w" -o "$TOOLS.partial/" \
-        github.com/seaweedfs/seaweedfs/weed)
-    mkdir -p "$TOOLS"
-    mv "$TOOLS.partial"/* "$TOOLS/"
-    rmdir "$TOOLS.partial"
+    build_tool "$HELM" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+    build_tool "$COREDNS" go install "github.com/coredns/coredns@$COREDNS_VERSION"
+    build_tool "$PROMETHEUS" go install -tags remove_all_sd,enable_kubernetes_sd \
+        "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+    # shellcheck disable=SC2016  # GOBIN is build_tool's, expanded by that inner shell
+    build_tool "$WEED" bash -c 'cd "$1" && go build -trimpath -ldflags="-s -w" -o "$GOBIN/" \
+        github.com/seaweedfs/seaweedfs/weed' _ "$HERE/cluster/seaweedfs"
 }
 
 bin() {  # one folder with every command: links to the envtest and tool binaries
     mkdir -p "$CACHE/bin"
-    for tool in "$ENVTEST_BIN"/* "$TOOLS"/*; do ln -sfn "$tool" "$CACHE/bin/$(basename "$tool")"; done
+    for command in "$ENVTEST_BIN"/* "$HELM" "$COREDNS" "$PROMETHEUS" "$WEED"; do
+        ln -sfn "$command" "$CACHE/bin/$(basename "$command")"
+    done
     echo "$CACHE/bin"
 }
 
@@ -257,7 +273,7 @@ cluster.local:53 in-addr.arpa:53 {
     }
 }
 EOF
-    "$TOOLS/coredns" -conf "$DIR/Corefile" >"$DIR/coredns.log" 2>&1 &
+    "$COREDNS" -conf "$DIR/Corefile" >"$DIR/coredns.log" 2>&1 &
     remember coredns $!
 }
 
@@ -271,7 +287,7 @@ s3_start() {
 {"identities": [{"name": "lipizzaner", "credentials": [{"accessKey": "$key", "secretKey": "$secret"}],
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 EOF
-    "$TOOLS/weed" server -dir "$DIR/seaweedfs" -ip "$NODE_IP" -ip.bind 0.0.0.0 \
+    "$WEED" server -dir "$DIR/seaweedfs" -ip "$NODE_IP" -ip.bind 0.0.0.0 \
         -master.port "${ports[0]}" -volume.port "${ports[1]}" -filer.port "${ports[2]}" \
         `# every gRPC port given: weed's default, port + 10000, can pass 65535` \
         -master.port.grpc "${ports[4]}" -volume.port.grpc "${ports[5]}" \
@@ -289,8 +305,8 @@ EOF
 }
 
 bucket() {  # MASTER (host:port.grpcport): the runs' bucket, made with weed's own shell
-    echo "s3.bucket.create -name $S3_BUCKET" | "$TOOLS/weed" shell -master="$1" >/dev/null 2>&1
-    echo "s3.bucket.list" | "$TOOLS/weed" shell -master="$1" 2>/dev/null | grep -qw "$S3_BUCKET"
+    echo "s3.bucket.create -name $S3_BUCKET" | "$WEED" shell -master="$1" >/dev/null 2>&1
+    echo "s3.bucket.list" | "$WEED" shell -master="$1" 2>/dev/null | grep -qw "$S3_BUCKET"
 }
 
 start() {

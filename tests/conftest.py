@@ -156,3 +156,7 @@ def ring(**fields: Any):
     from lipizzaner_core.spec_datasets import GaussianRingSpec
 
     return load_dataset(GaussianRingSpec(name="gaussian-ring", **fields), seed=0)
+
+
+# The end-to-end tests' node and operator, one for the whole session (tests/e2e/).
+pytest_plugins = ["e2e.fixtures"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from conftest import TINY_RING
@@ -356,3 +357,34 @@ def test_an_ended_kueue_run_releases_its_pod_group():
     released = {i: PodView(i, "Failed", released=True) for i in range(4)}
     assert step(run, decision.status, released).release == []
     assert step(make_run(), RunStatus(), {}).release == []  # no queue: nothing to release
+
+
+def test_one_problem_of_many_cells_is_said_once_with_the_cells_named():
+    run = make_run()
+    waiting = PodView(0, "Pending", problem='CreateContainerConfigError: secret "s3" not found')
+    live = {i: replace(waiting, cell=i) for i in range(4)}
+    status = step(run, step(run, RunStatus(), {}).status, live).status
+    assert status.message == 'cells 0-3: CreateContainerConfigError: secret "s3" not found'
+
+
+def test_a_cells_own_refusal_reaches_the_runs_failure():
+    pod = {
+        "metadata": {"name": "tiny-cell-2", "labels": {"lipizzaner.io/cell": "2"}},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "state": {
+                        "terminated": {
+                            "exitCode": 2,
+                            "message": "INFO starting\nERROR cannot start: bucket 'b' is gone\n",
+                        }
+                    }
+                }
+            ],
+        },
+    }
+    run = make_run()
+    status = step(run, step(run, RunStatus(), {}).status, {**pods(), 2: view_pod(pod)}).status
+    assert status.phase == "Failed"
+    assert "rejected its configuration (exit code 2): bucket 'b' is gone" in status.message

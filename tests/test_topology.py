@@ -78,3 +78,10 @@ def test_neighbourhood_size_counts_distinct_cells_of_every_grid(kind):
             grid = Grid(rows, cols, kind)
             expected = {len(grid.neighbours(i)) + 1 for i in range(grid.size)}
             assert expected == {neighbourhood_size(rows, cols, kind)}, (rows, cols)
+
+
+def test_cells_are_named_in_spans():
+    from lipizzaner_core.placement import cells_named
+
+    assert cells_named([3]) == "cell 3"
+    assert cells_named([0, 1, 2, 3, 6, 8, 9]) == "cells 0-3, 6, 8-9"

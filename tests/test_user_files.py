@@ -377,3 +377,42 @@ def test_a_torn_last_history_line_is_skipped_with_a_warning(
     history.write_text(history.read_text() + '{"generation": 3, "gener')
     assert main(["history", str(tmp_path / "out"), "-o", str(tmp_path / "h.png")]) == 0
     assert f"{history} line 3: skipped" in caplog.text
+
+
+def test_a_missing_bucket_is_one_line_and_never_created(
+    tiny_manifest, tmp_path, capsys, s3_endpoint
+):
+    import boto3
+
+    manifest = copy.deepcopy(tiny_manifest)
+    manifest["spec"]["output"] = {"uri": "s3://no-such-bucket/tiny", "endpointUrl": s3_endpoint}
+    capsys.readouterr()
+    assert main(["run", write(tmp_path, manifest), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"bucket 'no-such-bucket' does not exist at {s3_endpoint}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    buckets = boto3.client("s3", endpoint_url=s3_endpoint).list_buckets()["Buckets"]
+    assert [b["Name"] for b in buckets] == ["runs"]
+
+
+def test_a_cell_refuses_a_missing_bucket_in_the_line_its_launcher_passes_on(
+    tiny_manifest, tmp_path, s3_endpoint
+):
+    """A pod's cell meets the bucket first: its `cannot start:` line is what the operator
+    shows in the run's status."""
+    from lipizzaner_core.contract import CANNOT_START
+
+    manifest = copy.deepcopy(tiny_manifest)
+    manifest["spec"]["output"] = {"uri": "s3://no-such-bucket/tiny", "endpointUrl": s3_endpoint}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "lipizzaner_cell.cell_main"),
+            *("--run-spec", write(tmp_path, manifest), "--cells", "0"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    refusal = next(line for line in done.stderr.splitlines() if CANNOT_START in line)
+    assert "spec.output.uri s3://no-such-bucket/tiny: bucket 'no-such-bucket' does not" in refusal

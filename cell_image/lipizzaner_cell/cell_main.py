@@ -245,6 +245,10 @@ def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int
         log.error("bad TLS material: %s", exc)
         return ExitCode.BAD_INPUT
     layout = RunLayout.of(run, args.output)
+    problem = layout.storage.unusable_because(layout.output)
+    if problem is not None:
+        log.error("%sspec.output.uri %s: %s", CANNOT_START, layout.output, problem)
+        return ExitCode.BAD_INPUT
     data = SharedData(partial(load_dataset, run.spec.dataset, run.spec.seed, layout.storage))
     endpoint = None
     if args.metrics_port is not None:  # one /metrics for the process: its first cell's port

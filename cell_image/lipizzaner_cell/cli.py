@@ -64,6 +64,13 @@ def data_problem(run: LipizzanerRun) -> str | None:
     return None
 
 
+def output_problem(run: LipizzanerRun) -> str | None:
+    """Why the run's output cannot be written (a bucket that is not there), if it cannot."""
+    layout = RunLayout.of(run)
+    problem = layout.storage.unusable_because(layout.output)
+    return None if problem is None else f"spec.output.uri {layout.output}: {problem}"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     status = ExitCode.OK
     for path in args.manifests:
@@ -140,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in exc.errors:
             error(f"{args.manifest} with the command line's overrides: {line}")
         return ExitCode.BAD_INPUT
-    problem = data_problem(run)
+    problem = data_problem(run) or output_problem(run)
     if problem is not None:
         error(f"{args.manifest}: {problem}")
         return ExitCode.BAD_INPUT

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from lipizzaner_core.contract import CANNOT_START, ExitCode, cell_arguments
+from lipizzaner_core.contract import ExitCode, cell_arguments, refusal_in
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.placement import cells_text
@@ -105,8 +105,7 @@ class LocalProcess:
 
     def refusal(self) -> str | None:
         """The line in which a cell of this attempt refused its configuration, if one did."""
-        found = [line for line in self.log_path.read_text().splitlines() if CANNOT_START in line]
-        return found[-1].split(CANNOT_START, 1)[1] if found else None
+        return refusal_in(self.log_path.read_text())
 
 
 def free_port_block(count: int, attempts: int = 50) -> int:

@@ -22,6 +22,15 @@ class ExitCode(IntEnum):
 # How a cell's log line begins when it refuses its configuration (exit 2): the launcher
 # repeats that line as the run's one-line reason.
 CANNOT_START = "cannot start: "
+
+
+def refusal_in(log: str) -> str | None:
+    """Why a cell refused its configuration, from its log (or its pod's termination
+    message, which holds the log's end): the last `cannot start:` line's reason."""
+    found = [line for line in log.splitlines() if CANNOT_START in line]
+    return found[-1].split(CANNOT_START, 1)[1].strip() if found else None
+
+
 GRPC_PORT = 50051
 CELL_GROUP = 10001  # the cell image's group; pods' fsGroup, so mounted Secrets are readable
 METRICS_PORT = 9090

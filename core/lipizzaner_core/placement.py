@@ -39,6 +39,18 @@ def cells_text(cells: range) -> str:
     return str(cells.start) if len(cells) == 1 else f"{cells.start}-{cells.stop - 1}"
 
 
+def cells_named(cells: list[int]) -> str:
+    """`cell 3` or `cells 0-3, 6`: sorted cells, each consecutive run as one span."""
+    spans: list[range] = []
+    for cell in cells:
+        if spans and spans[-1].stop == cell:
+            spans[-1] = range(spans[-1].start, cell + 1)
+        else:
+            spans.append(range(cell, cell + 1))
+    noun = "cell" if len(cells) == 1 else "cells"
+    return f"{noun} {', '.join(cells_text(span) for span in spans)}"
+
+
 def parse_cells(text: str) -> range:
     """The inverse of `cells_text`; ValueError names what is wrong."""
     match = _RANGE.match(text.strip())

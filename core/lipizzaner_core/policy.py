@@ -38,16 +38,19 @@ def judge(
     disruption: str = "",
     given_up: int = 0,
     may_give_up: int = 0,
+    refusal: str = "",
 ) -> Verdict:
     """The verdict on a cell that stopped with `exit_code` (None: none is known) or was
     `disruption` (why, when it was: preempted, evicted, node lost, pod gone), after
     `restarts` counted restarts under a `limit`, with `given_up` cells already given up of
-    the `may_give_up` (maxFailedCells) the run allows.
+    the `may_give_up` (maxFailedCells) the run allows; `refusal`: the cell's own reason for
+    an exit 2, when it said one.
     """
     if exit_code == ExitCode.OK and not disruption:
         return Verdict("succeeded")
     if exit_code == ExitCode.BAD_INPUT:
-        return Verdict("fail", "BadConfiguration", "rejected its configuration (exit code 2)")
+        said = f"rejected its configuration (exit code 2){': ' + refusal if refusal else ''}"
+        return Verdict("fail", "BadConfiguration", said)
     if disruption:
         return Verdict("restart", "CellDisrupted", f"was disrupted ({disruption})", counted=False)
     what = "failed (no exit code)" if exit_code is None else f"failed (exit code {exit_code})"

@@ -108,12 +108,10 @@ class Storage:
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         fs, path = self.filesystem(uri)
-        parent = path.rsplit("/", 1)[0]
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
         if "file" in fs.protocol:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             write_durably(path, data)
-        else:
+        else:  # no folders to make: s3fs's makedirs would create a missing bucket
             fs.pipe_file(path, data)
 
     def read_json(self, uri: str) -> Any:
@@ -126,6 +124,27 @@ class Storage:
     def write_json(self, uri: str, obj: Any) -> None:
         """Strict JSON: NaN and infinities are written as null, never as bare words."""
         self.write_bytes(uri, json_bytes(obj))
+
+    def unusable_because(self, uri: str) -> str | None:
+        """Why an object store cannot hold output under `uri`, or None: its bucket is not
+        there (never created on the user's behalf, where a typo would make a new one),
+        refuses these credentials, or cannot be reached. Local folders are made as needed."""
+        fs, path = self.filesystem(uri)
+        if "file" in fs.protocol:
+            return None
+        bucket = path.split("/", 1)[0]
+        where = self.options.get("s3", {}).get("endpoint_url") or os.environ.get(
+            "AWS_ENDPOINT_URL", "the default endpoint"
+        )
+        try:
+            fs.info(bucket)
+        except FileNotFoundError:
+            return f"bucket {bucket!r} does not exist at {where}"
+        except PermissionError as exc:
+            return f"bucket {bucket!r} at {where} refuses these credentials ({exc})"
+        except OSError as exc:
+            return f"bucket {bucket!r} at {where} cannot be reached ({exc})"
+        return None
 
     def exists(self, uri: str) -> bool:
         fs, path = self.filesystem(uri)

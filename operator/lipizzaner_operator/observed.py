@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lipizzaner_core.contract import CELL_LABEL, KUEUE_RETRIABLE_ANNOTATION
+from lipizzaner_core.contract import CELL_LABEL, KUEUE_RETRIABLE_ANNOTATION, refusal_in
 from lipizzaner_core.spec import LipizzanerRun
 
 from lipizzaner_operator.render import pod_group
@@ -14,6 +14,7 @@ from lipizzaner_operator.render import pod_group
 # Waiting reasons that mean a pod will not start by itself.
 STUCK_REASONS = {
     "ErrImagePull",
+    "ErrImageNeverPull",
     "ImagePullBackOff",
     "InvalidImageName",
     "CreateContainerConfigError",
@@ -35,6 +36,7 @@ class PodView:
     disruption: str = ""  # why Kubernetes took it away: preemption, eviction, node lost
     scheduled: bool = False  # placed on a node (PodScheduled True)
     released: bool = False  # marked not retriable in its Kueue group (the run has ended)
+    refusal: str = ""  # why its cell refused its configuration (exit 2), in its own words
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,12 @@ def view_pod(pod: dict[str, Any]) -> PodView:
     """Read a pod object (camelCase JSON) into a PodView."""
     meta, status = pod.get("metadata", {}), pod.get("status") or {}
     cell = int(meta["labels"][CELL_LABEL])
-    exit_code, problems = None, []
+    exit_code, problems, refusal = None, [], None
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if "terminated" in state:
             exit_code = state["terminated"].get("exitCode")
+            refusal = refusal_in(state["terminated"].get("message") or "")
         waiting = state.get("waiting") or {}
         if waiting.get("reason") in STUCK_REASONS:
             problems.append(f"{waiting['reason']}: {waiting.get('message', '')}".strip(": "))
@@ -92,6 +95,7 @@ def view_pod(pod: dict[str, Any]) -> PodView:
         disruption=_disruption(status),
         scheduled=scheduled,
         released=(meta.get("annotations") or {}).get(KUEUE_RETRIABLE_ANNOTATION) == "false",
+        refusal=refusal or "",
     )
 
 

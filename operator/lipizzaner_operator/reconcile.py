@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
+from lipizzaner_core.placement import cells_named
 from lipizzaner_core.policy import Verdict, judge
 from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.status import (
@@ -316,6 +317,7 @@ def _observe(
         pod.disruption,
         given_up,
         policy.max_failed_cells,
+        pod.refusal,
     )
     if verdict.action == "restart":
         record.phase = "Restarting"
@@ -363,7 +365,7 @@ def _take_progress(record: CellRecord, progress: CellProgress | None) -> None:
 
 def _summarise(status: RunStatus, records: dict[int, CellRecord], decision: Decision) -> None:
     """The run's phase and message from its cells' records (a Failed record: given up)."""
-    problems = [f"cell {i}: {r.message}" for i, r in records.items() if r.message]
+    problems = _problems(records)
     given_up = [i for i, r in records.items() if r.phase == "Failed"]
     without = f"going on without given-up cells {given_up}" if given_up else ""
     if all(r.phase in ("Succeeded", "Failed") for r in records.values()):
@@ -375,6 +377,16 @@ def _summarise(status: RunStatus, records: dict[int, CellRecord], decision: Deci
     else:
         status.phase = "Pending"
         status.message = "; ".join(problems[:3]) or "waiting for cell pods to run"
+
+
+def _problems(records: dict[int, CellRecord]) -> list[str]:
+    """Each distinct problem once, after the cells that have it (`cells 0-3, 6: ...`): a
+    missing image or Secret is one line however many cells wait on it."""
+    cells_of: dict[str, list[int]] = {}
+    for index, record in sorted(records.items()):
+        if record.message:
+            cells_of.setdefault(record.message, []).append(index)
+    return [f"{cells_named(cells)}: {message}" for message, cells in cells_of.items()]
 
 
 def _counts(records) -> CellCounts:

@@ -315,6 +315,9 @@ def _container(
         "image": template.image or defaults.image,
         "imagePullPolicy": template.image_pull_policy or defaults.image_pull_policy,
         "command": command,
+        # The log's end becomes the termination message: a cell's `cannot start:` line
+        # reaches the run's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": template.pod_resources(),
         "volumeMounts": [
             {"name": "run-spec", "mountPath": SPEC_FILE.rsplit("/", 1)[0], "readOnly": True},

@@ -5,106 +5,22 @@ cannot run (and failed under CI=true, where .ci/run installs everything)."""
 
 from __future__ import annotations
 
-import copy
 import json
-import shutil
 import sys
-import tempfile
 import time
-import uuid
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import pytest
-import yaml
-from conftest import TINY_RING, unavailable
-from e2e.node import CHART, Node, start, stop, unavailable_because
+from e2e.fixtures import (
+    all_running,
+    apply_run,
+    parse_time,
+    run_file,
+    status,
+    succeeded,
+    tiny_run,
+)
+from e2e.node import Node
 from envtest import wait_for
-
-
-@pytest.fixture(scope="session")
-def node() -> Node:
-    problem = unavailable_because()
-    if problem:
-        unavailable(problem)
-    # Not pytest's tmp_path: a node's folder holds gigabytes until it is stopped, and
-    # pytest keeps its last three sessions' folders.
-    directory = Path(tempfile.gettempdir()) / f"lipizzaner-node-{uuid.uuid4().hex[:8]}"
-    started = start(directory)
-    try:
-        yield started
-    finally:
-        stop(started)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def operator(node: Node) -> Node:
-    """The chart, installed by helm with its defaults: the operator runs in its own pod,
-    from the image hack/images.sh loaded, under the chart's ServiceAccount."""
-    node.run(
-        str(node.bin / "helm"),
-        *("install", "lipizzaner", str(CHART), "-n", "lipizzaner-system", "--create-namespace"),
-        *("--wait", "--timeout", "10m"),
-        timeout=900,
-    )
-    wait_for("the operator's pod to be ready", lambda: operator_ready(node))
-    return node
-
-
-def operator_ready(node: Node) -> bool:
-    pods = node.get("pods", "-n", "lipizzaner-system")["items"]
-    return any(
-        condition["type"] == "Ready" and condition["status"] == "True"
-        for pod in pods
-        for condition in pod["status"].get("conditions", [])
-    )
-
-
-@pytest.fixture
-def namespace(operator: Node) -> str:
-    """A namespace of the test's own, with the bucket's credentials as Secret `s3`."""
-    name = f"e2e-{uuid.uuid4().hex[:6]}"
-    operator.kubectl("create", "namespace", name)
-    credentials = operator.s3_credentials()
-    operator.kubectl(
-        *("-n", name, "create", "secret", "generic", "s3"),
-        f"--from-literal=AWS_ACCESS_KEY_ID={credentials['aws_access_key_id']}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={credentials['aws_secret_access_key']}",
-        "--from-literal=AWS_DEFAULT_REGION=us-east-1",
-    )
-    return name
-
-
-def tiny_run(node: Node, namespace: str, name: str = "tiny", **spec: Any) -> dict[str, Any]:
-    """A 2x2 run on the ring with tiny networks: a minute or two in pods on 2 cores, its
-    output in the node's bucket, its cells over mutual TLS, no GPU asked for."""
-    manifest = copy.deepcopy(TINY_RING)
-    manifest["metadata"]["name"] = name
-    manifest["spec"].update(
-        score={"finalSamples": 500},
-        exchange={"tls": {"enabled": True}},
-        output={
-            "uri": f"s3://{node.bucket}/runs/{namespace}/{name}",
-            "endpointUrl": node.s3_endpoint,
-            "credentialsSecret": "s3",
-        },
-        cell={"resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}},
-    )
-    manifest["spec"].update(spec)
-    return manifest
-
-
-def run_file(node: Node, manifest: dict[str, Any]) -> Path:
-    path = node.directory / f"{manifest['metadata']['name']}-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
-
-
-def cell_pods(node: Node, namespace: str, run: str) -> list[dict[str, Any]]:
-    selector = f"lipizzaner.io/run={run}"
-    return node.get("pods", "-n", namespace, "-l", selector)["items"]
 
 
 def test_a_run_trains_in_real_pods_through_dns_and_mtls_to_its_ensemble_in_s3(
@@ -112,16 +28,8 @@ def test_a_run_trains_in_real_pods_through_dns_and_mtls_to_its_ensemble_in_s3(
 ):
     node = operator
     applied = time.monotonic()
-    node.kubectl("apply", "-n", namespace, "-f", str(run_file(node, tiny_run(node, namespace))))
-    running = wait_for(
-        "four cell pods Running",
-        lambda: (
-            (pods := cell_pods(node, namespace, "tiny"))
-            and len(pods) == 4
-            and all(p["status"].get("phase") == "Running" for p in pods)
-            and pods
-        ),
-    )
+    apply_run(node, namespace, tiny_run(node, namespace))
+    running = wait_for("four cell pods Running", lambda: all_running(node, namespace, "tiny"))
     node.timings["apply to all cells Running"] = time.monotonic() - applied
     starts = [
         (
@@ -133,22 +41,11 @@ def test_a_run_trains_in_real_pods_through_dns_and_mtls_to_its_ensemble_in_s3(
     node.timings["pod start latency (max)"] = max(starts)
     wait_for(
         "every cell's first generation",
-        lambda: (
-            (node.get("lpz", "tiny", "-n", namespace).get("status") or {})
-            .get("generation", {})
-            .get("min", 0)
-            >= 1
-        ),
+        lambda: status(node, namespace, "tiny").get("generation", {}).get("min", 0) >= 1,
     )
     node.timings["apply to every cell's first generation"] = time.monotonic() - applied
-    done = node.kubectl(
-        *("wait", "--for=condition=Succeeded", "lpz/tiny", "-n", namespace, "--timeout=900s"),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr + describe(node, namespace)
+    ensemble = succeeded(node, namespace, "tiny")["ensemble"]["uri"]
     node.timings["apply to Succeeded"] = time.monotonic() - applied
-    status = node.get("lpz", "tiny", "-n", namespace)["status"]
-    ensemble = status["ensemble"]["uri"]
     assert ensemble == f"s3://{node.bucket}/runs/{namespace}/tiny/ensemble"
     # The cells found each other through cluster DNS and pulled over the pod network:
     # every cell heard from every neighbour, over mutual TLS.
@@ -170,19 +67,6 @@ def test_a_run_trains_in_real_pods_through_dns_and_mtls_to_its_ensemble_in_s3(
     node.run(str(lipizzaner), "sample", ensemble, "-n", "64", "-o", str(picture))
     assert picture.stat().st_size > 1000
     print("timings (s):", json.dumps({k: round(v, 1) for k, v in node.timings.items()}))
-
-
-def parse_time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def describe(node: Node, namespace: str) -> str:
-    """What to read when a run did not succeed: its status and its pods' last lines."""
-    lines = [node.kubectl("get", "lpz,pods", "-n", namespace, "-o", "wide").stdout]
-    for pod in node.get("pods", "-n", namespace)["items"]:
-        name = pod["metadata"]["name"]
-        lines.append(node.kubectl("logs", "-n", namespace, name, "--tail=20", check=False).stdout)
-    return "\n".join(lines)
 
 
 def test_submit_waits_for_a_run_and_logs_reads_its_cells(operator: Node, namespace: str):
