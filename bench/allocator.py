@@ -28,9 +28,9 @@ import time
 import torch
 from common import mnist_manifest
 from exchange import grpc_pull, make_state
-from lipizzaner_cell.cell_main import M_TRIM_THRESHOLD, fix_mmap_threshold
-from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_cell.report import GenerationReport
+from lipizzaner_cell.algorithm.report import GenerationReport
+from lipizzaner_cell.executors.in_process import run_in_process
+from lipizzaner_cell.runtime.cell_process import M_TRIM_THRESHOLD, fix_mmap_threshold
 from lipizzaner_core.contract import CELL_FLAGS
 from lipizzaner_core.spec import parse_run
 from rich.console import Console

@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 from common import mnist_manifest
-from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.engine import CellEngine
-from lipizzaner_cell.mixture import sample_mixture
-from lipizzaner_cell.neighbourhood import InProcessExchange
-from lipizzaner_cell.scores import ClassifierScorer
-from lipizzaner_cell.selection import best
+from lipizzaner_cell.algorithm.engine import CellEngine
+from lipizzaner_cell.algorithm.mixture import sample_mixture
+from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
+from lipizzaner_cell.algorithm.selection import best
+from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.scores.scorers import ClassifierScorer
 from lipizzaner_core.spec import parse_run
 from rich.console import Console
 from rich.table import Table

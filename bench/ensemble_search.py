@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 from common import add_result_flags, mnist_manifest, parse_result_args, print_rows
-from lipizzaner_cell.cli import main as lipizzaner
+from lipizzaner_cell.commands.cli import main as lipizzaner
 
 COLUMNS = ("run", "seed", "objective", "best cell", "greedy", "greedy size", "ga", "ga size")
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"

@@ -36,11 +36,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import torch
-from lipizzaner_cell.cell_main import fix_mmap_threshold
-from lipizzaner_cell.neighbourhood import CentreState
-from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
-from lipizzaner_cell.wire.codec import CentreArchitecture, new_payload
-from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+from lipizzaner_cell.algorithm.neighbourhood import CentreState
+from lipizzaner_cell.exchange.client import NeighbourPuller, PullPolicy, centre_call
+from lipizzaner_cell.exchange.codec import CentreArchitecture, new_payload
+from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
+from lipizzaner_cell.runtime.cell_process import fix_mmap_threshold
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.tls import TlsMaterial, generate, run_identity
 from rich.console import Console

@@ -22,8 +22,8 @@ from collections import defaultdict
 
 import torch
 from common import mnist_manifest
-from lipizzaner_cell.engine import CellEngine
-from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_cell.algorithm.engine import CellEngine
+from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_core.spec import LipizzanerRun, parse_run
 from rich.console import Console
 from rich.table import Table

@@ -32,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from lipizzaner_cell.individual import ADAM_BETAS
-from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_core.spec_training import NetworkSpec
+from lipizzaner_cell.algorithm.individual import ADAM_BETAS
+from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
+from lipizzaner_core.spec.training import NetworkSpec
 from rich.console import Console
 from rich.table import Table
 from torch import nn

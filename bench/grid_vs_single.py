@@ -38,12 +38,12 @@ from typing import Any
 
 import torch
 from common import apply_assignments, assignment, mnist_manifest
-from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_cell.mixture import sample_mixture
-from lipizzaner_cell.networks import build_generator
-from lipizzaner_cell.sampling import load_ensemble
-from lipizzaner_cell.scores import ClassifierScorer
+from lipizzaner_cell.algorithm.mixture import sample_mixture
+from lipizzaner_cell.algorithm.networks import build_generator
+from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.ensembles.samples import load_ensemble
+from lipizzaner_cell.executors.in_process import run_in_process
+from lipizzaner_cell.scores.scorers import ClassifierScorer
 from lipizzaner_core.spec import parse_run
 from rich.console import Console
 from rich.table import Table

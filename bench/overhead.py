@@ -20,13 +20,13 @@ from collections import defaultdict
 
 import torch
 from common import mnist_manifest
-from lipizzaner_cell.checkpoint import save_checkpoint
-from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_cell.individual import ADAM_BETAS
-from lipizzaner_cell.losses import LOSSES
-from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_cell.report import GENERATION_PHASES
+from lipizzaner_cell.algorithm.individual import ADAM_BETAS
+from lipizzaner_cell.algorithm.losses import LOSSES
+from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
+from lipizzaner_cell.algorithm.report import GENERATION_PHASES
+from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.executors.in_process import run_in_process
+from lipizzaner_cell.runtime.checkpoint import save_checkpoint
 from lipizzaner_core.spec import LipizzanerRun, parse_run
 from rich.console import Console
 from rich.table import Table

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import mnist_manifest
-from lipizzaner_cell.history import read_history
-from lipizzaner_cell.local_launcher import LocalRun
-from lipizzaner_cell.report import GENERATION_PHASES
+from lipizzaner_cell.algorithm.report import GENERATION_PHASES
+from lipizzaner_cell.executors.local_processes import LocalRun
+from lipizzaner_cell.runtime.history import read_history
 from lipizzaner_core.spec import parse_run
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import yaml
 from common import add_result_flags, mnist_manifest, parse_result_args, print_rows
-from lipizzaner_cell.cli import main as lipizzaner
-from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.individual import new_optimizer
-from lipizzaner_cell.networks import build_discriminator
-from lipizzaner_cell.semi_supervised import accuracy, classification_loss, labelled_rows
+from lipizzaner_cell.algorithm.individual import new_optimizer
+from lipizzaner_cell.algorithm.networks import build_discriminator
+from lipizzaner_cell.algorithm.semi_supervised import accuracy, classification_loss, labelled_rows
+from lipizzaner_cell.commands.cli import main as lipizzaner
+from lipizzaner_cell.data.datasets import load_dataset
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.topology import cell_seed
 

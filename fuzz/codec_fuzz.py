@@ -1,4 +1,4 @@
-"""Fuzz the GetCentre stream decoder (cell_image/lipizzaner_cell/wire/codec.py).
+"""Fuzz the GetCentre stream decoder (cell_image/lipizzaner_cell/exchange/codec.py).
 
 Every input is a stream of chunks (fuzz/harness.py frames them). Each stream must be
 decoded into tensors of exactly the receiving cell's architecture, be empty (None), or be
@@ -17,8 +17,8 @@ import atheris
 from harness import OUR_PACKAGES, frame, run, target_state, unframe  # imports torch
 
 with atheris.instrument_imports(include=OUR_PACKAGES):
-    from lipizzaner_cell.neighbourhood import CentreState
-    from lipizzaner_cell.wire.codec import (
+    from lipizzaner_cell.algorithm.neighbourhood import CentreState
+    from lipizzaner_cell.exchange.codec import (
         OPTIONAL_PARTS,
         PARTS,
         CentreArchitecture,

@@ -1,4 +1,4 @@
-"""Fuzz a real cell server over gRPC on loopback (cell_image/lipizzaner_cell/wire/server.py).
+"""Fuzz a real cell server over gRPC on loopback (cell_image/lipizzaner_cell/exchange/server.py).
 
 Each input is one request: its first byte picks GetCentre or GetStatus, the rest are the
 request's bytes, sent as they are. Every call must be answered correctly (a GetCentre
@@ -22,9 +22,9 @@ with atheris.instrument_imports(include=OUR_PACKAGES):
     import grpc
     import torch
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from lipizzaner_cell.neighbourhood import CentreState
-    from lipizzaner_cell.wire.codec import CentreArchitecture, decode_centre
-    from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+    from lipizzaner_cell.algorithm.neighbourhood import CentreState
+    from lipizzaner_cell.exchange.codec import CentreArchitecture, decode_centre
+    from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
     from lipizzaner_core.wire import cell_pb2
     from lipizzaner_core.wire.service import GET_CENTRE, GET_STATUS
 

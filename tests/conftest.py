@@ -62,7 +62,7 @@ def tiny_manifest(tmp_path: Path) -> dict[str, Any]:
 def inception_weights(tmp_path_factory) -> Path:
     """Inception-v3 weights of the standard architecture, randomly initialised (He, so the
     features do not vanish), as a safetensors file: the real ones cannot be downloaded."""
-    from lipizzaner_cell.inception import inception_network
+    from lipizzaner_cell.scores.inception import inception_network
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
@@ -152,8 +152,8 @@ def cluster(control_plane, request: pytest.FixtureRequest):
 
 def ring(**fields: Any):
     """The 8-Gaussian ring at its defaults (or `fields`), drawn from seed 0."""
-    from lipizzaner_cell.datasets import load_dataset
-    from lipizzaner_core.spec_datasets import GaussianRingSpec
+    from lipizzaner_cell.data.datasets import load_dataset
+    from lipizzaner_core.spec.datasets import GaussianRingSpec
 
     return load_dataset(GaussianRingSpec(name="gaussian-ring", **fields), seed=0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lipizzaner_cell.cli import main
+from lipizzaner_cell.commands.cli import main
 from lipizzaner_core.layout import CHECKPOINT_FILES, CHECKPOINT_MARKER, RunLayout
 from lipizzaner_core.storage import Storage, write_durably
 

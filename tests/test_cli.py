@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from lipizzaner_cell.cli import main
+from lipizzaner_cell.commands.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -119,7 +119,7 @@ def test_run_reports_a_bad_spec_with_exit_code_2(tiny_manifest, tmp_path, capsys
 @pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["sample"], ["train-classifier"]])
 def test_every_command_has_help(command):
     done = subprocess.run(
-        [sys.executable, "-m", "lipizzaner_cell.cli", *command, "--help"],
+        [sys.executable, "-m", "lipizzaner_cell.commands.cli", *command, "--help"],
         capture_output=True,
         text=True,
         check=False,

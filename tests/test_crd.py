@@ -19,7 +19,7 @@ import yaml
 from conftest import TINY_RING
 from envtest import GROUP, PLURAL, VERSION, Cluster
 from kubernetes.client.exceptions import ApiException
-from lipizzaner_cell.cli import main as cli_main
+from lipizzaner_cell.commands.cli import main as cli_main
 from lipizzaner_core.crd import crd_manifest
 from lipizzaner_core.spec import SpecError, dump_run, parse_run
 

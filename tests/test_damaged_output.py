@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_RING
-from lipizzaner_cell.cli import main
+from lipizzaner_cell.commands.cli import main
 from test_semi_supervised import semi_supervised
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import ring
-from lipizzaner_cell import idx
-from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.scoring import build_scorer
-from lipizzaner_core.spec_datasets import (
+from lipizzaner_cell.data import idx
+from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.scores.choice import build_scorer
+from lipizzaner_core.spec.datasets import (
     ArraySpec,
     Cifar10Spec,
     FashionMnistSpec,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_RING
-from lipizzaner_cell.cli import build_parser as lipizzaner_parser
+from lipizzaner_cell.commands.cli import build_parser as lipizzaner_parser
 from lipizzaner_core.spec import parse_run
 from lipizzaner_operator.operator_main import build_parser as operator_parser
 

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from lipizzaner_cell.checkpoint import export_state
-from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.engine import CellEngine
-from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_cell.neighbourhood import InProcessExchange
-from lipizzaner_cell.report import GENERATION_PHASES
-from lipizzaner_cell.scores import ModeScorer
+from lipizzaner_cell.algorithm.engine import CellEngine
+from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
+from lipizzaner_cell.algorithm.report import GENERATION_PHASES
+from lipizzaner_cell.algorithm.state import State
+from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.executors.in_process import run_in_process
+from lipizzaner_cell.runtime.checkpoint import export_state, restore_latest, save_checkpoint
+from lipizzaner_cell.scores.scorers import ModeScorer
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.storage import Storage
@@ -84,6 +85,50 @@ def test_resume_is_bit_exact_with_larger_populations(tiny_manifest, tmp_path, co
     manifest["spec"]["coevolution"].update(coevolution)
     manifest["spec"]["training"]["batchesPerGeneration"] = 3
     assert_resume_is_bit_exact(manifest, tmp_path, generations=6)
+
+
+class EngineWithACounter(CellEngine):
+    """An engine that gained a field: a tensor and a count, saved by the engine alone."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pulls = 0
+        self.running = torch.zeros(3)
+
+    def state_dict(self) -> State:
+        state = super().state_dict()
+        state.values["pulls"] = self.pulls
+        state.tensors["running"] = self.running
+        return state
+
+    def load_state_dict(self, state: State) -> None:
+        super().load_state_dict(state)
+        self.pulls = state.values["pulls"]
+        self.running = state.tensors["running"].clone()
+
+
+def test_a_field_the_engine_gains_resumes_without_a_change_to_checkpoints(tiny_manifest, tmp_path):
+    """The engine owns its state: checkpoint.py writes whatever state_dict() says."""
+    run = parse_run(tiny_manifest)
+    dataset = load_dataset(run.spec.dataset, run.spec.seed)
+    cell = RunLayout(str(tmp_path), Storage()).cell(0)
+    exchange = InProcessExchange()
+    trained = EngineWithACounter(run, 0, exchange.provider([]), dataset)
+    trained.step()
+    trained.pulls, trained.running = 7, torch.tensor([1.0, 2.0, 3.0])
+    save_checkpoint(trained, cell, keep=1)
+
+    resumed = EngineWithACounter(run, 0, exchange.provider([]), dataset)
+    assert restore_latest(resumed, cell)
+    assert (resumed.pulls, resumed.generation) == (7, 1)
+    assert torch.equal(resumed.running, torch.tensor([1.0, 2.0, 3.0]))
+    for kept, back in zip(trained.generators, resumed.generators, strict=True):
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                kept.net.state_dict().values(), back.net.state_dict().values(), strict=True
+            )
+        )
 
 
 def test_checkpoints_are_pruned_to_keep(tiny_manifest, tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_RING
-from lipizzaner_cell.cli import main
-from lipizzaner_cell.ensemble_search import GeneticSettings, genetic, greedy
+from lipizzaner_cell.commands.cli import main
+from lipizzaner_cell.ensembles.search import GeneticSettings, genetic, greedy
 
 TARGET = torch.tensor([0.5, 0.25, 0.25, 0.0, 0.0], dtype=torch.float64)
 

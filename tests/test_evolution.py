@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from lipizzaner_cell.fitness import evaluate_fitness, generator_fakes, loss_tables
-from lipizzaner_cell.individual import Individual, moment_template, mutate_learning_rate
-from lipizzaner_cell.losses import LOSSES
-from lipizzaner_cell.mixture import MixtureEmbeddings, allocate, es_step, sample_mixture
-from lipizzaner_cell.selection import replace, tournament_select
-from lipizzaner_cell.wire.codec import architecture_of
+from lipizzaner_cell.algorithm.fitness import evaluate_fitness, generator_fakes, loss_tables
+from lipizzaner_cell.algorithm.individual import Individual, moment_template, mutate_learning_rate
+from lipizzaner_cell.algorithm.losses import LOSSES
+from lipizzaner_cell.algorithm.mixture import MixtureEmbeddings, allocate, es_step, sample_mixture
+from lipizzaner_cell.algorithm.selection import replace, tournament_select
+from lipizzaner_cell.exchange.codec import architecture_of
 from torch import nn
 
 

@@ -1,4 +1,4 @@
-"""Step 4 as captured CUDA graphs (`graphed.py`) against plain PyTorch steps.
+"""Step 4 as captured CUDA graphs (`algorithm/graphed_steps.py`) against plain PyTorch steps.
 
 The slots, their copies in and out and the static buffers run on any device without
 capturing: on the CPU the whole run must come out bit for bit as the plain one's. With a
@@ -12,12 +12,12 @@ import copy
 
 import pytest
 import torch
-from lipizzaner_cell.checkpoint import export_state
-from lipizzaner_cell.engine import CellEngine
-from lipizzaner_cell.graphed import GraphedSteps, graphable
-from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_cell.losses import LOSSES
-from lipizzaner_cell.training import EagerSteps
+from lipizzaner_cell.algorithm.engine import CellEngine
+from lipizzaner_cell.algorithm.graphed_steps import GraphedSteps, graphable
+from lipizzaner_cell.algorithm.losses import LOSSES
+from lipizzaner_cell.algorithm.training import EagerSteps
+from lipizzaner_cell.executors.in_process import run_in_process
+from lipizzaner_cell.runtime.checkpoint import export_state
 from lipizzaner_core.spec import parse_run
 
 CUDA = pytest.param(
@@ -86,7 +86,7 @@ class _Nobody:
 
 
 def _dataset(run):
-    from lipizzaner_cell.datasets import load_dataset
+    from lipizzaner_cell.data.datasets import load_dataset
     from lipizzaner_core.storage import Storage
 
     return load_dataset(run.spec.dataset, run.spec.seed, Storage())

@@ -9,7 +9,8 @@ import helm_python as helm
 import pytest
 import yaml
 from lipizzaner_core.spec import load_run
-from lipizzaner_operator.render import OPERATOR_LABELS, CellDefaults, render_pod
+from lipizzaner_operator.names import OPERATOR_LABELS
+from lipizzaner_operator.render import CellDefaults, render_pod
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "lipizzaner"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lipizzaner_cell.cli import main
-from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_cell.commands.cli import main
+from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.storage import Storage
 

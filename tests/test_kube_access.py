@@ -21,8 +21,8 @@ from envtest import GROUP, PLURAL, VERSION, Cluster, ControlPlane, wait_for
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
-from lipizzaner_cell.cli import main as cli_main
-from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_cell.commands.cli import main as cli_main
+from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_core.contract import SPEC_FILE
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run

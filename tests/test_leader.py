@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from envtest import Cluster, wait_for
 from kubernetes import client
-from lipizzaner_cell.local_launcher import free_port_block
+from lipizzaner_cell.executors.local_processes import free_port_block
 from lipizzaner_operator.leader import LeaderElection, claim
 from operator_harness import manifest, terminated
 

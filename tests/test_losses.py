@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from lipizzaner_cell.losses import LOSSES, draw_loss, gradient_penalty, spec_loss
+from lipizzaner_cell.algorithm.losses import LOSSES, draw_loss, gradient_penalty, spec_loss
 from torch import nn
 
 REAL = torch.tensor([2.0, -1.0, 0.5])

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_RING, required_tool
-from lipizzaner_cell.local_launcher import LocalRun, free_port_block
-from lipizzaner_cell.metrics import CellMetrics
-from lipizzaner_cell.report import GenerationReport
+from lipizzaner_cell.algorithm.report import GenerationReport
+from lipizzaner_cell.executors.local_processes import LocalRun, free_port_block
+from lipizzaner_cell.runtime.metrics import CellMetrics
 from lipizzaner_core.spec import parse_run
 from lipizzaner_operator.kube import KubeClient
 from lipizzaner_operator.metrics import OperatorMetrics

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_core.spec_training import NetworkPartSpec
+from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
+from lipizzaner_core.spec.training import NetworkPartSpec
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 128, 128)])

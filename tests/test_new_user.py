@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from lipizzaner_cell.cli import main
-from lipizzaner_cell.datasets import ValueMap
-from lipizzaner_cell.sampling import render_png
+from lipizzaner_cell.commands.cli import main
+from lipizzaner_cell.data.datasets import ValueMap
+from lipizzaner_cell.ensembles.samples import render_png
 from lipizzaner_core.ensemble import REFERENCE_FILE
 from PIL import Image
 
@@ -39,7 +39,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def lipizzaner(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lipizzaner_cell.cli", *args],
+        [sys.executable, "-m", "lipizzaner_cell.commands.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -127,7 +127,7 @@ def test_train_classifier_names_its_flag_and_never_writes_into_the_package(tmp_p
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("--data /nonexistent: no MNIST files")
     assert "dataset.download" not in done.stderr and "Traceback" not in done.stderr
-    from lipizzaner_cell.cli import build_parser
+    from lipizzaner_cell.commands.cli import build_parser
 
     args = build_parser().parse_args(["train-classifier", "--data", "somewhere"])
     assert args.out == "mnist-classifier.safetensors"  # here, not inside the package
@@ -218,7 +218,7 @@ def test_a_first_preview_says_nothing_about_matplotlibs_font_cache(tmp_path):
     INFO level the `lipizzaner` command logs at."""
     script = (
         "import logging; logging.basicConfig(level=logging.INFO); "
-        "import numpy as np; from lipizzaner_cell.sampling import render_png; "
+        "import numpy as np; from lipizzaner_cell.ensembles.samples import render_png; "
         "render_png(np.zeros((4, 2)), {'shape': [2], 'values': {'scale': [1], 'offset': [0]}})"
     )
     done = subprocess.run(
@@ -233,7 +233,7 @@ def test_a_first_preview_says_nothing_about_matplotlibs_font_cache(tmp_path):
 
 
 def test_the_progress_display_ends_at_100_percent(tiny_manifest, tmp_path):
-    from lipizzaner_cell.local_launcher import LocalRun, watch
+    from lipizzaner_cell.executors.local_processes import LocalRun, watch
     from lipizzaner_core.spec import parse_run
 
     manifest = copy.deepcopy(tiny_manifest)
@@ -248,7 +248,7 @@ def test_the_progress_display_ends_at_100_percent(tiny_manifest, tmp_path):
 
 
 def test_the_preview_names_the_run_the_samples_and_the_score(finished_ensemble):
-    from lipizzaner_cell.sampling import preview_title
+    from lipizzaner_cell.ensembles.samples import preview_title
 
     manifest = json.loads((finished_ensemble / "manifest.json").read_text())
     title = preview_title("tiny", manifest, 1000)

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import yaml
 from conftest import wait_until
-from lipizzaner_cell.cli import main as cli_main
-from lipizzaner_cell.local_launcher import LocalRun, free_port_block, run_local
-from lipizzaner_cell.local_launcher import cell_command as launcher_cell_command
+from lipizzaner_cell.commands.cli import main as cli_main
+from lipizzaner_cell.executors.local_processes import LocalRun, free_port_block, run_local
+from lipizzaner_cell.executors.local_processes import cell_command as launcher_cell_command
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
@@ -268,7 +268,7 @@ def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
         [
             sys.executable,
             "-m",
-            "lipizzaner_cell.cli",
+            "lipizzaner_cell.commands.cli",
             "run",
             str(spec_path),
             "--quiet",
@@ -302,7 +302,7 @@ def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
 
 
 def test_cell_threads_follow_the_container_cpu_limit(tmp_path):
-    from lipizzaner_cell.cell_main import default_threads
+    from lipizzaner_cell.runtime.cell_process import default_threads
 
     limit = tmp_path / "cpu.max"
     limit.write_text("200000 100000\n")
@@ -381,7 +381,7 @@ def test_the_cell_process_fixes_glibcs_mmap_threshold():
     """Large blocks are mapped apart and given back (glibc); 0 leaves glibc's own rule.
     Blocks under the threshold freed and allocated again reuse their pages instead of
     faulting fresh ones in (the heap's top is not trimmed after each)."""
-    from lipizzaner_cell.cell_main import fix_mmap_threshold
+    from lipizzaner_cell.runtime.cell_process import fix_mmap_threshold
 
     if platform.libc_ver()[0] != "glibc":
         assert fix_mmap_threshold(4 << 20) is False

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from lipizzaner_cell.cli import main
+from lipizzaner_cell.commands.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 

@@ -14,15 +14,15 @@ from unittest import mock
 import pytest
 import yaml
 from conftest import TINY_RING
-from lipizzaner_cell.cell_main import build_parser, hosted_cells
-from lipizzaner_cell.cli import build_parser as cli_parser
-from lipizzaner_cell.peers import peer_address
+from lipizzaner_cell.commands.cli import build_parser as cli_parser
+from lipizzaner_cell.runtime.cell_process import build_parser, hosted_cells
+from lipizzaner_cell.runtime.peers import peer_address
 from lipizzaner_core.contract import SPEC_FILE
 from lipizzaner_core.spec import load_run, parse_run
 from lipizzaner_core.wire.tls import generate
+from lipizzaner_operator.names import cell_selector
 from lipizzaner_operator.render import (
     CellDefaults,
-    cell_selector,
     render_config_map,
     render_network_policy,
     render_pod,

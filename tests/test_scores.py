@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ring
-from lipizzaner_cell.datasets import PIXELS, Dataset, ValueMap, load_dataset
-from lipizzaner_cell.scores import (
+from lipizzaner_cell.data.datasets import PIXELS, Dataset, ValueMap, load_dataset
+from lipizzaner_cell.scores.choice import build_scorer
+from lipizzaner_cell.scores.scorers import (
     PRECISION_RECALL_ROWS,
     ClassifierScorer,
     ModeScorer,
     precision_recall,
 )
-from lipizzaner_cell.scoring import build_scorer
-from lipizzaner_core.spec_datasets import (
+from lipizzaner_core.spec.datasets import (
     GaussianGridSpec,
     MnistSpec,
 )
-from lipizzaner_core.spec_outcome import ScoreSpec
+from lipizzaner_core.spec.outcome import ScoreSpec
 
 
 def test_mode_scorer_on_real_data_and_on_a_collapsed_generator():
@@ -106,7 +106,7 @@ def test_precision_and_recall_separate_quality_from_coverage(mnist_dir):
 
 def test_a_classifier_of_the_same_architecture_scores_from_a_uri(mnist_dir, tmp_path):
     """`score.features: <URI>`: a 28x28 classifier trained on the user's own data."""
-    from lipizzaner_cell.classifier import train_classifier
+    from lipizzaner_cell.scores.mnist_classifier import train_classifier
     from safetensors.torch import load_file
 
     data = load_dataset(MnistSpec(name="mnist", path=str(mnist_dir)), seed=0)
@@ -134,7 +134,7 @@ def test_inception_scores_load_safetensors_weights_and_report_kid_and_is(
 ):
     """The real network and protocol (torch-fidelity's), with random weights of the same
     architecture: the standard ones cannot be downloaded here."""
-    from lipizzaner_cell.inception import WEIGHTS_ENVIRONMENT, load_weights
+    from lipizzaner_cell.scores.inception import WEIGHTS_ENVIRONMENT, load_weights
 
     weights = load_weights(str(inception_weights))
     real = colour_images(24, 0, 0.9)
@@ -166,7 +166,7 @@ def test_inception_scores_load_safetensors_weights_and_report_kid_and_is(
 def test_the_documented_weight_conversion_gives_a_file_the_scorer_loads(tmp_path):
     """docs/scores.md's one-off conversion of torch-fidelity's .pth, run as written on a
     file of the same layout (it runs in its own process: nothing here unpickles)."""
-    from lipizzaner_cell.inception import inception_network, load_weights
+    from lipizzaner_cell.scores.inception import inception_network, load_weights
 
     doc = (Path(__file__).parents[1] / "docs" / "scores.md").read_text()
     command = next(line for line in doc.splitlines() if line.startswith("python -c"))
@@ -186,14 +186,14 @@ def test_the_reference_embedding_is_computed_once_per_run_and_never_served_stale
     """Cells of one run share the real data's embedding (Inception's, on real data sets)
     through the run's storage; other weights, other data or a damaged file mean computing
     it afresh."""
-    from lipizzaner_cell import scores
-    from lipizzaner_cell.classifier import load_classifier
-    from lipizzaner_cell.references import ReferenceCache, reference_digest
+    from lipizzaner_cell.scores import scorers
+    from lipizzaner_cell.scores.mnist_classifier import load_classifier
+    from lipizzaner_cell.scores.references import ReferenceCache, reference_digest
     from lipizzaner_core.storage import Storage
     from safetensors.torch import load_file, save_file
 
     def another_process() -> None:  # nothing in this process's memory
-        monkeypatch.setattr(scores, "_REAL_EMBEDDINGS", {})
+        monkeypatch.setattr(scorers, "_REAL_EMBEDDINGS", {})
 
     def cached_files() -> list[Path]:
         return sorted((tmp_path / "references").glob("*.safetensors"))

@@ -13,22 +13,22 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_RING
-from lipizzaner_cell.cli import main
-from lipizzaner_cell.datasets import load_dataset
-from lipizzaner_cell.fitness import LabelAware, evaluate_fitness, generator_fakes
-from lipizzaner_cell.in_process import run_in_process
-from lipizzaner_cell.individual import Individual
-from lipizzaner_cell.local_launcher import run_local
-from lipizzaner_cell.losses import LOSSES
-from lipizzaner_cell.networks import ClassifyingDiscriminator, build_discriminator
-from lipizzaner_cell.semi_supervised import (
+from lipizzaner_cell.algorithm.fitness import LabelAware, evaluate_fitness, generator_fakes
+from lipizzaner_cell.algorithm.individual import Individual
+from lipizzaner_cell.algorithm.losses import LOSSES
+from lipizzaner_cell.algorithm.networks import ClassifyingDiscriminator, build_discriminator
+from lipizzaner_cell.algorithm.semi_supervised import (
     SemiSupervision,
     classification_loss,
     labelled_rows,
     predictions,
 )
+from lipizzaner_cell.commands.cli import main
+from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.executors.in_process import run_in_process
+from lipizzaner_cell.executors.local_processes import run_local
 from lipizzaner_core.spec import parse_run
-from lipizzaner_core.spec_datasets import ArraySpec, ImageFolderSpec
+from lipizzaner_core.spec.datasets import ArraySpec, ImageFolderSpec
 from torch import nn
 
 
@@ -68,7 +68,7 @@ def test_the_classifying_discriminators_logit_is_real_of_any_class():
     ],
 )
 def test_every_architecture_has_a_classifying_discriminator(part, shape):
-    from lipizzaner_core.spec_training import NetworkPartSpec
+    from lipizzaner_core.spec.training import NetworkPartSpec
 
     net = build_discriminator(NetworkPartSpec.model_validate(part), shape, classes=5)
     x = torch.randn(3, *shape)

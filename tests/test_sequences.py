@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lipizzaner_cell.cli import main
-from lipizzaner_cell.datasets import Dataset, load_dataset
-from lipizzaner_cell.networks import build_discriminator, build_generator
-from lipizzaner_cell.sampling import render_png
-from lipizzaner_cell.scores import SpectrumScorer
-from lipizzaner_cell.scoring import build_scorer
-from lipizzaner_core.spec_datasets import SequencesSpec, SineWavesSpec
-from lipizzaner_core.spec_training import NetworkPartSpec
+from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
+from lipizzaner_cell.commands.cli import main
+from lipizzaner_cell.data.datasets import Dataset, load_dataset
+from lipizzaner_cell.ensembles.samples import render_png
+from lipizzaner_cell.scores.choice import build_scorer
+from lipizzaner_cell.scores.scorers import SpectrumScorer
+from lipizzaner_core.spec.datasets import SequencesSpec, SineWavesSpec
+from lipizzaner_core.spec.training import NetworkPartSpec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sequences.yaml"
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from envtest import wait_for
 from kubernetes.client.exceptions import ApiException
-from lipizzaner_cell.in_process import run_in_process
+from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from operator_harness import (  # noqa: F401 - the autouse check of kopf's status writes

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 from conftest import TINY_RING
-from lipizzaner_cell.cli import main
+from lipizzaner_cell.commands.cli import main
 from lipizzaner_core.spec import SpecError, dump_run, load_run, parse_run
 
 

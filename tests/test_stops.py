@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import wait_until
-from lipizzaner_cell.cli import main
+from lipizzaner_cell.commands.cli import main
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.storage import Storage
 
@@ -33,7 +33,7 @@ def long_run(tiny_manifest: dict, tmp_path: Path, generations: int = 5000) -> Pa
 
 
 def launch(spec: Path, *extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "lipizzaner_cell.cli", "run", str(spec), "-q", *extra]
+    command = [sys.executable, "-m", "lipizzaner_cell.commands.cli", "run", str(spec), "-q", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -106,7 +106,7 @@ def test_a_second_run_on_a_live_output_is_refused_naming_the_holder(tiny_manifes
     try:
         assert wait_until(lambda: all_checkpointed(layout))
         second = subprocess.run(
-            [sys.executable, "-m", "lipizzaner_cell.cli", "run", str(spec), "-q"],
+            [sys.executable, "-m", "lipizzaner_cell.commands.cli", "run", str(spec), "-q"],
             capture_output=True,
             text=True,
             timeout=DEADLINE,
@@ -159,7 +159,7 @@ def test_a_live_lease_elsewhere_is_respected(tiny_manifest, tmp_path, capsys):
 def test_the_parent_watch_stops_the_cells_when_the_parent_is_gone():
     import threading
 
-    from lipizzaner_cell.cell_main import Stop, stop_when_orphaned
+    from lipizzaner_cell.runtime.cell_process import Stop, stop_when_orphaned
 
     stop = Stop()
     watch = threading.Thread(target=stop_when_orphaned, args=(os.getppid() + 1, stop, 0.01))
@@ -167,3 +167,31 @@ def test_the_parent_watch_stops_the_cells_when_the_parent_is_gone():
     watch.join(DEADLINE)
     assert stop.is_set() and not watch.is_alive()
     assert stop.reason.startswith("the launcher's end")
+
+
+def test_a_local_run_is_followed_and_stopped_through_its_executor(tiny_manifest, tmp_path, capsys):
+    """`status`, `logs` and `delete` on a local run's output, while it trains and after."""
+    spec, layout = long_run(tiny_manifest, tmp_path), layout_of(tmp_path)
+    output = str(tmp_path / "out")
+    launcher = launch(spec)
+    assert wait_until(lambda: all_checkpointed(layout)), "cells never checkpointed"
+    assert main(["status", output, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["phase"], status["grid"], status["generations"]) == ("Running", "2x2", 5000)
+    assert status["generation"]["max"] >= 1 and status["namespace"] is None
+
+    assert main(["delete", output]) == 0  # returns once the run has let its output go
+    assert f"{output}: stopped; its output stays" in capsys.readouterr().out
+    printed, _ = launcher.communicate(timeout=DEADLINE)
+    assert launcher.returncode == 143, printed
+    assert main(["status", output, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["phase"] == "Suspended"
+    assert main(["logs", output, "--cell", "1"]) == 0
+    assert "stopped by SIGTERM at generation" in capsys.readouterr().out
+    assert main(["delete", output]) == 2
+    assert f"{output}: no lipizzaner run is training it" in capsys.readouterr().err
+
+
+def test_status_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
+    assert main(["status", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"{tmp_path}: no run there (no {tmp_path}/run.yaml)"

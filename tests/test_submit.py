@@ -1,4 +1,5 @@
-"""`lipizzaner submit`, `status` and `logs` against the real API server (hack/envtest.sh).
+"""`lipizzaner submit`, `status`, `logs` and `delete` against the real API server
+(hack/envtest.sh).
 
 No operator and no kubelet run here: the test plays the operator, writing the run's status
 and Events as it would, and checks what a CI job sees: output, exit codes, the JSON result.
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from conftest import TINY_RING
 from envtest import GROUP, PLURAL, VERSION, Cluster, wait_for
-from lipizzaner_cell.cli import main
+from lipizzaner_cell.commands.cli import main
 from lipizzaner_core.contract import ExitCode
 
 
@@ -164,16 +165,16 @@ def test_logs_come_from_the_runs_output(kubeconfig, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("cell 0 start 0")
 
 
-def test_the_python_client_creates_waits_and_times_out(kubeconfig, tmp_path):
-    """docs/operator.md's snippet: RunClient, torch-free."""
-    from lipizzaner_core.client import RunClient, RunRefused
+def test_the_python_executor_runs_waits_and_times_out(kubeconfig, tmp_path):
+    """docs/operator.md's snippet: the Kubernetes executor, torch-free."""
+    from lipizzaner_cell.executors.kubernetes import KubernetesExecutor, RunRefused
     from lipizzaner_core.spec import load_run
 
-    runs = RunClient.connect(namespace=kubeconfig.namespace)
+    runs = KubernetesExecutor.connect(namespace=kubeconfig.namespace)
     run = load_run(manifest_file(tmp_path))
-    assert runs.create(run).phase == "Pending"
+    assert runs.run(run).phase == "Pending"
     with pytest.raises(RunRefused, match="already exists"):
-        runs.create(run)
+        runs.run(run)
     with pytest.raises(TimeoutError, match=r"tiny is still Pending after 0\.5 s"):
         runs.wait("tiny", timeout=0.5, poll_seconds=0.1)
     operator = play_operator(kubeconfig, "tiny", "Succeeded", 0.25)
@@ -182,3 +183,13 @@ def test_the_python_client_creates_waits_and_times_out(kubeconfig, tmp_path):
     assert view.summary()["ensemble"] == "file:///out/tiny/ensemble"
     assert view.status.best_score == 0.25
     assert [e["reason"] for e in runs.events("tiny")] == ["CellRestarted"]
+
+
+def test_delete_removes_the_run_from_the_cluster(kubeconfig, tmp_path, capsys):
+    namespace = kubeconfig.namespace
+    assert main(["submit", str(manifest_file(tmp_path)), "-n", namespace]) == ExitCode.OK
+    assert main(["delete", "tiny", "-n", namespace]) == ExitCode.OK
+    assert "tiny: stopped; its output stays" in capsys.readouterr().out
+    wait_for("the run to be gone", lambda: kubeconfig.run("tiny") is None)
+    assert main(["delete", "tiny", "-n", namespace]) == ExitCode.BAD_INPUT
+    assert f"no LipizzanerRun tiny in namespace {namespace}" in capsys.readouterr().err

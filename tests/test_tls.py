@@ -11,8 +11,8 @@ import grpc
 import pytest
 import torch
 import yaml
-from lipizzaner_cell.wire.client import centre_call
-from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+from lipizzaner_cell.exchange.client import centre_call
+from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.status import get_status, status_call

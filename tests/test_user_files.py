@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from lipizzaner_cell.cli import main
-from lipizzaner_cell.sampling import render_png
+from lipizzaner_cell.commands.cli import main
+from lipizzaner_cell.ensembles.samples import render_png
 from PIL import Image
 
 
@@ -200,7 +200,7 @@ def test_an_unreachable_cluster_is_one_line_and_exit_1(tiny_manifest, tmp_path, 
     command = [write(tmp_path, tiny_manifest) if part == "RUN" else part for part in command]
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "lipizzaner_cell.cli", *command],
+        [sys.executable, "-m", "lipizzaner_cell.commands.cli", *command],
         env={"KUBECONFIG": str(config), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -263,7 +263,7 @@ def test_fewer_generations_than_a_run_finished_says_so(tiny_manifest, tmp_path, 
 
 
 def test_final_scoring_is_shown_and_timed(tiny_manifest, tmp_path, capsys):
-    from lipizzaner_cell.local_launcher import _describe
+    from lipizzaner_cell.executors.local_processes import _describe
     from lipizzaner_core.wire import cell_pb2
 
     status = cell_pb2.CellStatus(phase=cell_pb2.CellStatus.Phase.FINISHING)
@@ -330,7 +330,7 @@ def test_a_manifest_says_only_what_its_networks_use_and_keeps_weighted_members()
 
 
 def test_history_shows_whole_scores_and_plots_accuracy(tiny_manifest, tmp_path, capsys):
-    from lipizzaner_cell.history import render_curves, scalars
+    from lipizzaner_cell.runtime.history import render_curves, scalars
 
     manifest = copy.deepcopy(tiny_manifest)
     manifest["spec"]["generations"] = 2
@@ -352,8 +352,8 @@ def test_history_shows_whole_scores_and_plots_accuracy(tiny_manifest, tmp_path, 
 
 
 def test_a_sequences_preview_says_how_many_curves_it_draws(tmp_path, monkeypatch):
-    import lipizzaner_cell.in_process as in_process
-    from lipizzaner_cell.sampling import CURVES
+    import lipizzaner_cell.executors.in_process as in_process
+    from lipizzaner_cell.ensembles.samples import CURVES
 
     example = yaml.safe_load((ROOT / "examples" / "sequences.yaml").read_text())
     spec = example["spec"]
@@ -406,7 +406,7 @@ def test_a_cell_refuses_a_missing_bucket_in_the_line_its_launcher_passes_on(
     manifest["spec"]["output"] = {"uri": "s3://no-such-bucket/tiny", "endpointUrl": s3_endpoint}
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "lipizzaner_cell.cell_main"),
+            *(sys.executable, "-m", "lipizzaner_cell.runtime.cell_process"),
             *("--run-spec", write(tmp_path, manifest), "--cells", "0"),
         ],
         capture_output=True,

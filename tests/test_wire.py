@@ -10,10 +10,10 @@ import grpc
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from lipizzaner_cell.neighbourhood import CentreState
-from lipizzaner_cell.wire.client import NeighbourPuller, PullPolicy, centre_call
-from lipizzaner_cell.wire.codec import CHUNK_BYTES, CentreArchitecture, encode_centre
-from lipizzaner_cell.wire.server import CellService, CentreBoard, start_server
+from lipizzaner_cell.algorithm.neighbourhood import CentreState
+from lipizzaner_cell.exchange.client import NeighbourPuller, PullPolicy, centre_call
+from lipizzaner_cell.exchange.codec import CHUNK_BYTES, CentreArchitecture, encode_centre
+from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.service import GET_CENTRE, GET_STATUS, SERVICE
 from lipizzaner_core.wire.status import status_call
@@ -155,7 +155,7 @@ def test_a_new_state_reuses_the_buffer_of_the_state_before_the_last(served):
 def test_a_state_being_read_is_never_overwritten(served):
     """The engine copies its neighbours' states while it holds them; a puller that gets
     two newer states meanwhile decodes the second into fresh memory, not into them."""
-    from lipizzaner_cell.wire.client import GrpcNeighbourhood
+    from lipizzaner_cell.exchange.client import GrpcNeighbourhood
 
     board, _, address = served
     states = [centre(cell=1, generation=g) for g in (1, 2, 3, 4, 5, 6)]

@@ -1,5 +1,5 @@
 import sys
 
-from lipizzaner_cell.cell_main import main
+from lipizzaner_cell.runtime.cell_process import main
 
 sys.exit(main())

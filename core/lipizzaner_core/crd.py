@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
 from lipizzaner_core.spec import API_VERSION, KIND, MAX_CELLS, NAME_PATTERN, RunSpecBody
-from lipizzaner_core.spec_datasets import LABELLED_DATASETS
-from lipizzaner_core.spec_outcome import OBJECTIVE_DATA
-from lipizzaner_core.spec_training import ARCHITECTURE_DATA
+from lipizzaner_core.spec.datasets import LABELLED_DATASETS
+from lipizzaner_core.spec.outcome import OBJECTIVE_DATA
+from lipizzaner_core.spec.training import ARCHITECTURE_DATA
 from lipizzaner_core.status import RunStatus
 
 GROUP, VERSION = API_VERSION.split("/")

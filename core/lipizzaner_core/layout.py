@@ -7,6 +7,7 @@
 <output>/ensemble/manifest.json, generator-<k>.safetensors             the ensemble
 <output>/samples.png                                                   a preview
 <output>/lease.json                               the local run training it now, if any
+<output>/run.yaml                     the manifest a local run trains (its overrides in)
 <output>/references/<digest>.safetensors                 real data's embeddings (a cache)
 """
 
@@ -41,7 +42,7 @@ class CellLayout:
     def completed_checkpoints(self) -> list[str]:
         """Names of the checkpoints whose marker exists (it is written last), oldest
         first; a name is the generation it was written at. Complete is not intact: the
-        marker's digests say that (`lipizzaner_cell.checkpoint`)."""
+        marker's digests say that (`lipizzaner_cell.runtime.checkpoint`)."""
         return [
             name
             for name in self.storage.list_dir(self.checkpoints)
@@ -149,6 +150,12 @@ class RunLayout:
     def lease(self) -> str:
         """Who is training this output now (`lipizzaner run`): one writer at a time."""
         return join(self.output, "lease.json")
+
+    @property
+    def spec(self) -> str:
+        """The manifest `lipizzaner run` trains, written first: a local run's status
+        and logs read it (on a cluster the run's own object has it)."""
+        return join(self.output, "run.yaml")
 
     @property
     def references(self) -> str:

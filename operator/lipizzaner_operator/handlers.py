@@ -26,12 +26,18 @@ from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identi
 
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.metrics import OperatorMetrics
+from lipizzaner_operator.names import (
+    FINALIZER,
+    PREFIX,
+    cell_selector,
+    pod_name,
+    search_job_name,
+    tls_secret_name,
+)
 from lipizzaner_operator.observed import cell_views, view_job, view_pod
 from lipizzaner_operator.reconcile import Decision, decide, fail, succeed
 from lipizzaner_operator.render import (
     CellDefaults,
-    cell_selector,
-    pod_name,
     render_config_map,
     render_network_policy,
     render_pod,
@@ -39,13 +45,9 @@ from lipizzaner_operator.render import (
     render_search_job,
     render_service,
     render_tls_secret,
-    search_job_name,
-    tls_secret_name,
 )
 
 log = logging.getLogger(__name__)
-PREFIX = "lipizzaner.io"
-FINALIZER = f"{PREFIX}/finalizer"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from lipizzaner_core.contract import CELL_LABEL, KUEUE_RETRIABLE_ANNOTATION, refusal_in
 from lipizzaner_core.spec import LipizzanerRun
 
-from lipizzaner_operator.render import pod_group
+from lipizzaner_operator.names import pod_group
 
 # Waiting reasons that mean a pod will not start by itself.
 STUCK_REASONS = {

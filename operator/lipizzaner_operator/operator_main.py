@@ -22,10 +22,10 @@ from lipizzaner_operator.kube import (
 )
 from lipizzaner_operator.leader import LeaderElection
 from lipizzaner_operator.metrics import OperatorMetrics
+from lipizzaner_operator.names import LEASE_NAME
 from lipizzaner_operator.render import CellDefaults
 
 DEFAULTS = CellDefaults()
-LEASE_NAME = "lipizzaner-operator"
 
 
 def env_option(

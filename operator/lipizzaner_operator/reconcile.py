@@ -30,8 +30,8 @@ from lipizzaner_core.status import (
     with_conditions,
 )
 
+from lipizzaner_operator.names import kueue_queue, pod_group, pod_name, search_job_name
 from lipizzaner_operator.observed import CellProgress, JobView, PodView
-from lipizzaner_operator.render import kueue_queue, pod_group, pod_name, search_job_name
 
 GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
 

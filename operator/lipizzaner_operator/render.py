@@ -33,10 +33,25 @@ from lipizzaner_core.contract import (
     TLS_DIR,
     cell_environment,
 )
-from lipizzaner_core.placement import cells_text, group_of
-from lipizzaner_core.placement import pod_name as group_pod_name
+from lipizzaner_core.placement import cells_text
 from lipizzaner_core.spec import LipizzanerRun, dump_run
 from lipizzaner_core.wire.tls import TlsMaterial
+
+from lipizzaner_operator.names import (
+    COSCHEDULING_LABEL,
+    OPERATOR_LABELS,
+    POD_GROUP_APIS,
+    VOLCANO_ANNOTATION,
+    config_map_name,
+    kueue_queue,
+    pod_group,
+    pod_group_name,
+    pod_name,
+    run_labels,
+    search_job_name,
+    service_name,
+    tls_secret_name,
+)
 
 # Time for a cell to finish its batch and write a checkpoint after SIGTERM.
 TERMINATION_GRACE_SECONDS = 120
@@ -52,63 +67,6 @@ class CellDefaults:
     image_pull_policy: str = "IfNotPresent"
     grpc_port: int = GRPC_PORT
     metrics_port: int = METRICS_PORT
-
-
-def config_map_name(run: LipizzanerRun) -> str:
-    return f"{run.metadata.name}-spec"
-
-
-def service_name(run: LipizzanerRun) -> str:
-    return f"{run.metadata.name}-cells"
-
-
-def pod_group(run: LipizzanerRun, cell: int) -> range:
-    """The cells of `cell`'s pod."""
-    return group_of(cell, run.spec.grid.size, run.spec.cell.cells_per_pod)
-
-
-def pod_name(run: LipizzanerRun, cell: int) -> str:
-    """The name of the pod that hosts `cell`."""
-    return group_pod_name(run.metadata.name, pod_group(run, cell))
-
-
-# Gang scheduling: where each scheduler's PodGroup lives, and how a pod names its group.
-POD_GROUP_APIS = {
-    "coscheduling": "scheduling.x-k8s.io/v1alpha1",  # scheduler-plugins
-    "volcano": "scheduling.volcano.sh/v1beta1",
-}
-COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
-VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
-
-
-def pod_group_name(run: LipizzanerRun) -> str:
-    return f"{run.metadata.name}-cells"
-
-
-def kueue_queue(run: LipizzanerRun) -> str | None:
-    """The LocalQueue the run's own label names, if any."""
-    labels = (run.metadata.model_extra or {}).get("labels") or {}
-    return labels.get(KUEUE_QUEUE_LABEL)
-
-
-def tls_secret_name(run: LipizzanerRun) -> str:
-    """The Secret the cells' certificates come from: the user's, or the run's own."""
-    return run.spec.exchange.tls.secret_name or f"{run.metadata.name}-tls"
-
-
-def run_labels(run: LipizzanerRun, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "lipizzaner",
-        "app.kubernetes.io/instance": run.metadata.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "lipizzaner-operator",
-        RUN_LABEL: run.metadata.name,
-    }
-
-
-def cell_selector(run: LipizzanerRun) -> str:
-    """The label selector of a run's cell pods."""
-    return f"{RUN_LABEL}={run.metadata.name},app.kubernetes.io/component=cell"
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str]) -> Manifest:
@@ -182,12 +140,6 @@ def render_service(run: LipizzanerRun, namespace: str, defaults: CellDefaults) -
             ],
         },
     }
-
-
-OPERATOR_LABELS = {
-    "app.kubernetes.io/name": "lipizzaner",
-    "app.kubernetes.io/component": "operator",
-}
 
 
 def render_network_policy(
@@ -369,10 +321,6 @@ def _pod_spec(
 
 # Retries of the ensemble Job's pod before the search, and so the run, fails.
 SEARCH_BACKOFF_LIMIT = 2
-
-
-def search_job_name(run: LipizzanerRun) -> str:
-    return f"{run.metadata.name}-ensemble"
 
 
 def render_search_job(run: LipizzanerRun, namespace: str, defaults: CellDefaults) -> Manifest:

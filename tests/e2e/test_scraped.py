@@ -16,7 +16,7 @@ import yaml
 from e2e.fixtures import OPERATOR_NAMESPACE, all_running, apply_run, tiny_run
 from e2e.node import ROOT, Node
 from envtest import wait_for
-from lipizzaner_cell.local_launcher import free_port_block
+from lipizzaner_cell.executors.local_processes import free_port_block
 from test_metrics import expressions, query
 
 

@@ -1,0 +1,467 @@
+"""One cell's co-evolution engine: the Lipizzaner generation loop, seven steps per generation.
+
+The engine does no I/O: neighbours come through a `NeighbourhoodProvider`, checkpoints
+and results are written by whoever drives it (the in-process runner, a cell process).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from lipizzaner_core.spec import LipizzanerRun
+from lipizzaner_core.storage import Storage
+from lipizzaner_core.topology import cell_seed
+
+from lipizzaner_cell.algorithm.fitness import LabelAware, evaluate_fitness, generator_fakes
+from lipizzaner_cell.algorithm.graphed_steps import GraphedSteps, graphable
+from lipizzaner_cell.algorithm.individual import Individual
+from lipizzaner_cell.algorithm.losses import Loss, spec_loss
+from lipizzaner_cell.algorithm.mixture import KeptMixture, MixtureEmbeddings, es_step
+from lipizzaner_cell.algorithm.neighbourhood import (
+    CentreState,
+    Neighbourhood,
+    NeighbourhoodProvider,
+    NeighbourImports,
+)
+from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
+from lipizzaner_cell.algorithm.report import GenerationReport, timed_phase
+from lipizzaner_cell.algorithm.selection import best, replace, tournament_select
+from lipizzaner_cell.algorithm.semi_supervised import SemiSupervision, discriminator_classes
+from lipizzaner_cell.algorithm.state import State
+from lipizzaner_cell.algorithm.training import BatchTrainer, EagerSteps, Players
+from lipizzaner_cell.data.datasets import Dataset
+from lipizzaner_cell.scores.choice import build_scorer
+from lipizzaner_cell.scores.references import ReferenceCache
+from lipizzaner_cell.scores.scorers import Scorer
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device: cuda requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+class CellEngine:
+    def __init__(
+        self,
+        run: LipizzanerRun,
+        index: int,
+        provider: NeighbourhoodProvider,
+        dataset: Dataset,
+        device: torch.device | None = None,
+        storage: Storage | None = None,
+        references: ReferenceCache | None = None,
+    ) -> None:
+        """`storage` reads the score's weight files (the run's: its S3 endpoint too);
+        `references` caches the real data's embeddings for the whole run."""
+        spec = run.spec
+        self.spec = spec
+        self.index = index
+        self.provider = provider
+        self.device = device or resolve_device(spec.training.device)
+        self.grid = spec.grid.topology()
+        self.neighbour_cells = [n.index for n in self.grid.neighbours(index)]
+        # A 1x1 grid of one individual is a plain GAN: its offspring always replaces its
+        # parent, as a GAN's step does (under the faithful rule it would never move).
+        self.lone = not self.neighbour_cells and spec.coevolution.population_size == 1
+        self.seed = cell_seed(spec.seed, index)
+        # Decisions (opponents, mutations, tournaments) draw from a CPU generator; noise
+        # and batch order from one on the training device, so nothing waits on a copy.
+        self.rng = torch.Generator().manual_seed(self.seed)
+        self.device_rng = torch.Generator(self.device).manual_seed(
+            int(torch.randint(2**62, (1,), generator=self.rng))
+        )
+        self.training_set, self.validation_set = dataset.split(spec.dataset.validation_fraction)
+        diet = self.training_set.subset(spec.dataset.sampling_ratio, self.seed)
+        self.data = diet.data.to(self.device)
+        self.shape = dataset.shape
+        scored = self.validation_set or self.training_set
+        self.semi = SemiSupervision.of(spec, index, diet, scored, self.seed, self.device)
+        self.classes = discriminator_classes(spec, dataset)
+        # Decisions score against held-out data (the training data when none is held out).
+        held_out = self.validation_set is not None
+        self.scored_on = "validation" if held_out else "training"
+        self.scorer: Scorer | None = build_scorer(
+            spec.mixture.score_type,
+            self.validation_set or self.training_set,
+            self.device,
+            spec.score,
+            storage,
+            references=references,
+        )
+        self.references = references
+        self.kept: KeptMixture | None = None
+        # Fitness is measured with it; it also fixes the schedule and the optimizer.
+        self.loss: Loss = spec_loss(spec.loss)
+        self.generation = 0
+        self.last_batches = 0
+        # Replacement's running totals: the acceptance rate is accepted / offered.
+        self.offspring_accepted = self.offspring_offered = 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.generators = [self._new("generator") for _ in range(self._population)]
+            self.discriminators = [self._new("discriminator") for _ in range(self._population)]
+        hood = [index, *self.neighbour_cells]
+        self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
+        self.imports = NeighbourImports(self._build, self.loss.optimizer)
+        self.trainer = BatchTrainer(
+            spec,
+            self.loss,
+            self.data,
+            self._batches,
+            self.rng,
+            self.device_rng,
+            self.noise,
+            self._graphed_steps() or EagerSteps(self.device_rng, self.semi),
+        )
+
+    def _graphed_steps(self) -> GraphedSteps | None:
+        """Captured CUDA graphs for step 4 where they apply (`graphed_steps.py`), else None."""
+        spec = self.spec
+        if self.device.type != "cuda" or not spec.training.cuda_graphs:
+            return None
+        if self.semi is not None:
+            log.info("cell %d: semi-supervised steps run without CUDA graphs", self.index)
+            return None
+        if not graphable(self.loss):
+            log.info("cell %d: %s steps run without CUDA graphs", self.index, spec.loss)
+            return None
+        if "rnn" in (spec.network.generator.architecture, spec.network.discriminator.architecture):
+            log.info("cell %d: recurrent networks' steps run without CUDA graphs", self.index)
+            return None
+        return GraphedSteps(self.device)
+
+    # ----------------------------------------------------------------- the generation loop
+    def step(self, should_stop: Callable[[], bool] | None = None) -> GenerationReport:
+        """Run one generation and publish the new centre.
+
+        If `should_stop()` turns true during training, the batch in hand finishes and the
+        generation ends early (selection, replacement and mixture still run), so the state
+        stays consistent for a checkpoint.
+        """
+        co = self.spec.coevolution
+        seconds: dict[str, float] = {}
+        with timed_phase(seconds, "neighbourhood"):
+            hood = self.snapshot_neighbourhood()  # 1
+        with timed_phase(seconds, "fitness"):
+            real, noise = self._fitness_samples()  # 2
+            labelled = self._labelled_samples()
+            hood_fakes = generator_fakes(hood.generators, noise)
+            evaluate_fitness(
+                hood.generators,
+                hood.discriminators,
+                real,
+                hood_fakes,
+                self.loss,
+                co.fitness.mode,
+                label_aware=self._label_aware(hood.discriminators, labelled),
+            )
+        with timed_phase(seconds, "selection"):
+            players = self.select(hood)  # 3
+        with timed_phase(seconds, "training"):
+            losses = self.train(players, should_stop)  # 4
+        with timed_phase(seconds, "replacement"):
+            accepted = self.replace(hood, hood_fakes, players, real, noise, labelled)  # 5
+            offered = 2 * co.replacements if co.selection else 0
+            self.offspring_accepted += accepted
+            self.offspring_offered += offered
+        with timed_phase(seconds, "mixture"):
+            score = self.evolve_mixture(hood)  # 6
+            self.keep_if_best(hood, score)
+        with timed_phase(seconds, "publish"):
+            self.generation += 1
+            self.publish_centre()  # 7
+        centre_g, centre_d = best(self.generators), best(self.discriminators)
+        return GenerationReport(
+            generation=self.generation,
+            generator_loss=losses[0],
+            discriminator_loss=losses[1],
+            generator_fitness=centre_g.fitness,
+            discriminator_fitness=centre_d.fitness,
+            generator_lr=centre_g.learning_rate,
+            discriminator_lr=centre_d.learning_rate,
+            mixture_score=score,
+            offspring_offered=offered,
+            offspring_accepted=accepted,
+            neighbours_present=len(hood.neighbour_cells),
+            samples_trained=self.last_batches * self.spec.training.batch_size,
+            seconds=seconds,
+            kept_score=self.kept.score if self.kept else None,
+            kept_generation=self.kept.generation if self.kept else None,
+            accuracy=None if self.semi is None else self.semi.accuracy([centre_d.net]),
+        )
+
+    def snapshot_neighbourhood(self) -> Neighbourhood:
+        """Step 1: the local sub-populations plus each neighbour's newest centre."""
+        with self.provider.neighbour_states() as states:  # copied into the imports
+            cells = [cell for cell in self.neighbour_cells if cell in states]
+            return Neighbourhood(
+                generators=self.generators
+                + [self.imports.individual(states[c], "generator") for c in cells],
+                discriminators=self.discriminators
+                + [self.imports.individual(states[c], "discriminator") for c in cells],
+                neighbour_cells=cells,
+            )
+
+    def select(self, hood: Neighbourhood) -> Players:
+        """Step 3: tournament selection from the whole neighbourhood, or, with selection
+        off, the local individuals themselves."""
+        co = self.spec.coevolution
+        if not co.selection:
+            return Players(
+                self.generators, self.discriminators, hood.discriminators, hood.generators
+            )
+        selected = []
+        for pool, local in (
+            (hood.generators, self.generators),
+            (hood.discriminators, self.discriminators),
+        ):
+            size = min(co.tournament_size, len(pool))
+            if size < co.tournament_size and self.neighbour_cells:
+                # Validation sizes the tournament for the full pool; missing neighbours
+                # shrink it, and that is said, never done silently. (A lone cell's pool is
+                # its population: validation lets its tournaments shrink to it.)
+                log.warning(
+                    "cell %d: %d of %d neighbours missing; tournaments of %d from a pool of %d",
+                    self.index,
+                    len(self.neighbour_cells) - len(hood.neighbour_cells),
+                    len(self.neighbour_cells),
+                    len(pool),
+                    len(pool),
+                )
+            winners = tournament_select(pool, co.population_size, size, self.rng)
+            for slot, winner in enumerate(winners):
+                if not winner.optimizer.state:  # a neighbour's, sent without moments
+                    winner.adopt_moments(local[slot])
+            selected.append(winners)
+        generators, discriminators = selected
+        return Players(generators, discriminators, discriminators, generators)
+
+    def train(
+        self, players: Players, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[float, float]:
+        """Step 4 (`training.py`): the mean generator and discriminator training losses."""
+        g_loss, d_loss, self.last_batches = self.trainer.run(players, should_stop)
+        return g_loss, d_loss
+
+    def replace(
+        self,
+        hood: Neighbourhood,
+        hood_fakes: list[torch.Tensor],
+        players: Players,
+        real: torch.Tensor,
+        noise: torch.Tensor,
+        labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> int:
+        """Step 5: score the trained individuals against the neighbourhood and, with
+        selection, put the better offspring in place of the worst locals.
+
+        Uses step 2's samples (`labelled`: semi-supervised runs' labelled ones). With
+        selection `hood_fakes` are still valid (training worked on clones); without, the
+        local generators trained in place and make fresh fakes, and nothing is replaced.
+        """
+        co = self.spec.coevolution
+        mode, loss = co.fitness.mode, self.loss
+        trained_fakes = generator_fakes(players.generators, noise)
+        evaluate_fitness(
+            players.generators, hood.discriminators, None, trained_fakes, loss, mode, assign=("g",)
+        )
+        if not co.selection:
+            hood_fakes = trained_fakes + hood_fakes[len(self.generators) :]
+        evaluate_fitness(
+            hood.generators,
+            players.discriminators,
+            real,
+            hood_fakes,
+            loss,
+            mode,
+            assign=("d",),
+            label_aware=self._label_aware(players.discriminators, labelled),
+        )
+        if not co.selection:
+            return 0
+        rule = "offspring" if self.lone else co.replacement_rule
+        return replace(self.generators, players.generators, co.replacements, rule) + replace(
+            self.discriminators, players.discriminators, co.replacements, rule
+        )
+
+    def evolve_mixture(self, hood: Neighbourhood, steps: int = 1) -> float | None:
+        """Step 6: (1+1)-ES on the mixture weights of the neighbourhood's centre generators.
+
+        Weights of neighbours missing this generation are left as they were.
+        """
+        if self.scorer is None:
+            return None
+        scorer = self.scorer
+        cells, nets = self.centres(hood, "generator")
+        mass = sum(self.mixture_weights[c] for c in cells)
+        samples = self.spec.mixture.score_sample_size
+        noise = self.noise(len(nets) * samples).view(len(nets), samples, -1)
+        embeddings = MixtureEmbeddings(nets, noise, scorer.embed)
+
+        def score(weights: torch.Tensor) -> float:
+            return scorer.objective_of(embeddings.of(weights))
+
+        weights = self.mixture_weights_of(cells)
+        current = score(weights)
+        for _ in range(steps):
+            weights, current, _ = es_step(
+                weights, current, self.spec.mixture.sigma, score, self.rng
+            )
+        for cell, weight in zip(cells, (weights * mass).tolist(), strict=True):
+            self.mixture_weights[cell] = weight
+        return current
+
+    def keep_if_best(self, hood: Neighbourhood, score: float | None) -> None:
+        """Keep-best: remember this generation's mixture if it scores better than any
+        before it (`mixture.keep: best`)."""
+        if self.spec.mixture.keep != "best" or score is None:
+            return
+        if self.kept is not None and score >= self.kept.score:
+            return
+        cells, nets = self.centres(hood, "generator")
+        weights = self.mixture_weights_of(cells).tolist()
+        self.kept = KeptMixture(
+            generation=self.generation + 1,
+            score=score,
+            weights=dict(zip(cells, weights, strict=True)),
+            generators={c: _frozen_copy(n.state_dict()) for c, n in zip(cells, nets, strict=True)},
+        )
+
+    def generator_from(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A generator of this run's architecture holding these weights."""
+        with torch.random.fork_rng(devices=[]):
+            net = self._build("generator")
+        net.load_state_dict(weights)
+        return net
+
+    def centres(self, hood: Neighbourhood, role: str) -> tuple[list[int], list[torch.nn.Module]]:
+        """The neighbourhood's centre generators (the mixture's members) or discriminators
+        (a semi-supervised run's classifiers), and their cells: this cell's first."""
+        local = self.generators if role == "generator" else self.discriminators
+        cells = [self.index, *hood.neighbour_cells]
+        nets = [best(local).net] + [self.imports.net(role, c) for c in hood.neighbour_cells]
+        return cells, nets
+
+    def mixture_weights_of(self, cells: list[int]) -> torch.Tensor:
+        """The weights of these cells, renormalised to sum to 1."""
+        weights = torch.tensor([self.mixture_weights[c] for c in cells], dtype=torch.float64)
+        return weights / weights.sum()
+
+    def publish_centre(self) -> None:
+        self.provider.publish(self.centre_state())
+
+    # ------------------------------------------------------------------------ its state
+    def state_dict(self) -> State:
+        """Everything a resume needs to continue bit for bit: random generators,
+        populations, mixture, counters and the kept mixture; each part says its own."""
+        state = State({"rng": self.rng.get_state(), "device_rng": self.device_rng.get_state()})
+        state.values = {
+            "cell": self.index,
+            "generation": self.generation,
+            "offspring": [self.offspring_accepted, self.offspring_offered],
+            "mixture_weights": {str(cell): w for cell, w in self.mixture_weights.items()},
+            "generators": [
+                state.nest(f"generators.{i}", g.state_dict()) for i, g in enumerate(self.generators)
+            ],
+            "discriminators": [
+                state.nest(f"discriminators.{i}", d.state_dict())
+                for i, d in enumerate(self.discriminators)
+            ],
+            "kept": self.kept and state.nest("kept", self.kept.state_dict()),
+        }
+        return state
+
+    def load_state_dict(self, state: State) -> None:
+        """Continue from `state`; ValueError if it is another cell's or another size's."""
+        values = state.values
+        if values.get("cell") != self.index:
+            raise ValueError(f"the state is cell {values.get('cell')}'s, not cell {self.index}'s")
+        for role in ("generators", "discriminators"):
+            population: list[Individual] = getattr(self, role)
+            if len(values[role]) != len(population):
+                raise ValueError(
+                    f"the state has {len(values[role])} {role}, the spec asks for {len(population)}"
+                )
+            for i, individual in enumerate(population):
+                individual.load_state_dict(state.child(f"{role}.{i}", values[role][i]))
+        self.rng.set_state(state.tensors["rng"])
+        self.device_rng.set_state(state.tensors["device_rng"])
+        self.mixture_weights = {int(c): w for c, w in values["mixture_weights"].items()}
+        self.generation = values["generation"]
+        self.offspring_accepted, self.offspring_offered = values["offspring"]
+        kept = values.get("kept")  # none yet, or a checkpoint from before keep-best
+        self.kept = kept and KeptMixture.from_state_dict(state.child("kept", kept))
+
+    # ----------------------------------------------------------------------- helpers
+    @property
+    def _population(self) -> int:
+        return self.spec.coevolution.population_size
+
+    @property
+    def _batches(self) -> int:
+        per_generation = self.spec.training.batches_per_generation
+        return per_generation or max(1, len(self.data) // self.spec.training.batch_size)
+
+    def _new(self, role: str) -> Individual:
+        rate = self.spec.initial_rate(role)
+        return Individual.fresh(self._build(role), rate, self.index, self.loss.optimizer)
+
+    def _build(self, role: str) -> torch.nn.Module:
+        network = self.spec.network
+        if role == "generator":
+            net = build_generator(network.generator, network.latent_size, self.shape)
+        else:
+            net = build_discriminator(network.discriminator, self.shape, self.classes)
+        return net.to(self.device)
+
+    def noise(self, count: int) -> torch.Tensor:
+        latent = self.spec.network.latent_size
+        return torch.randn((count, latent), generator=self.device_rng, device=self.device)
+
+    def _fitness_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.spec.coevolution.fitness.sample_size
+        rows = torch.randint(len(self.data), (size,), generator=self.device_rng, device=self.device)
+        return self.data[rows], self.noise(size)
+
+    def _labelled_samples(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Semi-supervised runs: the generation's labelled samples for fitness."""
+        size = self.spec.coevolution.fitness.sample_size
+        return None if self.semi is None else self.semi.draw(size, self.device_rng)
+
+    def _label_aware(
+        self,
+        discriminators: list[Individual],
+        labelled: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> LabelAware | None:
+        """Semi-supervised runs: the label-aware fitness of `discriminators`."""
+        if self.semi is None or labelled is None:
+            return None
+        return self.semi.label_aware([d.net for d in discriminators], *labelled)
+
+    def centre_state(self) -> CentreState:
+        centre_g, centre_d = best(self.generators), best(self.discriminators)
+        moments = self.spec.exchange.optimizer_state
+        return CentreState(
+            cell=self.index,
+            generation=self.generation,
+            generator=_frozen_copy(centre_g.net.state_dict()),
+            discriminator=_frozen_copy(centre_d.net.state_dict()),
+            generator_lr=centre_g.learning_rate,
+            discriminator_lr=centre_d.learning_rate,
+            generator_fitness=centre_g.fitness,
+            discriminator_fitness=centre_d.fitness,
+            mixture_weights=dict(self.mixture_weights),
+            generator_moments=_frozen_copy(centre_g.moments()) if moments else {},
+            discriminator_moments=_frozen_copy(centre_d.moments()) if moments else {},
+        )
+
+
+def _frozen_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}

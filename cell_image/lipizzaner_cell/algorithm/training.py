@@ -1,0 +1,228 @@
+"""Step 4 of a generation: the original's batch loop over the selected players.
+
+On each batch the generators step, each against one discriminator drawn for them all, then
+the discriminators (on the batches `discriminatorSkipEveryNth` leaves them) against one
+drawn generator; every step first mutates the player's learning rate. Kept apart from the
+engine so the loop reads on its own; it shares the engine's generators, so a checkpoint of
+the engine's RNG states covers it.
+
+How one player's step runs is a `Steps` object's business: `EagerSteps` runs it as plain
+PyTorch; `graphed.GraphedSteps` replays it as a captured CUDA graph. The loop draws every
+decision and every random tensor itself, in the same order for both, so both compute the
+same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from lipizzaner_core.spec import RunSpecBody
+from torch import nn
+
+from lipizzaner_cell.algorithm.individual import Individual, mutate_learning_rate
+from lipizzaner_cell.algorithm.losses import Loss, draw_loss, gradient_penalty
+from lipizzaner_cell.algorithm.semi_supervised import SemiSupervision
+
+
+@dataclass
+class Players:
+    """Step 3's outcome: who trains in step 4, and against whom.
+
+    With selection, the tournament winners (clones) train against each other; without,
+    as in the original's `enable_selection: False`, the local individuals train in place
+    against the whole neighbourhood.
+    """
+
+    generators: list[Individual]
+    discriminators: list[Individual]
+    generator_opponents: list[Individual]
+    discriminator_opponents: list[Individual]
+
+
+class Steps(Protocol):
+    """One player's optimisation step against one opponent; returns the detached loss."""
+
+    def begin(self, players: Players) -> None:
+        """Before a generation's batch loop."""
+
+    def end(self, players: Players) -> None:
+        """After it, also when it stopped early."""
+
+    def generator(
+        self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def discriminator(
+        self,
+        player: Individual,
+        opponent: Individual,
+        loss: Loss,
+        real: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
+def generator_value(
+    player: nn.Module, opponent: nn.Module, loss: Loss, noise: torch.Tensor
+) -> torch.Tensor:
+    """The generator's loss on one batch: what every way of stepping computes."""
+    return loss.generator(opponent(player(noise)))
+
+
+def discriminator_value(
+    player: nn.Module, opponent: nn.Module, loss: Loss, real: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's loss on real data and the opponent's fakes; and the fakes."""
+    with torch.no_grad():
+        fake = opponent(noise)
+    logits = player(torch.cat([real, fake]))
+    return loss.discriminator(logits[: real.shape[0]], logits[real.shape[0] :]), fake
+
+
+def clip_weights(net: nn.Module, clip: float) -> None:
+    """WGAN's critic: every weight back into [-clip, clip] after its step."""
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.clamp_(-clip, clip)
+
+
+@dataclass
+class EagerSteps:
+    """Each step as plain PyTorch: the reference every other way of stepping must match.
+    With `labelled` (semi-supervised runs) a discriminator's loss adds its classification
+    loss on a labelled batch."""
+
+    device_rng: torch.Generator  # gradient-penalty mixing, labelled batches
+    labelled: SemiSupervision | None = None
+
+    def begin(self, players: Players) -> None:
+        pass
+
+    def end(self, players: Players) -> None:
+        pass
+
+    def generator(
+        self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
+    ) -> torch.Tensor:
+        value = generator_value(player.net, opponent.net, loss, noise)
+        player.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        player.optimizer.step()
+        return value.detach()
+
+    def discriminator(
+        self,
+        player: Individual,
+        opponent: Individual,
+        loss: Loss,
+        real: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        value, fake = discriminator_value(player.net, opponent.net, loss, real, noise)
+        if loss.gradient_penalty:
+            penalty = gradient_penalty(player.net, real, fake, self.device_rng)
+            value = value + loss.gradient_penalty * penalty
+        if self.labelled is not None:
+            value = self.labelled.discriminator_loss(player.net, value, self.device_rng)
+        player.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        player.optimizer.step()
+        if loss.clip:
+            clip_weights(player.net, loss.clip)
+        return value.detach()
+
+
+@dataclass
+class BatchTrainer:
+    spec: RunSpecBody
+    loss: Loss  # the run's loss: it fixes the schedule (critic steps)
+    data: torch.Tensor  # the cell's data, on the training device
+    batches: int  # per generation
+    rng: torch.Generator  # decisions: opponents, mutations, mustangs' draws
+    device_rng: torch.Generator  # batch order, gradient-penalty mixing
+    noise: Callable[[int], torch.Tensor]
+    steps: Steps  # how one player's step runs: EagerSteps, or graphed.GraphedSteps
+
+    def run(
+        self, players: Players, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[float, float, int]:
+        """Step 4: the original's batch loop.
+
+        Each batch the generators take a step against one drawn discriminator, then the
+        discriminators take one against one drawn generator (on the batches
+        `discriminatorSkipEveryNth` leaves them); each step first mutates the player's
+        learning rate. With `wgan` the critic trains on every batch and the generators
+        after each `critic_steps` batches, as in the original's WGAN trainer.
+
+        Returns the mean generator and discriminator training losses and the batches run
+        (fewer than planned when `should_stop` turned true).
+        """
+        batch_size = self.spec.training.batch_size
+        order = torch.randperm(len(self.data), generator=self.device_rng, device=self.data.device)
+        offsets = torch.arange(batch_size, device=self.data.device)
+        totals = {
+            "g": torch.zeros((), device=self.data.device),
+            "d": torch.zeros((), device=self.data.device),
+        }
+        steps = {"g": 0, "d": 0}
+        batches = 0
+        self.steps.begin(players)
+        try:
+            for batch in range(self.batches):
+                if should_stop is not None and batch and should_stop():
+                    break
+                batches += 1
+                real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
+                for role in self.roles_training_on(batch):
+                    if role == "g":
+                        totals["g"] += self._generators_step(players, batch_size)
+                    else:
+                        totals["d"] += self._discriminators_step(players, real)
+                    steps[role] += 1
+        finally:
+            self.steps.end(players)
+        return (
+            float(totals["g"]) / max(1, steps["g"] * len(players.generators)),
+            float(totals["d"]) / max(1, steps["d"] * len(players.discriminators)),
+            batches,
+        )
+
+    def roles_training_on(self, batch: int) -> tuple[str, ...]:
+        """Who steps on this batch, in order: "g" generators, "d" discriminators."""
+        critic_steps = self.loss.critic_steps
+        if critic_steps > 1:
+            last = batch == self.batches - 1
+            return ("d", "g") if (batch + 1) % critic_steps == 0 or last else ("d",)
+        skip = self.spec.coevolution.discriminator_skip_every_nth
+        return ("g", "d") if skip == 0 or batch % (skip + 1) == 0 else ("g",)
+
+    def _mutate(self, individual: Individual, role: str) -> None:
+        co = self.spec.coevolution
+        rate = self.spec.initial_rate(role)
+        mutate_learning_rate(individual, co.mutation.probability, co.mutation.alpha, rate, self.rng)
+
+    def _opponent(self, opponents: list[Individual]) -> Individual:
+        """One opponent per batch for all of a role's players, as the original draws."""
+        return opponents[int(torch.randint(len(opponents), (1,), generator=self.rng))]
+
+    def _generators_step(self, players: Players, batch_size: int) -> torch.Tensor:
+        opponent = self._opponent(players.generator_opponents)
+        total = torch.zeros((), device=self.data.device)
+        for generator in players.generators:
+            self._mutate(generator, "generator")
+            loss = draw_loss(self.spec.loss, self.rng)
+            total += self.steps.generator(generator, opponent, loss, self.noise(batch_size))
+        return total
+
+    def _discriminators_step(self, players: Players, real: torch.Tensor) -> torch.Tensor:
+        opponent = self._opponent(players.discriminator_opponents)
+        total = torch.zeros((), device=self.data.device)
+        for discriminator in players.discriminators:
+            self._mutate(discriminator, "discriminator")
+            loss = draw_loss(self.spec.loss, self.rng)
+            noise = self.noise(real.shape[0])
+            total += self.steps.discriminator(discriminator, opponent, loss, real, noise)
+        return total

@@ -1,0 +1,88 @@
+"""What a run is scored by and ends with: the mixture, the scores and the ensemble step
+(a section of the `LipizzanerRun` spec, `run.py`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lipizzaner_core.spec.base import SpecModel
+from lipizzaner_core.spec.datasets import SEQUENCE_DATASETS
+
+
+class MixtureSpec(SpecModel):
+    sigma: float = Field(0.01, gt=0)
+    score_type: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum", "none"] = "auto"
+    score_sample_size: int = Field(1000, ge=10)
+    es_generations_at_end: int = Field(0, ge=0)
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="best: each cell keeps its best-scoring mixture (weights and generators) "
+        "over the run and ends with it if it still scores better than the last; last: the "
+        "last generation's mixture",
+    )
+
+
+FEATURE_NETWORK = r"^(auto|mnist-cnn|inception-v3|\S+\.safetensors)$"
+
+
+# What each objective needs of the data (the cell builds the scorer and says the rest).
+OBJECTIVE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "spectrum": ("a sequence dataset", SEQUENCE_DATASETS),
+    "mode-kl": ("a dataset with known modes", ("gaussian-ring", "gaussian-grid")),
+}
+
+
+class EnsembleSpec(SpecModel):
+    """The run's final step: which ensemble to build from the finished cells."""
+
+    method: Literal["best-cell", "greedy", "ga"] = Field(
+        "best-cell",
+        description="best-cell: the best cell's neighbourhood mixture (always written to "
+        "<output>/ensemble); greedy or ga: also search every cell's generators for a better "
+        "ensemble, written to <output>/ensemble-<method> (docs/ensembles.md)",
+    )
+    max_size: int = Field(8, ge=1, le=256, description="greedy, ga: generators at most")
+    objective: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum"] = Field(
+        "auto", description="greedy, ga: the score to minimise; auto: mixture.scoreType's"
+    )
+    samples: int = Field(2000, ge=10, description="greedy, ga: samples per candidate generator")
+    seed: int | None = Field(None, ge=0, description="greedy, ga: default: spec.seed")
+
+    @property
+    def searched(self) -> bool:
+        return self.method != "best-cell"
+
+
+class ScoreSpec(SpecModel):
+    """Which feature networks score a run: a cheap one every generation, maybe a standard
+    one for the final report."""
+
+    features: str = Field(
+        "auto",
+        pattern=FEATURE_NETWORK,
+        description="the feature space of the per-generation objective (fid, tvd) and of "
+        "keep-best: auto (mnist-cnn for 28x28 grey images, else none: the ES uses swd), "
+        "mnist-cnn, inception-v3, or the safetensors URI of a 28x28 classifier "
+        "(`lipizzaner train-classifier`)",
+    )
+    final: str | None = Field(
+        None,
+        pattern=FEATURE_NETWORK,
+        description="the feature space of the final report (FID, precision, recall; with "
+        "inception-v3 also KID and the Inception Score); default: features",
+    )
+    inception_weights: str | None = Field(
+        None,
+        min_length=1,
+        description="safetensors URI of the Inception-v3 weights (see docs/scores.md); "
+        "default: $LIPIZZANER_INCEPTION_WEIGHTS",
+    )
+    final_samples: int = Field(
+        10_000, ge=100, description="samples per final score (50,000 in published FIDs)"
+    )
+
+    @property
+    def final_network(self) -> str:
+        return self.final or self.features
