@@ -93,7 +93,8 @@ def test_cells_land_on_gpu_nodes_and_wait_when_the_gpus_run_out(cluster, gpu_nod
         assert status["phase"] == "Pending"
         assert "Insufficient nvidia.com/gpu" in status["message"]
         # One cell's condition, or both cells' said once when the scheduler has seen both.
-        assert re.search(r"cells? 0(-1)?: cannot be scheduled: 0/3 nodes are available", status["message"])
+        waiting = r"cells? 0(-1)?: cannot be scheduled: 0/3 nodes are available"
+        assert re.search(waiting, status["message"])
         second = [p for p in cluster.items("pods") if p["metadata"]["name"].startswith("second")]
         assert [p["spec"].get("nodeName") for p in second] == [None, None]
         assert phase_is(cluster, "Pending", "first")()
