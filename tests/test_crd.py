@@ -181,6 +181,18 @@ INVALID = [
     ({"spec.exchange.maxStateMegabytes": 0}, "maxStateMegabytes", "maxStateMegabytes"),
     ({"spec.cell.imagePullPolicy": "Sometimes"}, "imagePullPolicy", "imagePullPolicy"),
     ({"spec.cell.nodeSelector": {"gpu": 1}}, "nodeSelector", "nodeSelector"),
+    ({"spec.cell.labels": {"lipizzaner.io/run": "x"}}, "spec.cell.labels", "spec.cell.labels"),
+    (
+        {"spec.cell.labels": {"kueue.x-k8s.io/queue-name": "q"}},
+        "spec.cell.labels",
+        "kueue.x-k8s.io/queue-name: set by the operator itself",
+    ),
+    (
+        {"spec.cell.annotations": {"scheduling.k8s.io/group-name": "g"}},
+        "spec.cell.annotations",
+        "spec.cell.annotations",
+    ),
+    ({"spec.cell.labels": {f"k{i}": "v" for i in range(65)}}, "labels", "spec.cell.labels"),
     ({"spec.suspend": "yes"}, "spec.suspend", "spec.suspend"),
     ({"spec.activeDeadlineSeconds": 0}, "activeDeadlineSeconds", "activeDeadlineSeconds"),
     ({"spec.ttlSecondsAfterFinished": -5}, "ttlSecondsAfterFinished", "ttlSecondsAfter"),

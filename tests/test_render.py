@@ -19,6 +19,7 @@ from lipizzaner_cell.runtime.cell_process import build_parser, hosted_cells
 from lipizzaner_cell.runtime.peers import peer_address
 from lipizzaner_core.contract import SPEC_FILE
 from lipizzaner_core.spec import load_run, parse_run
+from lipizzaner_core.spec.kubernetes import reserved
 from lipizzaner_core.wire.tls import generate
 from lipizzaner_operator.names import cell_selector
 from lipizzaner_operator.render import (
@@ -67,6 +68,8 @@ def full_run():
         "env": [{"name": "TORCH_CUDNN_V8_API_ENABLED", "value": "1"}],
         "volumes": [{"name": "mnist", "persistentVolumeClaim": {"claimName": "mnist-data"}}],
         "volumeMounts": [{"name": "mnist", "mountPath": "/data", "readOnly": True}],
+        "labels": {"kueue.x-k8s.io/priority-class": "research", "cost-centre": "ml-42"},
+        "annotations": {"kueue.x-k8s.io/podset-required-topology": "cloud.provider.com/rack"},
     }
     manifest["spec"]["exchange"] = {"tls": {"enabled": True, "secretName": "mnist-grid-certs"}}
     return parse_run(manifest)
@@ -342,3 +345,16 @@ def test_a_gang_gets_a_pod_group_of_every_cell():
     assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "tiny-cells"
     assert pod["spec"]["schedulerName"] == "volcano"
     assert render_pod_group(parse_run(copy.deepcopy(TINY_RING)), "ml") is None
+
+
+@pytest.mark.parametrize("gang", ["coscheduling", "volcano"])
+def test_every_key_the_operator_sets_on_a_cell_pod_is_refused_in_the_spec(gang):
+    """spec.cell.labels and annotations may not name a key the operator sets itself."""
+    manifest = copy.deepcopy(TINY_RING)
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "research"}
+    manifest["spec"]["scheduling"] = {"podGroup": gang}
+    run = parse_run(manifest)
+    pod, job = render_pod(run, "ml", 0, 0, DEFAULTS), render_search_job(run, "ml", DEFAULTS)
+    for metadata in (pod["metadata"], job["metadata"], job["spec"]["template"]["metadata"]):
+        for key in [*metadata["labels"], *metadata.get("annotations", {})]:
+            assert reserved(key), key

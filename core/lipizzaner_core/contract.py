@@ -48,6 +48,9 @@ KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 # quota (a retriable group would wait for replacement pods).
 KUEUE_RETRIABLE_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
 ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
+# Gang scheduling: how a cell pod names its PodGroup, for coscheduling and for Volcano.
+COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
+VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema
 
 from lipizzaner_core.spec import API_VERSION, KIND, MAX_CELLS, NAME_PATTERN, RunSpecBody
 from lipizzaner_core.spec.datasets import LABELLED_DATASETS
+from lipizzaner_core.spec.kubernetes import OPERATOR_PREFIX, RESERVED_KEYS
 from lipizzaner_core.spec.outcome import OBJECTIVE_DATA
 from lipizzaner_core.spec.training import ARCHITECTURE_DATA
 from lipizzaner_core.status import RunStatus
@@ -266,7 +267,20 @@ def spec_schema() -> Schema:
     schema["properties"]["managedBy"]["x-kubernetes-validations"] = [
         {"rule": "self == oldSelf", "message": "spec.managedBy is immutable"}
     ]
+    cell = schema["properties"]["cell"]["properties"]
+    for field in ("labels", "annotations"):
+        cell[field]["x-kubernetes-validations"] = [_not_the_operators(field)]
     return schema
+
+
+def _not_the_operators(field: str) -> Schema:
+    """CEL's copy of the model's rule: no key the operator sets on cell pods itself."""
+    return {
+        "rule": f"self.all(k, !k.startsWith('{OPERATOR_PREFIX}') && !(k in {list(RESERVED_KEYS)}))",
+        "message": f"spec.cell.{field}: {OPERATOR_PREFIX}* and the keys the operator sets "
+        "itself (app.kubernetes.io/name, instance, component and managed-by, Kueue's queue "
+        "and pod group, the gang schedulers' group) are refused",
+    }
 
 
 def _printer_columns() -> list[Schema]:

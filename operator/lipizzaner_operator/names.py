@@ -27,15 +27,12 @@ OPERATOR_LABELS = {
     "app.kubernetes.io/component": "operator",
 }
 
-# Gang scheduling: the API of each scheduler's PodGroup, and how a pod names its group.
+# Gang scheduling: the API of each scheduler's PodGroup (how a pod names its group is
+# the contract's: COSCHEDULING_LABEL, VOLCANO_ANNOTATION).
 POD_GROUP_APIS = {
     "coscheduling": "scheduling.x-k8s.io/v1alpha1",  # scheduler-plugins
     "volcano": "scheduling.volcano.sh/v1beta1",
 }
-# The label a coscheduling pod names its PodGroup with.
-COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
-# The annotation a Volcano pod names its PodGroup with.
-VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
 
 
 def config_map_name(run: LipizzanerRun) -> str:

@@ -21,6 +21,7 @@ from lipizzaner_core.contract import (
     CELL_GROUP,
     CELL_LABEL,
     COL_LABEL,
+    COSCHEDULING_LABEL,
     ENSEMBLE_SEARCH_COMMAND,
     GRPC_PORT,
     KUEUE_GROUP_COUNT_ANNOTATION,
@@ -31,6 +32,7 @@ from lipizzaner_core.contract import (
     RUN_LABEL,
     SPEC_FILE,
     TLS_DIR,
+    VOLCANO_ANNOTATION,
     cell_environment,
 )
 from lipizzaner_core.placement import cells_text
@@ -38,10 +40,8 @@ from lipizzaner_core.spec import LipizzanerRun, dump_run
 from lipizzaner_core.wire.tls import TlsMaterial
 
 from lipizzaner_operator.names import (
-    COSCHEDULING_LABEL,
     OPERATOR_LABELS,
     POD_GROUP_APIS,
-    VOLCANO_ANNOTATION,
     config_map_name,
     kueue_queue,
     pod_group,
@@ -71,6 +71,11 @@ class CellDefaults:
 
 def _metadata(name: str, namespace: str, labels: dict[str, str]) -> Manifest:
     return {"name": name, "namespace": namespace, "labels": labels}
+
+
+def _annotated(metadata: Manifest, annotations: dict[str, str]) -> Manifest:
+    """`metadata` with these annotations, if there are any."""
+    return {**metadata, "annotations": dict(annotations)} if annotations else metadata
 
 
 def render_config_map(run: LipizzanerRun, namespace: str) -> Manifest:
@@ -211,11 +216,13 @@ def render_pod(
     often it was recreated (shown in its cells' statuses)."""
     cells = pod_group(run, index)
     name = pod_name(run, index)
-    labels = {**run_labels(run, "cell"), CELL_LABEL: str(cells.start)}  # its first cell
+    # The user's labels and annotations first: the operator's own keys are refused in
+    # the spec, and would win here anyway.
+    labels = {**run.spec.cell.labels, **run_labels(run, "cell"), CELL_LABEL: str(cells.start)}
     if len(cells) == 1:
         row, col = run.spec.grid.topology().position(index)
         labels |= {ROW_LABEL: str(row), COL_LABEL: str(col)}
-    annotations: dict[str, str] = {}
+    annotations = dict(run.spec.cell.annotations)
     queue = kueue_queue(run)
     if queue:  # Kueue's plain pod group: admitted, and preempted, as one
         labels |= {KUEUE_QUEUE_LABEL: queue, KUEUE_POD_GROUP_LABEL: run.metadata.name}
@@ -250,9 +257,7 @@ def render_pod(
         **_pod_spec(run, container, volumes, scheduler),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
     }
-    metadata = _metadata(name, namespace, labels)
-    if annotations:
-        metadata["annotations"] = annotations
+    metadata = _annotated(_metadata(name, namespace, labels), annotations)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
@@ -326,7 +331,7 @@ SEARCH_BACKOFF_LIMIT = 2
 def render_search_job(run: LipizzanerRun, namespace: str, defaults: CellDefaults) -> Manifest:
     """The Job of `spec.ensemble`'s search: the cell image's `lipizzaner ensemble optimize`
     on the finished run's output, with a cell's resources, placement and credentials."""
-    labels = run_labels(run, "ensemble")
+    labels = {**run.spec.cell.labels, **run_labels(run, "ensemble")}
     container = {
         **_container(run, "ensemble", ENSEMBLE_SEARCH_COMMAND, defaults),
         "env": list(run.spec.cell.env),
@@ -338,11 +343,13 @@ def render_search_job(run: LipizzanerRun, namespace: str, defaults: CellDefaults
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(search_job_name(run), namespace, job_labels),
+        "metadata": _annotated(
+            _metadata(search_job_name(run), namespace, job_labels), run.spec.cell.annotations
+        ),
         "spec": {
             "backoffLimit": SEARCH_BACKOFF_LIMIT,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": _annotated({"labels": labels}, run.spec.cell.annotations),
                 "spec": _pod_spec(run, container, [], run.spec.scheduling.scheduler_name),
             },
         },

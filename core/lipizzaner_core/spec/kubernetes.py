@@ -5,11 +5,44 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from lipizzaner_core.contract import (
+    COSCHEDULING_LABEL,
+    KUEUE_GROUP_COUNT_ANNOTATION,
+    KUEUE_POD_GROUP_LABEL,
+    KUEUE_QUEUE_LABEL,
+    KUEUE_RETRIABLE_ANNOTATION,
+    VOLCANO_ANNOTATION,
+)
 from lipizzaner_core.spec.base import SpecModel
 
 KubeObject = dict[str, Any]
+
+# What the operator sets on a cell pod itself, and so refuses in `spec.cell.labels` and
+# `annotations`: every key under its own prefix, and these. (The Kueue queue is the run's
+# own label: `kueue.x-k8s.io/queue-name` on the LipizzanerRun.)
+OPERATOR_PREFIX = "lipizzaner.io/"
+RESERVED_KEYS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    KUEUE_QUEUE_LABEL,
+    KUEUE_POD_GROUP_LABEL,
+    KUEUE_GROUP_COUNT_ANNOTATION,
+    KUEUE_RETRIABLE_ANNOTATION,
+    COSCHEDULING_LABEL,
+    VOLCANO_ANNOTATION,
+)
+
+# At most this many labels, and as many annotations (it also bounds the CEL rule's cost).
+MAX_KEYS = 64
+
+
+def reserved(key: str) -> bool:
+    """Whether the operator sets `key` on cell pods itself."""
+    return key.startswith(OPERATOR_PREFIX) or key in RESERVED_KEYS
 
 
 class SchedulingSpec(SpecModel):
@@ -58,6 +91,21 @@ class CellTemplateSpec(SpecModel):
         "each keeps its own ports",
     )
     image: str | None = Field(None, description="default: the operator's configured cell image")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_KEYS,
+        description="labels of every cell pod and of the ensemble search's Job: a Kueue "
+        "WorkloadPriorityClass (kueue.x-k8s.io/priority-class), cost allocation; keys the "
+        "operator sets itself (lipizzaner.io/*, app.kubernetes.io/name, instance, component, "
+        "managed-by, Kueue's queue and pod group, the gang schedulers') are refused",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_KEYS,
+        description="annotations of every cell pod and of the ensemble search's Job: Kueue's "
+        "topology-aware placement (kueue.x-k8s.io/podset-required-topology); the same keys "
+        "as for labels are refused",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     resources: KubeObject | None = Field(
         None,
@@ -74,6 +122,14 @@ class CellTemplateSpec(SpecModel):
     env: list[KubeObject] = Field(default_factory=list)
     volumes: list[KubeObject] = Field(default_factory=list)
     volume_mounts: list[KubeObject] = Field(default_factory=list)
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _not_the_operators(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = sorted(key for key in value if reserved(key))
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by the operator itself")
+        return value
 
     def pod_resources(self) -> KubeObject:
         """`resources` as given, else `default_resources` for this many cells a pod."""
