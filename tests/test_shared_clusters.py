@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from envtest import wait_for
+from envtest import GROUP, PLURAL, VERSION, wait_for
 from kubernetes.client.exceptions import ApiException
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_core.layout import RunLayout
@@ -166,3 +166,26 @@ def test_a_cell_given_up_leaves_the_ensemble_to_the_others(cluster, tmp_path):
     assert ensemble["bestCell"] == 0 and [c["cell"] for c in ensemble["cells"]] == [0]
     reasons = [e.get("reason") for e in cluster.events()]
     assert "CellGivenUp" in reasons and "CellFailed" not in reasons
+
+
+def test_runs_left_behind_by_an_uninstalled_operator_are_released(
+    cluster, tmp_path, monkeypatch, capsys
+):
+    """No operator runs: a deleted run hangs on our finalizer until `release-finalizers`."""
+    from lipizzaner_operator.names import FINALIZER
+    from lipizzaner_operator.operator_main import main
+
+    for name in ("stuck", "alive"):
+        run = manifest(tmp_path, name=name)
+        run["metadata"]["finalizers"] = [FINALIZER]
+        cluster.create_run(run)
+    cluster.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, "stuck"
+    )
+    assert cluster.run("stuck")["metadata"]["deletionTimestamp"]  # held by the finalizer
+
+    monkeypatch.setenv("KUBECONFIG", str(cluster.plane.kubeconfig))
+    main(["release-finalizers", "-n", cluster.namespace])
+    assert capsys.readouterr().out == f"released {cluster.namespace}/stuck\n1 run(s) released\n"
+    wait_for("the deleted run to be gone", lambda: cluster.run("stuck") is None)
+    assert cluster.run("alive")["metadata"]["finalizers"] == [FINALIZER]  # not being deleted

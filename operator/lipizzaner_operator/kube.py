@@ -221,13 +221,18 @@ class KubeClient:
         """
         with contextlib.suppress(ApiException):  # gone, or changed: the next pass retries
             run = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            meta = run["metadata"]
-            others = [f for f in meta.get("finalizers", []) if f != finalizer]
-            patch = {"metadata": {"finalizers": others, "resourceVersion": meta["resourceVersion"]}}
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, patch
-            )
+            self.release_finalizer(run, finalizer)
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def release_finalizer(self, run: Manifest, finalizer: str) -> None:
+        """Take our finalizer off a run; other controllers' stay, and the resourceVersion
+        makes the patch refuse a run that changed meanwhile (ApiException 409)."""
+        meta = run["metadata"]
+        others = [f for f in meta.get("finalizers", []) if f != finalizer]
+        patch = {"metadata": {"finalizers": others, "resourceVersion": meta["resourceVersion"]}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch
+        )
 
 
 def cell_progress(

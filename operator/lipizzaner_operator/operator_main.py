@@ -22,7 +22,7 @@ from lipizzaner_operator.kube import (
 )
 from lipizzaner_operator.leader import LeaderElection
 from lipizzaner_operator.metrics import OperatorMetrics
-from lipizzaner_operator.names import LEASE_NAME
+from lipizzaner_operator.names import FINALIZER, LEASE_NAME
 from lipizzaner_operator.render import CellDefaults
 
 DEFAULTS = CellDefaults()
@@ -105,7 +105,35 @@ def build_parser() -> argparse.ArgumentParser:
         "seventh of it and stands down after two thirds without a renewal",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    release = commands.add_parser(
+        "release-finalizers",
+        help="let runs being deleted go, once no operator is left to do it",
+        description="Take the operator's finalizer off every LipizzanerRun that is being "
+        "deleted, so that `kubectl delete` of a run does not hang after the operator was "
+        "uninstalled. Their pods go with them (owner references); outputs stay.",
+    )
+    release.add_argument(
+        "-n",
+        "--namespace",
+        dest="release_namespaces",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="only in this namespace (repeatable; default: all namespaces)",
+    )
     return parser
+
+
+def release_finalizers(kube: KubeClient, namespaces: list[str]) -> list[str]:
+    """Release the runs being deleted that still carry our finalizer; their names."""
+    released = []
+    for run in kube.list_runs(namespaces):
+        meta = run["metadata"]
+        if meta.get("deletionTimestamp") and FINALIZER in meta.get("finalizers", []):
+            kube.release_finalizer(run, FINALIZER)
+            released.append(f"{meta['namespace']}/{meta['name']}")
+    return released
 
 
 def identity() -> str:
@@ -127,6 +155,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     api = client.ApiClient(configuration)
     kube = KubeClient(api)
+    if args.command == "release-finalizers":
+        released = release_finalizers(kube, args.release_namespaces)
+        for name in released:
+            print(f"released {name}")
+        print(f"{len(released)} run(s) released")
+        return
     metrics = OperatorMetrics(lambda: kube.list_runs(args.namespace))
     if args.metrics_port:
         metrics.serve(args.metrics_port)
