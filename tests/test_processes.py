@@ -393,3 +393,11 @@ def test_the_cell_process_fixes_glibcs_mmap_threshold():
         block = b"\x01" * (2 << 20)  # 512 pages written, as a 2 MiB gRPC message's are
         del block
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 2 * 512
+
+
+def test_port_blocks_handed_out_by_one_process_never_overlap():
+    """A block promised to a run stays its own until bound: the test of the dashboard
+    once gave Prometheus a cell's gRPC port that was free, but promised."""
+    blocks = [range(base, base + 40) for base in (free_port_block(40) for _ in range(100))]
+    ports = [port for block in blocks for port in block]
+    assert len(ports) == len(set(ports))

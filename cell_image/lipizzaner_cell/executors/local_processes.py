@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,10 +109,26 @@ class LocalProcess:
         return refusal_in(self.log_path.read_text())
 
 
+# Ports this process has handed out: their holders may not have bound them yet, so a
+# port free now may be promised already (two runs, or a run and its metrics server).
+_HANDED_OUT: set[int] = set()
+_HANDING_OUT = threading.Lock()
+
+
 def free_port_block(count: int, attempts: int = 50) -> int:
-    """A base port such that base .. base + count - 1 are all free on 127.0.0.1."""
+    """A base port such that base .. base + count - 1 are all free on 127.0.0.1, and
+    none of them handed out by this process before."""
+    with _HANDING_OUT:
+        base = _free_block(count, attempts)
+        _HANDED_OUT.update(range(base, base + count))
+        return base
+
+
+def _free_block(count: int, attempts: int) -> int:
     for _ in range(attempts):
         base = random.randint(20_000, 60_000 - count)
+        if _HANDED_OUT.intersection(range(base, base + count)):
+            continue
         sockets = []
         try:
             for port in range(base, base + count):
