@@ -195,3 +195,18 @@ def test_a_local_run_is_followed_and_stopped_through_its_executor(tiny_manifest,
 def test_status_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"{tmp_path}: no run there (no {tmp_path}/run.yaml)"
+
+
+def test_delete_gives_up_on_a_run_that_will_not_stop_in_one_line(tmp_path, capsys):
+    """A holder that ignores SIGTERM: `delete` says so after its bound instead of hanging."""
+    from lipizzaner_cell.executors.local import LocalExecutor
+
+    stubborn = subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 120 & wait"])
+    try:
+        holder = {"host": socket.gethostname(), "pid": stubborn.pid, "heartbeat": time.time()}
+        (tmp_path / "lease.json").write_text(json.dumps(holder))
+        with pytest.raises(TimeoutError, match=f"pid {stubborn.pid} still trains it 1 s after"):
+            LocalExecutor(stop_seconds=1).delete(str(tmp_path))
+    finally:
+        stubborn.kill()
+        stubborn.wait()

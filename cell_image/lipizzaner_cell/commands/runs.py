@@ -251,15 +251,15 @@ def describe(view: RunView) -> str:
 
 def reaching_run(args: argparse.Namespace, error: Say, act: Callable[[Executor], Any]) -> Any:
     """`act` on the executor of the run named on the command line, or the exit code once
-    `error` has said why not: 1 if the API server did not answer, 2 if there is no such
-    run, no usable cluster, or a damaged file where the run should be."""
+    `error` has said why not: 1 if the API server did not answer or a run would not stop,
+    2 if there is no such run, no usable cluster, or a damaged file where it should be."""
     from lipizzaner_core.storage import DamagedFile
 
     from lipizzaner_cell.executors.kubernetes import ClusterError, ClusterUnreachable
 
     try:
         return act(executor_for(args))
-    except ClusterUnreachable as exc:
+    except (ClusterUnreachable, TimeoutError) as exc:
         error(str(exc))
         return ExitCode.FAILED
     except (ClusterError, RunNotFound, DamagedFile) as exc:

@@ -29,13 +29,16 @@ class LocalExecutor(Executor):
         show_progress: bool = True,
         threads: int | None = None,
         storage: Storage | None = None,
+        stop_seconds: float = 600.0,
     ) -> None:
         """`storage` reads outputs named by `status`, `logs` and `delete` (the
-        environment's credentials by default)."""
+        environment's credentials by default); `delete` waits `stop_seconds` at most for
+        a run to stop."""
         self.in_process = in_process
         self.show_progress = show_progress
         self.threads = threads
         self.storage = storage or Storage()
+        self.stop_seconds = stop_seconds
 
     def run(self, run: LipizzanerRun) -> RunView:
         """Train the run to its end, resuming from its checkpoints."""
@@ -68,7 +71,8 @@ class LocalExecutor(Executor):
 
     def delete(self, name: str) -> None:
         """Stop the `lipizzaner run` training this output, as Ctrl-C would: every cell
-        stops at a checkpoint, and running it again resumes. Returns once it has stopped."""
+        stops at a checkpoint, and running it again resumes. Returns once it has stopped;
+        TimeoutError if it still trains `stop_seconds` later."""
         layout = self._layout(name)
         holder = live_holder(layout)
         if holder is None:
@@ -76,7 +80,13 @@ class LocalExecutor(Executor):
         if holder.get("host") != socket.gethostname():
             raise RunNotFound(f"{name}: trained by {describe(holder)}; stop it there")
         os.kill(holder["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_seconds
         while live_holder(layout) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{name}: pid {holder['pid']} still trains it {self.stop_seconds:g} s "
+                    "after SIGTERM"
+                )
             time.sleep(0.2)
 
     def settled(self, view: RunView) -> bool:
