@@ -37,7 +37,7 @@ from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.selection import best
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.scores.scorers import ClassifierScorer
 from lipizzaner_core.spec import parse_run
 from rich.console import Console

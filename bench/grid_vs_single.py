@@ -40,7 +40,7 @@ import torch
 from common import apply_assignments, assignment, mnist_manifest
 from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.algorithm.networks import build_generator
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.ensembles.samples import load_ensemble
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.scores.scorers import ClassifierScorer

@@ -24,7 +24,7 @@ from lipizzaner_cell.algorithm.individual import ADAM_BETAS
 from lipizzaner_cell.algorithm.losses import LOSSES
 from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
 from lipizzaner_cell.algorithm.report import GENERATION_PHASES
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.runtime.checkpoint import save_checkpoint
 from lipizzaner_core.spec import LipizzanerRun, parse_run

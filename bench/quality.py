@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from common import grid_coevolution, run_manifest
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.scores.scorers import ClassifierScorer
 from lipizzaner_core.spec import parse_run

@@ -26,7 +26,7 @@ from lipizzaner_cell.algorithm.individual import new_optimizer
 from lipizzaner_cell.algorithm.networks import build_discriminator
 from lipizzaner_cell.algorithm.semi_supervised import accuracy, classification_loss, labelled_rows
 from lipizzaner_cell.commands.cli import main as lipizzaner
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.topology import cell_seed
 

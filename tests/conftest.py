@@ -152,7 +152,7 @@ def cluster(control_plane, request: pytest.FixtureRequest):
 
 def ring(**fields: Any):
     """The 8-Gaussian ring at its defaults (or `fields`), drawn from seed 0."""
-    from lipizzaner_cell.data.datasets import load_dataset
+    from lipizzaner_cell.data.loading import load_dataset
     from lipizzaner_core.spec.datasets import GaussianRingSpec
 
     return load_dataset(GaussianRingSpec(name="gaussian-ring", **fields), seed=0)

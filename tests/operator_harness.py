@@ -26,7 +26,7 @@ from kopf.testing import KopfRunner
 from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.executors.local_processes import free_port_block
-from lipizzaner_cell.runtime.cell_process import CellStatusBoard
+from lipizzaner_cell.runtime.cell_life import CellStatusBoard
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.wire.tls import TlsMaterial, run_identity

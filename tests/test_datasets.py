@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ring
 from lipizzaner_cell.data import idx
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.scores.choice import build_scorer
 from lipizzaner_core.spec.datasets import (
     ArraySpec,

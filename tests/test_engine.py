@@ -9,7 +9,7 @@ from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.report import GENERATION_PHASES
 from lipizzaner_cell.algorithm.state import State
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.runtime.checkpoint import export_state, restore_latest, save_checkpoint
 from lipizzaner_cell.scores.scorers import ModeScorer

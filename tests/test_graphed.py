@@ -86,7 +86,7 @@ class _Nobody:
 
 
 def _dataset(run):
-    from lipizzaner_cell.data.datasets import load_dataset
+    from lipizzaner_cell.data.loading import load_dataset
     from lipizzaner_core.storage import Storage
 
     return load_dataset(run.spec.dataset, run.spec.seed, Storage())

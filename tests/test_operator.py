@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.executors.local_processes import free_port_block
-from lipizzaner_cell.runtime.cell_process import CellStatusBoard
+from lipizzaner_cell.runtime.cell_life import CellStatusBoard
 from lipizzaner_core.spec import parse_run
 from lipizzaner_operator.kube import KubeClient
 from lipizzaner_operator.render import CellDefaults, render_pod

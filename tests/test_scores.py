@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ring
-from lipizzaner_cell.data.datasets import PIXELS, Dataset, ValueMap, load_dataset
+from lipizzaner_cell.data.datasets import Dataset, ValueMap
+from lipizzaner_cell.data.images import PIXELS
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.scores.choice import build_scorer
 from lipizzaner_cell.scores.scorers import (
     PRECISION_RECALL_ROWS,

@@ -24,7 +24,7 @@ from lipizzaner_cell.algorithm.semi_supervised import (
     predictions,
 )
 from lipizzaner_cell.commands.cli import main
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.executors.local_processes import run_local
 from lipizzaner_core.spec import parse_run

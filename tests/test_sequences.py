@@ -11,7 +11,8 @@ import pytest
 import torch
 from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
 from lipizzaner_cell.commands.cli import main
-from lipizzaner_cell.data.datasets import Dataset, load_dataset
+from lipizzaner_cell.data.datasets import Dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.ensembles.samples import render_png
 from lipizzaner_cell.scores.choice import build_scorer
 from lipizzaner_cell.scores.scorers import SpectrumScorer

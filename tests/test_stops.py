@@ -159,7 +159,8 @@ def test_a_live_lease_elsewhere_is_respected(tiny_manifest, tmp_path, capsys):
 def test_the_parent_watch_stops_the_cells_when_the_parent_is_gone():
     import threading
 
-    from lipizzaner_cell.runtime.cell_process import Stop, stop_when_orphaned
+    from lipizzaner_cell.runtime.cell_life import Stop
+    from lipizzaner_cell.runtime.cell_process import stop_when_orphaned
 
     stop = Stop()
     watch = threading.Thread(target=stop_when_orphaned, args=(os.getppid() + 1, stop, 0.01))

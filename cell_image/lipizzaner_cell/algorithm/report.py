@@ -2,7 +2,7 @@
 
 `GenerationReport` is the one list of a generation's figures, and `FIGURES` says how each
 reader names the plain ones: the gauges (`runtime/metrics.py`), TensorBoard
-(`runtime/history.py`), the status the exchange serves (`runtime/cell_process.py`) and the
+(`runtime/history.py`), the status the exchange serves (`runtime/cell_life.py`) and the
 status line (`status_line`). History keeps the report whole. A new figure is a field here
 and a row of `FIGURES`; the readers iterate, none re-spells it.
 """

@@ -22,7 +22,8 @@ from lipizzaner_core.storage import Storage, damaged_as, join
 from lipizzaner_cell.algorithm.networks import build_discriminator
 from lipizzaner_cell.algorithm.semi_supervised import predictions
 from lipizzaner_cell.algorithm.weights import load_weights
-from lipizzaner_cell.data.datasets import load_dataset, read_array
+from lipizzaner_cell.data.arrays import read_array
+from lipizzaner_cell.data.loading import load_dataset
 
 HELD_OUT = "held-out"  # DATA: the run's own held-out samples
 

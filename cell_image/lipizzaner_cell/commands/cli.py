@@ -55,7 +55,7 @@ def data_problem(run: LipizzanerRun) -> str | None:
     """What is wrong with the run's data files, if they are on this machine: missing,
     the wrong shape, keys or label counts, NaN or infinite values. Remote data is checked
     by the first cell that loads it (exit 2 too)."""
-    from lipizzaner_cell.data.datasets import check_local_data
+    from lipizzaner_cell.data.loading import check_local_data
 
     try:
         check_local_data(run.spec.dataset)
@@ -237,7 +237,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from lipizzaner_core.spec.datasets import MnistSpec
     from lipizzaner_core.storage import Storage
 
-    from lipizzaner_cell.data.datasets import load_mnist
+    from lipizzaner_cell.data.images import load_mnist
     from lipizzaner_cell.scores.mnist_classifier import train_classifier
 
     try:

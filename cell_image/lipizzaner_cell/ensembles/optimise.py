@@ -25,7 +25,7 @@ from lipizzaner_core.storage import Storage, damaged_as, join
 from lipizzaner_cell.algorithm.mixture import MixtureEmbeddings
 from lipizzaner_cell.algorithm.networks import build_generator
 from lipizzaner_cell.algorithm.weights import load_weights
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.ensembles.samples import describe_score
 from lipizzaner_cell.ensembles.search import Found, genetic, greedy
 from lipizzaner_cell.scores.choice import build_scorer

@@ -20,7 +20,7 @@ from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.report import GenerationReport, status_line
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.ensembles.samples import CURVES, load_ensemble, preview_title, write_samples
 from lipizzaner_cell.executors.progress import progress_bar
 from lipizzaner_cell.runtime.driver import CellDriver

@@ -19,7 +19,7 @@ from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.storage import DamagedFile, join
 
-from lipizzaner_cell.data.datasets import load_dataset
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.scores.choice import build_report_scorer, build_scorer
 from lipizzaner_cell.scores.references import ReferenceCache
 
