@@ -9,6 +9,10 @@
 #   hack/envtest.sh stop DIR     stop it: the API server before etcd (both at once can hang)
 #   hack/envtest.sh bin          print the directory holding the binaries
 #
+# LIPIZZANER_ENVTEST_CONTROLLERS adds controllers to the controller manager's few (comma-
+# separated, e.g. node-lifecycle-controller,taint-eviction-controller), and
+# LIPIZZANER_ENVTEST_CONTROLLER_FLAGS adds its flags (--node-monitor-grace-period=6s).
+#
 # The binaries are built from k8s.io/kubernetes at the version pinned in hack/envtest/go.mod
 # and cached outside the repository, under $LIPIZZANER_ENVTEST_CACHE (default
 # ~/.cache/lipizzaner/envtest), keyed by that version. etcd is Debian's `etcd-server`.
@@ -175,7 +179,10 @@ start() {
     # (Deployments, EndpointSlices for kube-proxy, the node lifecycle).
     local controllers
     controllers="$(IFS=,; echo "${CONTROLLERS[*]}")"
+    [ -n "${LIPIZZANER_ENVTEST_CONTROLLERS:-}" ] && controllers+=",$LIPIZZANER_ENVTEST_CONTROLLERS"
     [ -n "$NODE_IP" ] && controllers="*"
+    local extra_flags
+    read -r -a extra_flags <<<"${LIPIZZANER_ENVTEST_CONTROLLER_FLAGS:-}"
     "$BIN/kube-controller-manager" \
         --kubeconfig "$dir/kubeconfig" \
         --authentication-kubeconfig "$dir/kubeconfig" \
@@ -184,7 +191,7 @@ start() {
         --service-account-private-key-file "$dir/pki/sa.key" \
         --root-ca-file "$dir/pki/ca.crt" \
         --controllers "$controllers" \
-        --leader-elect=false \
+        --leader-elect=false "${extra_flags[@]}" \
         >"$dir/kube-controller-manager.log" 2>&1 &
     echo "kube-controller-manager $!" >>"$dir/pids"
 
@@ -205,6 +212,7 @@ stop() {
     [ -f "$dir/pids" ] || return 0
     # Reverse order: the scheduler and controller manager, the API server, etcd last.
     tac "$dir/pids" | while read -r name pid; do
+        kill -CONT "$pid" 2>/dev/null || true  # a test may have frozen it
         kill "$pid" 2>/dev/null || continue
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true

@@ -7,6 +7,8 @@ status subresource. Each test gets a namespace of its own (`Cluster.namespace`).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from lipizzaner_core.crd import crd_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "hack" / "envtest.sh"
@@ -40,6 +43,19 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float = 180.0) ->
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def older_crd() -> dict:
+    """This CRD as an older release had it: no `failurePolicy.lostNodeSeconds` in the
+    spec, no `bestAccuracy` in the status."""
+    crd = copy.deepcopy(crd_manifest())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    failure_policy = schema["spec"]["properties"]["failurePolicy"]
+    del failure_policy["properties"]["lostNodeSeconds"]
+    failure_policy["default"].pop("lostNodeSeconds")
+    schema["spec"]["properties"]["failurePolicy"] = failure_policy
+    del schema["status"]["properties"]["bestAccuracy"]
+    return crd
 
 
 def binaries() -> Path:
@@ -68,9 +84,26 @@ class ControlPlane:
             subprocess.run([SCRIPT, "bin"], capture_output=True, text=True).stdout.strip()
         )
 
-    def start(self) -> ControlPlane:
-        subprocess.run([SCRIPT, "start", str(self.directory)], check=True, timeout=START_TIMEOUT)
+    def start(self, controllers: str = "", controller_flags: str = "") -> ControlPlane:
+        """Start it; `controllers` (comma-separated) and `controller_flags` are added to
+        the controller manager's (hack/envtest.sh)."""
+        env = {
+            **os.environ,
+            "LIPIZZANER_ENVTEST_CONTROLLERS": controllers,
+            "LIPIZZANER_ENVTEST_CONTROLLER_FLAGS": controller_flags,
+        }
+        subprocess.run(
+            [SCRIPT, "start", str(self.directory)], check=True, timeout=START_TIMEOUT, env=env
+        )
         return self
+
+    def pid(self, name: str) -> int:
+        """The process id of one of its processes (`kube-apiserver`, `etcd`, ...)."""
+        for line in (self.directory / "pids").read_text().splitlines():
+            process, pid = line.split()
+            if process == name:
+                return int(pid)
+        raise KeyError(name)
 
     def stop(self) -> None:
         subprocess.run([SCRIPT, "stop", str(self.directory)], check=True, timeout=120)
@@ -130,6 +163,23 @@ class ControlPlane:
         document["users"][0]["user"] = {"token": token}
         path.write_text(yaml.safe_dump(document))
         return path
+
+
+@contextlib.contextmanager
+def private_plane(directory: Path, controllers: str = "", controller_flags: str = ""):
+    """A control plane of one module's own, the CRD installed, for tests that would disturb
+    the others' (freezing the API server, replacing the CRD, node controllers)."""
+    problem = control_plane_available()
+    if problem is not None:
+        from conftest import unavailable
+
+        unavailable(f"the Kubernetes control plane cannot start: {problem}")
+    plane = ControlPlane(directory).start(controllers, controller_flags)
+    try:
+        plane.install_crd()
+        yield plane
+    finally:
+        plane.stop()
 
 
 class Cluster:

@@ -30,7 +30,12 @@ from lipizzaner_cell.runtime.cell_life import CellStatusBoard
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.wire.tls import TlsMaterial, run_identity
-from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
+from lipizzaner_operator.handlers import (
+    OperatorConfig,
+    WatchTimeouts,
+    operator_settings,
+    register,
+)
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.render import CellDefaults
 
@@ -50,29 +55,38 @@ def operator(
     grpc_port: int = 50051,
     namespaces: tuple[str, ...] | None = None,
     kubeconfig: Path | None = None,
+    liveness: str | None = None,
+    watch_liveness_seconds: float = 300.0,
+    timeouts: WatchTimeouts | None = None,
 ) -> Iterator[OperatorMetrics]:
     """The real operator: kopf's CLI and event loop, our handlers in a fresh registry.
 
     It watches the test's namespace unless told otherwise (() means all namespaces), and
-    logs in with the admin kubeconfig unless given another.
+    logs in with the admin kubeconfig unless given another. With `liveness` (a URL) it
+    serves its liveness endpoint there.
     """
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KUBECONFIG", str(kubeconfig or cluster.plane.kubeconfig))
         registry = kopf.OperatorRegistry()
         metrics = OperatorMetrics(lambda: [])
+        watched = (cluster.namespace,) if namespaces is None else namespaces
         register(
             registry,
             OperatorConfig(
                 cell=CellDefaults(grpc_port=grpc_port),
                 reconcile_seconds=0.3,
                 status_timeout_seconds=1.0,
+                namespaces=watched,
+                watch_liveness_seconds=watch_liveness_seconds,
             ),
             metrics,
         )
-        watched = (cluster.namespace,) if namespaces is None else namespaces
         scope = [f"--namespace={n}" for n in watched] or ["--all-namespaces"]
         args = ["run", *scope, "--standalone"]
-        with KopfRunner(args, registry=registry, settings=operator_settings(), timeout=60):
+        if liveness:
+            args.append(f"--liveness={liveness}")
+        settings = operator_settings(timeouts)
+        with KopfRunner(args, registry=registry, settings=settings, timeout=60):
             yield metrics
 
 

@@ -37,13 +37,29 @@ VALUE_SETS = {
 }
 
 
-def render(values: dict, name: str = "lpz", namespace: str = NAMESPACE) -> tuple[list[dict], str]:
-    """Every object the chart renders with these values, and its NOTES.txt."""
+def render_all(values: dict, name: str = "lpz", namespace: str = NAMESPACE):
+    """Every object the chart renders with these values, hooks included, and NOTES.txt."""
     with helm.Chart.load(CHART) as chart:
         files = chart.render(values, name=name, namespace=namespace, is_install=True)
     notes = files.pop("lipizzaner/templates/NOTES.txt")
     objects = [d for text in files.values() for d in yaml.safe_load_all(text) if d]
     return objects, notes
+
+
+def is_hook(obj: dict) -> bool:
+    return "helm.sh/hook" in (obj["metadata"].get("annotations") or {})
+
+
+def render(values: dict, name: str = "lpz", namespace: str = NAMESPACE) -> tuple[list[dict], str]:
+    """The release's own objects (not its hooks) with these values, and its NOTES.txt."""
+    objects, notes = render_all(values, name, namespace)
+    return [o for o in objects if not is_hook(o)], notes
+
+
+def hooks(values: dict) -> dict[str, dict]:
+    """The chart's hook objects by kind and name (`Job/lpz-lipizzaner-apply-crd`)."""
+    objects, _ = render_all(values)
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects if is_hook(o)}
 
 
 def by_kind(objects: list[dict], kind: str) -> list[dict]:
@@ -117,6 +133,7 @@ def test_cluster_wide_rbac_grants_only_what_the_operator_uses():
     assert roles["lpz-lipizzaner-operator-discovery"] == {
         "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
         "/namespaces": {"list", "watch"},
+        "/nodes": {"get"},  # is the node of a pod stuck terminating lost?
     }
     assert not by_kind(objects, "Role")
 
@@ -228,3 +245,52 @@ def test_two_replicas_elect_a_leader_keep_one_up_and_may_touch_only_their_lease(
     (deployment,) = by_kind(single, "Deployment")
     names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "LIPIZZANER_LEADER_ELECTION" not in names
+
+
+def test_hooks_apply_the_crd_before_upgrades_and_delete_runs_before_uninstalls():
+    found = hooks(VALUE_SETS["namespaced"])
+    apply = found["Job/lpz-lipizzaner-apply-crd"]
+    delete = found["Job/lpz-lipizzaner-delete-runs"]
+    assert apply["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert delete["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    (deployment,) = by_kind(render(VALUE_SETS["namespaced"])[0], "Deployment")
+    operator_pod = deployment["spec"]["template"]["spec"]
+    for job, args, account in (
+        (apply, ["apply-crd"], "lpz-lipizzaner-apply-crd"),
+        (delete, ["delete-runs", "--timeout", "240"], "lpz-lipizzaner-operator"),
+    ):
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == ["lipizzaner-operator"] and container["args"] == args
+        assert container["image"] == operator_pod["containers"][0]["image"]
+        assert pod["serviceAccountName"] == account
+        assert pod["securityContext"] == operator_pod["securityContext"]
+        assert container["securityContext"] == operator_pod["containers"][0]["securityContext"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["LIPIZZANER_WATCH_NAMESPACES"] == "team-a,team-b"
+    # The CRD hook may read and patch one object, nothing else; it goes with the Job.
+    role = found["ClusterRole/lpz-lipizzaner-apply-crd"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": ["lipizzanerruns.lipizzaner.io"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    for obj in found.values():
+        policy = obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+        assert policy == "before-hook-creation,hook-succeeded"
+    assert hooks({"crds": {"apply": False}, "uninstall": {"deleteRuns": False}}) == {}
+
+
+def test_the_watch_timeouts_and_liveness_bound_reach_the_operator():
+    objects, _ = render({"watch": {"serverTimeoutSeconds": 120, "livenessSeconds": 600}})
+    (deployment,) = by_kind(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LIPIZZANER_WATCH_SERVER_TIMEOUT"] == "120"
+    assert env["LIPIZZANER_WATCH_CLIENT_TIMEOUT"] == "330"
+    assert env["LIPIZZANER_WATCH_CONNECT_TIMEOUT"] == "30"
+    assert env["LIPIZZANER_WATCH_LIVENESS_SECONDS"] == "600"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

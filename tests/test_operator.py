@@ -92,6 +92,10 @@ def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, 
         )
         env = {e["name"]: e["value"] for e in replaced["spec"]["containers"][0]["env"]}
         assert env["LIPIZZANER_RESTARTS"] == "1"
+        # A name of its own (Kueue may hold the failed pod until it sees it), the same
+        # DNS name for its neighbours.
+        assert replaced["metadata"]["name"] == "demo-cell-0-r1"
+        assert replaced["spec"]["hostname"] == "demo-cell-0"
         wait_for("restart count", lambda: cluster.status("demo")["cells"]["restarts"] == 1)
         assert metrics.registry.get_sample_value("lipizzaner_operator_cell_restarts_total") == 1
         assert metrics.registry.get_sample_value("lipizzaner_operator_pod_creations_total") == 3
@@ -100,7 +104,7 @@ def test_failed_cells_are_recreated_until_the_limit_then_the_run_fails(cluster, 
             lambda: next((e for e in cluster.events() if e.get("reason") == "CellRestarted"), None),
         )
         assert event["involvedObject"]["name"] == "demo" and event["type"] == "Warning"
-        cluster.set_pod_status("demo-cell-0", terminated("Failed", 1))
+        cluster.set_pod_status("demo-cell-0-r1", terminated("Failed", 1))
         status = wait_for("Failed", phase_is(cluster, "Failed"))
         assert "cell 0 (row 0, col 0) failed (exit code 1) after 1 restarts" in status["message"]
         assert condition(status, "Failed")["reason"] == "CellFailed"

@@ -388,3 +388,72 @@ def test_a_cells_own_refusal_reaches_the_runs_failure():
     status = step(run, step(run, RunStatus(), {}).status, {**pods(), 2: view_pod(pod)}).status
     assert status.phase == "Failed"
     assert "rejected its configuration (exit code 2): bucket 'b' is gone" in status.message
+
+
+def test_a_stopped_pod_held_by_a_finalizer_is_replaced_under_a_name_of_its_own():
+    """Kueue keeps a failed pod until it sees its replacement: the replacement does not
+    wait for it to go (kubernetes-sigs/kueue#5130)."""
+    run = make_run()
+    status = step(run, RunStatus(), pods()).status
+    failed = {**pods(), 1: PodView(cell=1, phase="Failed", exit_code=1, name="tiny-cell-1")}
+    decision = step(run, status, failed)
+    assert decision.delete == [1] and decision.create == []
+    held = {**pods(), 1: replace(failed[1], deleting=True)}
+    decision = step(run, decision.status, held)
+    assert decision.create == [1]  # at once, the old pod still there
+    record = decision.status.cell_records[1]
+    assert (record.restarts, record.disruptions) == (1, 0)  # counted once
+    still_stopping = {**pods(), 1: PodView(cell=1, phase="Running", deleting=True)}
+    assert step(run, status, still_stopping).create == []  # writing its last checkpoint
+
+
+def test_the_latest_replacement_stands_for_its_cell():
+    old = PodView(cell=1, phase="Failed", deleting=True, name="tiny-cell-1")
+    new = PodView(cell=1, phase="Pending", name="tiny-cell-1-r1", replacement=1)
+    assert cell_views(make_run(), [new, old])[1] == new
+    assert cell_views(make_run(), [old, new])[1] == new
+
+
+def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_and_replaced():
+    run = make_run(failurePolicy={"lostNodeSeconds": 300})
+    status = step(run, RunStatus(), pods()).status
+    stuck = PodView(
+        cell=2, phase="Running", deleting=True, node="node-a", deleting_since=T0, name="tiny-cell-2"
+    )
+    waiting = step(
+        run, status, {**pods(), 2: replace(stuck, node_lost=True)}, now=T0 + timedelta(seconds=299)
+    )
+    assert waiting.force_delete == [] and waiting.create == []
+    later = T0 + timedelta(seconds=300)
+    healthy_node = step(run, status, {**pods(), 2: stuck}, now=later)
+    assert healthy_node.force_delete == []  # its kubelet will finish the deletion
+    decision = step(run, status, {**pods(), 2: replace(stuck, node_lost=True)}, now=later)
+    assert decision.force_delete == [2] and decision.create == [2]
+    record = decision.status.cell_records[2]
+    assert (record.disruptions, record.restarts) == (1, 0)
+    (event,) = [e for e in decision.events if e.reason == "CellNodeLost"]
+    assert "node node-a is not Ready" in event.message and event.type == "Warning"
+
+
+def test_a_pods_replacement_and_deletion_time_are_read_from_the_pod():
+    pod = {
+        "metadata": {
+            "name": "tiny-cell-3-r2",
+            "labels": {
+                "lipizzaner.io/cell": "3",
+                "lipizzaner.io/replacement": "2",
+                "kueue.x-k8s.io/queue-name": "team-a",
+            },
+            "deletionTimestamp": "2026-11-24T12:02:00Z",
+            "deletionGracePeriodSeconds": 120,
+        },
+        "spec": {
+            "nodeName": "node-b",
+            "schedulingGates": [{"name": "kueue.x-k8s.io/admission"}],
+        },
+        "status": {"phase": "Pending"},
+    }
+    view = view_pod(pod)
+    assert (view.name, view.replacement, view.node) == ("tiny-cell-3-r2", 2, "node-b")
+    assert view.deleting_since == T0
+    assert view.problem == "waiting for Kueue to admit the run (LocalQueue team-a)"

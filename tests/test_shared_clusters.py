@@ -189,3 +189,32 @@ def test_runs_left_behind_by_an_uninstalled_operator_are_released(
     assert capsys.readouterr().out == f"released {cluster.namespace}/stuck\n1 run(s) released\n"
     wait_for("the deleted run to be gone", lambda: cluster.run("stuck") is None)
     assert cluster.run("alive")["metadata"]["finalizers"] == [FINALIZER]  # not being deleted
+
+
+def test_delete_runs_waits_for_the_operator_and_names_what_it_left(
+    cluster, tmp_path, monkeypatch, capsys
+):
+    """The chart's pre-delete hook: runs deleted while the operator still finalizes them;
+    with no operator left, a timeout that names the runs and the way out."""
+    from lipizzaner_operator.names import FINALIZER
+    from lipizzaner_operator.operator_main import main
+
+    monkeypatch.setenv("KUBECONFIG", str(cluster.plane.kubeconfig))
+    with operator(cluster):
+        for name in ("first", "second"):
+            cluster.create_run(manifest(tmp_path, name=name))
+            wait_for(f"{name} managed", lambda n=name: cluster.status(n).get("phase"))
+        main(["delete-runs", "-n", cluster.namespace, "--timeout", "120"])
+        assert cluster.run("first") is None and cluster.run("second") is None
+
+    left = manifest(tmp_path, name="left")
+    left["metadata"]["finalizers"] = [FINALIZER]  # as if an operator had managed it
+    cluster.create_run(left)
+    with pytest.raises(SystemExit) as stopped:
+        main(["delete-runs", "-n", cluster.namespace, "--timeout", "1"])
+    assert stopped.value.code == 1
+    said = capsys.readouterr()
+    assert f"deleting {cluster.namespace}/left" in said.out
+    assert said.err.count("\n") == 1
+    assert f"1 run(s) still there after 1 s: {cluster.namespace}/left" in said.err
+    assert "release-finalizers" in said.err

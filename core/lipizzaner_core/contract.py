@@ -47,6 +47,8 @@ KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 # "false" once the run has ended: Kueue then finishes the group's Workload and frees its
 # quota (a retriable group would wait for replacement pods).
 KUEUE_RETRIABLE_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
+# The scheduling gate Kueue's webhook puts on a managed pod until its group is admitted.
+KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
 ROW_LABEL, COL_LABEL = "lipizzaner.io/row", "lipizzaner.io/col"
 # Gang scheduling: how a cell pod names its PodGroup, for coscheduling and for Volcano.
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,16 +25,23 @@ from lipizzaner_core.storage import S3_CREDENTIALS, join
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
+from lipizzaner_operator.maintenance import release_pods
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.names import (
     FINALIZER,
     PREFIX,
     cell_selector,
-    pod_name,
     search_job_name,
     tls_secret_name,
 )
-from lipizzaner_operator.observed import cell_views, view_job, view_pod
+from lipizzaner_operator.observed import (
+    PodView,
+    cell_views,
+    node_ready,
+    overdue,
+    view_job,
+    view_pod,
+)
 from lipizzaner_operator.reconcile import Decision, decide, fail, succeed
 from lipizzaner_operator.render import (
     CellDefaults,
@@ -46,8 +53,11 @@ from lipizzaner_operator.render import (
     render_service,
     render_tls_secret,
 )
+from lipizzaner_operator.watch_health import WatchHealth
 
 log = logging.getLogger(__name__)
+# The watch check's own list of the runs gives up after this.
+CHECK_LIST_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,10 +70,26 @@ class OperatorConfig:
     network_policy_operator_namespace: str | None = None
     # With leader election (`leader.py`): set while this replica leads; None: it always acts.
     leading: threading.Event | None = None
+    # The namespaces watched (none: all), and how long the watch may be out of step with
+    # the API server before the liveness probe fails (`watch_health.py`).
+    namespaces: tuple[str, ...] = ()
+    watch_liveness_seconds: float = 300.0
 
 
-def operator_settings() -> kopf.OperatorSettings:
-    """Our own finalizer and annotation names; events only for warnings and errors."""
+@dataclass(frozen=True)
+class WatchTimeouts:
+    """kopf's watch requests end, time out and give up connecting after these (seconds),
+    so a stream that hangs is dropped and listed again instead of leaving us deaf."""
+
+    server: int = 300  # whole seconds: the API server's `timeoutSeconds`
+    client: float = 330.0
+    connect: float = 30.0
+
+
+def operator_settings(timeouts: WatchTimeouts | None = None) -> kopf.OperatorSettings:
+    """Our own finalizer and annotation names; events only for warnings and errors; the
+    watch's timeouts."""
+    timeouts = timeouts or WatchTimeouts()
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
@@ -71,6 +97,9 @@ def operator_settings() -> kopf.OperatorSettings:
         prefix=PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = timeouts.server
+    settings.watching.client_timeout = timeouts.client
+    settings.watching.connect_timeout = timeouts.connect
     return settings
 
 
@@ -111,6 +140,7 @@ def reconcile(
         _ensure_shared_children(body, run, namespace, kube, config)
         tls = _run_tls(body, run, namespace, kube)
     pods = [view_pod(p) for p in kube.list_pods(namespace, cell_selector(run))]
+    pods = _with_lost_nodes(pods, kube, now, run.spec.failure_policy.lost_node_seconds)
     views = cell_views(run, pods)
     per_pod = run.spec.cell.cells_per_pod
     progress = poll_cells(
@@ -125,7 +155,7 @@ def reconcile(
         search = None if job is None else view_job(job)
     generation = body["metadata"].get("generation")
     decision = decide(run, generation, old, views, progress, now, search)
-    _carry_out(body, run, namespace, decision, kube, config, logger)
+    _carry_out(body, run, namespace, decision, views, kube, config, logger)
     metrics.pod_creations.inc(len(decision.create))
     reasons = [e.reason for e in decision.events]
     metrics.cell_restarts.inc(reasons.count("CellRestarted"))
@@ -149,6 +179,17 @@ def reconcile(
         kube.delete_run(namespace, run.metadata.name, FINALIZER)
         return old, old  # nothing left to patch
     return old, decision.status
+
+
+def _with_lost_nodes(
+    pods: list[PodView], kube: KubeClient, now: datetime, bound: float
+) -> list[PodView]:
+    """Mark the pods overdue in deleting whose node is not Ready (a read per such node)."""
+    ready = {
+        node: node_ready(kube.read_node(node))
+        for node in {p.node for p in pods if overdue(p, now, bound)}
+    }
+    return [replace(p, node_lost=True) if ready.get(p.node) is False else p for p in pods]
 
 
 def _invalid(old: RunStatus, message: str, now: datetime) -> RunStatus:
@@ -209,18 +250,26 @@ def _carry_out(
     run: LipizzanerRun,
     namespace: str,
     decision: Decision,
+    views: dict[int, PodView],
     kube: KubeClient,
     config: OperatorConfig,
     logger: logging.Logger | kopf.Logger,
 ) -> None:
+    """Do what `decide` said, to the pods observed (by their own names)."""
     for index in decision.release:  # before any delete: Kueue holds a retriable group's pods
-        kube.annotate_pod(namespace, pod_name(run, index), {KUEUE_RETRIABLE_ANNOTATION: "false"})
+        kube.annotate_pod(namespace, views[index].name, {KUEUE_RETRIABLE_ANNOTATION: "false"})
     for index in decision.delete:
-        logger.info("deleting pod %s", pod_name(run, index))
-        kube.delete_pod(namespace, pod_name(run, index))
-    restarts = {r.cell: r.restarts for r in decision.status.cell_records}
+        logger.info("deleting pod %s", views[index].name)
+        kube.delete_pod(namespace, views[index].name)
+    for index in decision.force_delete:
+        logger.warning("force-deleting pod %s: its node is lost", views[index].name)
+        kube.delete_pod(namespace, views[index].name, force=True)
+    records = {r.cell: r for r in decision.status.cell_records}
     for index in decision.create:
-        pod = render_pod(run, namespace, index, restarts.get(index, 0), config.cell)
+        record = records.get(index)
+        restarts = record.restarts if record else 0
+        replacement = record.restarts + record.disruptions if record else 0
+        pod = render_pod(run, namespace, index, restarts, config.cell, replacement)
         kopf.adopt(pod, owner=body)
         kube.create(pod)
 
@@ -268,6 +317,34 @@ def _searched(run: LipizzanerRun, layout: RunLayout, status: RunStatus, now: dat
     return succeed(status, layout.ensemble, now, searched, said)
 
 
+def register_watch_check(registry: kopf.OperatorRegistry, config: OperatorConfig) -> WatchHealth:
+    """The check that the watch still hears the API server (`watch_health.py`), its
+    thread and the liveness probe that reports it; the timers tell it what they hear."""
+    health = WatchHealth(config.watch_liveness_seconds)
+
+    @kopf.on.startup(registry=registry)
+    def check_the_watch(memo: kopf.Memo, **_: Any) -> None:
+        def listed() -> set[str]:
+            runs = memo.kube.list_runs(list(config.namespaces), timeout=CHECK_LIST_SECONDS)
+            return {run["metadata"]["uid"] for run in runs}
+
+        memo.watch_checker = health.start_checking(listed)
+
+    @kopf.on.cleanup(registry=registry)
+    def stop_checking(memo: kopf.Memo, **_: Any) -> None:
+        memo.watch_checker.set()
+
+    @kopf.on.probe(id="watch", registry=registry)
+    def watch_in_step(**_: Any) -> float:
+        """Fails (the liveness endpoint answers 500) once the watch is deaf."""
+        problem = health.problem()
+        if problem is not None:
+            raise kopf.PermanentError(problem)
+        return round(health.seconds_in_step(), 1)
+
+    return health
+
+
 def register(
     registry: kopf.OperatorRegistry, config: OperatorConfig, metrics: OperatorMetrics
 ) -> None:
@@ -278,6 +355,14 @@ def register(
     @kopf.on.startup(registry=registry)
     def connect(memo: kopf.Memo, **_: Any) -> None:
         memo.kube = KubeClient.from_environment()
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    def release_from_kueue(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A deleted run's pods go with it, and Kueue must let them go too: it keeps a
+        retriable group's pods (and its quota) waiting for replacements."""
+        release_pods(memo.kube, {"metadata": dict(body["metadata"])})
+
+    health = register_watch_check(registry, config)
 
     @kopf.timer(
         GROUP,
@@ -290,6 +375,7 @@ def register(
     def reconcile_run(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
     ) -> None:
+        health.heard(body["metadata"]["uid"])  # kopf keeps a timer for each run it watches
         if config.leading is not None and not config.leading.is_set():
             return  # a standby: the leader reconciles
         try:

@@ -116,6 +116,7 @@ class KubeClient:
         self.custom = client.CustomObjectsApi(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.extensions = client.ApiextensionsV1Api(api_client)
 
     @classmethod
     def from_environment(cls) -> KubeClient:
@@ -194,21 +195,32 @@ class KubeClient:
                 name, namespace, {"metadata": {"annotations": annotations}}, _preload_content=False
             )
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, force: bool = False) -> None:
+        """Delete a pod; `force`: at once, without its kubelet's confirmation (a lost node)."""
         with tolerating(404):  # already gone
-            self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
+            self.core.delete_namespaced_pod(
+                name, namespace, grace_period_seconds=0 if force else None, _preload_content=False
+            )
 
-    def list_runs(self, namespaces: list[str]) -> list[Manifest]:
+    def read_node(self, name: str) -> Manifest | None:
+        """A node as plain data; None when there is no such node."""
+        with tolerating(404):
+            return json.loads(self.core.read_node(name, _preload_content=False).data)
+        return None
+
+    def list_runs(self, namespaces: list[str], timeout: float | None = None) -> list[Manifest]:
         """Runs in these namespaces, or in all of them when the list is empty."""
         if not namespaces:
-            answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            answer = self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _request_timeout=timeout
+            )
             return answer["items"]
         return [
             run
             for namespace in namespaces
-            for run in self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
-                "items"
-            ]
+            for run in self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _request_timeout=timeout
+            )["items"]
         ]
 
     def delete_run(self, namespace: str, name: str, finalizer: str) -> None:
@@ -223,6 +235,23 @@ class KubeClient:
             run = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
             self.release_finalizer(run, finalizer)
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def delete_run_now(self, namespace: str, name: str) -> None:
+        """Ask for a run's deletion; its finalizers (ours: the operator) then let it go."""
+        with tolerating(404):
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def apply_crd(self, crd: Manifest, manager: str) -> None:
+        """Server-side apply of an existing CRD: our fields become what `crd` says, taking
+        them over from whoever set them before (helm's install of `crds/`)."""
+        self.extensions.patch_custom_resource_definition(
+            crd["metadata"]["name"],
+            crd,
+            field_manager=manager,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            _preload_content=False,
+        )
 
     def release_finalizer(self, run: Manifest, finalizer: str) -> None:
         """Take our finalizer off a run; other controllers' stay, and the resourceVersion

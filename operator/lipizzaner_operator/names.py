@@ -18,6 +18,10 @@ from lipizzaner_core.spec import LipizzanerRun
 PREFIX = "lipizzaner.io"
 # The finalizer a run carries while the operator manages it.
 FINALIZER = f"{PREFIX}/finalizer"
+# Which replacement of its cell a pod is (0: the first pod; `pod_name`).
+REPLACEMENT_LABEL = f"{PREFIX}/replacement"
+# Who the API server records as the owner of the fields the operator applies (the CRD).
+FIELD_MANAGER = "lipizzaner-operator"
 # The coordination Lease the operator's replicas elect a leader with.
 LEASE_NAME = "lipizzaner-operator"
 
@@ -65,9 +69,19 @@ def pod_group(run: LipizzanerRun, cell: int) -> range:
     return group_of(cell, run.spec.grid.size, run.spec.cell.cells_per_pod)
 
 
-def pod_name(run: LipizzanerRun, cell: int) -> str:
-    """The name of the pod that hosts `cell`."""
+def pod_hostname(run: LipizzanerRun, cell: int) -> str:
+    """The host name of the pod that hosts `cell`, the same for every replacement: with
+    the run's Service as subdomain, the DNS name its neighbours reach it by."""
     return group_pod_name(run.metadata.name, pod_group(run, cell))
+
+
+def pod_name(run: LipizzanerRun, cell: int, replacement: int = 0) -> str:
+    """The name of the pod that hosts `cell`: its host name, then `-r<k>` for the k-th
+    replacement. A replacement has a name of its own, so it can be created while its
+    predecessor is still held (Kueue keeps a failed pod of a group until it sees the
+    replacement, kubernetes-sigs/kueue#5130)."""
+    hostname = pod_hostname(run, cell)
+    return hostname if replacement == 0 else f"{hostname}-r{replacement}"
 
 
 def kueue_queue(run: LipizzanerRun) -> str | None:

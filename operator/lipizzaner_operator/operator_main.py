@@ -11,9 +11,15 @@ import threading
 
 import kopf
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from lipizzaner_core import __version__
 
-from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
+from lipizzaner_operator.handlers import (
+    OperatorConfig,
+    WatchTimeouts,
+    operator_settings,
+    register,
+)
 from lipizzaner_operator.kube import (
     CredentialsError,
     KubeClient,
@@ -21,8 +27,14 @@ from lipizzaner_operator.kube import (
     load_configuration,
 )
 from lipizzaner_operator.leader import LeaderElection
+from lipizzaner_operator.maintenance import (
+    ChoreError,
+    apply_crd,
+    delete_runs,
+    release_finalizers,
+)
 from lipizzaner_operator.metrics import OperatorMetrics
-from lipizzaner_operator.names import FINALIZER, LEASE_NAME
+from lipizzaner_operator.names import LEASE_NAME
 from lipizzaner_operator.render import CellDefaults
 
 DEFAULTS = CellDefaults()
@@ -69,6 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
         parser, "--cell-image", DEFAULTS.image, "image of runs that name none in spec.cell.image"
     )
     env_option(parser, "--reconcile-seconds", 5.0, "how often each run is reconciled")
+    timeouts = WatchTimeouts()
+    env_option(
+        parser,
+        "--watch-server-timeout",
+        timeouts.server,
+        "seconds after which the API server ends each watch request (then list and watch again)",
+    )
+    env_option(
+        parser,
+        "--watch-client-timeout",
+        timeouts.client,
+        "seconds before a watch request is dropped",
+    )
+    env_option(
+        parser,
+        "--watch-connect-timeout",
+        timeouts.connect,
+        "seconds to connect for a watch request",
+    )
+    env_option(
+        parser,
+        "--watch-liveness-seconds",
+        300.0,
+        "the liveness endpoint fails once the watch has missed a run the API server lists, "
+        "or the runs could not be listed, for this long",
+    )
     env_option(
         parser,
         "--metrics-port",
@@ -113,27 +151,53 @@ def build_parser() -> argparse.ArgumentParser:
         "deleted, so that `kubectl delete` of a run does not hang after the operator was "
         "uninstalled. Their pods go with them (owner references); outputs stay.",
     )
-    release.add_argument(
-        "-n",
-        "--namespace",
-        dest="release_namespaces",
-        action="append",
-        default=[],
-        metavar="NAMESPACE",
-        help="only in this namespace (repeatable; default: all namespaces)",
+    delete = commands.add_parser(
+        "delete-runs",
+        help="delete every run and wait until the operator has let them go (before an "
+        "uninstall: the chart's pre-delete hook)",
+        description="Delete every LipizzanerRun and wait until the operator has finalized "
+        "each (its cells stopped, its pods gone). Outputs stay. Exits 1 naming the runs "
+        "left when the timeout passes.",
+    )
+    delete.add_argument(
+        "--timeout", type=float, default=240.0, help="seconds to wait (default %(default)s)"
+    )
+    for chore in (release, delete):
+        chore.add_argument(
+            "-n",
+            "--namespace",
+            dest="chore_namespaces",
+            action="append",
+            default=[],
+            metavar="NAMESPACE",
+            help="only in this namespace (repeatable; default: the watched namespaces, "
+            "LIPIZZANER_WATCH_NAMESPACES, else all)",
+        )
+    commands.add_parser(
+        "apply-crd",
+        help="bring the cluster's CRD up to this version's (server-side apply; the chart's "
+        "pre-upgrade hook)",
+        description="Server-side apply this version's LipizzanerRun CRD over the installed "
+        "one, which `helm upgrade` never updates: new spec fields are then accepted and new "
+        "status fields kept. Needs get and patch on the CRD.",
     )
     return parser
 
 
-def release_finalizers(kube: KubeClient, namespaces: list[str]) -> list[str]:
-    """Release the runs being deleted that still carry our finalizer; their names."""
-    released = []
-    for run in kube.list_runs(namespaces):
-        meta = run["metadata"]
-        if meta.get("deletionTimestamp") and FINALIZER in meta.get("finalizers", []):
-            kube.release_finalizer(run, FINALIZER)
-            released.append(f"{meta['namespace']}/{meta['name']}")
-    return released
+def chore(args: argparse.Namespace, kube: KubeClient) -> None:
+    """One of the subcommands (`maintenance.py`), said line by line."""
+    if args.command == "apply-crd":
+        print(f"applied the CRD {apply_crd(kube)}")
+        return
+    namespaces = args.chore_namespaces or args.namespace
+    if args.command == "release-finalizers":
+        released = release_finalizers(kube, namespaces)
+        for name in released:
+            print(f"released {name}")
+        print(f"{len(released)} run(s) released")
+    else:
+        deleted = delete_runs(kube, namespaces, args.timeout, lambda line: print(line, flush=True))
+        print(f"{deleted} run(s) deleted")
 
 
 def identity() -> str:
@@ -155,11 +219,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     api = client.ApiClient(configuration)
     kube = KubeClient(api)
-    if args.command == "release-finalizers":
-        released = release_finalizers(kube, args.release_namespaces)
-        for name in released:
-            print(f"released {name}")
-        print(f"{len(released)} run(s) released")
+    if args.command:
+        try:
+            chore(args, kube)
+        except ChoreError as exc:
+            print(f"lipizzaner-operator: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except ApiException as exc:
+            print(
+                f"lipizzaner-operator: the API server said {exc.status} {exc.reason}",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
         return
     metrics = OperatorMetrics(lambda: kube.list_runs(args.namespace))
     if args.metrics_port:
@@ -186,12 +257,20 @@ def main(argv: list[str] | None = None) -> None:
             reconcile_seconds=args.reconcile_seconds,
             network_policy_operator_namespace=args.network_policy_namespace,
             leading=leading,
+            namespaces=tuple(args.namespace),
+            watch_liveness_seconds=args.watch_liveness_seconds,
         ),
         metrics,
     )
     kopf.run(
         registry=registry,
-        settings=operator_settings(),
+        settings=operator_settings(
+            WatchTimeouts(
+                server=args.watch_server_timeout,
+                client=args.watch_client_timeout,
+                connect=args.watch_connect_timeout,
+            )
+        ),
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

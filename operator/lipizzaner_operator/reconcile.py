@@ -31,7 +31,7 @@ from lipizzaner_core.status import (
 )
 
 from lipizzaner_operator.names import kueue_queue, pod_group, pod_name, search_job_name
-from lipizzaner_operator.observed import CellProgress, JobView, PodView
+from lipizzaner_operator.observed import CellProgress, JobView, PodView, overdue, terminated
 
 GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
 
@@ -54,11 +54,12 @@ class Decision:
     searched: bool = False  # the search's Job completed: read its ensemble, then `succeed`
     delete_run: bool = False  # ttlSecondsAfterFinished has passed
     release: list[int] = field(default_factory=list)  # pods to mark not retriable (Kueue)
+    force_delete: list[int] = field(default_factory=list)  # pods stuck on a lost node
 
 
 def _by_pods(run: LipizzanerRun, decision: Decision) -> Decision:
     """The cells to create, delete or release, as their pods' first cells, each pod once."""
-    for name in ("create", "delete", "release"):
+    for name in ("create", "delete", "release", "force_delete"):
         cells = getattr(decision, name)
         setattr(decision, name, list(dict.fromkeys(pod_group(run, c).start for c in cells)))
     return decision
@@ -213,11 +214,11 @@ def _active(
         return _failed(decision, pods, "DeadlineExceeded", message, now)
     for index, record in records.items():
         given_up = sum(r.phase == "Failed" for r in records.values())
-        verdict = _observe(run, index, record, pods.get(index), decision, given_up)
+        verdict = _observe(run, index, record, pods.get(index), decision, given_up, now)
         if verdict is not None and verdict.action == "fail":
             message = f"{_position(run, index)} {verdict.message}"
             if verdict.reason == "BadConfiguration":
-                message += f"; see `kubectl logs {pod_name(run, index)}`"
+                message += f"; see `kubectl logs {_pod_of(run, index, pods)}`"
             return _failed(decision, pods, verdict.reason, message, now)
         _take_progress(record, progress.get(index))
     _summarise(status, records, decision)
@@ -230,6 +231,12 @@ def _active(
             f"(PodGroup {run.metadata.name}-cells, {run.spec.scheduling.pod_group})"
         )
     return decision
+
+
+def _pod_of(run: LipizzanerRun, index: int, pods: dict[int, PodView]) -> str:
+    """The name of the cell's pod as observed (its first pod's, if there is none)."""
+    pod = pods.get(index)
+    return pod.name if pod is not None and pod.name else pod_name(run, index)
 
 
 def _search_step(
@@ -280,6 +287,7 @@ def _observe(
     pod: PodView | None,
     decision: Decision,
     given_up: int,
+    now: datetime,
 ) -> Verdict | None:
     """Bring one cell's record up to date with its pod; a stopped cell gets a verdict
     (`lipizzaner_core.policy`), and a restart is scheduled here."""
@@ -287,9 +295,13 @@ def _observe(
     if record.phase in ("Succeeded", "Failed"):  # Failed: given up
         return None
     if pod is not None and pod.deleting:
-        if pod.disruption:  # said while it goes, and remembered once it is gone
+        if pod.disruption:  # said while it goes, and remembered once it is replaced
             record.message = DISRUPTED + pod.disruption
-        return None
+        if pod.node_lost and overdue(pod, now, policy.lost_node_seconds):
+            _force_delete(run, index, record, pod, decision)
+        elif not terminated(pod):
+            return None  # still stopping: its last checkpoint is being written
+        pod = None  # as good as gone: its replacement has a name of its own
     if pod is None:
         existed = record.phase in ("Pending", "Running")
         decision.create.append(index)
@@ -329,6 +341,22 @@ def _observe(
             Event("Warning", verdict.reason, f"{_position(run, index)} {verdict.message}")
         )
     return verdict
+
+
+def _force_delete(
+    run: LipizzanerRun, index: int, record: CellRecord, pod: PodView, decision: Decision
+) -> None:
+    """Its node is lost and will never confirm the deletion: delete the pod without it, so
+    that the cell can be recreated elsewhere (a disruption, once it is gone)."""
+    said = (
+        f"NodeLost: node {pod.node} is not Ready and the pod has been terminating for "
+        f"{run.spec.failure_policy.lost_node_seconds} s"
+    )
+    record.message = DISRUPTED + said
+    decision.force_delete.append(index)
+    decision.events.append(
+        Event("Warning", "CellNodeLost", f"{_position(run, index)}: {said}; force-deleting it")
+    )
 
 
 def _restart(

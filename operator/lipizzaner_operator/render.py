@@ -42,10 +42,12 @@ from lipizzaner_core.wire.tls import TlsMaterial
 from lipizzaner_operator.names import (
     OPERATOR_LABELS,
     POD_GROUP_APIS,
+    REPLACEMENT_LABEL,
     config_map_name,
     kueue_queue,
     pod_group,
     pod_group_name,
+    pod_hostname,
     pod_name,
     run_labels,
     search_job_name,
@@ -210,15 +212,22 @@ def _readiness_probe(run: LipizzanerRun, defaults: CellDefaults) -> Manifest:
 
 
 def render_pod(
-    run: LipizzanerRun, namespace: str, index: int, restarts: int, defaults: CellDefaults
+    run: LipizzanerRun,
+    namespace: str,
+    index: int,
+    restarts: int,
+    defaults: CellDefaults,
+    replacement: int = 0,
 ) -> Manifest:
     """The pod of cell `index` (and of the other cells of its group); `restarts` is how
-    often it was recreated (shown in its cells' statuses)."""
+    often it was recreated after failures (shown in its cells' statuses), `replacement`
+    how often in all (its name's `-r<k>`)."""
     cells = pod_group(run, index)
-    name = pod_name(run, index)
+    name = pod_name(run, index, replacement)
     # The user's labels and annotations first: the operator's own keys are refused in
     # the spec, and would win here anyway.
     labels = {**run.spec.cell.labels, **run_labels(run, "cell"), CELL_LABEL: str(cells.start)}
+    labels[REPLACEMENT_LABEL] = str(replacement)
     if len(cells) == 1:
         row, col = run.spec.grid.topology().position(index)
         labels |= {ROW_LABEL: str(row), COL_LABEL: str(col)}
@@ -252,7 +261,7 @@ def render_pod(
         "volcano" if scheduling.pod_group == "volcano" else None
     )
     pod_spec: Manifest = {
-        "hostname": name,
+        "hostname": pod_hostname(run, index),
         "subdomain": service_name(run),
         **_pod_spec(run, container, volumes, scheduler),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

@@ -51,6 +51,12 @@ def node() -> Iterator[Node]:
 def operator(node: Node) -> Node:
     """The chart, installed by helm with its defaults: the operator runs in its own pod,
     from the image hack/images.sh loaded, under the chart's ServiceAccount."""
+    install_chart(node)
+    return node
+
+
+def install_chart(node: Node) -> None:
+    """`helm upgrade --install` of the chart (its hooks run), then a ready operator."""
     node.run(
         str(node.bin / "helm"),
         *("upgrade", "--install", "lipizzaner", str(CHART)),
@@ -58,7 +64,6 @@ def operator(node: Node) -> Node:
         timeout=900,
     )
     wait_for("the operator's pod to be ready", lambda: operator_pods(node, ready=True))
-    return node
 
 
 def operator_pods(node: Node, ready: bool = False) -> list[dict[str, Any]]:

@@ -94,10 +94,10 @@ class Node:
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run(str(self.bin / "kubectl"), *args, check=check)
 
-    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """containerd's own client on the node's runtime (Kubernetes' namespace)."""
         socket = self.directory / "containerd" / "containerd.sock"
-        return self.run("ctr", "--address", str(socket), "-n", "k8s.io", *args)
+        return self.run("ctr", "--address", str(socket), "-n", "k8s.io", *args, check=check)
 
     def get(self, *args: str) -> Any:
         return yaml.safe_load(self.kubectl("get", *args, "-o", "yaml").stdout)

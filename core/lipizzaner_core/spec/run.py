@@ -90,6 +90,14 @@ class FailurePolicySpec(SpecModel):
         description="Cells that may be given up past their restarts while the others go on "
         "(the ensemble comes from the cells that finish); 0: one such cell fails the run",
     )
+    lost_node_seconds: int = Field(
+        300,
+        ge=0,
+        description="Kubernetes: a cell pod terminating this long on a node that is not Ready "
+        "is force-deleted and recreated elsewhere (a disruption): a lost node never confirms "
+        "the deletion. More than the pods' 120 s grace, so a cell that still runs has written "
+        "its checkpoint",
+    )
 
 
 class ExchangeTlsSpec(SpecModel):
