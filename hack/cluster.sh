@@ -320,7 +320,11 @@ start() {
     # A start that fails half-way leaves nothing running (its logs stay in DIR).
     trap 'echo "cluster: start failed; stopping what started (logs in $DIR)" >&2; stop "$DIR"' EXIT
     network
-    LIPIZZANER_ENVTEST_NODE_IP="$NODE_IP" "$HERE/envtest.sh" start "$DIR" >/dev/null
+    # A node that stops answering is marked unreachable after 30 s (the default is 50 s),
+    # so tests/e2e/test_faults.py's lost node does not outlast its run.
+    LIPIZZANER_ENVTEST_NODE_IP="$NODE_IP" \
+        LIPIZZANER_ENVTEST_CONTROLLER_FLAGS="--node-monitor-grace-period=30s" \
+        "$HERE/envtest.sh" start "$DIR" >/dev/null
     containerd_start
     pause_image
     dns_start

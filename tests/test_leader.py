@@ -114,7 +114,9 @@ def test_two_operator_replicas_act_as_one_and_the_standby_takes_over(cluster, tm
             lambda: (s := cluster.status("demo")).get("cells", {}).get("restarts") == 1 and s,
         )
         assert status["startTime"] == started  # the status went on where it was
-        pods = cluster.items("pods")
-        assert sorted(p["metadata"]["name"] for p in pods) == ["demo-cell-0", "demo-cell-1"]
+        pods = wait_for(  # the failed pod deleted, its one replacement under a name of its own
+            "the failed pod gone", lambda: len(p := cluster.items("pods")) == 2 and p
+        )
+        assert sorted(p["metadata"]["name"] for p in pods) == ["demo-cell-0-r1", "demo-cell-1"]
         events = [e for e in cluster.events() if e.get("reason") == "CellRestarted"]
         assert len(events) == 1 and events[0].get("count", 1) == 1  # acted on once

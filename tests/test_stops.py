@@ -185,8 +185,13 @@ def test_a_local_run_is_followed_and_stopped_through_its_executor(tiny_manifest,
     assert f"{output}: stopped; its output stays" in capsys.readouterr().out
     printed, _ = launcher.communicate(timeout=DEADLINE)
     assert launcher.returncode == 143, printed
-    assert main(["status", output, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["phase"] == "Suspended"
+    assert main(["status", output, "--json", "--cells"]) == 0
+    stopped = json.loads(capsys.readouterr().out)
+    assert stopped["phase"] == "Suspended"
+    assert [c["cell"] for c in stopped["cells"]] == [0, 1, 2, 3]
+    assert all(c["phase"] == "Suspended" and c["generation"] >= 1 for c in stopped["cells"])
+    assert main(["status", output, "--cells"]) == 0
+    assert "disruptions" in capsys.readouterr().out  # the cells' table
     assert main(["logs", output, "--cell", "1"]) == 0
     assert "stopped by SIGTERM at generation" in capsys.readouterr().out
     assert main(["delete", output]) == 2

@@ -5,6 +5,7 @@ Conditions follow `metav1.Condition`, so `kubectl wait --for=condition=Succeeded
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Literal
 
@@ -18,6 +19,10 @@ CellPhase = Literal[
     "Waiting", "Pending", "Running", "Succeeded", "Failed", "Restarting", "Suspended"
 ]
 CONDITION_TYPES = ("Running", "Succeeded", "Failed", "Suspended")
+# The status names at most this many cells, whatever the grid, so the run object stays
+# small for etcd and for every watcher: the cells in trouble first, then the best. A
+# bigger grid keeps every cell's record in the ConfigMap `status.cellsConfigMap` names.
+STATUS_CELLS = 16
 
 
 class StatusModel(BaseModel):
@@ -78,7 +83,14 @@ class RunStatus(StatusModel):
     ensemble: EnsembleStatus | None = None
     start_time: str | None = None
     completion_time: str | None = None
-    cell_records: list[CellRecord] = Field(default_factory=list)
+    cell_records: list[CellRecord] = Field(
+        default_factory=list,
+        description="every cell of a grid of up to 16; of a bigger one, 16: those in trouble "
+        "(given up, restarting, restarted, disrupted, with a message), then the best by score",
+    )
+    cells_config_map: str | None = Field(
+        None, description="grids of more than 16 cells: the ConfigMap with every cell's record"
+    )
 
     def to_patch(self) -> dict:
         """A merge patch: a top-level None clears the field; no None goes inside a list.
@@ -88,6 +100,47 @@ class RunStatus(StatusModel):
         """
         patch = self.model_dump(by_alias=True, mode="json", exclude_none=True)
         return {name: patch.get(name) for name in self.model_dump(by_alias=True)}
+
+
+def notable(records: list[CellRecord], limit: int = STATUS_CELLS) -> list[CellRecord]:
+    """The records the status shows: all of them up to `limit`; past it, the cells in
+    trouble first (given up, restarting, with a message, then the most restarts and
+    disruptions), then the best scores, in cell order."""
+
+    def trouble(record: CellRecord) -> tuple[int, int]:
+        rank = {"Failed": 0, "Restarting": 1}.get(record.phase, 3 if not record.message else 2)
+        return rank, -(record.restarts + record.disruptions)
+
+    if len(records) <= limit:
+        return records
+    troubled = sorted(
+        (r for r in records if trouble(r) != (3, 0)), key=lambda r: (*trouble(r), r.cell)
+    )
+    scored = sorted(
+        (r for r in records if trouble(r) == (3, 0) and r.score is not None),
+        key=lambda r: (r.score, r.cell),
+    )
+    return sorted((troubled + scored)[:limit], key=lambda r: r.cell)
+
+
+# The key of `status.cellsConfigMap` that holds every cell's record, as a JSON list.
+RECORDS_KEY = "records.json"
+
+
+def encode_records(records: list[CellRecord]) -> str:
+    """Compact JSON, defaults left out: about 60 bytes a cell."""
+    return json.dumps(
+        [r.model_dump(by_alias=True, exclude_defaults=True, mode="json") for r in records],
+        separators=(",", ":"),
+    )
+
+
+def decode_records(text: str) -> list[CellRecord]:
+    """The records `encode_records` wrote; ValueError if the text is not such a list."""
+    found = json.loads(text)
+    if not isinstance(found, list):
+        raise ValueError("cell records: not a JSON list")
+    return [CellRecord.model_validate(item) for item in found]
 
 
 def timestamp(moment: datetime) -> str:

@@ -20,7 +20,13 @@ from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import ENSEMBLE_MANIFEST, RunLayout
 from lipizzaner_core.placement import port_of
 from lipizzaner_core.spec import LipizzanerRun, SpecError, parse_run
-from lipizzaner_core.status import RunStatus
+from lipizzaner_core.status import (
+    RECORDS_KEY,
+    STATUS_CELLS,
+    RunStatus,
+    decode_records,
+    notable,
+)
 from lipizzaner_core.storage import S3_CREDENTIALS, join
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
@@ -31,6 +37,7 @@ from lipizzaner_operator.names import (
     FINALIZER,
     PREFIX,
     cell_selector,
+    cells_config_map_name,
     search_job_name,
     tls_secret_name,
 )
@@ -42,9 +49,10 @@ from lipizzaner_operator.observed import (
     view_job,
     view_pod,
 )
-from lipizzaner_operator.reconcile import Decision, decide, fail, succeed
+from lipizzaner_operator.reconcile import Decision, aggregated, decide, fail, succeed
 from lipizzaner_operator.render import (
     CellDefaults,
+    render_cells_config_map,
     render_config_map,
     render_network_policy,
     render_pod,
@@ -148,13 +156,15 @@ def reconcile(
         lambda cell: port_of(config.cell.grpc_port, cell, per_pod, "slot"),
         config.status_timeout_seconds,
         tls,
+        within=config.reconcile_seconds,
     )
     search = None
     if run.spec.ensemble.searched and old.phase not in ("Succeeded", "Failed"):
         job = kube.read_job(namespace, search_job_name(run))
         search = None if job is None else view_job(job)
     generation = body["metadata"].get("generation")
-    decision = decide(run, generation, old, views, progress, now, search)
+    known = _with_every_record(old, run, namespace, kube)
+    decision = decide(run, generation, known, views, progress, now, search)
     _carry_out(body, run, namespace, decision, views, kube, config, logger)
     metrics.pod_creations.inc(len(decision.create))
     reasons = [e.reason for e in decision.events]
@@ -172,13 +182,54 @@ def reconcile(
             kube.create(job)
     if decision.searched:
         decision.status = _searched(run, layout, decision.status, now)
-    for event in decision.events:
+    for event in aggregated(decision.events):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if decision.delete_run:
         logger.info("deleting the finished run: spec.ttlSecondsAfterFinished has passed")
         kube.delete_run(namespace, run.metadata.name, FINALIZER)
         return old, old  # nothing left to patch
-    return old, decision.status
+    return old, _bounded(body, run, namespace, known, decision.status, kube)
+
+
+def _with_every_record(
+    status: RunStatus, run: LipizzanerRun, namespace: str, kube: KubeClient
+) -> RunStatus:
+    """The status with every cell's record: a big grid's are in its cells ConfigMap (the
+    status names only some); a run that has none yet has them all in its status."""
+    if run.spec.grid.size <= STATUS_CELLS or status.cells_config_map is None:
+        return status
+    data = kube.read_config_map(namespace, status.cells_config_map) or {}
+    try:
+        records = decode_records(data[RECORDS_KEY])
+    except (KeyError, ValueError) as exc:  # gone or damaged: what the status has is kept
+        name = status.cells_config_map
+        log.warning("run %s: no cell records in %s: %s", run.metadata.name, name, exc)
+        return status
+    return status.model_copy(update={"cell_records": records})
+
+
+def _bounded(
+    body: kopf.Body,
+    run: LipizzanerRun,
+    namespace: str,
+    known: RunStatus,
+    status: RunStatus,
+    kube: KubeClient,
+) -> RunStatus:
+    """The status to write: past STATUS_CELLS cells, every record goes to the cells
+    ConfigMap (when one changed) and the status keeps the notable ones."""
+    if run.spec.grid.size <= STATUS_CELLS:
+        return status
+    if status.cell_records != known.cell_records or known.cells_config_map is None:
+        records = render_cells_config_map(run, namespace, status.cell_records)
+        kopf.adopt(records, owner=body)
+        kube.apply_config_map(records)
+    return status.model_copy(
+        update={
+            "cell_records": notable(status.cell_records),
+            "cells_config_map": cells_config_map_name(run),
+        }
+    )
 
 
 def _with_lost_nodes(
@@ -265,13 +316,15 @@ def _carry_out(
         logger.warning("force-deleting pod %s: its node is lost", views[index].name)
         kube.delete_pod(namespace, views[index].name, force=True)
     records = {r.cell: r for r in decision.status.cell_records}
+    pods = []
     for index in decision.create:
         record = records.get(index)
         restarts = record.restarts if record else 0
         replacement = record.restarts + record.disruptions if record else 0
         pod = render_pod(run, namespace, index, restarts, config.cell, replacement)
         kopf.adopt(pod, owner=body)
-        kube.create(pod)
+        pods.append(pod)
+    kube.create_all(pods)
 
 
 def output_layout(run: LipizzanerRun, namespace: str, kube: KubeClient) -> RunLayout:
@@ -379,7 +432,8 @@ def register(
         if config.leading is not None and not config.leading.is_set():
             return  # a standby: the leader reconciles
         try:
-            old, new = reconcile(body, memo.kube, config, metrics, logger)
+            with metrics.reconcile_seconds.time():
+                old, new = reconcile(body, memo.kube, config, metrics, logger)
         except Exception:
             metrics.reconcile_errors.inc()
             raise

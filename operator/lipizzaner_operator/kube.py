@@ -12,8 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import random
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import kopf
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 # Every object we write is checked field by field: a typo is an error, never pruned.
 STRICT = "Strict"
+# Requests in flight at once when the operator creates many pods or asks many cells: a
+# big grid's pods are created in seconds, without flooding the API server.
+PARALLEL_REQUESTS = 16
 
 
 class CredentialsError(RuntimeError):
@@ -156,6 +160,15 @@ class KubeClient:
                 obj["metadata"]["namespace"], obj, field_validation=STRICT, _preload_content=False
             )
 
+    def create_all(self, objects: list[Manifest]) -> None:
+        """`create` each, at most PARALLEL_REQUESTS at a time."""
+        if len(objects) <= 1:
+            for obj in objects:
+                self.create(obj)
+            return
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(objects))) as pool:
+            list(pool.map(self.create, objects))  # the first error, if any, is raised here
+
     def read_job(self, namespace: str, name: str) -> Manifest | None:
         """A Job as plain data; None when there is no such Job."""
         with tolerating(404):
@@ -169,6 +182,13 @@ class KubeClient:
             secret = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
             data = json.loads(secret.data).get("data") or {}
             return {key: base64.b64decode(value) for key, value in data.items()}
+        return None
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data; None when there is no such ConfigMap."""
+        with tolerating(404):
+            found = self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
+            return json.loads(found.data).get("data") or {}
         return None
 
     def apply_config_map(self, obj: Manifest) -> None:
@@ -285,12 +305,21 @@ def poll_cells(
     port: Callable[[int], int],
     timeout: float,
     tls: TlsMaterial | None = None,
+    within: float | None = None,
 ) -> dict[int, CellProgress]:
     """GetStatus of every cell of a running pod (`pods`: each cell's, `port`: where a cell
-    listens in it), in parallel, with the run's certificate, if any."""
-    running = {i: _address(p.ip, port(i)) for i, p in pods.items() if p.phase == "Running" and p.ip}
+    listens in it), in parallel, with the run's certificate, if any. With `within`, the
+    answers that came in that many seconds: a pass over a big grid stays within its
+    interval, and the cells asked in a random order are all heard from over a few passes
+    (the status keeps each cell's last report)."""
+    running = [
+        (i, _address(p.ip, port(i))) for i, p in pods.items() if p.phase == "Running" and p.ip
+    ]
     if not running:
         return {}
-    with ThreadPoolExecutor(max_workers=min(16, len(running))) as pool:
-        answers = pool.map(lambda address: cell_progress(address, timeout, tls), running.values())
-        return {i: a for i, a in zip(running, answers, strict=True) if a is not None}
+    random.shuffle(running)
+    pool = ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(running)))
+    asked = {pool.submit(cell_progress, address, timeout, tls): i for i, address in running}
+    done, _ = wait(asked, timeout=within)
+    pool.shutdown(wait=False, cancel_futures=True)  # those still asking end by `timeout`
+    return {asked[f]: answer for f in done if (answer := f.result()) is not None}

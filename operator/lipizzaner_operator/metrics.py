@@ -12,7 +12,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
 from lipizzaner_core.status import RunPhase
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -73,6 +73,12 @@ class OperatorMetrics:
             "reconcile_errors", "Reconciliations that raised (kopf retries them)"
         )
         self.pod_creations = self._counter("pod_creations", "Cell pods created")
+        self.reconcile_seconds = Histogram(
+            "lipizzaner_operator_reconcile_seconds",
+            "How long one pass over one run took: its pods, its cells' status, its decisions",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
 
     def _counter(self, name: str, documentation: str) -> Counter:
         return Counter(f"lipizzaner_operator_{name}", documentation, registry=self.registry)

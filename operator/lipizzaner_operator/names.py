@@ -44,6 +44,11 @@ def config_map_name(run: LipizzanerRun) -> str:
     return f"{run.metadata.name}-spec"
 
 
+def cells_config_map_name(run: LipizzanerRun) -> str:
+    """The ConfigMap holding every cell's record, for grids bigger than the status shows."""
+    return f"{run.metadata.name}-cells"
+
+
 def service_name(run: LipizzanerRun) -> str:
     """The headless Service the cells resolve each other through."""
     return f"{run.metadata.name}-cells"

@@ -12,7 +12,7 @@ restarts, generation, score), which is how a pod that vanished is told from one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -41,6 +41,29 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    cell: int | None = None  # the cell it is about, if one
+
+
+# More Events than this of one reason in one pass are said as one (a preempted 32x32 grid
+# is one Event, not 1,024).
+EVENTS_OF_A_KIND = 3
+
+
+def aggregated(events: list[Event]) -> list[Event]:
+    """The pass's Events, those of one reason about more than EVENTS_OF_A_KIND cells
+    said once: the cells named in spans, with the first one's message as an example."""
+    about: dict[tuple[str, str], list[Event]] = {}
+    for event in events:
+        if event.cell is not None:
+            about.setdefault((event.type, event.reason), []).append(event)
+    many = {kind for kind, said in about.items() if len(said) > EVENTS_OF_A_KIND}
+    kept = [e for e in events if e.cell is None or (e.type, e.reason) not in many]
+    for kind in many:
+        said = about[kind]
+        cells = cells_named(sorted(e.cell for e in said if e.cell is not None))
+        message = f"{len(said)} {cells.split(' ', 1)[0]} ({cells}): {said[0].message}; ..."
+        kept.append(replace(said[0], message=message, cell=None))
+    return kept
 
 
 @dataclass
@@ -338,7 +361,7 @@ def _observe(
     elif verdict.action == "give-up":
         record.phase, record.message = "Failed", verdict.message
         decision.events.append(
-            Event("Warning", verdict.reason, f"{_position(run, index)} {verdict.message}")
+            Event("Warning", verdict.reason, f"{_position(run, index)} {verdict.message}", index)
         )
     return verdict
 
@@ -355,7 +378,9 @@ def _force_delete(
     record.message = DISRUPTED + said
     decision.force_delete.append(index)
     decision.events.append(
-        Event("Warning", "CellNodeLost", f"{_position(run, index)}: {said}; force-deleting it")
+        Event(
+            "Warning", "CellNodeLost", f"{_position(run, index)}: {said}; force-deleting it", index
+        )
     )
 
 
@@ -376,6 +401,7 @@ def _restart(
             verdict.reason,
             f"{_position(run, index)} {verdict.message}; recreating its pod to resume from "
             f"its checkpoint {counted}",
+            index,
         )
     )
 

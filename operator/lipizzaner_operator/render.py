@@ -37,12 +37,14 @@ from lipizzaner_core.contract import (
 )
 from lipizzaner_core.placement import cells_text
 from lipizzaner_core.spec import LipizzanerRun, dump_run
+from lipizzaner_core.status import RECORDS_KEY, CellRecord, encode_records
 from lipizzaner_core.wire.tls import TlsMaterial
 
 from lipizzaner_operator.names import (
     OPERATOR_LABELS,
     POD_GROUP_APIS,
     REPLACEMENT_LABEL,
+    cells_config_map_name,
     config_map_name,
     kueue_queue,
     pod_group,
@@ -86,6 +88,18 @@ def render_config_map(run: LipizzanerRun, namespace: str) -> Manifest:
         "kind": "ConfigMap",
         "metadata": _metadata(config_map_name(run), namespace, run_labels(run, "spec")),
         "data": {"run.yaml": yaml.safe_dump(dump_run(run), sort_keys=False)},
+    }
+
+
+def render_cells_config_map(
+    run: LipizzanerRun, namespace: str, records: list[CellRecord]
+) -> Manifest:
+    """Every cell's record (the status names only some of a big grid's)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(cells_config_map_name(run), namespace, run_labels(run, "cells")),
+        "data": {RECORDS_KEY: encode_records(records)},
     }
 
 

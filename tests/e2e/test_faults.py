@@ -210,7 +210,11 @@ def test_cells_on_a_node_that_stops_answering_are_force_deleted_and_recreated(
         | {"tolerationSeconds": 1}
         for key in ("unreachable", "not-ready")
     ]
-    run = tiny_run(node, namespace, name="stranded", failurePolicy={"lostNodeSeconds": 5}, **LONGER)
+    # Long enough to outlast the 30 s until the node is marked unreachable (hack/cluster.sh).
+    longest = {**LONGER, "generations": 40}
+    run = tiny_run(
+        node, namespace, name="stranded", failurePolicy={"lostNodeSeconds": 5}, **longest
+    )
     run["spec"]["cell"]["tolerations"] = tolerations
     apply_run(node, namespace, run)
     wait_for(
@@ -232,7 +236,11 @@ def test_cells_on_a_node_that_stops_answering_are_force_deleted_and_recreated(
     finally:
         os.kill(kubelet, signal.SIGCONT)
     done = succeeded(node, namespace, "stranded")
-    assert done["cells"]["disruptions"] == 4 and done["cells"]["restarts"] == 0
+    # Every cell disrupted, none restarted. (A replacement may be evicted once more: placed
+    # the moment the node answers again, it can meet the unreachable taint before the node
+    # lifecycle controller has lifted it, and it tolerates that for 1 s only.)
+    assert done["cells"]["restarts"] == 0
+    assert all(r["disruptions"] >= 1 and r["restarts"] == 0 for r in done["cellRecords"])
     events = node.get("events", "-n", namespace)["items"]
     lost = [e for e in events if e["reason"] == "CellNodeLost"]
     assert lost and "lipizzaner-node is not Ready" in lost[0]["message"]

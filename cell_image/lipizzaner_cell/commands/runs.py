@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from lipizzaner_core.contract import ExitCode
 from lipizzaner_core.spec import LipizzanerRun
+from lipizzaner_core.status import CellRecord
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +53,11 @@ def add_commands(
         "`lipizzaner status runs/quickstart`.",
     )
     status.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    status.add_argument(
+        "--cells",
+        action="store_true",
+        help="also every cell: phase, generation, score, restarts, disruptions, message",
+    )
     status.set_defaults(func=lambda args: cmd_status(args, error, out))
 
     logs = _command_on_a_run(
@@ -268,18 +274,44 @@ def reaching_run(args: argparse.Namespace, error: Say, act: Callable[[Executor],
 
 
 def cmd_status(args: argparse.Namespace, error: Say, out: Console) -> int:
-    view = reaching_run(args, error, lambda runs: runs.status(args.run))
-    if isinstance(view, int):
-        return view
+    def read(runs: Executor) -> tuple[RunView, list[CellRecord]]:
+        view = runs.status(args.run)
+        return view, runs.cells(view) if args.cells else []
+
+    found = reaching_run(args, error, read)
+    if isinstance(found, int):
+        return found
+    view, cells = found
     summary = view.summary()
     if args.json:
+        if args.cells:
+            summary["cells"] = [c.model_dump(by_alias=True, mode="json") for c in cells]
         out.print_json(json.dumps(summary))
         return ExitCode.OK
     table = Table(title=describe(view), show_header=False)
     for key, value in summary.items():
         table.add_row(key, "-" if value is None else str(value))
     out.print(table)
+    if args.cells:
+        out.print(cells_table(cells))
     return ExitCode.OK
+
+
+def cells_table(cells: list[CellRecord]) -> Table:
+    """One row a cell; the score is the run's own (lower is better, `docs/scores.md`)."""
+    table = Table("cell", "phase", "generation", "score", "restarts", "disruptions", "message")
+    for cell in cells:
+        score = "-" if cell.score is None else f"{cell.score:.4g}"
+        table.add_row(
+            str(cell.cell),
+            cell.phase,
+            str(cell.generation),
+            score,
+            str(cell.restarts),
+            str(cell.disruptions),
+            cell.message,
+        )
+    return table
 
 
 def is_output(run: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun
-from lipizzaner_core.status import RunStatus
+from lipizzaner_core.status import CellRecord, RunStatus
 
 FINISHED = ("Succeeded", "Failed")
 
@@ -109,6 +109,10 @@ class Executor(ABC):
     def settled(self, view: RunView) -> bool:
         """Whether waiting for the run is over."""
         return view.finished
+
+    def cells(self, view: RunView) -> list[CellRecord]:
+        """Every cell's record (`lipizzaner status --cells`): the status's own here."""
+        return view.status.cell_records
 
     def wait(
         self,

@@ -26,7 +26,7 @@ from kubernetes.config.config_exception import ConfigException
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun, parse_run
-from lipizzaner_core.status import RunStatus
+from lipizzaner_core.status import RECORDS_KEY, CellRecord, RunStatus, decode_records
 from urllib3.exceptions import HTTPError
 
 from lipizzaner_cell.executors.base import CellLog, Executor, RunNotFound, RunView, kept_logs
@@ -136,6 +136,22 @@ class KubernetesExecutor(Executor):
                 GROUP, VERSION, self.namespace, PLURAL, name
             )
         return self._view(found)
+
+    def cells(self, view: RunView) -> list[CellRecord]:
+        """Every cell's record: a big grid's are in the ConfigMap its status names (the
+        status itself shows only some)."""
+        name = view.status.cells_config_map
+        if name is None:
+            return view.status.cell_records
+        with reaching(self.api):
+            try:
+                found = client.CoreV1Api(self.api).read_namespaced_config_map(name, self.namespace)
+            except ApiException as exc:
+                raise ClusterError(f"reading the cell records {name}: {_reason(exc)}") from None
+        try:
+            return decode_records((found.data or {})[RECORDS_KEY])
+        except (KeyError, ValueError) as exc:
+            raise ClusterError(f"the cell records in ConfigMap {name} are damaged: {exc}") from None
 
     def events(self, name: str) -> list[dict[str, str]]:
         """The run's Events, oldest first: restarts, failures, what the operator said."""

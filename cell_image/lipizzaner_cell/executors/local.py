@@ -15,7 +15,13 @@ import time
 import yaml
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun, SpecError, dump_run, parse_run
-from lipizzaner_core.status import CellCounts, EnsembleStatus, GenerationRange, RunStatus
+from lipizzaner_core.status import (
+    CellCounts,
+    CellRecord,
+    EnsembleStatus,
+    GenerationRange,
+    RunStatus,
+)
 from lipizzaner_core.storage import DamagedFile, Storage, damaged_as
 
 from lipizzaner_cell.executors.base import CellLog, Executor, RunNotFound, RunView, kept_logs
@@ -129,7 +135,17 @@ def view_of(layout: RunLayout) -> RunView:
         phase, running = "Succeeded", 0
     else:
         phase, running = "Suspended", 0
-    succeeded = sum(layout.storage.exists(layout.cell(i).result) for i in range(cells))
+    finished = [layout.storage.exists(layout.cell(i).result) for i in range(cells)]
+    succeeded = sum(finished)
+    records = [
+        CellRecord(
+            cell=i,
+            phase="Succeeded" if finished[i] else "Running" if phase == "Running" else "Suspended",
+            generation=generations[i],
+            score=lines[0]["score"] if lines else None,
+        )
+        for i, lines in enumerate(last)
+    ]
     status = RunStatus(
         phase=phase,
         grid=f"{run.spec.grid.rows}x{run.spec.grid.cols}",
@@ -137,6 +153,7 @@ def view_of(layout: RunLayout) -> RunView:
         generation=GenerationRange(min=min(generations), max=max(generations)),
         best_score=min(scores, default=None),
         ensemble=EnsembleStatus(uri=layout.ensemble) if phase == "Succeeded" else None,
+        cell_records=records,
     )
     return RunView(run, status)
 
