@@ -84,7 +84,8 @@ def kubectl(plane: Path, *args: str) -> str:
 
 
 def api_requests(plane: Path) -> Counter[str]:
-    """The API server's `apiserver_request_total`, summed by verb."""
+    """The API server's `apiserver_request_total`, summed by verb, and its LISTs of pods
+    apart (`pods LIST`)."""
     ports = dict(item.split("=", 1) for item in (plane / "ports.env").read_text().split())
     token = (plane / "admin-token").read_text().strip()
     request = urllib.request.Request(
@@ -98,7 +99,10 @@ def api_requests(plane: Path) -> Counter[str]:
         if line.startswith("apiserver_request_total{"):
             verb = re.search(r'verb="([A-Z]+)"', line)
             if verb:
-                totals[verb.group(1)] += float(line.rsplit(" ", 1)[1])
+                count = float(line.rsplit(" ", 1)[1])
+                totals[verb.group(1)] += count
+                if verb.group(1) == "LIST" and 'resource="pods"' in line:
+                    totals["pods LIST"] += count
     return totals
 
 
@@ -215,6 +219,7 @@ class Bench:
         spent = operator_metric(self.metrics_port, "lipizzaner_operator_reconcile_seconds_sum")
         time.sleep(window)
         requests = api_requests(self.plane) - before_requests
+        verbs = {verb: count for verb, count in requests.items() if verb != "pods LIST"}
         cpu = (cpu_seconds(self.operator_pid) - before_cpu) / window
         passes = (
             operator_metric(self.metrics_port, "lipizzaner_operator_reconcile_seconds_count")
@@ -233,10 +238,10 @@ class Bench:
             "operator CPU (cores)": round(cpu, 3),
             "operator RSS (MB)": round(rss_megabytes(self.operator_pid)),
             "pass (s)": round(spent / passes, 3) if passes else None,
-            **{
-                f"{verb} /min": round(count * 60 / window)
-                for verb, count in sorted(requests.items())
-            },
+            # Every client's requests (the scheduler's and controllers' too) per pass.
+            "requests / pass": round(sum(verbs.values()) / passes, 1) if passes else None,
+            "pod LISTs /min": round(requests["pods LIST"] * 60 / window),
+            **{f"{verb} /min": round(count * 60 / window) for verb, count in sorted(verbs.items())},
         }
         for name in names:
             self.custom.delete_namespaced_custom_object(
@@ -344,6 +349,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     for axis, key in zip(axes.flat, figures, strict=False):
         axis.plot([r["cells"] for r in single], [r.get(key) or 0 for r in single], "o-")
         axis.set_xscale("log", base=2)
+        axis.set_ylim(bottom=0)  # from zero: a flat figure looks flat
         axis.set_title(key)
         axis.set_xlabel("cells in the run")
     for axis in list(axes.flat)[len(figures) :]:

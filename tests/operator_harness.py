@@ -30,13 +30,9 @@ from lipizzaner_cell.runtime.cell_life import CellStatusBoard
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.wire.tls import TlsMaterial, run_identity
-from lipizzaner_operator.handlers import (
-    OperatorConfig,
-    WatchTimeouts,
-    operator_settings,
-    register,
-)
+from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
 from lipizzaner_operator.metrics import OperatorMetrics
+from lipizzaner_operator.pod_cache import WatchTimeouts
 from lipizzaner_operator.render import CellDefaults
 
 
@@ -78,6 +74,7 @@ def operator(
                 status_timeout_seconds=1.0,
                 namespaces=watched,
                 watch_liveness_seconds=watch_liveness_seconds,
+                watch=timeouts or WatchTimeouts(),
             ),
             metrics,
         )

@@ -4,7 +4,8 @@
 - packing cells into pods (`cellsPerPod`) holds at 32x32 in rendering and in decisions;
 - a status pass over 1,024 cells takes what answered within its interval;
 - 1,024 cells disrupted at once are one Event, not 1,024;
-- a 16x16 run's status names 16 cells, and its ConfigMap every cell (the real API
+- a 16x16 run's status names 16 cells, and its ConfigMap every cell, and its passes
+  read their pods from the watch-fed cache with a few requests each (the real API
   server, the real operator)."""
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from collections import Counter
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import TINY_RING, ring
 from envtest import wait_for
+from kubernetes.client.rest import RESTClientObject
 from lipizzaner_cell.commands.cli import main
 from lipizzaner_cell.runtime import peers
 from lipizzaner_cell.runtime.cell_process import build_parser
@@ -32,8 +36,9 @@ from lipizzaner_core.status import (
     notable,
 )
 from lipizzaner_operator import kube
+from lipizzaner_operator.decision import aggregated
 from lipizzaner_operator.observed import CellProgress, PodView
-from lipizzaner_operator.reconcile import aggregated, decide
+from lipizzaner_operator.reconcile import decide
 from lipizzaner_operator.render import CellDefaults, render_pod
 from operator_harness import manifest, operator, running, terminated
 
@@ -132,7 +137,7 @@ def test_a_16x16_run_keeps_a_small_status_and_every_record_in_its_cells_config_m
     names 16 cells whatever the grid, and every cell's record in the ConfigMap the status
     names, which `lipizzaner status --cells` reads."""
     document = manifest(tmp_path, name="wide", grid={"rows": 16, "cols": 16})
-    with operator(cluster):
+    with operator(cluster) as metrics:
         cluster.create_run(document)
         pods = wait_for("256 cell pods", lambda: len(p := cluster.pods()) == 256 and p)
         for index in range(0, 256, 2):  # half of them run
@@ -158,11 +163,41 @@ def test_a_16x16_run_keeps_a_small_status_and_every_record_in_its_cells_config_m
         assert [r.cell for r in records] == list(range(256))
         assert records[201].restarts == 1 and records[200].phase == "Running"
 
+        # The steady state: each pass reads its pods from the watch-fed cache, never lists
+        # them, and makes a few requests whatever the grid.
+        calls = counting_requests(monkeypatch)
+        passes = lambda: metrics.registry.get_sample_value(PASSES)  # noqa: E731
+        first, lists = passes(), metrics.registry.get_sample_value(POD_LISTS)
+        wait_for("20 passes", lambda: passes() >= first + 20)
+        made = Counter(calls)
+        assert metrics.registry.get_sample_value(POD_LISTS) == lists
+        assert not [call for call in made if call.startswith("GET ") and call.endswith("/pods")]
+        assert sum(made.values()) / (passes() - first) <= 6, made
+
     monkeypatch.setenv("KUBECONFIG", str(cluster.plane.kubeconfig))
     args = ["status", "wide", "-n", cluster.namespace, "--cells", "--json"]
     assert main(args) == ExitCode.OK
     shown = json.loads(capsys.readouterr().out)
     assert len(shown["cells"]) == 256 and shown["cells"][201]["restarts"] == 1
+
+
+PASSES = "lipizzaner_operator_reconcile_seconds_count"
+POD_LISTS = "lipizzaner_operator_pod_lists_total"
+
+
+def counting_requests(monkeypatch) -> Counter[str]:
+    """From now on, every request this process's kubernetes client makes (the operator's),
+    as "VERB path", a watch as WATCH."""
+    calls: Counter[str] = Counter()
+    request = RESTClientObject.request
+
+    def counted(self, method, url, query_params=None, *args, **kwargs):
+        verb = "WATCH" if dict(query_params or []).get("watch") else method
+        calls[f"{verb} {urlsplit(url).path}"] += 1
+        return request(self, method, url, query_params, *args, **kwargs)
+
+    monkeypatch.setattr(RESTClientObject, "request", counted)
+    return calls
 
 
 def test_the_status_names_the_cells_in_trouble_first_then_the_best():

@@ -121,7 +121,8 @@ def test_cluster_wide_rbac_grants_only_what_the_operator_uses():
     assert main == {
         "lipizzaner.io/lipizzanerruns": {"get", "list", "watch", "patch", "delete"},
         "lipizzaner.io/lipizzanerruns/status": {"get", "patch"},
-        "/pods": {"list", "create", "delete"},
+        # watch: the operator's pod cache; patch: Kueue's retriable annotation
+        "/pods": {"list", "watch", "create", "patch", "delete"},
         "/configmaps": {"get", "create", "patch"},
         "/services": {"create"},
         "/secrets": {"get", "create"},  # spec.exchange.tls: the run's certificates

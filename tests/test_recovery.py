@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 from envtest import Cluster, ControlPlane, private_plane, wait_for
+from heartbeats import Heartbeats
 from lipizzaner_cell.executors.local_processes import free_port_block
-from lipizzaner_operator.handlers import WatchTimeouts
+from lipizzaner_operator.pod_cache import WatchTimeouts
 from operator_harness import manifest, operator, running
 
 # A node is unreachable 5 s after its last heartbeat (the default is 50 s).
@@ -50,45 +49,9 @@ def cluster(plane: ControlPlane, request: pytest.FixtureRequest) -> Cluster:
     return Cluster(plane, request.node.name.lower().replace("_", "-")[:40])
 
 
-class Heartbeats:
-    """Nodes that post a Ready heartbeat every second, as their kubelets would, until
-    `stop(node)`."""
-
-    def __init__(self, cluster: Cluster, names: list[str]) -> None:
-        self.cluster = cluster
-        self.alive = set(names)
-        self.done = threading.Event()
-        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "4"}
-        for name in names:
-            labels = {"kubernetes.io/hostname": name}
-            body = {"metadata": {"name": name, "labels": labels}, "spec": {}}
-            cluster.core.create_node(body, _preload_content=False)
-            status = {"capacity": capacity, "allocatable": capacity}
-            cluster.core.patch_node_status(name, {"status": status}, _preload_content=False)
-        self.beat()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def beat(self) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
-        ready |= {"lastHeartbeatTime": now, "lastTransitionTime": now}
-        for name in sorted(self.alive):
-            self.cluster.core.patch_node_status(
-                name, {"status": {"conditions": [ready]}}, _preload_content=False
-            )
-
-    def run(self) -> None:
-        while not self.done.wait(1.0):
-            self.beat()
-
-    def stop(self, name: str) -> None:
-        self.alive.discard(name)
-
-
 def test_a_cell_on_a_lost_node_is_force_deleted_and_recreated_elsewhere(cluster, tmp_path):
     suffix = uuid.uuid4().hex[:6]
-    nodes = Heartbeats(cluster, [f"node-a-{suffix}", f"node-b-{suffix}"])
+    nodes = Heartbeats(cluster.core, [f"node-a-{suffix}", f"node-b-{suffix}"])
     # Cells tolerate an unreachable node for 1 s (the default is 300 s), then are evicted.
     tolerations = [
         {"key": f"node.kubernetes.io/{key}", "operator": "Exists", "effect": "NoExecute"}
@@ -129,7 +92,7 @@ def test_a_cell_on_a_lost_node_is_force_deleted_and_recreated_elsewhere(cluster,
             records = {r["cell"]: r for r in cluster.status("demo")["cellRecords"]}
             assert records[0]["disruptions"] == 1 and records[0]["restarts"] == 0
     finally:
-        nodes.done.set()
+        nodes.close()
 
 
 def healthz(url: str) -> int:

@@ -30,10 +30,12 @@ from lipizzaner_core.status import (
 from lipizzaner_core.storage import S3_CREDENTIALS, join
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
+from lipizzaner_operator.decision import Decision, aggregated
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.maintenance import release_pods
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.names import (
+    CELL_PODS,
     FINALIZER,
     PREFIX,
     cell_selector,
@@ -49,7 +51,8 @@ from lipizzaner_operator.observed import (
     view_job,
     view_pod,
 )
-from lipizzaner_operator.reconcile import Decision, aggregated, decide, fail, succeed
+from lipizzaner_operator.pod_cache import PodCache, WatchTimeouts
+from lipizzaner_operator.reconcile import decide, fail, succeed
 from lipizzaner_operator.render import (
     CellDefaults,
     render_cells_config_map,
@@ -82,21 +85,13 @@ class OperatorConfig:
     # the API server before the liveness probe fails (`watch_health.py`).
     namespaces: tuple[str, ...] = ()
     watch_liveness_seconds: float = 300.0
-
-
-@dataclass(frozen=True)
-class WatchTimeouts:
-    """kopf's watch requests end, time out and give up connecting after these (seconds),
-    so a stream that hangs is dropped and listed again instead of leaving us deaf."""
-
-    server: int = 300  # whole seconds: the API server's `timeoutSeconds`
-    client: float = 330.0
-    connect: float = 30.0
+    # The timeouts of every watch: kopf's of the runs, the pod cache's of the cells.
+    watch: WatchTimeouts = field(default_factory=WatchTimeouts)
 
 
 def operator_settings(timeouts: WatchTimeouts | None = None) -> kopf.OperatorSettings:
     """Our own finalizer and annotation names; events only for warnings and errors; the
-    watch's timeouts."""
+    watch's timeouts (`OperatorConfig.watch`)."""
     timeouts = timeouts or WatchTimeouts()
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
@@ -125,6 +120,7 @@ def output_problem(run: LipizzanerRun) -> str | None:
 def reconcile(
     body: kopf.Body,
     kube: KubeClient,
+    cache: PodCache,
     config: OperatorConfig,
     metrics: OperatorMetrics,
     logger: logging.Logger | kopf.Logger,
@@ -147,7 +143,7 @@ def reconcile(
     if old.phase not in ("Succeeded", "Failed"):
         _ensure_shared_children(body, run, namespace, kube, config)
         tls = _run_tls(body, run, namespace, kube)
-    pods = [view_pod(p) for p in kube.list_pods(namespace, cell_selector(run))]
+    pods = _cell_pods(run, namespace, kube, cache, metrics)
     pods = _with_lost_nodes(pods, kube, now, run.spec.failure_policy.lost_node_seconds)
     views = cell_views(run, pods)
     per_pod = run.spec.cell.cells_per_pod
@@ -165,7 +161,7 @@ def reconcile(
     generation = body["metadata"].get("generation")
     known = _with_every_record(old, run, namespace, kube)
     decision = decide(run, generation, known, views, progress, now, search)
-    _carry_out(body, run, namespace, decision, views, kube, config, logger)
+    _carry_out(body, run, namespace, decision, views, kube, cache, config, logger)
     metrics.pod_creations.inc(len(decision.create))
     reasons = [e.reason for e in decision.events]
     metrics.cell_restarts.inc(reasons.count("CellRestarted"))
@@ -189,6 +185,18 @@ def reconcile(
         kube.delete_run(namespace, run.metadata.name, FINALIZER)
         return old, old  # nothing left to patch
     return old, _bounded(body, run, namespace, known, decision.status, kube)
+
+
+def _cell_pods(
+    run: LipizzanerRun, namespace: str, kube: KubeClient, cache: PodCache, metrics: OperatorMetrics
+) -> list[PodView]:
+    """The run's cell pods from the watch-fed cache; listed only while the cache has not
+    shown what the operator last did to them (`pod_cache.py`)."""
+    cached = cache.pods(namespace, run.metadata.name)
+    if cached is not None:
+        return cached
+    metrics.pod_lists.inc()
+    return [view_pod(p) for p in kube.list_pods(namespace, cell_selector(run))]
 
 
 def _with_every_record(
@@ -303,18 +311,23 @@ def _carry_out(
     decision: Decision,
     views: dict[int, PodView],
     kube: KubeClient,
+    cache: PodCache,
     config: OperatorConfig,
     logger: logging.Logger | kopf.Logger,
 ) -> None:
-    """Do what `decide` said, to the pods observed (by their own names)."""
+    """Do what `decide` said, to the pods observed (by their own names), and tell the pod
+    cache what to expect of them."""
+    name = run.metadata.name
     for index in decision.release:  # before any delete: Kueue holds a retriable group's pods
         kube.annotate_pod(namespace, views[index].name, {KUEUE_RETRIABLE_ANNOTATION: "false"})
     for index in decision.delete:
         logger.info("deleting pod %s", views[index].name)
         kube.delete_pod(namespace, views[index].name)
+        cache.expect(namespace, name, views[index].name, "deleted")
     for index in decision.force_delete:
         logger.warning("force-deleting pod %s: its node is lost", views[index].name)
         kube.delete_pod(namespace, views[index].name, force=True)
+        cache.expect(namespace, name, views[index].name, "gone")
     records = {r.cell: r for r in decision.status.cell_records}
     pods = []
     for index in decision.create:
@@ -325,6 +338,8 @@ def _carry_out(
         kopf.adopt(pod, owner=body)
         pods.append(pod)
     kube.create_all(pods)
+    for pod in pods:
+        cache.expect(namespace, name, pod["metadata"]["name"], "created")
 
 
 def output_layout(run: LipizzanerRun, namespace: str, kube: KubeClient) -> RunLayout:
@@ -408,6 +423,12 @@ def register(
     @kopf.on.startup(registry=registry)
     def connect(memo: kopf.Memo, **_: Any) -> None:
         memo.kube = KubeClient.from_environment()
+        memo.pods = PodCache(memo.kube.core, config.namespaces, CELL_PODS, config.watch)
+        memo.pods.start()
+
+    @kopf.on.cleanup(registry=registry)
+    def disconnect(memo: kopf.Memo, **_: Any) -> None:
+        memo.pods.stop()
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     def release_from_kueue(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -433,7 +454,7 @@ def register(
             return  # a standby: the leader reconciles
         try:
             with metrics.reconcile_seconds.time():
-                old, new = reconcile(body, memo.kube, config, metrics, logger)
+                old, new = reconcile(body, memo.kube, memo.pods, config, metrics, logger)
         except Exception:
             metrics.reconcile_errors.inc()
             raise

@@ -73,6 +73,11 @@ class OperatorMetrics:
             "reconcile_errors", "Reconciliations that raised (kopf retries them)"
         )
         self.pod_creations = self._counter("pod_creations", "Cell pods created")
+        self.pod_lists = self._counter(
+            "pod_lists",
+            "Passes that listed their run's pods: the pod cache had not yet shown what the "
+            "operator last did to them",
+        )
         self.reconcile_seconds = Histogram(
             "lipizzaner_operator_reconcile_seconds",
             "How long one pass over one run took: its pods, its cells' status, its decisions",

@@ -20,7 +20,8 @@ PREFIX = "lipizzaner.io"
 FINALIZER = f"{PREFIX}/finalizer"
 # Which replacement of its cell a pod is (0: the first pod; `pod_name`).
 REPLACEMENT_LABEL = f"{PREFIX}/replacement"
-# Who the API server records as the owner of the fields the operator applies (the CRD).
+# Who the API server records as the owner of the fields the operator applies (the CRD),
+# and the `app.kubernetes.io/managed-by` of everything it creates.
 FIELD_MANAGER = "lipizzaner-operator"
 # The coordination Lease the operator's replicas elect a leader with.
 LEASE_NAME = "lipizzaner-operator"
@@ -101,9 +102,13 @@ def run_labels(run: LipizzanerRun, component: str) -> dict[str, str]:
         "app.kubernetes.io/name": "lipizzaner",
         "app.kubernetes.io/instance": run.metadata.name,
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "lipizzaner-operator",
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
         RUN_LABEL: run.metadata.name,
     }
+
+
+# Every run's cell pods (`run_labels`): what the operator's pod cache watches.
+CELL_PODS = f"app.kubernetes.io/managed-by={FIELD_MANAGER},app.kubernetes.io/component=cell"
 
 
 def cell_selector(run: LipizzanerRun) -> str:

@@ -14,12 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from lipizzaner_core import __version__
 
-from lipizzaner_operator.handlers import (
-    OperatorConfig,
-    WatchTimeouts,
-    operator_settings,
-    register,
-)
+from lipizzaner_operator.handlers import OperatorConfig, operator_settings, register
 from lipizzaner_operator.kube import (
     CredentialsError,
     KubeClient,
@@ -35,6 +30,7 @@ from lipizzaner_operator.maintenance import (
 )
 from lipizzaner_operator.metrics import OperatorMetrics
 from lipizzaner_operator.names import LEASE_NAME
+from lipizzaner_operator.pod_cache import WatchTimeouts
 from lipizzaner_operator.render import CellDefaults
 
 DEFAULTS = CellDefaults()
@@ -249,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         election.start(stop)
         leading = election.leading
+    timeouts = WatchTimeouts(
+        server=args.watch_server_timeout,
+        client=args.watch_client_timeout,
+        connect=args.watch_connect_timeout,
+    )
     registry = kopf.OperatorRegistry()
     register(
         registry,
@@ -259,18 +260,13 @@ def main(argv: list[str] | None = None) -> None:
             leading=leading,
             namespaces=tuple(args.namespace),
             watch_liveness_seconds=args.watch_liveness_seconds,
+            watch=timeouts,
         ),
         metrics,
     )
     kopf.run(
         registry=registry,
-        settings=operator_settings(
-            WatchTimeouts(
-                server=args.watch_server_timeout,
-                client=args.watch_client_timeout,
-                connect=args.watch_connect_timeout,
-            )
-        ),
+        settings=operator_settings(timeouts),
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

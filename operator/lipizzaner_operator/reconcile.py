@@ -7,17 +7,16 @@ twice). The kopf handlers do the I/O.
 
 Run phases: Pending (cells' pods not all running yet) -> Running -> Succeeded | Failed;
 Suspended while `spec.suspend` is true. Each cell keeps a record in the status (its phase,
-restarts, generation, score), which is how a pod that vanished is told from one never made.
+restarts, generation, score), which is how a pod that vanished is told from one never made;
+`cells.py` brings each record up to date, and `decision.py` holds what the pass decided.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
 from lipizzaner_core.placement import cells_named
-from lipizzaner_core.policy import Verdict, judge
 from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.status import (
     CellCounts,
@@ -30,73 +29,18 @@ from lipizzaner_core.status import (
     with_conditions,
 )
 
-from lipizzaner_operator.names import kueue_queue, pod_group, pod_name, search_job_name
-from lipizzaner_operator.observed import CellProgress, JobView, PodView, overdue, terminated
+from lipizzaner_operator.cells import observe, position, take_progress
+from lipizzaner_operator.decision import Decision, Event, by_pods
+from lipizzaner_operator.names import kueue_queue, pod_name, search_job_name
+from lipizzaner_operator.observed import CellProgress, JobView, PodView
 
 GANG_WAITING = "waiting for the gang"  # a gang-scheduled run's message until all are placed
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-    cell: int | None = None  # the cell it is about, if one
-
-
-# More Events than this of one reason in one pass are said as one (a preempted 32x32 grid
-# is one Event, not 1,024).
-EVENTS_OF_A_KIND = 3
-
-
-def aggregated(events: list[Event]) -> list[Event]:
-    """The pass's Events, those of one reason about more than EVENTS_OF_A_KIND cells
-    said once: the cells named in spans, with the first one's message as an example."""
-    about: dict[tuple[str, str], list[Event]] = {}
-    for event in events:
-        if event.cell is not None:
-            about.setdefault((event.type, event.reason), []).append(event)
-    many = {kind for kind, said in about.items() if len(said) > EVENTS_OF_A_KIND}
-    kept = [e for e in events if e.cell is None or (e.type, e.reason) not in many]
-    for kind in many:
-        said = about[kind]
-        cells = cells_named(sorted(e.cell for e in said if e.cell is not None))
-        message = f"{len(said)} {cells.split(' ', 1)[0]} ({cells}): {said[0].message}; ..."
-        kept.append(replace(said[0], message=message, cell=None))
-    return kept
-
-
-@dataclass
-class Decision:
-    status: RunStatus
-    create: list[int] = field(default_factory=list)
-    delete: list[int] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    assemble: bool = False  # every cell succeeded: build the ensemble, then call `succeed`
-    search: bool = False  # with `assemble`: then create the ensemble search's Job instead
-    searched: bool = False  # the search's Job completed: read its ensemble, then `succeed`
-    delete_run: bool = False  # ttlSecondsAfterFinished has passed
-    release: list[int] = field(default_factory=list)  # pods to mark not retriable (Kueue)
-    force_delete: list[int] = field(default_factory=list)  # pods stuck on a lost node
-
-
-def _by_pods(run: LipizzanerRun, decision: Decision) -> Decision:
-    """The cells to create, delete or release, as their pods' first cells, each pod once."""
-    for name in ("create", "delete", "release", "force_delete"):
-        cells = getattr(decision, name)
-        setattr(decision, name, list(dict.fromkeys(pod_group(run, c).start for c in cells)))
-    return decision
 
 
 def _records(run: LipizzanerRun, status: RunStatus) -> dict[int, CellRecord]:
     size = run.spec.grid.size
     old = {r.cell: r for r in status.cell_records}
     return {i: old[i].model_copy() if i in old else CellRecord(cell=i) for i in range(size)}
-
-
-def _position(run: LipizzanerRun, index: int) -> str:
-    row, col = run.spec.grid.topology().position(index)
-    return f"cell {index} (row {row}, col {col})"
 
 
 def fail(status: RunStatus, reason: str, message: str, now: datetime) -> RunStatus:
@@ -190,7 +134,7 @@ def decide(
     if status.phase in ("Succeeded", "Failed"):
         decision = _finished(run, status, pods, now)
         decision.release = _unreleased(run, pods)
-        return _by_pods(run, decision)
+        return by_pods(run, decision)
     records = _records(run, status)
     if run.spec.suspend:
         decision = _suspended(status, records, pods, now)
@@ -214,7 +158,7 @@ def decide(
     if status.phase != old.phase:
         kind: Literal["Normal", "Warning"] = "Warning" if status.phase == "Failed" else "Normal"
         decision.events.append(Event(kind, status.phase, status.message or status.phase))
-    return _by_pods(run, decision)
+    return by_pods(run, decision)
 
 
 def _active(
@@ -237,13 +181,13 @@ def _active(
         return _failed(decision, pods, "DeadlineExceeded", message, now)
     for index, record in records.items():
         given_up = sum(r.phase == "Failed" for r in records.values())
-        verdict = _observe(run, index, record, pods.get(index), decision, given_up, now)
+        verdict = observe(run, index, record, pods.get(index), decision, given_up, now)
         if verdict is not None and verdict.action == "fail":
-            message = f"{_position(run, index)} {verdict.message}"
+            message = f"{position(run, index)} {verdict.message}"
             if verdict.reason == "BadConfiguration":
                 message += f"; see `kubectl logs {_pod_of(run, index, pods)}`"
             return _failed(decision, pods, verdict.reason, message, now)
-        _take_progress(record, progress.get(index))
+        take_progress(record, progress.get(index))
     _summarise(status, records, decision)
     if decision.assemble and run.spec.ensemble.searched:
         return _search_step(run, decision, search, pods, now)
@@ -297,124 +241,6 @@ def _failed(
     decision.status = fail(decision.status, reason, message, now)
     decision.delete = _live(pods)
     return decision
-
-
-GONE = "its pod is gone (deleted, or its node lost)"
-DISRUPTED = "disrupted: "  # a cell record's message while its disrupted pod goes away
-
-
-def _observe(
-    run: LipizzanerRun,
-    index: int,
-    record: CellRecord,
-    pod: PodView | None,
-    decision: Decision,
-    given_up: int,
-    now: datetime,
-) -> Verdict | None:
-    """Bring one cell's record up to date with its pod; a stopped cell gets a verdict
-    (`lipizzaner_core.policy`), and a restart is scheduled here."""
-    policy = run.spec.failure_policy
-    if record.phase in ("Succeeded", "Failed"):  # Failed: given up
-        return None
-    if pod is not None and pod.deleting:
-        if pod.disruption:  # said while it goes, and remembered once it is replaced
-            record.message = DISRUPTED + pod.disruption
-        if pod.node_lost and overdue(pod, now, policy.lost_node_seconds):
-            _force_delete(run, index, record, pod, decision)
-        elif not terminated(pod):
-            return None  # still stopping: its last checkpoint is being written
-        pod = None  # as good as gone: its replacement has a name of its own
-    if pod is None:
-        existed = record.phase in ("Pending", "Running")
-        decision.create.append(index)
-        if not existed:
-            record.phase, record.message = "Pending", ""
-            return None
-        why = (
-            record.message.removeprefix(DISRUPTED) if record.message.startswith(DISRUPTED) else GONE
-        )
-        verdict = judge(None, record.restarts, policy.max_restarts_per_cell, disruption=why)
-        record.phase, record.message = "Pending", ""
-        _restart(run, index, record, verdict, decision)
-        return verdict
-    if pod.phase == "Succeeded":
-        record.phase, record.generation, record.message = "Succeeded", run.spec.generations, ""
-        return None
-    if pod.phase != "Failed":
-        record.phase = "Running" if pod.phase == "Running" else "Pending"
-        record.message = pod.problem
-        return None
-    verdict = judge(
-        pod.exit_code,
-        record.restarts,
-        policy.max_restarts_per_cell,
-        pod.disruption,
-        given_up,
-        policy.max_failed_cells,
-        pod.refusal,
-    )
-    if verdict.action == "restart":
-        record.phase = "Restarting"
-        decision.delete.append(index)
-        _restart(run, index, record, verdict, decision)
-    elif verdict.action == "give-up":
-        record.phase, record.message = "Failed", verdict.message
-        decision.events.append(
-            Event("Warning", verdict.reason, f"{_position(run, index)} {verdict.message}", index)
-        )
-    return verdict
-
-
-def _force_delete(
-    run: LipizzanerRun, index: int, record: CellRecord, pod: PodView, decision: Decision
-) -> None:
-    """Its node is lost and will never confirm the deletion: delete the pod without it, so
-    that the cell can be recreated elsewhere (a disruption, once it is gone)."""
-    said = (
-        f"NodeLost: node {pod.node} is not Ready and the pod has been terminating for "
-        f"{run.spec.failure_policy.lost_node_seconds} s"
-    )
-    record.message = DISRUPTED + said
-    decision.force_delete.append(index)
-    decision.events.append(
-        Event(
-            "Warning", "CellNodeLost", f"{_position(run, index)}: {said}; force-deleting it", index
-        )
-    )
-
-
-def _restart(
-    run: LipizzanerRun, index: int, record: CellRecord, verdict: Verdict, decision: Decision
-) -> None:
-    """Count the restart (a disruption does not count) and say so in an Event."""
-    limit = run.spec.failure_policy.max_restarts_per_cell
-    if verdict.counted:
-        record.restarts += 1
-        counted = f"({record.restarts}/{limit})"
-    else:
-        record.disruptions += 1
-        counted = "(a disruption: not counted toward spec.failurePolicy.maxRestartsPerCell)"
-    decision.events.append(
-        Event(
-            "Warning",
-            verdict.reason,
-            f"{_position(run, index)} {verdict.message}; recreating its pod to resume from "
-            f"its checkpoint {counted}",
-            index,
-        )
-    )
-
-
-def _take_progress(record: CellRecord, progress: CellProgress | None) -> None:
-    if progress is None:
-        return
-    if record.phase != "Succeeded":
-        record.generation = max(record.generation, progress.generation)
-    if progress.score is not None:
-        record.score = progress.score
-    if progress.accuracy is not None:
-        record.accuracy = progress.accuracy
 
 
 def _summarise(status: RunStatus, records: dict[int, CellRecord], decision: Decision) -> None:

@@ -1,10 +1,14 @@
 """Faults on the real node: a cell's process killed by the runtime, a pod deleted or
-evicted, the operator's own pod killed, a run suspended and resumed, and a finished run's
-time to live, each with real containers, real signals and a real garbage collector."""
+evicted, the operator's own pod killed, a run suspended and resumed, a finished run's
+time to live, and a node whose kubelet stops answering, each with real containers, real
+signals, a real garbage collector and the real node lifecycle controller."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 from e2e.fixtures import (
     OPERATOR_NAMESPACE,
@@ -20,6 +24,8 @@ from e2e.fixtures import (
 )
 from e2e.node import Node
 from envtest import wait_for
+from heartbeats import Heartbeats
+from kubernetes import client, config
 
 # Long enough to be hit mid-run (a few seconds a generation in pods on 2 cores), short
 # enough for CI: checkpoints every 2 generations, so a restart has one to resume from.
@@ -191,3 +197,86 @@ def test_a_finished_runs_time_to_live_deletes_it_and_its_pods(operator: Node, na
         ),
         timeout=600,
     )
+
+
+def test_cells_on_a_node_that_stops_answering_are_force_deleted_and_recreated(
+    operator: Node, namespace: str
+):
+    """The kubelet frozen (SIGSTOP): the node lifecycle controller marks the node
+    unreachable, the taint manager deletes the cells' pods, which stay Terminating (no
+    kubelet to confirm it), and after `lostNodeSeconds` the operator force-deletes them and
+    creates their replacements. Once the kubelet answers again they run, resume from
+    their checkpoints, and the run completes; every cell was disrupted, none restarted.
+
+    A second node, which the test keeps alive and no pod may use, stands for the rest of
+    a cluster: when every node of a cluster stops answering, the node lifecycle
+    controller takes it for the control plane's own trouble ("master disruption mode"),
+    lifts the taints and evicts nothing, so on one node alone nothing would be deleted."""
+    node = operator
+    tolerations = [
+        {"key": f"node.kubernetes.io/{key}", "operator": "Exists", "effect": "NoExecute"}
+        | {"tolerationSeconds": 1}
+        for key in ("unreachable", "not-ready")
+    ]
+    # Long enough to outlast the 30 s until the node is marked unreachable (hack/cluster.sh).
+    longest = {**LONGER, "generations": 40}
+    run = tiny_run(
+        node, namespace, name="stranded", failurePolicy={"lostNodeSeconds": 5}, **longest
+    )
+    run["spec"]["cell"]["tolerations"] = tolerations
+    apply_run(node, namespace, run)
+    wait_for(
+        "every cell past generation 3", lambda: past_generation(node, namespace, "stranded", 3)
+    )
+    before = uids(node, namespace, "stranded")
+    pids = dict(line.split() for line in (node.directory / "node-pids").read_text().splitlines())
+    kubelet = int(pids["kubelet"])
+    core = client.CoreV1Api(config.new_client_from_config(str(node.kubeconfig)))
+    keep_off = [{"key": "lipizzaner.io/witness", "effect": "NoSchedule"}]
+    witness = Heartbeats(core, ["lipizzaner-witness"], taints=keep_off)
+    os.kill(kubelet, signal.SIGSTOP)
+    try:
+        wait_for(
+            "every cell's pod force-deleted and replaced",
+            lambda: (
+                (now := uids(node, namespace, "stranded")).keys() == before.keys()
+                and not set(now.values()) & set(before.values())
+            ),
+            timeout=600,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{without_the_kubelet(node, namespace)}") from None
+    finally:
+        os.kill(kubelet, signal.SIGCONT)
+        witness.close()
+    done = succeeded(node, namespace, "stranded")
+    # Every cell disrupted, none restarted. (A replacement may be evicted once more: placed
+    # the moment the node answers again, it can meet the unreachable taint before the node
+    # lifecycle controller has lifted it, and it tolerates that for 1 s only.)
+    assert done["cells"]["restarts"] == 0
+    assert all(r["disruptions"] >= 1 and r["restarts"] == 0 for r in done["cellRecords"])
+    events = node.get("events", "-n", namespace)["items"]
+    lost = [e for e in events if e["reason"] == "CellNodeLost"]
+    assert lost and "lipizzaner-node is not Ready" in lost[0]["message"]
+    for cell, pod in pods_by_cell(node, namespace, "stranded").items():
+        log = node.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
+        assert "resumed from its checkpoint at generation" in log, (cell, log)
+
+
+def without_the_kubelet(node: Node, namespace: str) -> str:
+    """What to read when the lost node was not handled, asking only the API server (the
+    kubelet is frozen, so no `kubectl logs`): the pods, the node, the Events, and the
+    operator's log from the node's disk."""
+    columns = (
+        "custom-columns=NAME:.metadata.name,PHASE:.status.phase,"
+        "DELETING:.metadata.deletionTimestamp,NODE:.spec.nodeName"
+    )
+    lines = [node.kubectl("get", "pods", "-n", namespace, "-o", columns).stdout]
+    for each in node.get("nodes")["items"]:
+        lines.append(each["metadata"]["name"])
+        lines.append(json.dumps(each["spec"].get("taints"), indent=1))
+        lines.append(json.dumps(each["status"]["conditions"], indent=1))
+    lines.append(node.kubectl("get", "events", "-n", namespace).stdout)
+    for log in sorted(Path("/var/log/pods").glob(f"{OPERATOR_NAMESPACE}_*/*/*.log")):
+        lines.append(f"{log}:\n" + "\n".join(log.read_text().splitlines()[-60:]))
+    return "\n".join(lines)
