@@ -191,3 +191,4 @@ def test_the_paper_configurations_cover_1x1_to_4x4_with_the_published_settings()
             assert (spec.grid.rows, spec.grid.cols) == (side, side)
             assert (spec.generations, spec.coevolution.learning_rate) == (generations, rate)
             assert spec.score.final_samples == 50_000 and spec.mixture.keep == "last"
+            assert spec.coevolution.mutation.probability == 0.0  # a constant rate, as published

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lipizzaner_cell.algorithm import training
 from lipizzaner_cell.algorithm.engine import CellEngine
+from lipizzaner_cell.algorithm.individual import mutate_learning_rate
 from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.report import GENERATION_PHASES
 from lipizzaner_cell.algorithm.state import State
@@ -307,6 +309,23 @@ def test_generator_and_discriminator_learning_rates_may_differ(tiny_manifest):
     assert engine.generators[0].learning_rate == 1e-4
     assert engine.discriminators[0].learning_rate == 4e-4
     assert engine.discriminators[0].optimizer.param_groups[0]["lr"] == 4e-4
+
+
+def test_the_mutation_rule_of_the_spec_is_the_one_the_cell_trains_with(tiny_manifest, monkeypatch):
+    manifest = with_spec(tiny_manifest, grid={"rows": 1, "cols": 1})
+    manifest["spec"]["coevolution"].update(tournamentSize=1)
+    manifest["spec"]["coevolution"]["mutation"] = {"probability": 1.0, "rule": "unbiased"}
+    rules = []
+
+    def recorded(*args, **kwargs):
+        rules.append(args[5])
+        return mutate_learning_rate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "mutate_learning_rate", recorded)
+    run = parse_run(manifest)
+    dataset = load_dataset(run.spec.dataset, run.spec.seed)
+    CellEngine(run, 0, InProcessExchange().provider([]), dataset).step()
+    assert rules and set(rules) == {"unbiased"}
 
 
 def test_a_missing_neighbour_is_left_out_and_its_weight_kept(tiny_manifest):

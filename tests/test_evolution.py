@@ -1,5 +1,8 @@
 """Mutation, selection, replacement, fitness tables and the mixture ES."""
 
+import math
+import statistics
+
 import pytest
 import torch
 from lipizzaner_cell.algorithm.fitness import evaluate_fitness, generator_fakes, loss_tables
@@ -46,6 +49,32 @@ def test_mutation_probability_zero_never_mutates_and_rates_never_go_negative():
     for _ in range(200):
         mutate_learning_rate(ind, 1.0, 10.0, 1e-3, rng)
         assert ind.learning_rate >= 0.0
+
+
+def mutation_steps(rule: str, draws: int = 4000) -> list[float]:
+    """Single mutations from lr0, each from a fresh rate: the rate's log change in units
+    of alpha (at lr0 both rules' relative spread is alpha)."""
+    rng = torch.Generator().manual_seed(3)
+    ind = individual(lr=1e-3)
+    steps = []
+    for _ in range(draws):
+        ind.set_learning_rate(1e-3)
+        mutate_learning_rate(ind, 1.0, 0.05, 1e-3, rng, rule)
+        steps.append(math.log(ind.learning_rate / 1e-3) / 0.05)
+    return steps
+
+
+def test_the_original_rule_drifts_down_and_the_unbiased_rule_does_not():
+    original, unbiased = mutation_steps("original"), mutation_steps("unbiased")
+    # N(-lr0/10, lr0): a mean of -0.1 alpha a step (standard error 0.016 over 4000 draws).
+    assert statistics.mean(original) == pytest.approx(-0.1, abs=0.05)
+    assert abs(statistics.mean(unbiased)) < 0.05
+    assert statistics.stdev(unbiased) == pytest.approx(statistics.stdev(original), rel=0.1)
+    ind = individual(lr=1e-3)
+    rng = torch.Generator().manual_seed(4)
+    for _ in range(200):  # large steps: multiplied, never below zero
+        mutate_learning_rate(ind, 1.0, 10.0, 1e-3, rng, "unbiased")
+        assert ind.learning_rate > 0.0
 
 
 def trained(ind: Individual, steps: int = 1) -> Individual:

@@ -27,6 +27,7 @@ def test_defaults_are_the_original_mnist_configuration_with_half_the_fitness_sam
     # 1e-3, not the original's 2e-4, for perceptrons (docs/algorithm.md).
     assert run.spec.initial_rate("generator") == run.spec.initial_rate("discriminator") == 1e-3
     assert (co.mutation.alpha, co.mutation.probability) == (1e-4, 0.5)
+    assert co.mutation.rule == "original"  # the formula as written, drift and all
     # 500, not the original's 1000: same quality, half the time (docs/algorithm.md).
     assert (co.fitness.sample_size, co.fitness.mode) == (500, "average")
     assert run.spec.mixture.sigma == 0.01
@@ -121,6 +122,10 @@ def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks
         (
             {"spec.dataset": {"name": "sine-waves", "minFrequency": 3, "maxFrequency": 2}},
             "spec.dataset.maxFrequency: must be >= minFrequency",
+        ),
+        (
+            {"spec.coevolution.mutation": {"rule": "drift"}},
+            "spec.coevolution.mutation.rule: must be 'original' or 'unbiased'",
         ),
         ({"metadata.name": "Bad_Name"}, "metadata.name: must match"),
         ({"kind": "Job"}, "kind: must be 'LipizzanerRun'"),

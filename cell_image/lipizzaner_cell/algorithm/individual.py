@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,13 +136,22 @@ def mutate_learning_rate(
     alpha: float,
     base_rate: float,
     rng: torch.Generator,
+    rule: Literal["original", "unbiased"] = "original",
 ) -> bool:
-    """With probability p: lr += alpha * N(-lr0/10, lr0), clipped at 0 (the original's rule).
+    """With probability p, mutate the rate by `rule` (`MutationSpec.rule`):
+    - original: lr += alpha * N(-lr0/10, lr0), clipped at 0. The mean step is negative, so
+      the rate drifts down over a long run (the original undid it every batch);
+    - unbiased: lr *= exp(alpha * N(0, 1)), zero-mean in log space and never negative; at
+      lr0 its relative spread is the original's (alpha).
 
     Returns whether the rate changed.
     """
     if float(torch.rand(1, generator=rng)) >= probability:
         return False
+    if rule == "unbiased":
+        factor = math.exp(alpha * float(torch.randn(1, generator=rng)))
+        individual.set_learning_rate(individual.learning_rate * factor)
+        return True
     step = float(torch.normal(-base_rate / 10, base_rate, (1,), generator=rng))
     individual.set_learning_rate(max(0.0, individual.learning_rate + alpha * step))
     return True

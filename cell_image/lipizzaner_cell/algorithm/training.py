@@ -202,7 +202,10 @@ class BatchTrainer:
     def _mutate(self, individual: Individual, role: str) -> None:
         co = self.spec.coevolution
         rate = self.spec.initial_rate(role)
-        mutate_learning_rate(individual, co.mutation.probability, co.mutation.alpha, rate, self.rng)
+        mutation = co.mutation
+        mutate_learning_rate(
+            individual, mutation.probability, mutation.alpha, rate, self.rng, mutation.rule
+        )
 
     def _opponent(self, opponents: list[Individual]) -> Individual:
         """One opponent per batch for all of a role's players, as the original draws."""

@@ -56,6 +56,13 @@ class FitnessSpec(SpecModel):
 class MutationSpec(SpecModel):
     probability: float = Field(0.5, ge=0.0, le=1.0)
     alpha: float = Field(1e-4, ge=0.0)
+    rule: Literal["original", "unbiased"] = Field(
+        "original",
+        description="original: lr += alpha * N(-lr0/10, lr0), the original's formula, whose "
+        "negative mean lets the rate drift down over a long run (docs/algorithm.md); "
+        "unbiased: lr *= exp(alpha * N(0, 1)), zero-mean in log space, with the same "
+        "relative spread at lr0",
+    )
 
 
 class CoevolutionSpec(SpecModel):
