@@ -107,8 +107,7 @@ def print_rows(title: str, columns: tuple[str, ...], rows: list[dict], number: s
     table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
-            *(f"{row[c]:{number}}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-        )
+    for row in rows:  # a column a result file predates shows as "-"
+        cells = [row.get(c, "-") for c in columns]
+        table.add_row(*(f"{v:{number}}" if isinstance(v, float) else str(v) for v in cells))
     Console(width=140).print(table)

@@ -1,8 +1,9 @@
 """Semi-supervised co-evolution against the same classifier trained on its labels alone.
 
 For each seed: a 2x2 MNIST grid with `semiSupervised` (each cell may use `--per-class`
-labels of every digit, drawn from its own seed; the rest of its digits unlabelled), run
-in one process. Then the same discriminator network, as a plain classifier, trained on
+labels of every digit, drawn from its own seed, or with `--labels shared` one subset drawn
+from the run's seed for every cell; the rest of its digits unlabelled), run in one
+process. Then the same discriminator network, as a plain classifier, trained on
 labelled digits only, with the same optimizer, learning rate, labelled batch size and
 number of steps: once on the best cell's labelled digits, once on every cell's together
 (the grid as a whole saw those). Every classifier is scored on the same held-out digits,
@@ -33,6 +34,7 @@ from lipizzaner_core.topology import cell_seed
 COLUMNS = (
     "seed",
     "labels a cell",
+    "distinct labels",
     "grid: best cell's D",
     "grid: its neighbourhood's vote",
     "alone: best cell's labels",
@@ -41,9 +43,9 @@ COLUMNS = (
 )
 
 
-def ssl_run(output: str, seed: int, generations: int, batches: int, data: str) -> dict:
+def ssl_run(output: str, seed: int, generations: int, batches: int, data: str, labels: str) -> dict:
     manifest = mnist_manifest("mnist-ssl", 2, data, generations, output, batches=batches)
-    manifest["spec"].update(seed=seed, semiSupervised={"enabled": True})
+    manifest["spec"].update(seed=seed, semiSupervised={"enabled": True, "labels": labels})
     return manifest
 
 
@@ -64,9 +66,9 @@ def supervised_only(manifest: dict, cells: list[int], steps: int) -> float:
     training, held_out = dataset.split(spec.dataset.validation_fraction)
     assert training.labels is not None and held_out is not None and held_out.labels is not None
     rate = spec.dataset.label_rate
-    rows = torch.cat(
-        [labelled_rows(training.labels, 10, rate, cell_seed(spec.seed, c)) for c in cells]
-    ).unique()
+    shared = spec.semi_supervised.labels == "shared"
+    seeds = {spec.seed} if shared else {cell_seed(spec.seed, c) for c in cells}
+    rows = torch.cat([labelled_rows(training.labels, 10, rate, seed) for seed in seeds]).unique()
     samples, classes = training.data[rows], training.labels[rows]
     torch.manual_seed(spec.seed)
     net = build_discriminator(spec.network.discriminator, dataset.shape, 10)
@@ -94,6 +96,7 @@ def measure(manifest: dict, workdir: Path) -> dict[str, float]:
     steps = spec["generations"] * spec["training"]["batchesPerGeneration"]
     return {
         "labels a cell": found["labelled"],
+        "distinct labels": found["distinctLabelled"],
         "grid: best cell's D": found["accuracy"]["discriminator"],
         "grid: its neighbourhood's vote": found["accuracy"]["neighbourhood"],
         "alone: best cell's labels": supervised_only(manifest, [ensemble["bestCell"]], steps),
@@ -105,6 +108,9 @@ def measure(manifest: dict, workdir: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-class", type=int, default=10, help="labels a cell may use")
+    parser.add_argument(
+        "--labels", choices=("per-cell", "shared"), default="per-cell", help="semiSupervised.labels"
+    )
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batches", type=int, default=50, help="per generation")
     add_result_flags(parser, "bars of each seed's accuracies")
@@ -123,7 +129,9 @@ def run_seeds(args: argparse.Namespace) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
-            manifest = ssl_run(f"{workdir}/{seed}", seed, args.generations, args.batches, args.data)
+            manifest = ssl_run(
+                f"{workdir}/{seed}", seed, args.generations, args.batches, args.data, args.labels
+            )
             row = {"seed": seed, **measure(with_rate(manifest, args.per_class), Path(workdir))}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -136,7 +144,7 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    bars = COLUMNS[2:6]
+    bars = COLUMNS[3:7]
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     width = 0.8 / len(bars)
     for k, name in enumerate(bars):
@@ -147,7 +155,9 @@ def plot(rows: list[dict], path: str) -> None:
     low = min(row[name] for row in rows for name in bars)
     ax.set_ylim(max(0.0, low - 0.1), 1.04)
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"MNIST, {rows[0]['labels a cell']} labelled digits a cell")
+    distinct = rows[0].get("distinct labels")
+    of_run = f", {distinct} distinct in the run" if distinct else ""
+    ax.set_title(f"MNIST, {rows[0]['labels a cell']} labelled digits a cell{of_run}")
     ax.legend(fontsize=8, loc="upper center", ncol=4)
     fig.tight_layout()
     fig.savefig(path)

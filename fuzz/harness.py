@@ -50,6 +50,7 @@ def target_state(generation: int = 3) -> dict[str, dict[str, torch.Tensor]]:
         "discriminator": discriminator,
         "generator_moments": {"0.step": torch.tensor(2.0), "0.exp_avg": torch.randn(4, 3)},
         "discriminator_moments": {"0.step": torch.tensor(2.0), "0.exp_avg_sq": torch.rand(1, 4)},
+        "generator_ema": {name: tensor.clone() for name, tensor in generator.items()},
     }
 
 

@@ -192,3 +192,4 @@ def test_the_paper_configurations_cover_1x1_to_4x4_with_the_published_settings()
             assert (spec.generations, spec.coevolution.learning_rate) == (generations, rate)
             assert spec.score.final_samples == 50_000 and spec.mixture.keep == "last"
             assert spec.coevolution.mutation.probability == 0.0  # a constant rate, as published
+            assert spec.mixture.score_sample_size == 1000  # what the original's FID read

@@ -10,6 +10,7 @@ from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.individual import mutate_learning_rate
 from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.report import GENERATION_PHASES
+from lipizzaner_cell.algorithm.selection import best
 from lipizzaner_cell.algorithm.state import State
 from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
@@ -212,6 +213,18 @@ def test_every_loss_trains_and_moves_the_weights(tiny_manifest, loss):
     assert tuple(report.seconds) == GENERATION_PHASES  # what the benchmarks tabulate
 
 
+def test_mustangs_at_creation_trains_each_cell_with_its_draw_and_resumes_bit_for_bit(
+    tiny_manifest, tmp_path
+):
+    manifest = with_spec(tiny_manifest, loss="mustangs", mustangs={"draw": "at-creation"})
+    assert_resume_is_bit_exact(manifest, tmp_path)
+    drawn = [
+        layout_result(with_spec(manifest, output={"uri": str(tmp_path / "a")}), c)["loss"]
+        for c in range(4)
+    ]
+    assert set(drawn) <= {"bce", "mse", "heuristic"}
+
+
 def test_wgan_clips_the_critic_and_trains_it_five_times_per_generator_step(tiny_manifest):
     manifest = with_spec(tiny_manifest, loss="wgan", grid={"rows": 1, "cols": 2})
     manifest["spec"]["coevolution"]["selection"] = False  # locals train in place
@@ -223,6 +236,35 @@ def test_wgan_clips_the_critic_and_trains_it_five_times_per_generator_step(tiny_
     assert isinstance(critic.optimizer, torch.optim.RMSprop)
     assert float(critic.optimizer.state_dict()["state"][0]["step"]) == 10
     assert float(generator.optimizer.state_dict()["state"][0]["step"]) == 2
+
+
+def test_the_original_wgan_trains_blocks_of_critic_steps_after_each_generator_step(
+    tiny_manifest, tmp_path
+):
+    """`wgan-original`: a generator step, then a block of critic steps from the same batch
+    on, rates mutated once per block; 100 a block while the cell's generator steps are
+    fewer than 25 and at every 500th, else 5; the count survives a resume."""
+    manifest = with_spec(tiny_manifest, loss="wgan-original", grid={"rows": 1, "cols": 2})
+    manifest["spec"]["coevolution"]["selection"] = False  # locals train in place
+    manifest["spec"]["training"]["batchesPerGeneration"] = 12
+    trainer = two_cells(manifest)[0].trainer
+    assert list(trainer.schedule()) == [(0, "g", True)] + [(b, "d", b == 0) for b in range(12)]
+    trainer.generator_steps = 30
+    blocks = [(0, "g", True)] + [(b, "d", b == 0) for b in range(5)]
+    blocks += [(5, "g", True)] + [(b, "d", b == 5) for b in range(5, 10)]
+    blocks += [(10, "g", True), (10, "d", True), (11, "d", False)]
+    assert list(trainer.schedule()) == blocks
+    assert trainer.generator_steps == 33
+    trainer.generator_steps = 498  # the 500th step warms up again
+    assert [role for _, role, _ in trainer.schedule()] == ["g"] + ["d"] * 5 + ["g"] + ["d"] * 7
+    engine = two_cells(manifest)[0]
+    engine.step()
+    critic = engine.discriminators[0]
+    assert all(p.abs().max() <= 0.01 for p in critic.net.parameters())
+    assert isinstance(critic.optimizer, torch.optim.RMSprop)
+    assert engine.fitness_loss.name == "bce"  # the original ranked its WGAN by BCE
+    manifest["spec"]["training"]["batchesPerGeneration"] = 4
+    assert_resume_is_bit_exact(manifest, tmp_path)
 
 
 @pytest.mark.parametrize(("skip", "discriminator_steps"), [(0, 6), (1, 3), (2, 2)])
@@ -423,6 +465,45 @@ def test_keep_last_ends_with_the_last_generations_mixture(tiny_manifest):
     result = layout_result(manifest, 0)
     assert result["mixtureGeneration"] == 3 and len(result["candidates"]) == 1
     assert (result["scoredOn"], result["trainScores"]) == ("training", {})
+
+
+def test_the_end_schedule_scores_nothing_while_training_and_runs_the_es_at_the_end(
+    tiny_manifest,
+):
+    """`mixture.schedule: end` (Lipizzaner 2.0): the weights stay uniform and no score is
+    taken during training; `esGenerationsAtEnd` ES steps then move them."""
+    manifest = with_spec(tiny_manifest, generations=3)
+    mixture = manifest["spec"]["mixture"]
+    mixture.update(schedule="end", keep="last", esGenerationsAtEnd=20, sigma=0.2)
+    outcome = run_in_process(parse_run(manifest), resume=False)
+    assert {r.mixture_score for reports in outcome.reports for r in reports} == {None}
+    moved = []
+    for cell, engine in enumerate(outcome.engines):
+        written = {m["cell"]: m["weight"] for m in layout_result(manifest, cell)["mixture"]}
+        assert written == pytest.approx(engine.mixture_weights), "the end's ES weights are written"
+        moved.append(any(w != pytest.approx(1 / len(written)) for w in written.values()))
+    assert any(moved), "20 ES steps of sigma 0.2 move some cell's weights"
+
+
+def test_generator_emas_are_what_the_mixture_samples_and_they_resume_bit_for_bit(
+    tiny_manifest, tmp_path
+):
+    """`training.generatorEma`: the mixture (its score, keep-best, the cell's result) uses
+    each centre's EMA copy, neighbours' included; training moves the generators
+    themselves; the EMAs are checkpointed and resumed bit for bit."""
+    manifest = with_spec(tiny_manifest, generations=3)
+    manifest["spec"]["training"]["generatorEma"] = {"decay": 0.9}
+    assert_resume_is_bit_exact(manifest, tmp_path)
+    engines = two_cells(with_spec(manifest, grid={"rows": 1, "cols": 2}))
+    engines[0].step()
+    hood = engines[0].snapshot_neighbourhood()
+    _, nets = engines[0].centres(hood, "generator")
+    own = best(engines[0].generators)
+    assert nets[0] is own.ema and nets[1] is engines[0].imports.net("generator", 1)
+    assert nets[1] is hood.generators[-1].ema  # the neighbour's EMA came with its state
+    weights = own.net.state_dict()
+    assert any(not torch.equal(t, weights[n]) for n, t in own.ema.state_dict().items())
+    assert engines[0].centre_state().generator_ema.keys() == weights.keys()
 
 
 def layout_result(manifest: dict, cell: int) -> dict:

@@ -314,3 +314,32 @@ def test_mixture_es_never_accepts_a_worse_score(seed):
         assert accepted == (new_score < current)
         weights, current = new_weights, new_score
     assert current < score(torch.full((4,), 0.25, dtype=torch.float64))
+
+
+def test_a_generators_ema_moves_by_one_minus_decay_and_travels_with_its_clones():
+    """`training.generatorEma`: after a step, ema = decay * ema + (1 - decay) * weights;
+    a clone carries a copy of it, and the state holds it for a resume."""
+    torch.manual_seed(0)
+    individual = Individual.fresh(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), 1e-3, 0)
+    individual.keep_ema()
+    assert individual.sample_net is individual.ema
+    start = {k: v.clone() for k, v in individual.ema.state_dict().items()}
+    with torch.no_grad():
+        for parameter in individual.net.parameters():
+            parameter.add_(1.0)
+    individual.net[1].running_mean.fill_(5.0)
+    individual.update_ema(0.9)
+    ema = individual.ema.state_dict()
+    assert torch.allclose(ema["0.weight"], start["0.weight"] + 0.1)
+    assert torch.equal(ema["1.running_mean"], torch.full((4,), 5.0))  # buffers are copied
+    assert not any(p.requires_grad for p in individual.ema.parameters())
+    twin = individual.clone()
+    twin.update_ema(0.0)
+    assert not torch.equal(twin.ema.state_dict()["0.weight"], ema["0.weight"])
+    restored = Individual.fresh(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), 1e-3, 0)
+    restored.keep_ema()
+    restored.load_state_dict(individual.state_dict())
+    for name, tensor in restored.ema.state_dict().items():
+        assert torch.equal(tensor, individual.ema.state_dict()[name]), name
+    plain = Individual.fresh(nn.Linear(3, 4), 1e-3, 0)
+    assert plain.sample_net is plain.net and "ema.weight" not in plain.state_dict().tensors

@@ -328,6 +328,20 @@ def test_a_run_with_mutual_tls_exchanges_and_finishes(tiny_manifest):
     assert result["bestCell"] in (0, 1) and result["generators"]
 
 
+def test_generator_emas_cross_the_wire_between_cell_processes(tiny_manifest):
+    """`training.generatorEma`: every centre state carries its EMA over gRPC, and each
+    cell accepts its neighbour's (a rejected state would leave the neighbour missing)."""
+    manifest = quick(tiny_manifest, grid={"rows": 1, "cols": 2}, generations=2)
+    manifest["spec"]["training"]["generatorEma"] = {"decay": 0.99}
+    run = parse_run(manifest)
+    result = run_local(run, show_progress=False, threads=1)
+    layout = RunLayout.of(run)
+    for cell in range(2):
+        assert layout.storage.read_json(layout.cell(cell).result)["missingNeighbours"] == []
+        assert "rejected" not in layout.storage.read_bytes(layout.cell(cell).log(0)).decode()
+    assert len(result["generators"]) >= 1
+
+
 def test_unusable_tls_material_exits_with_code_2(tiny_manifest, tmp_path):
     spec_path = write_spec(tmp_path, tiny_manifest)
     command = [*cell_command(spec_path, 0, free_port_block(1)), "--tls-dir", str(tmp_path)]

@@ -13,20 +13,24 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_RING
+from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.fitness import LabelAware, evaluate_fitness, generator_fakes
 from lipizzaner_cell.algorithm.individual import Individual
 from lipizzaner_cell.algorithm.losses import LOSSES
+from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.networks import ClassifyingDiscriminator, build_discriminator
 from lipizzaner_cell.algorithm.semi_supervised import (
     SemiSupervision,
     classification_loss,
     labelled_rows,
     predictions,
+    sample_digests,
 )
 from lipizzaner_cell.commands.cli import main
 from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.executors.local_processes import run_local
+from lipizzaner_core.ensemble import distinct_labelled
 from lipizzaner_core.spec import parse_run
 from lipizzaner_core.spec.datasets import ArraySpec, ImageFolderSpec
 from torch import nn
@@ -128,6 +132,29 @@ def test_spread_weights_run_from_supervised_to_unsupervised_over_the_grid():
     assert fixed.weights_of(2, 4) == (0.3, 1.0)
 
 
+def cell_engines(manifest: dict, cells: int = 2) -> list[CellEngine]:
+    run = parse_run(manifest)
+    dataset = load_dataset(run.spec.dataset, run.spec.seed)
+    return [CellEngine(run, i, InProcessExchange().provider([]), dataset) for i in range(cells)]
+
+
+def test_shared_labels_give_every_cell_one_labelled_subset_and_the_run_counts_it_once():
+    """`labels: shared`: the cells hold the same labelled samples, drawn from the run's
+    seed, so the run's distinct labels are a cell's; per-cell draws differ by cell."""
+    per_cell, shared = (
+        cell_engines(semi_supervised(TINY_RING, labels=labels)) for labels in ("per-cell", "shared")
+    )
+    assert torch.equal(shared[0].semi.samples, shared[1].semi.samples)
+    assert not torch.equal(per_cell[0].semi.samples, per_cell[1].semi.samples)
+    assert len(shared[0].semi.classes) == len(per_cell[0].semi.classes)  # labelRate of each
+    for engines, distinct in ((shared, 1), (per_cell, 2)):
+        results = [
+            {"classifier": {"labelledDigests": sample_digests(e.semi.samples)}} for e in engines
+        ]
+        assert distinct_labelled(results) == distinct * len(engines[0].semi.classes)
+    assert distinct_labelled([{"classifier": {}}]) is None  # a result from before the digests
+
+
 @pytest.fixture(scope="module")
 def ssl_ring(tmp_path_factory):
     """A 1x2 ring run, semi-supervised on 2 labelled samples of each of the 8 modes a cell."""
@@ -154,6 +181,8 @@ def test_the_run_leaves_its_classifier_and_classify_agrees_with_it(ssl_ring, tmp
     manifest = json.loads((output / "ensemble" / "manifest.json").read_text())
     found = manifest["classifier"]
     assert found["classes"] == 8 and found["labelled"] == 16 and found["scoredOn"] == "validation"
+    # Each cell drew its own 16 from its own seed: the run used up to twice as many.
+    assert found["labels"] == "per-cell" and 16 < found["distinctLabelled"] <= 32
     assert found["members"][0]["sourceCell"] == manifest["bestCell"]
     assert all("accuracy" in cell for cell in manifest["cells"])
     predictions_file = tmp_path / "p.csv"

@@ -127,6 +127,14 @@ def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks
             {"spec.coevolution.mutation": {"rule": "drift"}},
             "spec.coevolution.mutation.rule: must be 'original' or 'unbiased'",
         ),
+        (
+            {"spec.mixture": {"schedule": "end"}},
+            "spec.mixture.keep: best compares a score taken every generation",
+        ),
+        (
+            {"spec.mustangs": {"draw": "at-creation"}},
+            "spec.mustangs.draw: only loss: mustangs draws losses, got loss bce",
+        ),
         ({"metadata.name": "Bad_Name"}, "metadata.name: must match"),
         ({"kind": "Job"}, "kind: must be 'LipizzanerRun'"),
     ],

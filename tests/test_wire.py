@@ -50,6 +50,7 @@ def centre(cell: int, generation: int, width: int = 4, dtype=torch.float32) -> C
         {cell: 0.6, 9: 0.4},
         generator_moments=moments,
         discriminator_moments={"0.exp_avg_sq": torch.rand(1, width).to(dtype)},
+        generator_ema={name: tensor + 1 for name, tensor in g.items()},
     )
 
 
@@ -84,7 +85,7 @@ def test_received_tensors_are_bit_identical_and_old_states_are_not_resent(served
             assert got.generator[name].dtype == tensor.dtype
             assert torch.equal(got.generator[name], tensor), name
         assert got.mixture_weights == state.mixture_weights
-        for part in ("generator_moments", "discriminator_moments"):
+        for part in ("generator_moments", "discriminator_moments", "generator_ema"):
             sent, received = getattr(state, part), getattr(got, part)
             assert sent.keys() == received.keys()
             assert all(torch.equal(received[k], t) for k, t in sent.items()), part
@@ -97,20 +98,28 @@ def test_received_tensors_are_bit_identical_and_old_states_are_not_resent(served
 
 
 def test_a_state_without_moments_is_accepted_and_wrong_moments_are_not(served):
-    """Moments are optional (`exchange.optimizerState: false`), but when sent they must
-    fit the receiving cell's networks like the weights do."""
+    """Moments (`exchange.optimizerState: false`) and the generator's EMA
+    (`training.generatorEma` unset) are optional, but when sent they must fit the
+    receiving cell's networks like the weights do."""
     board, _, address = served
     full = centre(cell=1, generation=5)
     puller = puller_for(full, address)
     with grpc.insecure_channel(address) as channel:
         call = centre_call(channel)
-        board.publish(replace(full, generator_moments={}, discriminator_moments={}))
+        board.publish(
+            replace(full, generator_moments={}, discriminator_moments={}, generator_ema={})
+        )
         assert puller.pull_once(call), puller.stats.last_error
         assert puller.latest.generator_moments == {} == puller.latest.discriminator_moments
+        assert puller.latest.generator_ema == {}
         wrong = {"0.exp_avg": torch.zeros(2, 3), "0.step": torch.tensor(3.0)}
         board.publish(replace(full, generation=6, generator_moments=wrong))
         assert not puller.pull_once(call)
-    assert "generator_moments.0.exp_avg: shape (2, 3)" in puller.stats.last_error
+        assert "generator_moments.0.exp_avg: shape (2, 3)" in puller.stats.last_error
+        short = {k: v for k, v in full.generator_ema.items() if k != "0.bias"}
+        board.publish(replace(full, generation=7, generator_ema=short))
+        assert not puller.pull_once(call)
+    assert "generator_ema: missing tensors ['0.bias']" in puller.stats.last_error
 
 
 def test_a_50_megabyte_state_streams_without_raising_message_limits(served):

@@ -81,7 +81,7 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
             | ({"accuracy": r["classifier"]["accuracy"]} if "classifier" in r else {})
             for r in sorted(results, key=lambda r: r["cell"])
         ],
-        **classifier_entry(winner, spec),
+        **classifier_entry(winner, results, spec),
         "spec": spec,
         "provenance": {
             **winner["provenance"],
@@ -91,9 +91,21 @@ def build_manifest(run: LipizzanerRun, results: list[dict[str, Any]]) -> dict[st
     }
 
 
-def classifier_entry(winner: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+def distinct_labelled(results: list[dict[str, Any]]) -> int | None:
+    """How many distinct labelled samples the run's cells used between them (the union of
+    their samples' digests); None for results written before the digests were."""
+    digests = [r["classifier"].get("labelledDigests") for r in results if "classifier" in r]
+    if not digests or any(d is None for d in digests):
+        return None
+    return len(set().union(*digests))
+
+
+def classifier_entry(
+    winner: dict[str, Any], results: list[dict[str, Any]], spec: dict[str, Any]
+) -> dict[str, Any]:
     """Semi-supervised runs: the best cell's classifiers (its own discriminator first, then
-    its neighbours'), their class count and accuracy; nothing otherwise."""
+    its neighbours'), their class count and accuracy, and the labels the run used: a cell's
+    and the distinct ones of all cells; nothing otherwise."""
     if "classifier" not in winner:
         return {}
     found = winner["classifier"]
@@ -101,6 +113,8 @@ def classifier_entry(winner: dict[str, Any], spec: dict[str, Any]) -> dict[str, 
         "classifier": {
             "classes": found["classes"],
             "labelled": found["labelled"],
+            "distinctLabelled": distinct_labelled(results),
+            "labels": spec["spec"].get("semiSupervised", {}).get("labels", "per-cell"),
             "scoredOn": found["scoredOn"],
             "accuracy": found["accuracy"],
             "network": network_part(spec["spec"]["network"]["discriminator"]),

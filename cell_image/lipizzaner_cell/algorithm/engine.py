@@ -17,7 +17,7 @@ from lipizzaner_core.topology import cell_seed
 from lipizzaner_cell.algorithm.fitness import LabelAware, evaluate_fitness, generator_fakes
 from lipizzaner_cell.algorithm.graphed_steps import GraphedSteps, graphable
 from lipizzaner_cell.algorithm.individual import Individual
-from lipizzaner_cell.algorithm.losses import Loss, spec_loss
+from lipizzaner_cell.algorithm.losses import Loss, StepLosses, fitness_loss, spec_loss
 from lipizzaner_cell.algorithm.mixture import KeptMixture, MixtureEmbeddings, es_step
 from lipizzaner_cell.algorithm.neighbourhood import (
     CentreState,
@@ -28,7 +28,11 @@ from lipizzaner_cell.algorithm.neighbourhood import (
 from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
 from lipizzaner_cell.algorithm.report import GenerationReport, timed_phase
 from lipizzaner_cell.algorithm.selection import best, replace, tournament_select
-from lipizzaner_cell.algorithm.semi_supervised import SemiSupervision, discriminator_classes
+from lipizzaner_cell.algorithm.semi_supervised import (
+    SemiSupervision,
+    discriminator_classes,
+    label_source,
+)
 from lipizzaner_cell.algorithm.state import State
 from lipizzaner_cell.algorithm.training import BatchTrainer, EagerSteps, Players
 from lipizzaner_cell.data.datasets import Dataset
@@ -82,7 +86,8 @@ class CellEngine:
         self.data = diet.data.to(self.device)
         self.shape = dataset.shape
         scored = self.validation_set or self.training_set
-        self.semi = SemiSupervision.of(spec, index, diet, scored, self.seed, self.device)
+        labelled, label_seed = label_source(spec, diet, self.training_set, self.seed)
+        self.semi = SemiSupervision.of(spec, index, labelled, scored, label_seed, self.device)
         self.classes = discriminator_classes(spec, dataset)
         # Decisions score against held-out data (the training data when none is held out).
         held_out = self.validation_set is not None
@@ -97,8 +102,13 @@ class CellEngine:
         )
         self.references = references
         self.kept: KeptMixture | None = None
-        # Fitness is measured with it; it also fixes the schedule and the optimizer.
+        # The schedule and the optimizer follow the run's loss; fitness is measured with
+        # it too, or, as the original compared mustangs' and its WGAN's individuals, BCE.
         self.loss: Loss = spec_loss(spec.loss)
+        self.fitness_loss: Loss = fitness_loss(spec.loss)
+        self.step_losses = StepLosses.of(spec.loss, spec.mustangs.draw, self.seed)
+        if spec.loss == "mustangs" and self.step_losses.fixed is not None:
+            log.info("cell %d: mustangs drew %s at creation", index, self.step_losses.trained_with)
         self.generation = 0
         self.last_batches = 0
         # Replacement's running totals: the acceptance rate is accepted / offered.
@@ -109,10 +119,13 @@ class CellEngine:
             self.discriminators = [self._new("discriminator") for _ in range(self._population)]
         hood = [index, *self.neighbour_cells]
         self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
-        self.imports = NeighbourImports(self._build, self.loss.optimizer)
+        self.imports = NeighbourImports(
+            self._build, self.loss.optimizer, ema=spec.training.generator_ema is not None
+        )
         self.trainer = BatchTrainer(
             spec,
             self.loss,
+            self.step_losses,
             self.data,
             self._batches,
             self.rng,
@@ -128,6 +141,9 @@ class CellEngine:
             return None
         if self.semi is not None:
             log.info("cell %d: semi-supervised steps run without CUDA graphs", self.index)
+            return None
+        if spec.training.generator_ema is not None:
+            log.info("cell %d: steps with generator EMAs run without CUDA graphs", self.index)
             return None
         if not graphable(self.loss):
             log.info("cell %d: %s steps run without CUDA graphs", self.index, spec.loss)
@@ -158,7 +174,7 @@ class CellEngine:
                 hood.discriminators,
                 real,
                 hood_fakes,
-                self.loss,
+                self.fitness_loss,
                 co.fitness.mode,
                 label_aware=self._label_aware(hood.discriminators, labelled),
             )
@@ -172,7 +188,7 @@ class CellEngine:
             self.offspring_accepted += accepted
             self.offspring_offered += offered
         with timed_phase(seconds, "mixture"):
-            score = self.evolve_mixture(hood)  # 6
+            score = self.evolve_mixture(hood, self.spec.mixture.es_steps_per_generation)  # 6
             self.keep_if_best(hood, score)
         with timed_phase(seconds, "publish"):
             self.generation += 1
@@ -267,7 +283,7 @@ class CellEngine:
         local generators trained in place and make fresh fakes, and nothing is replaced.
         """
         co = self.spec.coevolution
-        mode, loss = co.fitness.mode, self.loss
+        mode, loss = co.fitness.mode, self.fitness_loss
         trained_fakes = generator_fakes(players.generators, noise)
         evaluate_fitness(
             players.generators, hood.discriminators, None, trained_fakes, loss, mode, assign=("g",)
@@ -291,12 +307,14 @@ class CellEngine:
             self.discriminators, players.discriminators, co.replacements, rule
         )
 
-    def evolve_mixture(self, hood: Neighbourhood, steps: int = 1) -> float | None:
-        """Step 6: (1+1)-ES on the mixture weights of the neighbourhood's centre generators.
+    def evolve_mixture(self, hood: Neighbourhood, steps: int) -> float | None:
+        """Step 6: `steps` (1+1)-ES steps on the mixture weights of the neighbourhood's
+        centre generators; the mixture's score, or None when nothing was scored (no
+        score, or no steps: `mixture.schedule: end` during training).
 
         Weights of neighbours missing this generation are left as they were.
         """
-        if self.scorer is None:
+        if self.scorer is None or not steps:
             return None
         scorer = self.scorer
         cells, nets = self.centres(hood, "generator")
@@ -346,7 +364,7 @@ class CellEngine:
         (a semi-supervised run's classifiers), and their cells: this cell's first."""
         local = self.generators if role == "generator" else self.discriminators
         cells = [self.index, *hood.neighbour_cells]
-        nets = [best(local).net] + [self.imports.net(role, c) for c in hood.neighbour_cells]
+        nets = [best(local).sample_net] + [self.imports.net(role, c) for c in hood.neighbour_cells]
         return cells, nets
 
     def mixture_weights_of(self, cells: list[int]) -> torch.Tensor:
@@ -366,6 +384,7 @@ class CellEngine:
             "cell": self.index,
             "generation": self.generation,
             "offspring": [self.offspring_accepted, self.offspring_offered],
+            "generator_steps": self.trainer.generator_steps,
             "mixture_weights": {str(cell): w for cell, w in self.mixture_weights.items()},
             "generators": [
                 state.nest(f"generators.{i}", g.state_dict()) for i, g in enumerate(self.generators)
@@ -396,6 +415,7 @@ class CellEngine:
         self.mixture_weights = {int(c): w for c, w in values["mixture_weights"].items()}
         self.generation = values["generation"]
         self.offspring_accepted, self.offspring_offered = values["offspring"]
+        self.trainer.generator_steps = values.get("generator_steps", 0)  # 0: an older checkpoint
         kept = values.get("kept")  # none yet, or a checkpoint from before keep-best
         self.kept = kept and KeptMixture.from_state_dict(state.child("kept", kept))
 
@@ -411,7 +431,10 @@ class CellEngine:
 
     def _new(self, role: str) -> Individual:
         rate = self.spec.initial_rate(role)
-        return Individual.fresh(self._build(role), rate, self.index, self.loss.optimizer)
+        individual = Individual.fresh(self._build(role), rate, self.index, self.loss.optimizer)
+        if role == "generator" and self.spec.training.generator_ema is not None:
+            individual.keep_ema()
+        return individual
 
     def _build(self, role: str) -> torch.nn.Module:
         network = self.spec.network
@@ -460,6 +483,7 @@ class CellEngine:
             mixture_weights=dict(self.mixture_weights),
             generator_moments=_frozen_copy(centre_g.moments()) if moments else {},
             discriminator_moments=_frozen_copy(centre_d.moments()) if moments else {},
+            generator_ema={} if centre_g.ema is None else _frozen_copy(centre_g.ema.state_dict()),
         )
 
 

@@ -40,6 +40,27 @@ class Individual:
     fitness: float = float("inf")
     source_cell: int = -1
     optimizer_name: OptimizerName = "adam"
+    # A generator's moving average of its weights (`training.generatorEma`), else None.
+    ema: nn.Module | None = None
+
+    @property
+    def sample_net(self) -> nn.Module:
+        """The network whose samples the mixture, its scores and the ensemble use: the
+        EMA copy where there is one."""
+        return self.net if self.ema is None else self.ema
+
+    def keep_ema(self) -> None:
+        """Start an EMA of the weights, at the weights as they are."""
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """ema = decay * ema + (1 - decay) * weights, after a step; buffers are copied."""
+        assert self.ema is not None
+        for average, weight in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+            average.lerp_(weight, 1.0 - decay)
+        for mine, theirs in zip(self.ema.buffers(), self.net.buffers(), strict=True):
+            mine.copy_(theirs)
 
     @classmethod
     def fresh(
@@ -99,10 +120,15 @@ class Individual:
         state = State(values=values)
         state.nest("net", State(self.net.state_dict()))
         state.nest("optimizer", State(self.moments()))
+        if self.ema is not None:
+            state.nest("ema", State(self.ema.state_dict()))
         return state
 
     def load_state_dict(self, state: State) -> None:
         self.net.load_state_dict(state.child("net").tensors)
+        if self.ema is not None:  # a checkpoint from before the EMA starts it afresh
+            ema = state.child("ema").tensors
+            self.ema.load_state_dict(ema or self.net.state_dict())
         self.set_learning_rate(state.values["learning_rate"])
         self.load_moments(state.child("optimizer").tensors)
         self.fitness = state.values["fitness"]
@@ -116,6 +142,7 @@ class Individual:
         )
         twin.adopt_moments(self)
         twin.fitness = self.fitness
+        twin.ema = None if self.ema is None else copy.deepcopy(self.ema)
         return twin
 
 

@@ -10,16 +10,19 @@ sigmoid output, computed stably.
 | `heuristic` | -0.5 log D(G(z)) | BCE | `heuristicloss` (inside Mustangs) |
 | `minimax` | log(1 - D(G(z))) (Goodfellow's saturating form) | BCE | none |
 | `mse` | (D(G(z)) - 1)^2 | (D(x) - 1)^2 + D(G(z))^2 | `mseloss` |
-| `wgan` | -critic(G(z)) | weight-clipped critic, RMSprop, 5 critic steps | `lipizzaner_wgan` |
+| `wgan` | -critic(G(z)) | weight-clipped critic, RMSprop, 5 critic steps | its settings |
 | `wgan-gp` | -critic(G(z)) | critic with gradient penalty 10, Adam | none |
+| `wgan-original` | D(G(z)) | D(x) - D(G(z)), clipped, RMSprop, critic blocks | `lipizzaner_wgan` |
 
-`mustangs` is not a loss of its own: every batch, each player draws one of bce, mse and
-heuristic (see `draw_loss`), as the original's MustangsLoss; a discriminator that draws
+`mustangs` is not a loss of its own: each player trains with one of bce, mse and
+heuristic (`StepLosses`), drawn every batch (`mustangs.draw: per-batch`) or once when the
+cell is created (`at-creation`, the original's default); a discriminator that draws
 heuristic trains with BCE, as the original's does.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +51,11 @@ class Loss(Protocol):
     @property
     def optimizer(self) -> OptimizerName: ...
 
+    @property
+    def critic_blocks(self) -> bool:
+        """The original's WGAN schedule: a generator step, then a block of critic steps
+        (`training.BatchTrainer.schedule`)."""
+
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor: ...
 
     def discriminator(
@@ -70,6 +78,7 @@ class BinaryCrossEntropyLoss:
     clip: float = 0.0
     critic_steps: int = 1
     optimizer: OptimizerName = "adam"
+    critic_blocks: bool = False
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return self.scale * F.softplus(-fake_logits).mean()
@@ -87,6 +96,7 @@ class MinimaxLoss:
     clip: float = 0.0
     critic_steps: int = 1
     optimizer: OptimizerName = "adam"
+    critic_blocks: bool = False
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return -F.softplus(fake_logits).mean()
@@ -104,6 +114,7 @@ class LeastSquaresLoss:
     clip: float = 0.0
     critic_steps: int = 1
     optimizer: OptimizerName = "adam"
+    critic_blocks: bool = False
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return ((torch.sigmoid(fake_logits) - 1) ** 2).mean()
@@ -123,6 +134,7 @@ class WassersteinLoss:
     clip: float = 0.0
     critic_steps: int = 1
     optimizer: OptimizerName = "adam"
+    critic_blocks: bool = False
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return -fake_logits.mean()
@@ -131,14 +143,37 @@ class WassersteinLoss:
         return fake_logits.mean() - real_logits.mean()
 
 
+@dataclass(frozen=True)
+class OriginalWassersteinLoss:
+    """The original's WGAN trainer as it ran on its sigmoid discriminators: the critic is
+    D = sigmoid(logit); it minimises D(x) - D(G(z)) and the generator minimises D(G(z))
+    (the sign of Arjovsky et al.'s code). Fitness stays BCE (`fitness_loss`), which ranks
+    such a critic, and its generators, upside down: docs/algorithm.md, "Losses"."""
+
+    name: str = "wgan-original"
+    gradient_penalty: float = 0.0
+    clip: float = 0.01
+    critic_steps: int = 5
+    optimizer: OptimizerName = "rmsprop"
+    critic_blocks: bool = True
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(fake_logits).mean()
+
+    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(real_logits).mean() - torch.sigmoid(fake_logits).mean()
+
+
 _ALL: tuple[Loss, ...] = (
     BinaryCrossEntropyLoss(),
     BinaryCrossEntropyLoss(name="heuristic", scale=0.5),
     MinimaxLoss(),
     LeastSquaresLoss(),
-    # The original's WGAN trainer: clip to [-0.01, 0.01], 5 critic steps, RMSprop.
+    # The original WGAN trainer's settings on a raw critic: clip to [-0.01, 0.01], 5 critic
+    # steps, RMSprop (wgan-original is that trainer as it ran).
     WassersteinLoss(name="wgan", clip=0.01, critic_steps=5, optimizer="rmsprop"),
     WassersteinLoss(name="wgan-gp", gradient_penalty=10.0),
+    OriginalWassersteinLoss(),
 )
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in _ALL}
 MUSTANGS_CHOICES = ("bce", "mse", "heuristic")
@@ -152,10 +187,46 @@ def draw_loss(name: str, rng: torch.Generator) -> Loss:
     return LOSSES[name]
 
 
+@dataclass(frozen=True)
+class StepLosses:
+    """The loss each training step uses: the run's own; under mustangs a fresh draw per
+    player and batch, or the cell's one draw at its creation."""
+
+    name: str  # the spec's loss
+    fixed: Loss | None  # what every step uses; None: a draw per step
+
+    @classmethod
+    def of(cls, name: str, draw: str, seed: int) -> StepLosses:
+        """`seed`: the cell's, so the draw at creation is the same on every resume."""
+        if name != "mustangs":
+            return cls(name, LOSSES[name])
+        if draw == "at-creation":
+            return cls(name, LOSSES[random.Random(seed).choice(MUSTANGS_CHOICES)])
+        return cls(name, None)
+
+    def draw(self, rng: torch.Generator) -> Loss:
+        return self.fixed if self.fixed is not None else draw_loss(self.name, rng)
+
+    @property
+    def trained_with(self) -> str:
+        """The loss's name, for results and logs: the drawn one when it is fixed."""
+        return self.name if self.fixed is None else self.fixed.name
+
+
 def spec_loss(name: str) -> Loss:
-    """The loss that fixes a run's training schedule and optimizer, and measures fitness:
-    mustangs individuals are compared under bce."""
+    """The loss that fixes a run's training schedule and optimizer: mustangs trains on
+    bce's."""
     return LOSSES["bce" if name == "mustangs" else name]
+
+
+# Losses whose individuals the original compared under BCE: mustangs (its draws differ)
+# and its WGAN trainer (whose networks kept the bceloss of the configuration).
+BCE_FITNESS = ("mustangs", "wgan-original")
+
+
+def fitness_loss(name: str) -> Loss:
+    """The loss fitness (steps 2 and 5) is measured with."""
+    return LOSSES["bce" if name in BCE_FITNESS else name]
 
 
 def gradient_penalty(

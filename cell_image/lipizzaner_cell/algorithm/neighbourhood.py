@@ -39,6 +39,8 @@ class CentreState:
     # The two centres' optimizer moments (`Individual.moments()`); empty when not sent.
     generator_moments: dict[str, torch.Tensor] = field(default_factory=dict)
     discriminator_moments: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The generator centre's moving average (`training.generatorEma`); empty without one.
+    generator_ema: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class NeighbourhoodProvider(Protocol):
@@ -98,9 +100,12 @@ class NeighbourImports:
     """Neighbours' centres as individuals: each net built once per neighbour and role,
     then refilled from every new state (no allocation per generation)."""
 
-    def __init__(self, build: Callable[[str], nn.Module], optimizer: OptimizerName) -> None:
+    def __init__(
+        self, build: Callable[[str], nn.Module], optimizer: OptimizerName, ema: bool = False
+    ) -> None:
         self.build = build  # a fresh network of a role, on the cell's device
         self.optimizer = optimizer
+        self.ema = ema  # imported generators carry their EMA copies
         self._imported: dict[tuple[str, int], Individual] = {}
 
     def individual(self, state: CentreState, role: str) -> Individual:
@@ -117,8 +122,15 @@ class NeighbourImports:
         # Without moments (not sent, or none yet) the optimizer is left empty, and a
         # selected import continues the local individual's (`CellEngine.select`).
         imported.load_moments(state.generator_moments if generator else state.discriminator_moments)
+        if generator and self.ema:
+            if imported.ema is None:
+                imported.keep_ema()
+            assert imported.ema is not None
+            # A state without one (a neighbour's first) starts its average at its weights.
+            imported.ema.load_state_dict(state.generator_ema or state.generator)
         return imported
 
     def net(self, role: str, cell: int) -> nn.Module:
-        """The last imported centre of `role` from `cell`."""
-        return self._imported[(role, cell)].net
+        """The last imported centre of `role` from `cell`, as samples are drawn from it
+        (a generator's EMA copy where it has one)."""
+        return self._imported[(role, cell)].sample_net

@@ -2,7 +2,9 @@
 loss its discriminators add, and how well they classify.
 
 A cell's labelled samples are `dataset.labelRate` of its training samples, the same count
-from every class (as the original's balanced sampler), drawn from the cell's seed. Each
+from every class (as the original's balanced sampler), drawn from the cell's seed; with
+`semiSupervised.labels: shared`, of the run's training split from the run's seed, the same
+for every cell (`label_source`). Each
 discriminator step adds the cross-entropy of a fresh labelled batch to the GAN loss,
 weighted by `semiSupervised` (`weights_of`); fitness weighs them the same way
 (`fitness.LabelAware`).
@@ -10,6 +12,7 @@ weighted by `semiSupervised` (`weights_of`); fitness weighs them the same way
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +46,23 @@ def labelled_rows(
         rows = (labels == k).nonzero().flatten()
         picked.append(rows[torch.randperm(len(rows), generator=rng)[:per_class]])
     return torch.cat(picked).sort().values
+
+
+def label_source(
+    spec: RunSpecBody, own: Dataset, whole: Dataset, cell_seed: int
+) -> tuple[Dataset, int]:
+    """Where a cell draws its labelled samples from, and with which seed: its own samples
+    and seed (`labels: per-cell`), or the run's training split and seed (`shared`)."""
+    if spec.semi_supervised.labels == "shared":
+        return whole, spec.seed
+    return own, cell_seed
+
+
+def sample_digests(samples: torch.Tensor) -> list[str]:
+    """A short digest of each sample's bytes: the run counts its distinct labelled samples
+    as the union of its cells' digests (`ensemble.distinct_labelled`)."""
+    rows = samples.detach().cpu().contiguous().flatten(1).numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in rows]
 
 
 @dataclass

@@ -14,7 +14,7 @@ same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from lipizzaner_core.spec import RunSpecBody
 from torch import nn
 
 from lipizzaner_cell.algorithm.individual import Individual, mutate_learning_rate
-from lipizzaner_cell.algorithm.losses import Loss, draw_loss, gradient_penalty
+from lipizzaner_cell.algorithm.losses import Loss, StepLosses, gradient_penalty
 from lipizzaner_cell.algorithm.semi_supervised import SemiSupervision
 
 
@@ -139,23 +139,19 @@ class EagerSteps:
 class BatchTrainer:
     spec: RunSpecBody
     loss: Loss  # the run's loss: it fixes the schedule (critic steps)
+    losses: StepLosses  # each step's: the run's loss, or mustangs' draws
     data: torch.Tensor  # the cell's data, on the training device
     batches: int  # per generation
     rng: torch.Generator  # decisions: opponents, mutations, mustangs' draws
     device_rng: torch.Generator  # batch order, gradient-penalty mixing
     noise: Callable[[int], torch.Tensor]
     steps: Steps  # how one player's step runs: EagerSteps, or graphed.GraphedSteps
+    generator_steps: int = 0  # the cell's, over its life: the original WGAN's warm-up counts them
 
     def run(
         self, players: Players, should_stop: Callable[[], bool] | None = None
     ) -> tuple[float, float, int]:
-        """Step 4: the original's batch loop.
-
-        Each batch the generators take a step against one drawn discriminator, then the
-        discriminators take one against one drawn generator (on the batches
-        `discriminatorSkipEveryNth` leaves them); each step first mutates the player's
-        learning rate. With `wgan` the critic trains on every batch and the generators
-        after each `critic_steps` batches, as in the original's WGAN trainer.
+        """Step 4: the original's batch loop, in the order `schedule` gives.
 
         Returns the mean generator and discriminator training losses and the batches run
         (fewer than planned when `should_stop` turned true).
@@ -168,20 +164,20 @@ class BatchTrainer:
             "d": torch.zeros((), device=self.data.device),
         }
         steps = {"g": 0, "d": 0}
-        batches = 0
+        batches, real = 0, self.data[:0]
         self.steps.begin(players)
         try:
-            for batch in range(self.batches):
-                if should_stop is not None and batch and should_stop():
-                    break
-                batches += 1
-                real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
-                for role in self.roles_training_on(batch):
-                    if role == "g":
-                        totals["g"] += self._generators_step(players, batch_size)
-                    else:
-                        totals["d"] += self._discriminators_step(players, real)
-                    steps[role] += 1
+            for batch, role, mutate in self.schedule():
+                if batch == batches:  # a new batch
+                    if should_stop is not None and batch and should_stop():
+                        break
+                    batches += 1
+                    real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
+                if role == "g":
+                    totals["g"] += self._generators_step(players, batch_size, mutate)
+                else:
+                    totals["d"] += self._discriminators_step(players, real, mutate)
+                steps[role] += 1
         finally:
             self.steps.end(players)
         return (
@@ -189,6 +185,34 @@ class BatchTrainer:
             float(totals["d"]) / max(1, steps["d"] * len(players.discriminators)),
             batches,
         )
+
+    def schedule(self) -> Iterator[tuple[int, str, bool]]:
+        """The generation's steps in order: (batch, "g" or "d", whether the step first
+        mutates the players' rates).
+
+        - Most losses: on each batch the generators, then the discriminators on the
+          batches `discriminatorSkipEveryNth` leaves them; every step mutates.
+        - `wgan`: the critic on every batch and the generators after each
+          `critic_steps` batches.
+        - `wgan-original`, as the original's WGAN trainer: a generator step, then a block
+          of critic steps, one batch each, from the same batch on; the block is 100 steps
+          while the cell's generator steps number fewer than 25 and at every 500th, else
+          `critic_steps`, cut at the generation's end. Rates mutate once per block.
+        """
+        if self.loss.critic_blocks:
+            batch = 0
+            while batch < self.batches:
+                yield batch, "g", True
+                self.generator_steps += 1
+                warming = self.generator_steps < 25 or self.generator_steps % 500 == 0
+                block = min(100 if warming else self.loss.critic_steps, self.batches - batch)
+                for k in range(block):
+                    yield batch + k, "d", k == 0
+                batch += block
+            return
+        for batch in range(self.batches):
+            for role in self.roles_training_on(batch):
+                yield batch, role, True
 
     def roles_training_on(self, batch: int) -> tuple[str, ...]:
         """Who steps on this batch, in order: "g" generators, "d" discriminators."""
@@ -198,6 +222,11 @@ class BatchTrainer:
             return ("d", "g") if (batch + 1) % critic_steps == 0 or last else ("d",)
         skip = self.spec.coevolution.discriminator_skip_every_nth
         return ("g", "d") if skip == 0 or batch % (skip + 1) == 0 else ("g",)
+
+    @property
+    def ema_decay(self) -> float:
+        ema = self.spec.training.generator_ema
+        return 0.0 if ema is None else ema.decay
 
     def _mutate(self, individual: Individual, role: str) -> None:
         co = self.spec.coevolution
@@ -211,21 +240,27 @@ class BatchTrainer:
         """One opponent per batch for all of a role's players, as the original draws."""
         return opponents[int(torch.randint(len(opponents), (1,), generator=self.rng))]
 
-    def _generators_step(self, players: Players, batch_size: int) -> torch.Tensor:
+    def _generators_step(self, players: Players, batch_size: int, mutate: bool) -> torch.Tensor:
         opponent = self._opponent(players.generator_opponents)
         total = torch.zeros((), device=self.data.device)
         for generator in players.generators:
-            self._mutate(generator, "generator")
-            loss = draw_loss(self.spec.loss, self.rng)
+            if mutate:
+                self._mutate(generator, "generator")
+            loss = self.losses.draw(self.rng)
             total += self.steps.generator(generator, opponent, loss, self.noise(batch_size))
+            if generator.ema is not None:
+                generator.update_ema(self.ema_decay)
         return total
 
-    def _discriminators_step(self, players: Players, real: torch.Tensor) -> torch.Tensor:
+    def _discriminators_step(
+        self, players: Players, real: torch.Tensor, mutate: bool
+    ) -> torch.Tensor:
         opponent = self._opponent(players.discriminator_opponents)
         total = torch.zeros((), device=self.data.device)
         for discriminator in players.discriminators:
-            self._mutate(discriminator, "discriminator")
-            loss = draw_loss(self.spec.loss, self.rng)
+            if mutate:
+                self._mutate(discriminator, "discriminator")
+            loss = self.losses.draw(self.rng)
             noise = self.noise(real.shape[0])
             total += self.steps.discriminator(discriminator, opponent, loss, real, noise)
         return total

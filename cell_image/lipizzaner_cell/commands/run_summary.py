@@ -105,9 +105,11 @@ def describe_classifier(manifest: dict[str, Any]) -> str:
         if cell.get("accuracy")
     )
     own, vote = found["accuracy"]["discriminator"], found["accuracy"]["neighbourhood"]
+    distinct = found.get("distinctLabelled")
+    in_all = "" if distinct is None else f", {distinct} distinct in the run"
     return (
         f"classifier accuracy on the {data} data ({found['classes']} classes, "
-        f"{found['labelled']} labelled samples a cell): cell {manifest['bestCell']}'s "
+        f"{found['labelled']} labelled samples a cell{in_all}): cell {manifest['bestCell']}'s "
         f"discriminator {own:.4f}, its neighbourhood's vote {vote:.4f}; each cell's own: "
         f"{per_cell} (lipizzaner classify)"
     )

@@ -51,8 +51,14 @@ class TensorSpec:
 
 Architecture = dict[str, TensorSpec]
 # A state's tensor tables, by their name in `CentreState`, the header and `CentreArchitecture`.
-PARTS = ("generator", "discriminator", "generator_moments", "discriminator_moments")
-OPTIONAL_PARTS = ("generator_moments", "discriminator_moments")
+PARTS = (
+    "generator",
+    "discriminator",
+    "generator_moments",
+    "discriminator_moments",
+    "generator_ema",
+)
+OPTIONAL_PARTS = ("generator_moments", "discriminator_moments", "generator_ema")
 
 
 def architecture_of(state: dict[str, torch.Tensor]) -> Architecture:
@@ -65,12 +71,16 @@ def architecture_of(state: dict[str, torch.Tensor]) -> Architecture:
 @dataclass(frozen=True)
 class CentreArchitecture:
     """What a receiving cell accepts: its own networks' tensors, and their optimizer
-    moments (which a state may also leave out)."""
+    moments and the generator's EMA (which a state may also leave out)."""
 
     generator: Architecture
     discriminator: Architecture
     generator_moments: Architecture
     discriminator_moments: Architecture
+
+    @property
+    def generator_ema(self) -> Architecture:
+        return self.generator
 
     @classmethod
     def of(cls, state: CentreState) -> CentreArchitecture:

@@ -24,6 +24,7 @@ from safetensors.torch import save as save_tensors
 from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.algorithm.selection import best
+from lipizzaner_cell.algorithm.semi_supervised import sample_digests
 from lipizzaner_cell.data.datasets import Dataset
 from lipizzaner_cell.scores.choice import build_report_scorer
 
@@ -66,9 +67,7 @@ def final_candidates(engine: CellEngine) -> list[Candidate]:
     """The last generation's mixture (after `esGenerationsAtEnd` more ES steps), and with
     keep-best the kept one when it is from an earlier generation."""
     hood = engine.snapshot_neighbourhood()
-    es_steps = engine.spec.mixture.es_generations_at_end
-    if es_steps:
-        engine.evolve_mixture(hood, steps=es_steps)
+    engine.evolve_mixture(hood, engine.spec.mixture.es_generations_at_end)
     cells, nets = engine.centres(hood, "generator")
     candidates = [Candidate(engine.generation, cells, nets, engine.mixture_weights_of(cells))]
     kept = engine.kept
@@ -167,6 +166,7 @@ def finish_cell(
             for c in candidates
         ],
         "generatorFitness": best(engine.generators).fitness,
+        "loss": engine.step_losses.trained_with,
         "missingNeighbours": list(missing_neighbours),
         "offspring": {
             "accepted": engine.offspring_accepted,
@@ -205,6 +205,7 @@ def write_classifiers(engine: CellEngine, layout: CellLayout) -> dict[str, Any]:
     return {
         "classes": engine.classes,
         "labelled": len(semi.classes),
+        "labelledDigests": sample_digests(semi.samples),
         "scoredOn": engine.scored_on,
         "accuracy": {
             "discriminator": semi.accuracy(nets[:1]),

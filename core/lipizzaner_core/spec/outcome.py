@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lipizzaner_core.spec.base import SpecModel
 from lipizzaner_core.spec.datasets import SEQUENCE_DATASETS
@@ -14,14 +14,41 @@ from lipizzaner_core.spec.datasets import SEQUENCE_DATASETS
 class MixtureSpec(SpecModel):
     sigma: float = Field(0.01, gt=0)
     score_type: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum", "none"] = "auto"
-    score_sample_size: int = Field(1000, ge=10)
-    es_generations_at_end: int = Field(0, ge=0)
+    score_sample_size: int = Field(
+        1000,
+        ge=10,
+        description="samples each ES candidate is scored on (the original's effective 1,000: "
+        'docs/algorithm.md, "The mixture\'s score")',
+    )
+    schedule: Literal["every-generation", "end"] = Field(
+        "every-generation",
+        description="every-generation: one ES step after each generation (Lipizzaner 1.0); "
+        "end: no ES and no score while training, esGenerationsAtEnd steps after the last "
+        "generation (Lipizzaner 2.0's optimize_mixture)",
+    )
+    es_generations_at_end: int = Field(
+        0, ge=0, description="ES steps after the last generation (2.0's es_generations: 10)"
+    )
     keep: Literal["best", "last"] = Field(
         "best",
         description="best: each cell keeps its best-scoring mixture (weights and generators) "
         "over the run and ends with it if it still scores better than the last; last: the "
         "last generation's mixture",
     )
+
+    @model_validator(mode="after")
+    def _kept_mixtures_are_scored(self) -> MixtureSpec:
+        if self.schedule == "end" and self.keep == "best":
+            raise ValueError(
+                "keep: best compares a score taken every generation, and schedule: "
+                "end scores only at the end: set keep: last"
+            )
+        return self
+
+    @property
+    def es_steps_per_generation(self) -> int:
+        """ES steps in step 6 of each generation: none when the ES runs only at the end."""
+        return 1 if self.schedule == "every-generation" else 0
 
 
 FEATURE_NETWORK = r"^(auto|mnist-cnn|inception-v3|\S+\.safetensors)$"

@@ -33,6 +33,7 @@ from lipizzaner_core.spec.training import (
     CheckpointSpec,
     CoevolutionSpec,
     LossName,
+    MustangsSpec,
     NetworkSpec,
     SemiSupervisedSpec,
     TrainingSpec,
@@ -134,6 +135,7 @@ class RunSpecBody(SpecModel):
     dataset: DatasetSpec
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     loss: LossName = "bce"
+    mustangs: MustangsSpec = Field(default_factory=MustangsSpec)
     coevolution: CoevolutionSpec = Field(default_factory=CoevolutionSpec)
     mixture: MixtureSpec = Field(default_factory=MixtureSpec)
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
@@ -200,6 +202,10 @@ class RunSpecBody(SpecModel):
             raise ValueError(
                 f"ensemble.objective: method {ensemble.method} needs a score to search by, "
                 "and mixture.scoreType is none: set ensemble.objective"
+            )
+        if self.mustangs.draw != "per-batch" and self.loss != "mustangs":
+            raise ValueError(
+                f"mustangs.draw: only loss: mustangs draws losses, got loss {self.loss}"
             )
         self._labels_fit_data()
         for field, name, needs in (

@@ -44,8 +44,22 @@ class NetworkSpec(SpecModel):
     discriminator: NetworkPartSpec = Field(default_factory=NetworkPartSpec)
 
 
-# The original's names and meanings (the cell's algorithm/losses.py); minimax and wgan-gp are ours.
-LossName = Literal["bce", "heuristic", "minimax", "mse", "wgan", "wgan-gp", "mustangs"]
+# The original's names and meanings (the cell's algorithm/losses.py); minimax and wgan-gp are
+# ours; wgan-original is the original's WGAN trainer as it ran.
+LossName = Literal[
+    "bce", "heuristic", "minimax", "mse", "wgan", "wgan-gp", "wgan-original", "mustangs"
+]
+
+
+class MustangsSpec(SpecModel):
+    """How `loss: mustangs` picks each player's loss (docs/algorithm.md, "Losses")."""
+
+    draw: Literal["per-batch", "at-creation"] = Field(
+        "per-batch",
+        description="per-batch: every player draws one of bce, mse and heuristic on every "
+        "batch; at-creation: the cell draws one when it is created and trains with it all "
+        "run (the original's default, randomized: False)",
+    )
 
 
 class FitnessSpec(SpecModel):
@@ -124,6 +138,13 @@ class SemiSupervisedSpec(SpecModel):
     labelled_batch_size: int = Field(
         100, ge=1, description="labelled samples in each discriminator step, drawn anew"
     )
+    labels: Literal["per-cell", "shared"] = Field(
+        "per-cell",
+        description="per-cell: each cell draws its labelled samples (dataset.labelRate of "
+        "its own) from its own seed, so a grid holds up to cells x as many distinct labels; "
+        "shared: one labelled subset of the training split, drawn from the run's seed, for "
+        "every cell",
+    )
 
     def weights_of(self, cell: int, cells: int) -> tuple[float, float]:
         """(unsupervised, supervised) weights of a cell's discriminator losses."""
@@ -133,10 +154,28 @@ class SemiSupervisedSpec(SpecModel):
         return unsupervised, 1.0 - unsupervised
 
 
+class GeneratorEmaSpec(SpecModel):
+    """An exponential moving average of each generator's weights (docs/algorithm.md)."""
+
+    decay: float = Field(
+        0.999,
+        gt=0.0,
+        lt=1.0,
+        description="after each generator step: ema = decay * ema + (1 - decay) * weights",
+    )
+
+
 class TrainingSpec(SpecModel):
     batch_size: int = Field(100, ge=1)
     batches_per_generation: int = Field(0, ge=0, description="0 = one pass over the cell's data")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    generator_ema: GeneratorEmaSpec | None = Field(
+        None,
+        description="Keep an EMA of every generator's weights: the mixture, its samples and "
+        "scores, keep-best and the ensemble use the EMA copies, and the exchange and the "
+        "checkpoints carry them; training and fitness use the generators themselves. "
+        "Unset: none",
+    )
     cuda_graphs: bool = Field(
         True,
         description="On CUDA, replay each training step as a captured CUDA graph (the same "

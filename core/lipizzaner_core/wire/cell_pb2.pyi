@@ -28,7 +28,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class CentreHeader(_message.Message):
-    __slots__ = ("cell", "generation", "generator_lr", "discriminator_lr", "generator_fitness", "discriminator_fitness", "mixture_weights", "generator", "discriminator", "payload_bytes", "generator_moments", "discriminator_moments")
+    __slots__ = ("cell", "generation", "generator_lr", "discriminator_lr", "generator_fitness", "discriminator_fitness", "mixture_weights", "generator", "discriminator", "payload_bytes", "generator_moments", "discriminator_moments", "generator_ema")
     class MixtureWeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class CentreHeader(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     DISCRIMINATOR_MOMENTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_EMA_FIELD_NUMBER: _ClassVar[int]
     cell: int
     generation: int
     generator_lr: float
@@ -60,7 +61,8 @@ class CentreHeader(_message.Message):
     payload_bytes: int
     generator_moments: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     discriminator_moments: _containers.RepeatedCompositeFieldContainer[TensorInfo]
-    def __init__(self, cell: _Optional[int] = ..., generation: _Optional[int] = ..., generator_lr: _Optional[float] = ..., discriminator_lr: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., mixture_weights: _Optional[_Mapping[int, float]] = ..., generator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., generator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+    generator_ema: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    def __init__(self, cell: _Optional[int] = ..., generation: _Optional[int] = ..., generator_lr: _Optional[float] = ..., discriminator_lr: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., mixture_weights: _Optional[_Mapping[int, float]] = ..., generator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., generator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., generator_ema: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
 
 class CentreChunk(_message.Message):
     __slots__ = ("header", "data")
