@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 
 import pytest
 import torch
 import yaml
 from conftest import TINY_RING
 from lipizzaner_cell.commands.cli import main
+from lipizzaner_cell.ensembles.original_searches import (
+    Restricted,
+    Unrestricted,
+    greedy_grid,
+    nreo_gen,
+    reo_gen,
+    weight_grid,
+)
 from lipizzaner_cell.ensembles.search import GeneticSettings, genetic, greedy
 
 TARGET = torch.tensor([0.5, 0.25, 0.25, 0.0, 0.0], dtype=torch.float64)
@@ -43,6 +52,66 @@ def test_the_genetic_search_keeps_its_bounds_and_never_loses_its_start():
     assert found.evaluations == 12 + 15 * 11
 
 
+def test_the_weight_grid_holds_every_split_of_ten_tenths():
+    splits = list(weight_grid(3))
+    assert len(splits) == 66 == len(set(splits))  # C(12, 2)
+    assert all(sum(split) == 10 and min(split) >= 0 for split in splits)
+    assert list(weight_grid(1)) == [(10,)]
+
+
+def test_greedy_grid_keeps_a_candidate_only_when_its_best_grid_weights_help():
+    """The original's greedy: members in tenths, at most max_size, each kept only if the
+    best split of the grid with it beats the ensemble before; patience ends it early."""
+    found = greedy_grid(distance, 5, 8, 0, random.Random(0))
+    assert found.objective <= min(distance(torch.eye(5, dtype=torch.float64)[k]) for k in range(5))
+    tenths = found.weights * 10
+    assert torch.allclose(tenths, tenths.round()) and float(found.weights.sum()) == 1.0
+    # Every candidate was tried: sizes 1.. as members were kept, each try a whole grid.
+    assert found.evaluations >= 5 + 11
+    capped = greedy_grid(distance, 5, 1, 0, random.Random(0))
+    assert (capped.weights > 0).sum() == 1 and capped.evaluations == 1
+    impatient = greedy_grid(lambda w: 1.0 - float(w[0]), 5, 8, 1, random.Random(3))
+    assert impatient.evaluations < found.evaluations
+
+
+@pytest.mark.parametrize("method", ["reo-gen", "nreo-gen"])
+def test_the_originals_genetic_searches_keep_their_sizes_and_are_seeded(method):
+    def search(seed: int, evaluations: int = 200):
+        rng = random.Random(seed)
+        if method == "reo-gen":
+            return reo_gen(distance, 5, 3, evaluations, rng)
+        return nreo_gen(distance, 5, 2, 4, evaluations, rng)
+
+    found = search(0)
+    members = int((found.weights > 0).sum())
+    assert members <= 3 if method == "reo-gen" else 1 <= members <= 4
+    assert float(found.weights.sum()) == pytest.approx(1.0)
+    assert torch.equal(search(0).weights, found.weights)
+    assert found.evaluations >= 5 + 200
+    assert found.objective < distance(torch.full((5,), 0.2, dtype=torch.float64))
+    assert search(0, evaluations=1000).objective <= 0.02  # near the target: 0.5, 0.25, 0.25
+
+
+def test_the_originals_crossovers_and_mutations_keep_their_individuals_well_formed():
+    rng = random.Random(1)
+    encoding = Restricted(count=6, size=4, rng=rng)
+    for _ in range(300):
+        a, b = encoding.create(), encoding.create()
+        encoding.crossover(a, b)
+        encoding.mutate(a)
+        for child in (a, b):  # a repair may carry a parent's weight: read as shares
+            assert len({g for g, _ in child}) == 4 and min(w for _, w in child) >= 0
+            assert float(encoding.weights(child).sum()) == pytest.approx(1.0)
+    unrestricted = Unrestricted(count=6, min_size=2, max_size=5, rng=rng)
+    for _ in range(300):
+        a, b = unrestricted.create(), unrestricted.create()
+        unrestricted.crossover(a, b)
+        unrestricted.mutate(a)
+        for child in (a, b):
+            assert sorted(child.order) == list(range(6)) and 1 <= child.size <= 5
+            assert sum(child.weights[: child.size]) == 100
+
+
 def test_optimize_writes_a_better_ensemble_beside_the_runs_own(tmp_path):
     manifest = copy.deepcopy(TINY_RING)
     manifest["spec"]["grid"] = {"rows": 3, "cols": 3}
@@ -51,8 +120,13 @@ def test_optimize_writes_a_better_ensemble_beside_the_runs_own(tmp_path):
     assert main(["run", str(tmp_path / "run.yaml"), "--in-process", "--quiet"]) == 0
     own = (tmp_path / "out" / "ensemble" / "manifest.json").read_bytes()
     out = str(tmp_path / "out")
-    for method in ("greedy", "ga"):
-        assert main(["ensemble", "optimize", out, "--method", method, "--samples", "500"]) == 0
+    for method in ("greedy", "ga", "greedy-grid", "reo-gen", "nreo-gen"):
+        flags = ["--samples", "500", "--max-size", "3", "--evaluations", "40"]
+        if method in ("greedy", "ga"):
+            flags = flags[:2]
+        elif method == "greedy-grid":
+            flags = [*flags[:4], "--patience", "2"]
+        assert main(["ensemble", "optimize", out, "--method", method, *flags]) == 0
         found = json.loads((tmp_path / "out" / f"ensemble-{method}" / "manifest.json").read_text())
         search = found["search"]
         assert search["method"] == method and search["candidates"] >= 9  # one a cell, at least

@@ -273,7 +273,7 @@ def test_the_operator_reads_a_runs_output_with_the_runs_own_credentials(cluster)
     'Unable to locate credentials'."""
     from conftest import TINY_RING
     from kubernetes import client as k8s
-    from lipizzaner_operator.handlers import output_layout
+    from lipizzaner_operator.ensemble_steps import output_layout
 
     body = {
         "metadata": {"name": "s3"},

@@ -103,7 +103,8 @@ def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks
         ({"spec.network.generator.cell": "cnn"}, "spec.network.generator.cell: must be"),
         (
             {"spec.ensemble": {"method": "all"}},
-            "spec.ensemble.method: must be 'best-cell', 'greedy' or 'ga'",
+            "spec.ensemble.method: must be 'best-cell', 'greedy', 'ga', 'greedy-grid', "
+            "'reo-gen' or 'nreo-gen'",
         ),
         ({"spec.ensemble": {"maxSize": 0}}, "spec.ensemble.maxSize: must be >= 1, got 0"),
         (

@@ -132,6 +132,25 @@ SPEC_RULES: list[Schema] = [
         "reason": "FieldValueInvalid",
     },
     {
+        "rule": "self.mustangs.draw == 'per-batch' || self.loss == 'mustangs'",
+        "message": "mustangs.draw: only loss: mustangs draws losses",
+        "fieldPath": ".mustangs.draw",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "self.mixture.schedule == 'every-generation' || self.mixture.keep == 'last'",
+        "message": "mixture.keep: best compares a score taken every generation; with "
+        "schedule: end set keep: last",
+        "fieldPath": ".mixture.keep",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "self.ensemble.minSize <= self.ensemble.maxSize",
+        "message": "ensemble.minSize: must be <= maxSize",
+        "fieldPath": ".ensemble.minSize",
+        "reason": "FieldValueInvalid",
+    },
+    {
         "rule": "self.ensemble.method == 'best-cell' || self.ensemble.objective != 'auto' || "
         "self.mixture.scoreType != 'none'",
         "message": "ensemble.objective: a search needs a score, and mixture.scoreType is none",

@@ -9,28 +9,30 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from lipizzaner_core.contract import CONTROLLER_NAME, KUEUE_RETRIABLE_ANNOTATION
+from lipizzaner_core.contract import CONTROLLER_NAME
 from lipizzaner_core.crd import GROUP, PLURAL, VERSION
-from lipizzaner_core.ensemble import assemble_ensemble
-from lipizzaner_core.layout import ENSEMBLE_MANIFEST, RunLayout
 from lipizzaner_core.placement import port_of
 from lipizzaner_core.spec import LipizzanerRun, SpecError, parse_run
 from lipizzaner_core.status import (
-    RECORDS_KEY,
-    STATUS_CELLS,
     RunStatus,
-    decode_records,
-    notable,
 )
-from lipizzaner_core.storage import S3_CREDENTIALS, join
-from lipizzaner_core.wire.tls import TlsError, TlsMaterial, generate, run_identity
 
-from lipizzaner_operator.decision import Decision, aggregated
+from lipizzaner_operator.cluster_io import (
+    bounded_status,
+    carry_out,
+    cell_pods,
+    ensure_shared_children,
+    run_tls,
+    with_every_record,
+    with_lost_nodes,
+)
+from lipizzaner_operator.decision import aggregated
+from lipizzaner_operator.ensemble_steps import assembled, output_layout, search_finished
 from lipizzaner_operator.kube import KubeClient, connection_info, load_configuration, poll_cells
 from lipizzaner_operator.maintenance import release_pods
 from lipizzaner_operator.metrics import OperatorMetrics
@@ -38,31 +40,17 @@ from lipizzaner_operator.names import (
     CELL_PODS,
     FINALIZER,
     PREFIX,
-    cell_selector,
-    cells_config_map_name,
     search_job_name,
-    tls_secret_name,
 )
 from lipizzaner_operator.observed import (
-    PodView,
     cell_views,
-    node_ready,
-    overdue,
     view_job,
-    view_pod,
 )
 from lipizzaner_operator.pod_cache import PodCache, WatchTimeouts
-from lipizzaner_operator.reconcile import decide, fail, succeed
+from lipizzaner_operator.reconcile import decide, fail
 from lipizzaner_operator.render import (
     CellDefaults,
-    render_cells_config_map,
-    render_config_map,
-    render_network_policy,
-    render_pod,
-    render_pod_group,
     render_search_job,
-    render_service,
-    render_tls_secret,
 )
 from lipizzaner_operator.watch_health import WatchHealth
 
@@ -141,10 +129,11 @@ def reconcile(
         return old, _invalid(old, problem, now)
     tls = None
     if old.phase not in ("Succeeded", "Failed"):
-        _ensure_shared_children(body, run, namespace, kube, config)
-        tls = _run_tls(body, run, namespace, kube)
-    pods = _cell_pods(run, namespace, kube, cache, metrics)
-    pods = _with_lost_nodes(pods, kube, now, run.spec.failure_policy.lost_node_seconds)
+        policy_namespace = config.network_policy_operator_namespace
+        ensure_shared_children(body, run, namespace, kube, config.cell, policy_namespace)
+        tls = run_tls(body, run, namespace, kube)
+    pods = cell_pods(run, namespace, kube, cache, metrics)
+    pods = with_lost_nodes(pods, kube, now, run.spec.failure_policy.lost_node_seconds)
     views = cell_views(run, pods)
     per_pod = run.spec.cell.cells_per_pod
     progress = poll_cells(
@@ -159,9 +148,9 @@ def reconcile(
         job = kube.read_job(namespace, search_job_name(run))
         search = None if job is None else view_job(job)
     generation = body["metadata"].get("generation")
-    known = _with_every_record(old, run, namespace, kube)
+    known = with_every_record(old, run, namespace, kube)
     decision = decide(run, generation, known, views, progress, now, search)
-    _carry_out(body, run, namespace, decision, views, kube, cache, config, logger)
+    carry_out(body, run, namespace, decision, views, kube, cache, config.cell, logger)
     metrics.pod_creations.inc(len(decision.create))
     reasons = [e.reason for e in decision.events]
     metrics.cell_restarts.inc(reasons.count("CellRestarted"))
@@ -171,218 +160,24 @@ def reconcile(
         layout = output_layout(run, namespace, kube)
     if decision.assemble:
         final = not decision.search
-        decision.status = _assemble(run, layout, decision.status, now, logger, final)
+        decision.status = assembled(run, layout, decision.status, now, logger, final)
         if decision.search and decision.status.phase != "Failed":
             job = render_search_job(run, namespace, config.cell)
             kopf.adopt(job, owner=body)
             kube.create(job)
     if decision.searched:
-        decision.status = _searched(run, layout, decision.status, now)
+        decision.status = search_finished(run, layout, decision.status, now)
     for event in aggregated(decision.events):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if decision.delete_run:
         logger.info("deleting the finished run: spec.ttlSecondsAfterFinished has passed")
         kube.delete_run(namespace, run.metadata.name, FINALIZER)
         return old, old  # nothing left to patch
-    return old, _bounded(body, run, namespace, known, decision.status, kube)
-
-
-def _cell_pods(
-    run: LipizzanerRun, namespace: str, kube: KubeClient, cache: PodCache, metrics: OperatorMetrics
-) -> list[PodView]:
-    """The run's cell pods from the watch-fed cache; listed only while the cache has not
-    shown what the operator last did to them (`pod_cache.py`)."""
-    cached = cache.pods(namespace, run.metadata.name)
-    if cached is not None:
-        return cached
-    metrics.pod_lists.inc()
-    return [view_pod(p) for p in kube.list_pods(namespace, cell_selector(run))]
-
-
-def _with_every_record(
-    status: RunStatus, run: LipizzanerRun, namespace: str, kube: KubeClient
-) -> RunStatus:
-    """The status with every cell's record: a big grid's are in its cells ConfigMap (the
-    status names only some); a run that has none yet has them all in its status."""
-    if run.spec.grid.size <= STATUS_CELLS or status.cells_config_map is None:
-        return status
-    data = kube.read_config_map(namespace, status.cells_config_map) or {}
-    try:
-        records = decode_records(data[RECORDS_KEY])
-    except (KeyError, ValueError) as exc:  # gone or damaged: what the status has is kept
-        name = status.cells_config_map
-        log.warning("run %s: no cell records in %s: %s", run.metadata.name, name, exc)
-        return status
-    return status.model_copy(update={"cell_records": records})
-
-
-def _bounded(
-    body: kopf.Body,
-    run: LipizzanerRun,
-    namespace: str,
-    known: RunStatus,
-    status: RunStatus,
-    kube: KubeClient,
-) -> RunStatus:
-    """The status to write: past STATUS_CELLS cells, every record goes to the cells
-    ConfigMap (when one changed) and the status keeps the notable ones."""
-    if run.spec.grid.size <= STATUS_CELLS:
-        return status
-    if status.cell_records != known.cell_records or known.cells_config_map is None:
-        records = render_cells_config_map(run, namespace, status.cell_records)
-        kopf.adopt(records, owner=body)
-        kube.apply_config_map(records)
-    return status.model_copy(
-        update={
-            "cell_records": notable(status.cell_records),
-            "cells_config_map": cells_config_map_name(run),
-        }
-    )
-
-
-def _with_lost_nodes(
-    pods: list[PodView], kube: KubeClient, now: datetime, bound: float
-) -> list[PodView]:
-    """Mark the pods overdue in deleting whose node is not Ready (a read per such node)."""
-    ready = {
-        node: node_ready(kube.read_node(node))
-        for node in {p.node for p in pods if overdue(p, now, bound)}
-    }
-    return [replace(p, node_lost=True) if ready.get(p.node) is False else p for p in pods]
+    return old, bounded_status(body, run, namespace, known, decision.status, kube)
 
 
 def _invalid(old: RunStatus, message: str, now: datetime) -> RunStatus:
     return old if old.phase == "Failed" else fail(old, "InvalidSpec", message, now)
-
-
-def _ensure_shared_children(
-    body: kopf.Body, run: LipizzanerRun, namespace: str, kube: KubeClient, config: OperatorConfig
-) -> None:
-    children = [render_config_map(run, namespace), render_service(run, namespace, config.cell)]
-    pod_group = render_pod_group(run, namespace)
-    if pod_group is not None:
-        children.append(pod_group)
-    if config.network_policy_operator_namespace:
-        children.append(
-            render_network_policy(
-                run, namespace, config.cell, config.network_policy_operator_namespace
-            )
-        )
-    for child in children:
-        kopf.adopt(child, owner=body)
-        if child["kind"] == "ConfigMap":
-            kube.apply_config_map(child)
-        else:
-            kube.create(child)
-
-
-def _run_tls(
-    body: kopf.Body, run: LipizzanerRun, namespace: str, kube: KubeClient
-) -> TlsMaterial | None:
-    """The run's certificates, for its pods and the operator's own status calls.
-
-    Without a Secret of the user's, the first pass creates `<run>-tls` with a fresh CA; it
-    is read back, so two passes that raced agree on the one the server kept.
-    """
-    if not run.spec.exchange.tls.enabled:
-        return None
-    name = tls_secret_name(run)
-    files = kube.read_secret(namespace, name)
-    if files is None and not run.spec.exchange.tls.secret_name:
-        identity = run_identity(run.metadata.name, namespace)
-        secret = render_tls_secret(run, namespace, generate(identity))
-        kopf.adopt(secret, owner=body)
-        kube.create(secret)
-        files = kube.read_secret(namespace, name)
-    if files is None:
-        log.warning("run %s: no Secret %s for spec.exchange.tls", run.metadata.name, name)
-        return None
-    try:
-        return TlsMaterial.from_files(files, f"Secret {name}")
-    except TlsError as exc:
-        log.warning("run %s: %s", run.metadata.name, exc)
-        return None
-
-
-def _carry_out(
-    body: kopf.Body,
-    run: LipizzanerRun,
-    namespace: str,
-    decision: Decision,
-    views: dict[int, PodView],
-    kube: KubeClient,
-    cache: PodCache,
-    config: OperatorConfig,
-    logger: logging.Logger | kopf.Logger,
-) -> None:
-    """Do what `decide` said, to the pods observed (by their own names), and tell the pod
-    cache what to expect of them."""
-    name = run.metadata.name
-    for index in decision.release:  # before any delete: Kueue holds a retriable group's pods
-        kube.annotate_pod(namespace, views[index].name, {KUEUE_RETRIABLE_ANNOTATION: "false"})
-    for index in decision.delete:
-        logger.info("deleting pod %s", views[index].name)
-        kube.delete_pod(namespace, views[index].name)
-        cache.expect(namespace, name, views[index].name, "deleted")
-    for index in decision.force_delete:
-        logger.warning("force-deleting pod %s: its node is lost", views[index].name)
-        kube.delete_pod(namespace, views[index].name, force=True)
-        cache.expect(namespace, name, views[index].name, "gone")
-    records = {r.cell: r for r in decision.status.cell_records}
-    pods = []
-    for index in decision.create:
-        record = records.get(index)
-        restarts = record.restarts if record else 0
-        replacement = record.restarts + record.disruptions if record else 0
-        pod = render_pod(run, namespace, index, restarts, config.cell, replacement)
-        kopf.adopt(pod, owner=body)
-        pods.append(pod)
-    kube.create_all(pods)
-    for pod in pods:
-        cache.expect(namespace, name, pod["metadata"]["name"], "created")
-
-
-def output_layout(run: LipizzanerRun, namespace: str, kube: KubeClient) -> RunLayout:
-    """The run's output as its cells reach it: with the keys of its credentialsSecret when
-    it names one (else the operator's own environment, `storage.secretName`). Its own
-    storage options: no lock, nothing global."""
-    name = run.spec.output.credentials_secret
-    found = kube.read_secret(namespace, name) if name else None
-    credentials = {k: v.decode() for k, v in (found or {}).items() if k in S3_CREDENTIALS}
-    return RunLayout.of(run, credentials=credentials)
-
-
-def _assemble(
-    run: LipizzanerRun,
-    layout: RunLayout,
-    status: RunStatus,
-    now: datetime,
-    logger: logging.Logger | kopf.Logger,
-    final: bool,
-) -> RunStatus:
-    """Assemble the run's ensemble; succeed if it is the `final` step."""
-    try:
-        assemble_ensemble(run, layout)
-    except Exception as exc:  # storage errors come in many types; all end the run the same way
-        logger.exception("assembling the ensemble failed")
-        return fail(status, "EnsembleFailed", f"assembling the ensemble failed: {exc}", now)
-    return succeed(status, layout.ensemble, now) if final else status
-
-
-def _searched(run: LipizzanerRun, layout: RunLayout, status: RunStatus, now: datetime) -> RunStatus:
-    """The search's Job completed: succeed with the ensemble it wrote, said in a line."""
-    searched = layout.optimised_ensemble(run.spec.ensemble.method)
-    try:
-        manifest = layout.storage.read_json(join(searched, ENSEMBLE_MANIFEST))
-        found, own = manifest["objective"], manifest["search"]["bestCell"]["objective"]
-    except Exception as exc:  # missing, unreadable or not a search's manifest: all the same
-        message = f"the ensemble search's Job completed, but {searched} has no ensemble: {exc}"
-        return fail(status, "EnsembleSearchFailed", message, now)
-    said = (
-        f"the {run.spec.ensemble.method} search's ensemble, {found['name']} "
-        f"{found['value']:.4g} (the best cell's {own:.4g}), written to {searched}"
-    )
-    return succeed(status, layout.ensemble, now, searched, said)
 
 
 def register_watch_check(registry: kopf.OperatorRegistry, config: OperatorConfig) -> WatchHealth:

@@ -127,7 +127,13 @@ class LeastSquaresLoss:
 @dataclass(frozen=True)
 class WassersteinLoss:
     """The WGAN critic loss; `wgan` clips the critic's weights, `wgan-gp` penalises its
-    gradient instead."""
+    gradient instead.
+
+    `wgan-original` is the original's WGAN trainer as it ran on its sigmoid
+    discriminators: the critic is -D with D = sigmoid(logit), so the critic pushes D down
+    on real data and up on fakes and the generator pushes D(G(z)) down (the sign of
+    Arjovsky et al.'s code). Its fitness stays BCE (`fitness_loss`), which ranks such a
+    critic, and its generators, upside down: docs/algorithm.md, "Losses"."""
 
     name: str
     gradient_penalty: float = 0.0
@@ -135,33 +141,16 @@ class WassersteinLoss:
     critic_steps: int = 1
     optimizer: OptimizerName = "adam"
     critic_blocks: bool = False
+    sigmoid_critic: bool = False
+
+    def critic(self, logits: torch.Tensor) -> torch.Tensor:
+        return -torch.sigmoid(logits) if self.sigmoid_critic else logits
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        return -fake_logits.mean()
+        return -self.critic(fake_logits).mean()
 
     def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        return fake_logits.mean() - real_logits.mean()
-
-
-@dataclass(frozen=True)
-class OriginalWassersteinLoss:
-    """The original's WGAN trainer as it ran on its sigmoid discriminators: the critic is
-    D = sigmoid(logit); it minimises D(x) - D(G(z)) and the generator minimises D(G(z))
-    (the sign of Arjovsky et al.'s code). Fitness stays BCE (`fitness_loss`), which ranks
-    such a critic, and its generators, upside down: docs/algorithm.md, "Losses"."""
-
-    name: str = "wgan-original"
-    gradient_penalty: float = 0.0
-    clip: float = 0.01
-    critic_steps: int = 5
-    optimizer: OptimizerName = "rmsprop"
-    critic_blocks: bool = True
-
-    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(fake_logits).mean()
-
-    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(real_logits).mean() - torch.sigmoid(fake_logits).mean()
+        return self.critic(fake_logits).mean() - self.critic(real_logits).mean()
 
 
 _ALL: tuple[Loss, ...] = (
@@ -173,7 +162,14 @@ _ALL: tuple[Loss, ...] = (
     # steps, RMSprop (wgan-original is that trainer as it ran).
     WassersteinLoss(name="wgan", clip=0.01, critic_steps=5, optimizer="rmsprop"),
     WassersteinLoss(name="wgan-gp", gradient_penalty=10.0),
-    OriginalWassersteinLoss(),
+    WassersteinLoss(
+        name="wgan-original",
+        clip=0.01,
+        critic_steps=5,
+        optimizer="rmsprop",
+        critic_blocks=True,
+        sigmoid_critic=True,
+    ),
 )
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in _ALL}
 MUSTANGS_CHOICES = ("bce", "mse", "heuristic")

@@ -130,7 +130,26 @@ def _add_ensemble_optimize(actions: argparse._SubParsersAction, outputs: Outputs
         "run as its spec.ensemble says (the operator's ensemble Job runs this)",
     )
     optimize.add_argument(
-        "--method", choices=["greedy", "ga"], help=f"default {SEARCH_DEFAULTS['method']}"
+        "--method",
+        choices=["greedy", "ga", "greedy-grid", "reo-gen", "nreo-gen"],
+        help=f"default {SEARCH_DEFAULTS['method']}; greedy-grid, reo-gen and nreo-gen are the "
+        "original's searches",
+    )
+    optimize.add_argument(
+        "--min-size",
+        type=whole(1),
+        help=f"nreo-gen: generators at least (default {SEARCH_DEFAULTS['min_size']})",
+    )
+    optimize.add_argument(
+        "--evaluations",
+        type=whole(1),
+        help=f"reo-gen, nreo-gen: offspring scored (default {SEARCH_DEFAULTS['evaluations']})",
+    )
+    optimize.add_argument(
+        "--patience",
+        type=whole(0),
+        help="greedy-grid: stop after more than this many candidates in a row that did not "
+        f"help; 0: try them all (default {SEARCH_DEFAULTS['patience']})",
     )
     optimize.add_argument(
         "--max-size",
@@ -197,7 +216,15 @@ def cmd_sample(args: argparse.Namespace, error: Say, out: Console, console: Cons
 
 
 # `ensemble optimize`'s defaults where no manifest gives them: spec.ensemble's own.
-SEARCH_DEFAULTS: dict[str, Any] = {"method": "greedy", "max_size": 8, "samples": 2000, "seed": 0}
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "method": "greedy",
+    "max_size": 8,
+    "samples": 2000,
+    "seed": 0,
+    "min_size": 2,
+    "evaluations": 600,
+    "patience": 0,
+}
 
 
 def cmd_ensemble_optimize(
@@ -211,7 +238,8 @@ def cmd_ensemble_optimize(
 
     flags: dict[str, Any] = {"method": args.method, "max_size": args.max_size}
     flags["samples"] = args.samples
-    flags |= {"seed": args.seed, "objective": args.objective}
+    flags |= {"seed": args.seed, "objective": args.objective, "min_size": args.min_size}
+    flags |= {"evaluations": args.evaluations, "patience": args.patience}
     given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value is not None]
     if (args.run is None) == (args.run_spec is None):
         error("give RUN_URI or --run-spec RUN.yaml, one of them")

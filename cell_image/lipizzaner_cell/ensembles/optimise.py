@@ -12,6 +12,7 @@ comparison, the best cell's mixture scored on the same samples.
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from lipizzaner_cell.algorithm.mixture import MixtureEmbeddings
 from lipizzaner_cell.algorithm.networks import build_generator
 from lipizzaner_cell.algorithm.weights import load_weights
 from lipizzaner_cell.data.loading import load_dataset
+from lipizzaner_cell.ensembles.original_searches import greedy_grid, nreo_gen, reo_gen
 from lipizzaner_cell.ensembles.samples import describe_score
 from lipizzaner_cell.ensembles.search import Found, genetic, greedy
 from lipizzaner_cell.scores.choice import build_scorer
@@ -52,6 +54,9 @@ def optimise_run(run: LipizzanerRun) -> dict[str, Any]:
         run.spec.seed if search.seed is None else search.seed,
         None if search.objective == "auto" else search.objective,
         RunLayout.of(run).storage,
+        min_size=search.min_size,
+        evaluations=search.evaluations,
+        patience=search.patience,
     )
 
 
@@ -63,9 +68,13 @@ def optimise(
     seed: int = 0,
     objective: str | None = None,
     storage: Storage | None = None,
+    min_size: int = 2,
+    evaluations: int = 600,
+    patience: int = 0,
 ) -> dict[str, Any]:
     """Search the run at `output` (read through `storage`: default, the environment's
-    settings); write and return the optimised ensemble's manifest."""
+    settings); write and return the optimised ensemble's manifest. `min_size`,
+    `evaluations` and `patience` are the original's searches' (`spec.ensemble`)."""
     storage = storage or Storage()
     # FileNotFoundError: not a finished run
     manifest_uri = RunLayout(output, storage).ensemble_manifest
@@ -94,10 +103,18 @@ def optimise(
         return scorer.objective_of(embeddings.of(weights))
 
     baseline = baseline_weights(candidates, layout, default)
+    count = len(candidates)
+    draws = random.Random(seed)  # the original's searches draw as it did, from Python's
     if method == "greedy":
-        found = greedy(score, len(candidates), max_size)
+        found = greedy(score, count, max_size)
+    elif method == "ga":
+        found = genetic(score, count, max_size, rng, start=[baseline])
+    elif method == "greedy-grid":
+        found = greedy_grid(score, count, max_size, patience, draws)
+    elif method == "reo-gen":
+        found = reo_gen(score, count, max_size, evaluations, draws)
     else:
-        found = genetic(score, len(candidates), max_size, rng, start=[baseline])
+        found = nreo_gen(score, count, min_size, max_size, evaluations, draws)
     manifest = write_ensemble(layout, method, default, candidates, found)
     manifest.update(
         objective={"name": scorer.objective_name, "value": found.objective},
@@ -107,6 +124,9 @@ def optimise(
         search={
             "method": method,
             "maxSize": max_size,
+            **({"minSize": min_size} if method == "nreo-gen" else {}),
+            **({"evaluationsAllowed": evaluations} if method.endswith("reo-gen") else {}),
+            **({"patience": patience} if method == "greedy-grid" else {}),
             "samples": samples,
             "seed": seed,
             "candidates": len(candidates),

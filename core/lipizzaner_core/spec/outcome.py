@@ -64,18 +64,37 @@ OBJECTIVE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
 class EnsembleSpec(SpecModel):
     """The run's final step: which ensemble to build from the finished cells."""
 
-    method: Literal["best-cell", "greedy", "ga"] = Field(
+    method: Literal["best-cell", "greedy", "ga", "greedy-grid", "reo-gen", "nreo-gen"] = Field(
         "best-cell",
         description="best-cell: the best cell's neighbourhood mixture (always written to "
-        "<output>/ensemble); greedy or ga: also search every cell's generators for a better "
-        "ensemble, written to <output>/ensemble-<method> (docs/ensembles.md)",
+        "<output>/ensemble); the others also search every cell's generators for a better "
+        "ensemble, written to <output>/ensemble-<method>: greedy and ga are this project's, "
+        "greedy-grid, reo-gen and nreo-gen the original's (docs/ensembles.md)",
     )
-    max_size: int = Field(8, ge=1, le=256, description="greedy, ga: generators at most")
+    max_size: int = Field(
+        8, ge=1, le=256, description="generators at most; reo-gen: exactly (as candidates allow)"
+    )
+    min_size: int = Field(2, ge=1, le=256, description="nreo-gen: generators at least")
+    evaluations: int = Field(
+        600, ge=1, description="reo-gen, nreo-gen: offspring scored before the search stops"
+    )
+    patience: int = Field(
+        0,
+        ge=0,
+        description="greedy-grid: stop after more than this many candidates in a row that "
+        "did not help (0: try every candidate)",
+    )
     objective: Literal["auto", "fid", "tvd", "mode-kl", "swd", "spectrum"] = Field(
-        "auto", description="greedy, ga: the score to minimise; auto: mixture.scoreType's"
+        "auto", description="a search's score to minimise; auto: mixture.scoreType's"
     )
-    samples: int = Field(2000, ge=10, description="greedy, ga: samples per candidate generator")
-    seed: int | None = Field(None, ge=0, description="greedy, ga: default: spec.seed")
+    samples: int = Field(2000, ge=10, description="a search's samples per candidate generator")
+    seed: int | None = Field(None, ge=0, description="a search's seed; default: spec.seed")
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> EnsembleSpec:
+        if self.min_size > self.max_size:
+            raise ValueError(f"minSize: must be <= maxSize ({self.max_size}), got {self.min_size}")
+        return self
 
     @property
     def searched(self) -> bool:

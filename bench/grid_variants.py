@@ -1,0 +1,144 @@
+"""Options of the grid side by side: the same grid, seeds and budget, one field changed.
+
+MNIST (the 10,000-digit split; 10 % held out), an S x S grid at the defaults for N
+generations, once per variant and seed, in-process (deterministic). Each run's ensemble
+(keep-best, as the run chooses it) is scored on 10,000 samples against the held-out digits
+in the project's classifier's features: FID, TVD, precision and recall. The table gives
+each variant's per-seed FID, its mean, its ratio to the defaults' mean, and on how many
+seeds it beat the defaults (paired: the same seed, so the same data and initial networks).
+
+    python bench/grid_variants.py --data ../shared/datasets/mnist --seeds 0 1 2 \\
+        --variants default ema unbiased constant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import assignment
+from grid_vs_single import run_once
+from rich.console import Console
+from rich.table import Table
+
+# Each variant: the spec fields it changes from the defaults.
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "ema": ["training.generatorEma.decay=0.999"],
+    "unbiased": ["coevolution.mutation.rule=unbiased"],
+    "constant": ["coevolution.mutation.probability=0"],
+}
+SCORES = ("fid", "tvd", "precision", "recall")
+
+
+def jobs_for(args: argparse.Namespace, root: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "data": args.data,
+            "config": f"grid-{variant}",
+            "side": args.side,
+            "generations": args.generations,
+            "seed": seed,
+            "run_seed": seed,
+            "coevolution": {},
+            "device": "cpu",
+            "sampling_ratio": 1.0,
+            "every_run": [assignment(text) for text in VARIANTS[variant]],
+            "grids_only": [],
+            "output": str(Path(root) / f"{variant}-{seed}"),
+            "variant": variant,
+        }
+        for seed in args.seeds
+        for variant in args.variants
+    ]
+
+
+def summary(results: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+    """A row per variant: per-seed and mean scores, the FID ratio to the defaults' and
+    the paired wins over them (lower FID on the same seed)."""
+    by = {(r["config"].removeprefix("grid-"), r["seed"]): r["scores"] for r in results}
+    seeds = sorted({r["seed"] for r in results})
+    rows = []
+    for variant in variants:
+        scores = [by[(variant, seed)] for seed in seeds]
+        row: dict[str, Any] = {"variant": variant, "fid by seed": [s["fid"] for s in scores]}
+        row |= {key: statistics.mean(s[key] for s in scores) for key in SCORES}
+        if "default" in variants:
+            base = [by[("default", seed)]["fid"] for seed in seeds]
+            row["fid / default"] = row["fid"] / statistics.mean(base)
+            row["wins over default"] = sum(s["fid"] < b for s, b in zip(scores, base, strict=True))
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> Table:
+    out = Table(
+        title=f"MNIST, {args.side}x{args.side} grid, {args.generations} generations, seeds "
+        f"{' '.join(map(str, args.seeds))}: held-out FID (lower is better), TVD (lower), "
+        "precision and recall (higher); means over seeds"
+    )
+    for column in ("variant", "FID by seed", *SCORES, "FID / default", "wins"):
+        out.add_column(column, justify="right")
+    for row in rows:
+        out.add_row(
+            row["variant"],
+            " ".join(f"{v:.1f}" for v in row["fid by seed"]),
+            *(f"{row[key]:.3f}" for key in SCORES),
+            f"{row.get('fid / default', float('nan')):.3f}",
+            f"{row.get('wins over default', '-')} of {len(args.seeds)}",
+        )
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    """Held-out FID per variant: a bar for the mean, a dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.bar(range(len(rows)), [row["fid"] for row in rows], color="#9ab")
+    for index, row in enumerate(rows):
+        ax.plot([index] * len(row["fid by seed"]), row["fid by seed"], "k.")
+    ax.set_xticks(range(len(rows)), [row["variant"] for row in rows])
+    ax.set_ylabel("held-out FID (lower is better)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--side", type=int, default=2, help="S: the grid is S x S")
+    parser.add_argument("--generations", type=int, default=40)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--plot", help="write the comparison here (PNG)")
+    args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory() as root,
+        ProcessPoolExecutor(args.workers, mp_context=context) as pool,
+    ):
+        results = list(pool.map(run_once, jobs_for(args, root)))
+    rows = summary(results, args.variants)
+    Console(width=160).print(table(rows, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2))
+    if args.plot:
+        plot(rows, args.plot, f"{args.side}x{args.side} grid, {args.generations} generations")
+
+
+if __name__ == "__main__":
+    main()
