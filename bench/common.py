@@ -111,3 +111,12 @@ def print_rows(title: str, columns: tuple[str, ...], rows: list[dict], number: s
         cells = [row.get(c, "-") for c in columns]
         table.add_row(*(f"{v:{number}}" if isinstance(v, float) else str(v) for v in cells))
     Console(width=140).print(table)
+
+
+def bars_with_seeds(ax: Any, labels: list[str], per_seed: list[list[float]], ylabel: str) -> None:
+    """One bar per label at the mean over seeds, and a dot per seed on it."""
+    ax.bar(range(len(labels)), [sum(v) / len(v) for v in per_seed], color="#9ab")
+    for index, values in enumerate(per_seed):
+        ax.plot([index] * len(values), values, "k.")
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right")
+    ax.set_ylabel(ylabel)

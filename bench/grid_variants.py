@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import assignment
+from common import assignment, bars_with_seeds
 from grid_vs_single import run_once
 from rich.console import Console
 from rich.table import Table
@@ -105,11 +105,8 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.bar(range(len(rows)), [row["fid"] for row in rows], color="#9ab")
-    for index, row in enumerate(rows):
-        ax.plot([index] * len(row["fid by seed"]), row["fid by seed"], "k.")
-    ax.set_xticks(range(len(rows)), [row["variant"] for row in rows])
-    ax.set_ylabel("held-out FID (lower is better)")
+    labels, per_seed = [row["variant"] for row in rows], [row["fid by seed"] for row in rows]
+    bars_with_seeds(ax, labels, per_seed, "held-out FID (lower is better)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import apply_assignments, assignment, mnist_manifest
+from common import apply_assignments, assignment, bars_with_seeds, mnist_manifest
 from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.algorithm.networks import build_generator
 from lipizzaner_cell.data.loading import load_dataset
@@ -209,12 +209,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     columns = [c for c in COLUMNS if c in rows[0]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, key, label in ((left, "fid", "held-out FID (lower is better)"), (right, "tvd", "TVD")):
-        means = [statistics.mean(row[c][key] for row in rows) for c in columns]
-        ax.bar(range(len(columns)), means, color="#9ab")
-        for index, column in enumerate(columns):
-            ax.plot([index] * len(rows), [row[column][key] for row in rows], "k.")
-        ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-        ax.set_ylabel(label)
+        per_seed = [[row[c][key] for row in rows] for c in columns]
+        bars_with_seeds(ax, columns, per_seed, label)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
