@@ -43,9 +43,12 @@ COLUMNS = (
 )
 
 
-def ssl_run(output: str, seed: int, generations: int, batches: int, data: str, labels: str) -> dict:
-    manifest = mnist_manifest("mnist-ssl", 2, data, generations, output, batches=batches)
-    manifest["spec"].update(seed=seed, semiSupervised={"enabled": True, "labels": labels})
+def ssl_run(output: str, seed: int, args: argparse.Namespace) -> dict:
+    manifest = mnist_manifest(
+        "mnist-ssl", 2, args.data, args.generations, output, batches=args.batches
+    )
+    semi = {"enabled": True, "labels": args.labels, "generatorLoss": args.generator_loss}
+    manifest["spec"].update(seed=seed, semiSupervised=semi)
     return manifest
 
 
@@ -111,6 +114,12 @@ def main() -> None:
     parser.add_argument(
         "--labels", choices=("per-cell", "shared"), default="per-cell", help="semiSupervised.labels"
     )
+    parser.add_argument(
+        "--generator-loss",
+        choices=("gan", "feature-matching"),
+        default="gan",
+        help="semiSupervised.generatorLoss",
+    )
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batches", type=int, default=50, help="per generation")
     add_result_flags(parser, "bars of each seed's accuracies")
@@ -129,9 +138,7 @@ def run_seeds(args: argparse.Namespace) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
-            manifest = ssl_run(
-                f"{workdir}/{seed}", seed, args.generations, args.batches, args.data, args.labels
-            )
+            manifest = ssl_run(f"{workdir}/{seed}", seed, args)
             row = {"seed": seed, **measure(with_rate(manifest, args.per_class), Path(workdir))}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -22,6 +22,7 @@ from lipizzaner_cell.algorithm.networks import ClassifyingDiscriminator, build_d
 from lipizzaner_cell.algorithm.semi_supervised import (
     SemiSupervision,
     classification_loss,
+    feature_matching,
     labelled_rows,
     predictions,
     sample_digests,
@@ -294,3 +295,35 @@ def test_history_shows_each_cells_last_accuracy(ssl_ring, tmp_path, capsys):
     assert main(["history", str(output), "-o", str(tmp_path / "h.png")]) == 0
     said = capsys.readouterr().out
     assert "accuracy" in said and f"{outcome.reports[0][-1].accuracy:.4f}" in said
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "dcgan"])
+def test_feature_matching_compares_the_mean_last_hidden_features(architecture):
+    """Salimans et al.'s generator loss: 0 when the generated batch's mean features are
+    the real batch's, positive otherwise; only the generated side carries gradients."""
+    torch.manual_seed(0)
+    shape = (1, 8, 8) if architecture == "mlp" else (3, 32, 32)
+    part = parse_run(TINY_RING).spec.network.discriminator.model_copy(
+        update={"architecture": architecture}
+    )
+    net = build_discriminator(part, shape, classes=3)
+    real = torch.rand(16, *shape)
+    assert net.features(real).shape[0] == 16
+    same = feature_matching(net, real.clone(), real).detach()
+    assert float(same) == pytest.approx(0.0, abs=1e-12)
+    fake = torch.rand(16, *shape, requires_grad=True)
+    value = feature_matching(net, fake, real)
+    assert float(value.detach()) > 0
+    value.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+def test_a_feature_matching_run_trains_its_generators_on_the_features(tmp_path):
+    manifest = semi_supervised(TINY_RING, generatorLoss="feature-matching")
+    manifest["spec"].update(generations=2, output={"uri": str(tmp_path / "out")})
+    manifest["spec"]["training"]["batchesPerGeneration"] = 5
+    outcome = run_in_process(parse_run(manifest), resume=False, show_progress=False)
+    engine = outcome.engines[0]
+    assert engine.semi.feature_matching
+    losses = [r.generator_loss for reports in outcome.reports for r in reports]
+    assert all(loss >= 0 for loss in losses)  # a squared distance, unlike -log D

@@ -189,8 +189,14 @@ class GraphedSteps:
     # ------------------------------------------------------------------------ the steps
 
     def generator(
-        self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
+        self,
+        player: Individual,
+        opponent: Individual,
+        loss: Loss,
+        noise: torch.Tensor,
+        real: torch.Tensor,
     ) -> torch.Tensor:
+        """`real` is not read: feature matching (semi-supervised) runs without graphs."""
         key = ("g", self.assigned[id(player)], self.assigned[id(opponent)], loss.name)
         mine, theirs = self._slot(player), self._slot(opponent)
 

@@ -57,6 +57,10 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1)).squeeze(1)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (feature matching's)."""
+        return self.net[:-1](x.flatten(1))
+
 
 def _upsampling_plan(image_size: int) -> tuple[int, int]:
     """(side of the first feature map, number of x2 upsamplings) for 28, 32, 64 or 128
@@ -105,6 +109,10 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolution's activations, flattened (feature matching's)."""
+        return self.net[:-1](x)
 
 
 RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -163,7 +171,11 @@ class RNNDiscriminator(nn.Module):
         self.out = nn.Linear(hidden_sizes[-1], outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(_run_stack(self.layers, x).mean(1)).squeeze(1)
+        return self.out(self.features(x)).squeeze(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last recurrent layer's states, averaged over time (feature matching's)."""
+        return _run_stack(self.layers, x).mean(1)
 
 
 def build_generator(part: NetworkPartSpec, latent_size: int, shape: Shape) -> nn.Module:
@@ -175,20 +187,27 @@ def build_generator(part: NetworkPartSpec, latent_size: int, shape: Shape) -> nn
     return MLPGenerator(latent_size, list(part.hidden_sizes), shape, linear=part.output == "linear")
 
 
+DiscriminatorBody = MLPDiscriminator | DCGANDiscriminator | RNNDiscriminator
+
+
 class ClassifyingDiscriminator(nn.Module):
     """The SGAN discriminator (Salimans et al.; the original's `ssgan_*` networks): K class
     logits and a fake one. Its GAN logit is log(1 - p_fake) - log p_fake, so sigmoid of it
     is the probability of "real, of any class", and every loss applies unchanged: BCE on
     it is the original's real and fake terms, the generator's the original's too."""
 
-    def __init__(self, body: nn.Module, classes: int) -> None:
+    def __init__(self, body: DiscriminatorBody, classes: int) -> None:
         super().__init__()
-        self.body = body  # K + 1 outputs: the classes, then fake
+        self.body: DiscriminatorBody = body  # K + 1 outputs: the classes, then fake
         self.classes = classes
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The K class logits."""
         return self.body(x)[:, : self.classes]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body's last hidden activations: what feature matching compares."""
+        return self.body.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.body(x)
@@ -200,7 +219,7 @@ def build_discriminator(
 ) -> nn.Module:
     """The discriminator of `part`; with `classes`, one that also classifies."""
     outputs = 1 if classes is None else classes + 1
-    body: nn.Module
+    body: DiscriminatorBody
     if part.architecture == "dcgan":
         body = DCGANDiscriminator(part.width, shape, outputs)
     elif part.architecture == "rnn":

@@ -76,6 +76,7 @@ class SemiSupervision:
     supervised: float  # the weight of the classification loss
     batch_size: int
     scored: tuple[torch.Tensor, torch.Tensor]  # held-out samples and their classes
+    feature_matching: bool = False  # the generators' loss (`semiSupervised.generatorLoss`)
 
     @classmethod
     def of(
@@ -107,6 +108,7 @@ class SemiSupervision:
             supervised,
             semi.labelled_batch_size,
             (scored.data.to(device), scored.labels.to(device)),
+            semi.generator_loss == "feature-matching",
         )
 
     def label_aware(
@@ -134,6 +136,17 @@ class SemiSupervision:
         samples, classes = self.draw(self.batch_size, rng)
         supervised = classification_loss(net, samples, classes)
         return self.unsupervised * gan_loss + self.supervised * supervised
+
+
+def feature_matching(
+    discriminator: nn.Module, fake: torch.Tensor, real: torch.Tensor
+) -> torch.Tensor:
+    """Salimans et al.'s generator loss: the mean squared difference of the mean
+    discriminator features of a real and a generated batch (the real side held fixed)."""
+    net = classifier(discriminator)
+    with torch.no_grad():
+        real_mean = net.features(real).mean(0)
+    return (net.features(fake).mean(0) - real_mean).square().mean()
 
 
 def classifier(net: nn.Module) -> ClassifyingDiscriminator:

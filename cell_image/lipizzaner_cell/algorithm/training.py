@@ -24,7 +24,7 @@ from torch import nn
 
 from lipizzaner_cell.algorithm.individual import Individual, mutate_learning_rate
 from lipizzaner_cell.algorithm.losses import Loss, StepLosses, gradient_penalty
-from lipizzaner_cell.algorithm.semi_supervised import SemiSupervision
+from lipizzaner_cell.algorithm.semi_supervised import SemiSupervision, feature_matching
 
 
 @dataclass
@@ -52,8 +52,14 @@ class Steps(Protocol):
         """After it, also when it stopped early."""
 
     def generator(
-        self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
-    ) -> torch.Tensor: ...
+        self,
+        player: Individual,
+        opponent: Individual,
+        loss: Loss,
+        noise: torch.Tensor,
+        real: torch.Tensor,
+    ) -> torch.Tensor:
+        """`real`: the batch's real samples (only feature matching reads them)."""
 
     def discriminator(
         self,
@@ -105,9 +111,17 @@ class EagerSteps:
         pass
 
     def generator(
-        self, player: Individual, opponent: Individual, loss: Loss, noise: torch.Tensor
+        self,
+        player: Individual,
+        opponent: Individual,
+        loss: Loss,
+        noise: torch.Tensor,
+        real: torch.Tensor,
     ) -> torch.Tensor:
-        value = generator_value(player.net, opponent.net, loss, noise)
+        if self.labelled is not None and self.labelled.feature_matching:
+            value = feature_matching(opponent.net, player.net(noise), real)
+        else:
+            value = generator_value(player.net, opponent.net, loss, noise)
         player.optimizer.zero_grad(set_to_none=True)
         value.backward()
         player.optimizer.step()
@@ -174,7 +188,7 @@ class BatchTrainer:
                     batches += 1
                     real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
                 if role == "g":
-                    totals["g"] += self._generators_step(players, batch_size, mutate)
+                    totals["g"] += self._generators_step(players, real, mutate)
                 else:
                     totals["d"] += self._discriminators_step(players, real, mutate)
                 steps[role] += 1
@@ -240,14 +254,15 @@ class BatchTrainer:
         """One opponent per batch for all of a role's players, as the original draws."""
         return opponents[int(torch.randint(len(opponents), (1,), generator=self.rng))]
 
-    def _generators_step(self, players: Players, batch_size: int, mutate: bool) -> torch.Tensor:
+    def _generators_step(self, players: Players, real: torch.Tensor, mutate: bool) -> torch.Tensor:
         opponent = self._opponent(players.generator_opponents)
         total = torch.zeros((), device=self.data.device)
         for generator in players.generators:
             if mutate:
                 self._mutate(generator, "generator")
             loss = self.losses.draw(self.rng)
-            total += self.steps.generator(generator, opponent, loss, self.noise(batch_size))
+            noise = self.noise(real.shape[0])
+            total += self.steps.generator(generator, opponent, loss, noise, real)
             if generator.ema is not None:
                 generator.update_ema(self.ema_decay)
         return total

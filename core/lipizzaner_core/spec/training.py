@@ -138,6 +138,12 @@ class SemiSupervisedSpec(SpecModel):
     labelled_batch_size: int = Field(
         100, ge=1, description="labelled samples in each discriminator step, drawn anew"
     )
+    generator_loss: Literal["gan", "feature-matching"] = Field(
+        "gan",
+        description="gan: the generators train on the run's loss; feature-matching: on the "
+        "squared distance between the mean discriminator features of real and generated "
+        "batches (Salimans et al., the original's SSGAN on CIFAR and SVHN)",
+    )
     labels: Literal["per-cell", "shared"] = Field(
         "per-cell",
         description="per-cell: each cell draws its labelled samples (dataset.labelRate of "
