@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import assignment, bars_with_seeds
+from common import add_grid_flags, assignment, bars_with_seeds
 from grid_vs_single import run_once
 from rich.console import Console
 from rich.table import Table
@@ -114,12 +114,8 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
-    parser.add_argument("--side", type=int, default=2, help="S: the grid is S x S")
-    parser.add_argument("--generations", type=int, default=40)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_grid_flags(parser)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--plot", help="write the comparison here (PNG)")
     args = parser.parse_args()

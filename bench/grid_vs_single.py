@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import apply_assignments, assignment, bars_with_seeds, mnist_manifest
+from common import (
+    add_grid_flags,
+    apply_assignments,
+    assignment,
+    bars_with_seeds,
+    mnist_manifest,
+)
 from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.algorithm.networks import build_generator
 from lipizzaner_cell.data.loading import load_dataset
@@ -218,11 +224,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
-    parser.add_argument("--side", type=int, default=2, help="S: the grid is S x S")
-    parser.add_argument("--generations", type=int, default=40, help="N: the grid's generations")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=2)
+    add_grid_flags(parser)
     parser.add_argument(
         "--sampling-ratio",
         type=float,
