@@ -32,6 +32,7 @@ from rich.table import Table
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     "ema": ["training.generatorEma.decay=0.999"],
+    "ema-0.99": ["training.generatorEma.decay=0.99"],
     "unbiased": ["coevolution.mutation.rule=unbiased"],
     "constant": ["coevolution.mutation.probability=0"],
 }
@@ -53,46 +54,65 @@ def jobs_for(args: argparse.Namespace, root: str) -> list[dict[str, Any]]:
             "every_run": [assignment(text) for text in VARIANTS[variant]],
             "grids_only": [],
             "output": str(Path(root) / f"{variant}-{seed}"),
-            "variant": variant,
         }
         for seed in args.seeds
         for variant in args.variants
     ]
 
 
-def summary(results: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
-    """A row per variant: per-seed and mean scores, the FID ratio to the defaults' and
-    the paired wins over them (lower FID on the same seed)."""
-    by = {(r["config"].removeprefix("grid-"), r["seed"]): r["scores"] for r in results}
-    seeds = sorted({r["seed"] for r in results})
+def runs_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a result file keeps of each run: its variant, seed and held-out scores."""
+    return [
+        {
+            "variant": r["config"].removeprefix("grid-"),
+            "seed": r["seed"],
+            "scores": {key: r["scores"][key] for key in SCORES},
+        }
+        for r in results
+    ]
+
+
+def summary(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+    """A row per variant: per-seed FID, each score's mean over the seeds that have it,
+    the FID ratio to the defaults' and the paired wins over them (lower FID, same seed)."""
+    by = {(r["variant"], r["seed"]): r["scores"] for r in runs}
     rows = []
     for variant in variants:
+        seeds = sorted(seed for name, seed in by if name == variant)
         scores = [by[(variant, seed)] for seed in seeds]
-        row: dict[str, Any] = {"variant": variant, "fid by seed": [s["fid"] for s in scores]}
-        row |= {key: statistics.mean(s[key] for s in scores) for key in SCORES}
-        if "default" in variants:
-            base = [by[("default", seed)]["fid"] for seed in seeds]
-            row["fid / default"] = row["fid"] / statistics.mean(base)
-            row["wins over default"] = sum(s["fid"] < b for s, b in zip(scores, base, strict=True))
+        row: dict[str, Any] = {"variant": variant, "seeds": seeds}
+        row["fid by seed"] = [s["fid"] for s in scores]
+        for key in SCORES:
+            measured = [s[key] for s in scores if key in s]
+            row[key] = statistics.mean(measured) if measured else float("nan")
+        paired = [seed for seed in seeds if ("default", seed) in by]
+        if variant != "default" and paired:
+            base = [by[("default", seed)]["fid"] for seed in paired]
+            mine = [by[(variant, seed)]["fid"] for seed in paired]
+            row["fid / default"] = statistics.mean(mine) / statistics.mean(base)
+            row["wins over default"] = sum(m < b for m, b in zip(mine, base, strict=True))
+            row["paired seeds"] = len(paired)
         rows.append(row)
     return rows
 
 
-def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> Table:
+def table(rows: list[dict[str, Any]], title: str) -> Table:
     out = Table(
-        title=f"MNIST, {args.side}x{args.side} grid, {args.generations} generations, seeds "
-        f"{' '.join(map(str, args.seeds))}: held-out FID (lower is better), TVD (lower), "
-        "precision and recall (higher); means over seeds"
+        title=f"{title}: held-out FID (lower is better), TVD (lower), precision and recall "
+        "(higher); means over the seeds measured"
     )
-    for column in ("variant", "FID by seed", *SCORES, "FID / default", "wins"):
+    for column in ("variant", "seeds", "FID by seed", *SCORES, "FID / default", "wins"):
         out.add_column(column, justify="right")
     for row in rows:
+        paired = row.get("paired seeds")
+        wins = f"{row['wins over default']} of {paired}" if paired else "-"
         out.add_row(
             row["variant"],
+            " ".join(map(str, row["seeds"])),
             " ".join(f"{v:.1f}" for v in row["fid by seed"]),
             *(f"{row[key]:.3f}" for key in SCORES),
             f"{row.get('fid / default', float('nan')):.3f}",
-            f"{row.get('wins over default', '-')} of {len(args.seeds)}",
+            wins,
         )
     return out
 
@@ -112,25 +132,34 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_grid_flags(parser)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--json", help="write every number here")
-    parser.add_argument("--plot", help="write the comparison here (PNG)")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     context = multiprocessing.get_context("spawn")
     with (
         tempfile.TemporaryDirectory() as root,
         ProcessPoolExecutor(args.workers, mp_context=context) as pool,
     ):
-        results = list(pool.map(run_once, jobs_for(args, root)))
-    rows = summary(results, args.variants)
-    Console(width=160).print(table(rows, args))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2))
+        return runs_of(list(pool.map(run_once, jobs_for(args, root))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_grid_flags(parser)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--json", help="write every run's scores and the summary here")
+    parser.add_argument("--plot", help="write the comparison here (PNG)")
+    parser.add_argument(
+        "--runs", help="summarise, print and plot the runs of an earlier --json instead"
+    )
+    args = parser.parse_args()
+    runs = json.loads(Path(args.runs).read_text())["runs"] if args.runs else measure(args)
+    rows = summary(runs, [v for v in args.variants if any(r["variant"] == v for r in runs)])
+    title = f"MNIST, {args.side}x{args.side} grid, {args.generations} generations"
+    Console(width=160).print(table(rows, title))
+    if args.json and not args.runs:
+        document = {"argv": sys.argv[1:], "runs": runs, "rows": rows}
+        Path(args.json).write_text(json.dumps(document, indent=2))
     if args.plot:
-        plot(rows, args.plot, f"{args.side}x{args.side} grid, {args.generations} generations")
+        plot(rows, args.plot, title)
 
 
 if __name__ == "__main__":

@@ -506,6 +506,24 @@ def test_generator_emas_are_what_the_mixture_samples_and_they_resume_bit_for_bit
     assert engines[0].centre_state().generator_ema.keys() == weights.keys()
 
 
+def test_an_ema_that_forgets_at_once_is_the_run_without_one(tiny_manifest, tmp_path):
+    """With decay (almost) 0 each EMA copy is its generator after every step, so the run
+    must end exactly as one without EMAs: the EMA's plumbing (selection, replacement, the
+    exchange, the mixture) changes nothing but which weights are sampled."""
+    plain = with_spec(tiny_manifest, generations=4, output={"uri": str(tmp_path / "a")})
+    forgetful = with_spec(plain, output={"uri": str(tmp_path / "b")})
+    forgetful["spec"]["training"]["generatorEma"] = {"decay": 1e-12}
+    reference = final_state(run_in_process(parse_run(plain), resume=False))
+    with_ema = final_state(run_in_process(parse_run(forgetful), resume=False))
+    for (ref_tensors, ref_meta), (ema_tensors, ema_meta) in zip(reference, with_ema, strict=True):
+        assert ref_meta == ema_meta
+        assert ref_tensors.keys() < ema_tensors.keys()
+        assert all(torch.equal(t, ema_tensors[n]) for n, t in ref_tensors.items())
+        for name, average in ema_tensors.items():
+            if ".ema." in name:
+                assert torch.equal(average, ema_tensors[name.replace(".ema.", ".net.", 1)])
+
+
 def layout_result(manifest: dict, cell: int) -> dict:
     run = parse_run(manifest)
     layout = RunLayout.of(run).cell(cell)
