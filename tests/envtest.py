@@ -152,10 +152,20 @@ class ControlPlane:
         """Apply the generated CRD (server-side, strict) and wait until it is served."""
         done = self.kubectl("apply", "--server-side", "--field-manager=tests", "-f", str(CRD_FILE))
         assert done.returncode == 0, done.stderr
-        done = self.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}"
-        )
-        assert done.returncode == 0, done.stderr
+        self.wait_established(f"crd/{PLURAL}.{GROUP}")
+
+    def wait_established(self, *crds: str, timeout: float = 180.0) -> None:
+        """Wait until these CRDs (`crd/<name>`, or kubectl's selectors) are served.
+
+        `kubectl wait` fails at once instead of waiting while a new CRD has no conditions
+        yet (".status.conditions accessor error"), which a busy machine makes likely, so it
+        is asked again until the deadline."""
+
+        def established() -> bool:
+            done = self.kubectl("wait", "--for=condition=Established", "--timeout=10s", *crds)
+            return done.returncode == 0
+
+        wait_for(f"{' '.join(crds)} to be established", established, timeout)
 
     def token_kubeconfig(self, path: Path, token: str) -> Path:
         """A kubeconfig for another identity (a ServiceAccount's token) on the same server."""

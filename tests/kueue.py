@@ -203,10 +203,7 @@ def kueue(plane: ControlPlane, directory: Path, quota: dict[str, str]) -> Iterat
     subprocess.run([SCRIPT, "build"], check=True, timeout=3600)
     source = kueue_dir()
     plane.apply([yaml.safe_load(p.read_text()) for p in sorted((source / "crds").glob("*.yaml"))])
-    established = plane.kubectl(
-        "wait", "--for=condition=Established", "--timeout=120s", "crd", "-l", "", "--all"
-    )
-    assert established.returncode == 0, established.stderr
+    plane.wait_established("crd", "-l", "", "--all")
     webhook_port = free_port_block(2)
     health_port = webhook_port + 1
     ca = serving_certificate(directory)

@@ -511,6 +511,7 @@ def test_an_ema_that_forgets_at_once_is_the_run_without_one(tiny_manifest, tmp_p
     must end exactly as one without EMAs: the EMA's plumbing (selection, replacement, the
     exchange, the mixture) changes nothing but which weights are sampled."""
     plain = with_spec(tiny_manifest, generations=4, output={"uri": str(tmp_path / "a")})
+    plain["spec"]["training"]["generatorEma"] = {"decay": 0.0}  # off: no copies kept
     forgetful = with_spec(plain, output={"uri": str(tmp_path / "b")})
     forgetful["spec"]["training"]["generatorEma"] = {"decay": 1e-12}
     reference = final_state(run_in_process(parse_run(plain), resume=False))

@@ -30,6 +30,9 @@ PACKINGS = {
         "coevolution": {"populationSize": 2, "selection": False, "tournamentSize": 2},
     },
     "mse-population-2": {"loss": "mse", "coevolution": {"populationSize": 2}},
+    # The EMA reads a player's weights from its slot after every replayed step.
+    "ema": {"training": {"generatorEma": {"decay": 0.9}}},
+    "no-ema": {"training": {"generatorEma": {"decay": 0.0}}},
 }
 
 
@@ -54,7 +57,12 @@ def test_graphed_steps_give_the_same_run_bit_for_bit(
     tiny_manifest, tmp_path, monkeypatch, device, packing
 ):
     manifest = copy.deepcopy(tiny_manifest)
-    manifest["spec"].update(copy.deepcopy(PACKINGS[packing]), generations=3)
+    for section, fields in copy.deepcopy(PACKINGS[packing]).items():
+        if isinstance(manifest["spec"].get(section), dict):
+            manifest["spec"][section].update(fields)
+        else:
+            manifest["spec"][section] = fields
+    manifest["spec"]["generations"] = 3
     manifest["spec"]["training"]["device"] = device
     plain = final_states(manifest, tmp_path / "plain", "plain", monkeypatch)
     graphed = final_states(manifest, tmp_path / "graphed", "graphed", monkeypatch)

@@ -295,9 +295,7 @@ def test_every_object_the_chart_renders_is_accepted_by_the_server(cluster, name)
         ensure_namespace(cluster, namespace)
     cluster.plane.apply(list(yaml.safe_load_all(MONITOR_CRDS.read_text())))
     for crd in ("podmonitors", "servicemonitors", "prometheusrules"):
-        cluster.plane.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com"
-        )
+        cluster.plane.wait_established(f"crd/{crd}.monitoring.coreos.com")
     objects, _ = render(values, name=f"r{uuid.uuid4().hex[:6]}", namespace=release_namespace)
     chart_crd = yaml.safe_load((ROOT / "helm/lipizzaner/crds/lipizzanerruns.yaml").read_text())
     cluster.plane.apply([chart_crd, *objects], "--dry-run=server")

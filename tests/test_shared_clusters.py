@@ -74,7 +74,7 @@ POD_GROUP_CRDS = Path(__file__).parent / "data" / "podgroup-crds.yaml"
 def test_a_gang_gets_its_pod_group_and_the_run_says_it_waits(cluster, tmp_path, pod_group, api):
     cluster.plane.apply(list(yaml.safe_load_all(POD_GROUP_CRDS.read_text())))
     group = api.split("/")[0]
-    cluster.plane.kubectl("wait", "--for=condition=Established", f"crd/podgroups.{group}")
+    cluster.plane.wait_established(f"crd/podgroups.{group}")
     document = manifest(tmp_path, scheduling={"podGroup": pod_group})
     document["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
     with operator(cluster):

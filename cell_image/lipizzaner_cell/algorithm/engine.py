@@ -120,7 +120,7 @@ class CellEngine:
         hood = [index, *self.neighbour_cells]
         self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
         self.imports = NeighbourImports(
-            self._build, self.loss.optimizer, ema=spec.training.generator_ema is not None
+            self._build, self.loss.optimizer, ema=spec.training.generator_ema.on
         )
         self.trainer = BatchTrainer(
             spec,
@@ -141,9 +141,6 @@ class CellEngine:
             return None
         if self.semi is not None:
             log.info("cell %d: semi-supervised steps run without CUDA graphs", self.index)
-            return None
-        if spec.training.generator_ema is not None:
-            log.info("cell %d: steps with generator EMAs run without CUDA graphs", self.index)
             return None
         if not graphable(self.loss):
             log.info("cell %d: %s steps run without CUDA graphs", self.index, spec.loss)
@@ -432,7 +429,7 @@ class CellEngine:
     def _new(self, role: str) -> Individual:
         rate = self.spec.initial_rate(role)
         individual = Individual.fresh(self._build(role), rate, self.index, self.loss.optimizer)
-        if role == "generator" and self.spec.training.generator_ema is not None:
+        if role == "generator" and self.spec.training.generator_ema.on:
             individual.keep_ema()
         return individual
 

@@ -186,6 +186,10 @@ class GraphedSteps:
     def _slot(self, individual: Individual) -> Slot:
         return self.slots[self.assigned[id(individual)]]
 
+    def live(self, player: Individual) -> nn.Module:
+        """The player's slot: its weights until `end` copies them back."""
+        return self._slot(player).net
+
     # ------------------------------------------------------------------------ the steps
 
     def generator(

@@ -54,12 +54,14 @@ class Individual:
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
 
     @torch.no_grad()
-    def update_ema(self, decay: float) -> None:
-        """ema = decay * ema + (1 - decay) * weights, after a step; buffers are copied."""
+    def update_ema(self, decay: float, live: nn.Module | None = None) -> None:
+        """ema = decay * ema + (1 - decay) * weights, after a step; buffers are copied.
+        `live`: where the weights are mid-generation, if not in `net` (a CUDA graph's slot)."""
         assert self.ema is not None
-        for average, weight in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+        weights = self.net if live is None else live
+        for average, weight in zip(self.ema.parameters(), weights.parameters(), strict=True):
             average.lerp_(weight, 1.0 - decay)
-        for mine, theirs in zip(self.ema.buffers(), self.net.buffers(), strict=True):
+        for mine, theirs in zip(self.ema.buffers(), weights.buffers(), strict=True):
             mine.copy_(theirs)
 
     @classmethod

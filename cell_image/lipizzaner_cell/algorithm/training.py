@@ -70,6 +70,10 @@ class Steps(Protocol):
         noise: torch.Tensor,
     ) -> torch.Tensor: ...
 
+    def live(self, player: Individual) -> nn.Module:
+        """The network that holds `player`'s weights during the batch loop (its own, or a
+        copy the steps train in its place until `end`): what its EMA averages."""
+
 
 def generator_value(
     player: nn.Module, opponent: nn.Module, loss: Loss, noise: torch.Tensor
@@ -109,6 +113,9 @@ class EagerSteps:
 
     def end(self, players: Players) -> None:
         pass
+
+    def live(self, player: Individual) -> nn.Module:
+        return player.net
 
     def generator(
         self,
@@ -237,11 +244,6 @@ class BatchTrainer:
         skip = self.spec.coevolution.discriminator_skip_every_nth
         return ("g", "d") if skip == 0 or batch % (skip + 1) == 0 else ("g",)
 
-    @property
-    def ema_decay(self) -> float:
-        ema = self.spec.training.generator_ema
-        return 0.0 if ema is None else ema.decay
-
     def _mutate(self, individual: Individual, role: str) -> None:
         co = self.spec.coevolution
         rate = self.spec.initial_rate(role)
@@ -264,7 +266,9 @@ class BatchTrainer:
             noise = self.noise(real.shape[0])
             total += self.steps.generator(generator, opponent, loss, noise, real)
             if generator.ema is not None:
-                generator.update_ema(self.ema_decay)
+                generator.update_ema(
+                    self.spec.training.generator_ema.decay, self.steps.live(generator)
+                )
         return total
 
     def _discriminators_step(

@@ -164,23 +164,28 @@ class GeneratorEmaSpec(SpecModel):
     """An exponential moving average of each generator's weights (docs/algorithm.md)."""
 
     decay: float = Field(
-        0.999,
-        gt=0.0,
+        0.99,
+        ge=0.0,
         lt=1.0,
-        description="after each generator step: ema = decay * ema + (1 - decay) * weights",
+        description="after each generator step: ema = decay * ema + (1 - decay) * weights; "
+        "0: no average, the generators themselves (the original's way)",
     )
+
+    @property
+    def on(self) -> bool:
+        return self.decay > 0.0
 
 
 class TrainingSpec(SpecModel):
     batch_size: int = Field(100, ge=1)
     batches_per_generation: int = Field(0, ge=0, description="0 = one pass over the cell's data")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    generator_ema: GeneratorEmaSpec | None = Field(
-        None,
-        description="Keep an EMA of every generator's weights: the mixture, its samples and "
-        "scores, keep-best and the ensemble use the EMA copies, and the exchange and the "
-        "checkpoints carry them; training and fitness use the generators themselves. "
-        "Unset: none",
+    generator_ema: GeneratorEmaSpec = Field(
+        default_factory=GeneratorEmaSpec,
+        description="An EMA of every generator's weights (decay 0.99; decay 0: none): the "
+        "mixture, its samples and scores, keep-best and the ensemble use the EMA copies, "
+        "and the exchange and the checkpoints carry them; training and fitness use the "
+        "generators themselves",
     )
     cuda_graphs: bool = Field(
         True,
