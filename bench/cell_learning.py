@@ -99,7 +99,7 @@ def trajectory(job: tuple[str, str, int, int, int, int, int]) -> dict[str, Any]:
         for engine in engines:
             own = sample_mixture([best(engine.generators).net], torch.ones(1), noise)
             cells, nets = engine.centres(engine.snapshot_neighbourhood(), "generator")
-            mixed = sample_mixture(nets, engine.mixture_weights_of(cells), noise)
+            mixed = sample_mixture(nets, engine.mixture.weights_of(cells), noise)
             points.append(
                 {
                     "cell": engine.index,

@@ -114,8 +114,8 @@ def test_array_samples_stay_in_each_pixels_own_range(tiny_manifest, tmp_path):
     assert main(["run", write(tmp_path, manifest), "--quiet", "--in-process"]) == 0
     out = tmp_path / "samples.npz"
     assert main(["sample", str(tmp_path / "out" / "ensemble"), "-n", "200", "-o", str(out)]) == 0
-    samples = np.load(out)["samples"]
-    images = np.load(path)["images"]
+    samples = np.load(out, allow_pickle=False)["samples"]
+    images = np.load(path, allow_pickle=False)["images"]
     assert samples.shape == (200, 8, 8)
     assert (samples >= images.min(axis=0) - 1e-9).all() and (
         samples <= images.max(axis=0) + 1e-9

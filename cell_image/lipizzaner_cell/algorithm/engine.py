@@ -14,11 +14,12 @@ from lipizzaner_core.spec import LipizzanerRun
 from lipizzaner_core.storage import Storage
 from lipizzaner_core.topology import cell_seed
 
+from lipizzaner_cell.algorithm.cell_mixture import CellMixture, frozen_copy
 from lipizzaner_cell.algorithm.fitness import LabelAware, evaluate_fitness, generator_fakes
 from lipizzaner_cell.algorithm.graphed_steps import GraphedSteps, graphable
 from lipizzaner_cell.algorithm.individual import Individual
 from lipizzaner_cell.algorithm.losses import Loss, StepLosses, fitness_loss, spec_loss
-from lipizzaner_cell.algorithm.mixture import KeptMixture, MixtureEmbeddings, es_step
+from lipizzaner_cell.algorithm.mixture import KeptMixture
 from lipizzaner_cell.algorithm.neighbourhood import (
     CentreState,
     Neighbourhood,
@@ -101,7 +102,6 @@ class CellEngine:
             references=references,
         )
         self.references = references
-        self.kept: KeptMixture | None = None
         # The schedule and the optimizer follow the run's loss; fitness is measured with
         # it too, or, as the original compared mustangs' and its WGAN's individuals, BCE.
         self.loss: Loss = spec_loss(spec.loss)
@@ -117,8 +117,7 @@ class CellEngine:
             torch.manual_seed(self.seed)
             self.generators = [self._new("generator") for _ in range(self._population)]
             self.discriminators = [self._new("discriminator") for _ in range(self._population)]
-        hood = [index, *self.neighbour_cells]
-        self.mixture_weights: dict[int, float] = {cell: 1 / len(hood) for cell in hood}
+        self.mixture = CellMixture(spec.mixture, [index, *self.neighbour_cells])
         self.imports = NeighbourImports(
             self._build, self.loss.optimizer, ema=spec.training.generator_ema.on
         )
@@ -205,8 +204,8 @@ class CellEngine:
             neighbours_present=len(hood.neighbour_cells),
             samples_trained=self.last_batches * self.spec.training.batch_size,
             seconds=seconds,
-            kept_score=self.kept.score if self.kept else None,
-            kept_generation=self.kept.generation if self.kept else None,
+            kept_score=self.mixture.kept.score if self.mixture.kept else None,
+            kept_generation=self.mixture.kept.generation if self.mixture.kept else None,
             accuracy=None if self.semi is None else self.semi.accuracy([centre_d.net]),
         )
 
@@ -305,49 +304,13 @@ class CellEngine:
         )
 
     def evolve_mixture(self, hood: Neighbourhood, steps: int) -> float | None:
-        """Step 6: `steps` (1+1)-ES steps on the mixture weights of the neighbourhood's
-        centre generators; the mixture's score, or None when nothing was scored (no
-        score, or no steps: `mixture.schedule: end` during training).
-
-        Weights of neighbours missing this generation are left as they were.
-        """
-        if self.scorer is None or not steps:
-            return None
-        scorer = self.scorer
+        """Step 6: `steps` ES steps on the neighbourhood's mixture (`cell_mixture.py`)."""
         cells, nets = self.centres(hood, "generator")
-        mass = sum(self.mixture_weights[c] for c in cells)
-        samples = self.spec.mixture.score_sample_size
-        noise = self.noise(len(nets) * samples).view(len(nets), samples, -1)
-        embeddings = MixtureEmbeddings(nets, noise, scorer.embed)
-
-        def score(weights: torch.Tensor) -> float:
-            return scorer.objective_of(embeddings.of(weights))
-
-        weights = self.mixture_weights_of(cells)
-        current = score(weights)
-        for _ in range(steps):
-            weights, current, _ = es_step(
-                weights, current, self.spec.mixture.sigma, score, self.rng
-            )
-        for cell, weight in zip(cells, (weights * mass).tolist(), strict=True):
-            self.mixture_weights[cell] = weight
-        return current
+        return self.mixture.evolve(cells, nets, steps, self.scorer, self.noise, self.rng)
 
     def keep_if_best(self, hood: Neighbourhood, score: float | None) -> None:
-        """Keep-best: remember this generation's mixture if it scores better than any
-        before it (`mixture.keep: best`)."""
-        if self.spec.mixture.keep != "best" or score is None:
-            return
-        if self.kept is not None and score >= self.kept.score:
-            return
         cells, nets = self.centres(hood, "generator")
-        weights = self.mixture_weights_of(cells).tolist()
-        self.kept = KeptMixture(
-            generation=self.generation + 1,
-            score=score,
-            weights=dict(zip(cells, weights, strict=True)),
-            generators={c: _frozen_copy(n.state_dict()) for c, n in zip(cells, nets, strict=True)},
-        )
+        self.mixture.keep_if_best(self.generation + 1, score, cells, nets)
 
     def generator_from(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A generator of this run's architecture holding these weights."""
@@ -364,11 +327,6 @@ class CellEngine:
         nets = [best(local).sample_net] + [self.imports.net(role, c) for c in hood.neighbour_cells]
         return cells, nets
 
-    def mixture_weights_of(self, cells: list[int]) -> torch.Tensor:
-        """The weights of these cells, renormalised to sum to 1."""
-        weights = torch.tensor([self.mixture_weights[c] for c in cells], dtype=torch.float64)
-        return weights / weights.sum()
-
     def publish_centre(self) -> None:
         self.provider.publish(self.centre_state())
 
@@ -382,7 +340,7 @@ class CellEngine:
             "generation": self.generation,
             "offspring": [self.offspring_accepted, self.offspring_offered],
             "generator_steps": self.trainer.generator_steps,
-            "mixture_weights": {str(cell): w for cell, w in self.mixture_weights.items()},
+            "mixture_weights": {str(cell): w for cell, w in self.mixture.weights.items()},
             "generators": [
                 state.nest(f"generators.{i}", g.state_dict()) for i, g in enumerate(self.generators)
             ],
@@ -390,7 +348,7 @@ class CellEngine:
                 state.nest(f"discriminators.{i}", d.state_dict())
                 for i, d in enumerate(self.discriminators)
             ],
-            "kept": self.kept and state.nest("kept", self.kept.state_dict()),
+            "kept": self.mixture.kept and state.nest("kept", self.mixture.kept.state_dict()),
         }
         return state
 
@@ -409,12 +367,12 @@ class CellEngine:
                 individual.load_state_dict(state.child(f"{role}.{i}", values[role][i]))
         self.rng.set_state(state.tensors["rng"])
         self.device_rng.set_state(state.tensors["device_rng"])
-        self.mixture_weights = {int(c): w for c, w in values["mixture_weights"].items()}
+        self.mixture.weights = {int(c): w for c, w in values["mixture_weights"].items()}
         self.generation = values["generation"]
         self.offspring_accepted, self.offspring_offered = values["offspring"]
         self.trainer.generator_steps = values.get("generator_steps", 0)  # 0: an older checkpoint
         kept = values.get("kept")  # none yet, or a checkpoint from before keep-best
-        self.kept = kept and KeptMixture.from_state_dict(state.child("kept", kept))
+        self.mixture.kept = kept and KeptMixture.from_state_dict(state.child("kept", kept))
 
     # ----------------------------------------------------------------------- helpers
     @property
@@ -471,18 +429,14 @@ class CellEngine:
         return CentreState(
             cell=self.index,
             generation=self.generation,
-            generator=_frozen_copy(centre_g.net.state_dict()),
-            discriminator=_frozen_copy(centre_d.net.state_dict()),
+            generator=frozen_copy(centre_g.net.state_dict()),
+            discriminator=frozen_copy(centre_d.net.state_dict()),
             generator_lr=centre_g.learning_rate,
             discriminator_lr=centre_d.learning_rate,
             generator_fitness=centre_g.fitness,
             discriminator_fitness=centre_d.fitness,
-            mixture_weights=dict(self.mixture_weights),
-            generator_moments=_frozen_copy(centre_g.moments()) if moments else {},
-            discriminator_moments=_frozen_copy(centre_d.moments()) if moments else {},
-            generator_ema={} if centre_g.ema is None else _frozen_copy(centre_g.ema.state_dict()),
+            mixture_weights=dict(self.mixture.weights),
+            generator_moments=frozen_copy(centre_g.moments()) if moments else {},
+            discriminator_moments=frozen_copy(centre_d.moments()) if moments else {},
+            generator_ema={} if centre_g.ema is None else frozen_copy(centre_g.ema.state_dict()),
         )
-
-
-def _frozen_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}

@@ -117,7 +117,7 @@ def train(
         status.report(engine, report, neighbourhood)
         if metrics is not None:
             metrics.record_generation(
-                report, time.perf_counter() - started, score_name, engine.mixture_weights
+                report, time.perf_counter() - started, score_name, engine.mixture.weights
             )
         log.info(
             "generation %d/%d: %s", report.generation, spec.generations, status_line(report, 4)

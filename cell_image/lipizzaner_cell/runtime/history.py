@@ -31,7 +31,7 @@ def record(engine: CellEngine, report: GenerationReport) -> dict[str, Any]:
     line = asdict(report)
     line["score"] = line.pop("mixture_score")
     line["score_name"] = engine.scorer.objective_name if engine.scorer else None
-    line["mixture_weights"] = {str(c): w for c, w in engine.mixture_weights.items()}
+    line["mixture_weights"] = {str(c): w for c, w in engine.mixture.weights.items()}
     return line
 
 

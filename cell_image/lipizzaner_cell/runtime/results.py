@@ -69,8 +69,8 @@ def final_candidates(engine: CellEngine) -> list[Candidate]:
     hood = engine.snapshot_neighbourhood()
     engine.evolve_mixture(hood, engine.spec.mixture.es_generations_at_end)
     cells, nets = engine.centres(hood, "generator")
-    candidates = [Candidate(engine.generation, cells, nets, engine.mixture_weights_of(cells))]
-    kept = engine.kept
+    candidates = [Candidate(engine.generation, cells, nets, engine.mixture.weights_of(cells))]
+    kept = engine.mixture.kept
     if kept is not None and kept.generation < engine.generation:
         kept_cells = list(kept.weights)
         candidates.append(
