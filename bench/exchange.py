@@ -7,6 +7,10 @@ For states of 1, 10, 50 and 200 MB, in one run:
             the same pull decoding every state into freshly allocated memory, as pulls
             did before they reused their buffers;
   mTLS      the same pull over mutual TLS (spec.exchange.tls) with the run's certificates;
+  gRPC stream
+            a trial, not the product's path: one long-lived bidirectional call per
+            neighbour, each request answered by the state's chunks on that same call (no
+            new HTTP/2 stream, headers or deadline per pull), decoded as a pull's;
   original  the original Lipizzaner's path, re-created here only as a reference:
             torch.save to bytes, base64, JSON, one HTTP response; the reader reverses it.
 Each ratio's two transfers take turns, one of each a round in a shuffled order, for
@@ -27,6 +31,7 @@ import http.server
 import io
 import json
 import math
+import queue
 import random
 import socket
 import statistics
@@ -34,13 +39,21 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent import futures
 
+import grpc
 import torch
 from lipizzaner_cell.algorithm.neighbourhood import CentreState
 from lipizzaner_cell.exchange.client import NeighbourPuller, PullPolicy, centre_call
-from lipizzaner_cell.exchange.codec import CentreArchitecture, new_payload
+from lipizzaner_cell.exchange.codec import (
+    CentreArchitecture,
+    decode_centre,
+    encode_centre,
+    new_payload,
+)
 from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
 from lipizzaner_cell.runtime.cell_process import fix_mmap_threshold
+from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.channels import channel
 from lipizzaner_core.wire.tls import TlsMaterial, generate, run_identity
 from rich.console import Console
@@ -120,6 +133,55 @@ def grpc_pull(
         server.stop(None)
 
 
+STREAM_SERVICE, STREAM_METHOD = "lipizzaner.bench.Stream", "Centres"
+
+
+@contextlib.contextmanager
+def grpc_stream(state: CentreState) -> Iterator[Transfer]:
+    """The trial above: requests (CentreRequest) in, each state's serialized chunks and
+    an empty message closing them out, all on one call."""
+    board = CentreBoard()
+    board.publish(state)
+
+    def centres(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for request in requests:
+            have = cell_pb2.CentreRequest.FromString(request).newer_than_generation
+            yield from board.newer_than(have)
+            yield b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handlers = {STREAM_METHOD: grpc.stream_stream_rpc_method_handler(centres)}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(STREAM_SERVICE, handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    expected = CentreArchitecture.of(state)
+    buffers: dict[int, torch.Tensor] = {}  # reused, as a puller reuses its spare
+    requests: queue.Queue[bytes | None] = queue.Queue()
+    request = cell_pb2.CentreRequest(newer_than_generation=-1).SerializeToString()
+    try:
+        with channel(f"127.0.0.1:{port}") as grpc_channel:
+            call = grpc_channel.stream_stream(f"/{STREAM_SERVICE}/{STREAM_METHOD}")
+            answers = call(iter(requests.get, None))
+
+            def payload(size: int) -> torch.Tensor:
+                if size not in buffers:
+                    buffers[size] = new_payload(size)
+                return buffers[size]
+
+            def pull() -> None:
+                requests.put(request)
+                chunks = list(iter(lambda: next(answers), b""))
+                if decode_centre(chunks, expected, 1 << 31, payload) is None:
+                    raise RuntimeError("the stream answered no state")
+
+            yield pull
+            requests.put(None)
+    finally:
+        server.stop(None)
+
+
 @contextlib.contextmanager
 def original_path(state: CentreState) -> Iterator[Transfer]:
     """torch.save -> base64 -> JSON -> HTTP, then back; torch.load with weights_only."""
@@ -181,13 +243,13 @@ def relative_speed(of: list[float], against: list[float]) -> float:
 
 
 def publish_seconds(state: CentreState) -> float:
-    """Encoding a state into its chunks: once per generation, whatever the readers."""
+    """Encoding a state into its chunks: once per generation, at its first remote pull."""
     started = time.perf_counter()
-    CentreBoard().publish(state)
+    encode_centre(state)
     return time.perf_counter() - started
 
 
-COLUMNS = ("raw TCP", "gRPC", "gRPC, fresh buffers", "mTLS", "original")
+COLUMNS = ("raw TCP", "gRPC", "gRPC, fresh buffers", "mTLS", "gRPC stream", "original")
 # Each ratio's two transfers, in turns with nothing else alive: the original's path
 # allocates and frees large strings, and with it in the same turns a 1 MB pull measured
 # 0.31 of raw instead of 0.47, the allocator's state, not the protocol, deciding.
@@ -195,6 +257,7 @@ PAIRS = (
     ("gRPC", "raw TCP"),
     ("gRPC", "gRPC, fresh buffers"),
     ("mTLS", "gRPC"),
+    ("gRPC stream", "gRPC"),
     ("gRPC", "original"),
 )
 
@@ -207,6 +270,7 @@ def transfers_of(state: CentreState, tls: TlsMaterial) -> dict[str, Callable]:
         "gRPC": lambda: grpc_pull(state),
         "gRPC, fresh buffers": lambda: grpc_pull(state, puller_type=FreshBufferPuller),
         "mTLS": lambda: grpc_pull(state, tls),
+        "gRPC stream": lambda: grpc_stream(state),
         "original": lambda: original_path(state),
     }
 
@@ -230,7 +294,13 @@ def main() -> None:
         title=f"Neighbour state over loopback: MB/s of the best round, ratios the median of "
         f"{args.repeats} rounds of the two in turns"
     )
-    ratios = ("gRPC / raw", "reused / fresh buffers", "mTLS / gRPC", "gRPC / original")
+    ratios = (
+        "gRPC / raw",
+        "reused / fresh buffers",
+        "mTLS / gRPC",
+        "stream / gRPC",
+        "gRPC / original",
+    )
     for column in ("state", *COLUMNS, *ratios, "publish (once)"):
         table.add_column(column, justify="right")
     tls = generate(run_identity("bench", None))
@@ -250,8 +320,8 @@ def main() -> None:
         table.add_row(
             f"{size} MB",
             *(f"{size / best[name]:,.0f}" for name in COLUMNS),
-            *(f"{speed:.2f}" for speed in speeds[:3]),
-            f"{speeds[3]:.1f}x",
+            *(f"{speed:.2f}" for speed in speeds[:4]),
+            f"{speeds[4]:.1f}x",
             f"{publish_seconds(state) * 1000:.0f} ms",
         )
     Console(width=180).print(table)

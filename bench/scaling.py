@@ -10,13 +10,17 @@ Memory per cell is the peak, over the run, of the cell processes' resident sets 
 summed and divided by the cells, and the same for their proportional sets (PSS: pages
 shared with other processes, such as torch's libraries, count once in all), read from
 /proc while it runs. `--cells-per-process` runs each grid once per grouping
-(`spec.cell.cellsPerPod`; 0: the whole grid in one process), side by side.
+(`spec.cell.cellsPerPod`; 0: the whole grid in one process), side by side;
+`--stacking both` runs each grouping of several cells a process once more with them
+stacked (`training.stacking.cells` = the cells of a process).
 `--score auto` measures the default cell, FID classifier included; `--cell-env` sets
 variables in the cells' environment (thread pools, say).
 
     python bench/scaling.py --data ../shared/datasets/mnist --sizes 1 2 3 4 --plot docs/scaling.png
     python bench/scaling.py --data ../shared/datasets/mnist --sizes 1 2 3 --score auto \
         --cells-per-process 1 0
+    python bench/scaling.py --data ../shared/datasets/mnist --sizes 2 4 --score auto \
+        --cells-per-process 1 0 --stacking both
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ class Setting:
     pin: bool = False  # each process on its own cores (os.sched_setaffinity)
 
 
-def manifest(setting: Setting, side: int, output: str, per_process: int) -> dict:
+def manifest(
+    setting: Setting, side: int, output: str, per_process: int, stacked: bool = False
+) -> dict:
     document = mnist_manifest(
         f"scaling-{side}x{side}",
         side,
@@ -72,6 +78,8 @@ def manifest(setting: Setting, side: int, output: str, per_process: int) -> dict
         checkpoint={"every": setting.generations},
     )
     document["spec"]["cell"] = {"cellsPerPod": per_process or side * side}
+    if stacked:
+        document["spec"]["training"]["stacking"] = {"cells": per_process or side * side}
     return document
 
 
@@ -103,11 +111,13 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
+def measure(
+    setting: Setting, side: int, per_process: int, stacked: bool = False
+) -> dict[str, float]:
     """Run one grid to the end, scraping every process until it exits; per-cell averages."""
     cells = side * side
     with tempfile.TemporaryDirectory() as workdir:
-        run = parse_run(manifest(setting, side, f"{workdir}/out", per_process))
+        run = parse_run(manifest(setting, side, f"{workdir}/out", per_process, stacked))
         local = LocalRun(run, Path(workdir), threads=1)
         for process in local.processes:
             process.env = {**process.env, **setting.cell_env}
@@ -154,6 +164,7 @@ def measure(setting: Setting, side: int, per_process: int) -> dict[str, float]:
         "cells": cells,
         "per_process": min(per_process or cells, cells),
         "grouping": per_process,
+        "stacked": stacked,
         "seconds_per_generation": statistics.mean(timed),
         "training_per_generation": statistics.mean(training),
         "phases": phases,
@@ -195,6 +206,12 @@ def main() -> None:
         default=[1],
         help="spec.cell.cellsPerPod of each run (0: the whole grid in one process)",
     )
+    parser.add_argument(
+        "--stacking",
+        choices=["off", "on", "both"],
+        default="off",
+        help="stack the cells of a process (training.stacking); both: each way, side by side",
+    )
     parser.add_argument("--pin", action="store_true", help="each process on its own cores")
     parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--plot", help="write a chart here (PNG)")
@@ -210,10 +227,13 @@ def main() -> None:
         cuda_graphs=not args.plain_steps,
         pin=args.pin,
     )
+    stackings = {"off": [False], "on": [True], "both": [False, True]}[args.stacking]
     results = [
-        measure(setting, side, per_process)
+        measure(setting, side, per_process, stacked)
         for side in args.sizes
         for per_process in args.cells_per_process
+        for stacked in stackings
+        if not stacked or min(per_process or side * side, side * side) > 1
     ]
     base = results[0]["seconds_per_generation"]
     cores = os.cpu_count() or 1
@@ -244,7 +264,7 @@ def main() -> None:
         ideal = max(1.0, result["cells"] / cores)
         table.add_row(
             str(result["cells"]),
-            str(result["per_process"]),
+            _per_process(result),
             f"{result['seconds_per_generation']:.2f}",
             f"{result['training_per_generation']:.2f}",
             f"{result['seconds_per_generation'] / base:.2f}x",
@@ -274,10 +294,14 @@ def phase_table(results: list[dict]) -> Table:
     for result in results:
         table.add_row(
             str(result["cells"]),
-            str(result["per_process"]),
+            _per_process(result),
             *(f"{result['phases'][name]:.3f}" for name in GENERATION_PHASES),
         )
     return table
+
+
+def _per_process(row: dict) -> str:
+    return f"{row['per_process']}{', stacked' if row.get('stacked') else ''}"
 
 
 def _label(row: dict) -> str:
@@ -285,7 +309,8 @@ def _label(row: dict) -> str:
     if "label" in row:
         return row["label"]
     names = {0: "a process per grid", 1: "a process per cell"}
-    return names.get(row["grouping"], f"{row['grouping']:g} cells / process")
+    name = names.get(row["grouping"], f"{row['grouping']:g} cells / process")
+    return f"{name}, stacked" if row.get("stacked") else name
 
 
 def plot(results: list[dict[str, float]], cores: int, ideal_label: str, path: str) -> None:

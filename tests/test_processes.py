@@ -12,9 +12,16 @@ from pathlib import Path
 import grpc
 import yaml
 from conftest import wait_until
+from lipizzaner_cell.algorithm.engine import CellEngine
+from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.commands.cli import main as cli_main
+from lipizzaner_cell.data.loading import load_dataset
+from lipizzaner_cell.exchange.client import NeighbourPuller, SiblingPuller
+from lipizzaner_cell.exchange.server import CentreBoard
 from lipizzaner_cell.executors.local_processes import LocalRun, free_port_block, run_local
 from lipizzaner_cell.executors.local_processes import cell_command as launcher_cell_command
+from lipizzaner_cell.runtime.cell_process import build_parser
+from lipizzaner_cell.runtime.peers import neighbour_pullers
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import parse_run
@@ -260,6 +267,28 @@ def test_one_process_hosts_two_cells_and_each_keeps_its_own_log(tiny_manifest, t
         assert f"cell {sibling} generation" not in kept
 
 
+def test_one_process_trains_four_stacked_cells_and_each_keeps_its_own_files(
+    tiny_manifest, tmp_path
+):
+    """`training.stacking.cells: 4` in a pod of four (`--cells 0-3`): the cells train step
+    4 as one program, exchange over gRPC, and each writes its own result, history,
+    checkpoints and log, as unstacked cells do."""
+    manifest = quick(tiny_manifest)
+    manifest["spec"]["cell"] = {"cellsPerPod": 4}
+    manifest["spec"]["training"]["stacking"] = {"cells": 4}
+    command = launcher_cell_command(write_spec(tmp_path, manifest), range(4), free_port_block(4), 1)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "cells 0-3 train step 4 as one stacked program" in done.stderr
+    for cell in range(4):
+        out = tmp_path / "out" / "cells" / str(cell)
+        result = json.loads((out / "result.json").read_text())
+        assert result["generation"] == 4 and result["missingNeighbours"] == []
+        history = (out / "history.jsonl").read_text().splitlines()
+        assert [json.loads(line)["generation"] for line in history] == [1, 2, 3, 4]
+        assert f"cell {cell} generation 4/4" in (out / "logs" / "attempt-0.log").read_text()
+
+
 def test_ctrl_c_stops_every_cell_after_its_checkpoint(tiny_manifest, tmp_path):
     manifest = quick(tiny_manifest, generations=10_000, checkpoint={"every": 1, "keep": 1})
     manifest["metadata"]["name"] = "interrupted"
@@ -415,3 +444,23 @@ def test_port_blocks_handed_out_by_one_process_never_overlap():
     blocks = [range(base, base + 40) for base in (free_port_block(40) for _ in range(100))]
     ports = [port for block in blocks for port in block]
     assert len(ports) == len(set(ports))
+
+
+def test_neighbours_in_the_same_process_are_read_from_their_board(tiny_manifest):
+    """A pod of cells 0 and 1 of a 2x2 grid: cell 0 reads cell 1 from its board in memory
+    (no gRPC, no copy) and pulls cell 2 over gRPC; a published state is there at once."""
+    manifest = quick(tiny_manifest)
+    manifest["spec"]["cell"] = {"cellsPerPod": 2}
+    run = parse_run(manifest)
+    args = build_parser().parse_args(["--cells", "0-1", "--grpc-port-base", "50051"])
+    boards = {0: CentreBoard(), 1: CentreBoard()}
+    dataset = load_dataset(run.spec.dataset, run.spec.seed)
+    pullers = neighbour_pullers(run, args, 0, dataset, None, None, boards)
+    assert isinstance(pullers[1], SiblingPuller) and isinstance(pullers[2], NeighbourPuller)
+    sibling = pullers[1]
+    assert sibling.latest is None and not sibling.first_state.wait(0.01)
+    state = CellEngine(run, 1, InProcessExchange().provider([]), dataset).centre_state()
+    boards[1].publish(state)
+    assert sibling.first_state.wait(0.01) and sibling.wait_for_generation(0, 0.01)
+    with sibling.reading() as read:
+        assert read is state

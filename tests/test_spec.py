@@ -136,6 +136,11 @@ def test_a_players_initial_rate_is_its_own_then_the_shared_one_then_its_networks
             {"spec.mustangs": {"draw": "at-creation"}},
             "spec.mustangs.draw: only loss: mustangs draws losses, got loss bce",
         ),
+        (
+            {"spec.training.stacking": {"cells": 4}, "spec.cell": {"cellsPerPod": 6}},
+            "spec.cell.cellsPerPod: training.stacking.cells 4 stacks the cells of one process, "
+            "so cellsPerPod must be a multiple of it, got 6",
+        ),
         ({"metadata.name": "Bad_Name"}, "metadata.name: must match"),
         ({"kind": "Job"}, "kind: must be 'LipizzanerRun'"),
     ],

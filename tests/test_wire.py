@@ -10,9 +10,15 @@ import grpc
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lipizzaner_cell.algorithm.individual import UNKNOWN_ORIGIN
 from lipizzaner_cell.algorithm.neighbourhood import CentreState
 from lipizzaner_cell.exchange.client import NeighbourPuller, PullPolicy, centre_call
-from lipizzaner_cell.exchange.codec import CHUNK_BYTES, CentreArchitecture, encode_centre
+from lipizzaner_cell.exchange.codec import (
+    CHUNK_BYTES,
+    CentreArchitecture,
+    decode_centre,
+    encode_centre,
+)
 from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
 from lipizzaner_core.wire import cell_pb2
 from lipizzaner_core.wire.service import GET_CENTRE, GET_STATUS, SERVICE
@@ -51,6 +57,8 @@ def centre(cell: int, generation: int, width: int = 4, dtype=torch.float32) -> C
         generator_moments=moments,
         discriminator_moments={"0.exp_avg_sq": torch.rand(1, width).to(dtype)},
         generator_ema={name: tensor + 1 for name, tensor in g.items()},
+        generator_origin=(cell, 0),
+        discriminator_origin=(9, 2),
     )
 
 
@@ -72,6 +80,29 @@ def puller_for(state: CentreState, address: str, **policy) -> NeighbourPuller:
     )
 
 
+def test_a_board_encodes_a_centre_once_at_its_first_remote_pull():
+    """Publishing only swaps the state (a sibling reads it as is); the first pull of a new
+    state encodes it, and every later pull of it reuses those chunks."""
+    board = CentreBoard()
+    first, second = centre(1, 1), centre(1, 2)
+    board.publish(first)
+    assert board.latest is first and board.newer_than(1) == []
+    chunks = board.newer_than(0)
+    assert chunks == encode_centre(first) and board.newer_than(-1) is chunks
+    board.publish(second)
+    assert board.newer_than(1) == encode_centre(second)
+
+
+def test_a_state_without_origins_decodes_with_unknown_ones():
+    """An older cell's state (no origins in its header) is read, its lineages unknown."""
+    state = replace(centre(1, 1), generator_origin=UNKNOWN_ORIGIN)
+    state = replace(state, discriminator_origin=UNKNOWN_ORIGIN)
+    header = cell_pb2.CentreChunk.FromString(encode_centre(state)[0]).header
+    assert not header.HasField("generator_origin")
+    got = decode_centre(encode_centre(state), CentreArchitecture.of(state), 1 << 30)
+    assert got is not None and got.generator_origin == got.discriminator_origin == (-1, -1)
+
+
 def test_received_tensors_are_bit_identical_and_old_states_are_not_resent(served):
     board, _, address = served
     state = centre(cell=1, generation=5)
@@ -90,6 +121,7 @@ def test_received_tensors_are_bit_identical_and_old_states_are_not_resent(served
             assert sent.keys() == received.keys()
             assert all(torch.equal(received[k], t) for k, t in sent.items()), part
         assert (got.generation, got.generator_lr, got.discriminator_fitness) == (5, 1e-3, 0.75)
+        assert (got.generator_origin, got.discriminator_origin) == ((1, 0), (9, 2))
         sent = puller.stats.bytes_received
         assert puller.pull_once(call)  # generation 5 again: nothing is sent
         assert puller.stats.bytes_received == sent and puller.stats.received == 1

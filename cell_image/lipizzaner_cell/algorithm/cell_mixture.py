@@ -20,6 +20,13 @@ class CellMixture:
         self.weights: dict[int, float] = {cell: 1 / len(cells) for cell in cells}
         self.kept: KeptMixture | None = None
 
+    def entropy(self) -> float:
+        """The weights' entropy in nats: 0 when one generator has them all, ln n when n
+        share them evenly (how many generators the mixture really uses: e ** entropy)."""
+        weights = torch.tensor(list(self.weights.values()), dtype=torch.float64)
+        shares = weights[weights > 0] / weights.sum()
+        return float(-(shares * shares.log()).sum())
+
     def weights_of(self, cells: list[int]) -> torch.Tensor:
         """The weights of these cells, renormalised to sum to 1."""
         weights = torch.tensor([self.weights[c] for c in cells], dtype=torch.float64)

@@ -34,6 +34,8 @@ from lipizzaner_cell.algorithm.semi_supervised import (
     discriminator_classes,
     label_source,
 )
+from lipizzaner_cell.algorithm.stacked_steps import StackJob
+from lipizzaner_cell.algorithm.stacking import TrainingStack
 from lipizzaner_cell.algorithm.state import State
 from lipizzaner_cell.algorithm.training import BatchTrainer, EagerSteps, Players
 from lipizzaner_cell.data.datasets import Dataset
@@ -52,6 +54,11 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def origins(population: list[Individual]) -> list[list[int]]:
+    """Where each individual's lineage began, best first."""
+    return [list(i.origin) for i in sorted(population, key=lambda i: i.fitness)]
+
+
 class CellEngine:
     def __init__(
         self,
@@ -62,13 +69,16 @@ class CellEngine:
         device: torch.device | None = None,
         storage: Storage | None = None,
         references: ReferenceCache | None = None,
+        stack: TrainingStack | None = None,
     ) -> None:
         """`storage` reads the score's weight files (the run's: its S3 endpoint too);
-        `references` caches the real data's embeddings for the whole run."""
+        `references` caches the real data's embeddings for the whole run; `stack`: where
+        this cell's step 4 runs with its stacked siblings' (`training.stacking`)."""
         spec = run.spec
         self.spec = spec
         self.index = index
         self.provider = provider
+        self.stack = stack
         self.device = device or resolve_device(spec.training.device)
         self.grid = spec.grid.topology()
         self.neighbour_cells = [n.index for n in self.grid.neighbours(index)]
@@ -207,6 +217,9 @@ class CellEngine:
             kept_score=self.mixture.kept.score if self.mixture.kept else None,
             kept_generation=self.mixture.kept.generation if self.mixture.kept else None,
             accuracy=None if self.semi is None else self.semi.accuracy([centre_d.net]),
+            mixture_entropy=self.mixture.entropy(),
+            generator_origins=origins(self.generators),
+            discriminator_origins=origins(self.discriminators),
         )
 
     def snapshot_neighbourhood(self) -> Neighbourhood:
@@ -258,8 +271,13 @@ class CellEngine:
     def train(
         self, players: Players, should_stop: Callable[[], bool] | None = None
     ) -> tuple[float, float]:
-        """Step 4 (`training.py`): the mean generator and discriminator training losses."""
-        g_loss, d_loss, self.last_batches = self.trainer.run(players, should_stop)
+        """Step 4 (`training.py`; stacked: `stacking.py`): the mean generator and
+        discriminator training losses."""
+        if self.stack is None:
+            g_loss, d_loss, self.last_batches = self.trainer.run(players, should_stop)
+        else:
+            job = StackJob(self.trainer, players, should_stop)
+            g_loss, d_loss, self.last_batches = self.stack.train(self.index, job)
         return g_loss, d_loss
 
     def replace(
@@ -387,6 +405,7 @@ class CellEngine:
     def _new(self, role: str) -> Individual:
         rate = self.spec.initial_rate(role)
         individual = Individual.fresh(self._build(role), rate, self.index, self.loss.optimizer)
+        individual.origin = (self.index, self.generation)
         if role == "generator" and self.spec.training.generator_ema.on:
             individual.keep_ema()
         return individual
@@ -439,4 +458,6 @@ class CellEngine:
             generator_moments=frozen_copy(centre_g.moments()) if moments else {},
             discriminator_moments=frozen_copy(centre_d.moments()) if moments else {},
             generator_ema={} if centre_g.ema is None else frozen_copy(centre_g.ema.state_dict()),
+            generator_origin=centre_g.origin,
+            discriminator_origin=centre_d.origin,
         )

@@ -23,6 +23,7 @@ import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,6 +36,9 @@ from lipizzaner_cell.algorithm.training import (
     discriminator_value,
     generator_value,
 )
+
+if TYPE_CHECKING:
+    from torch.cuda import _POOL_HANDLE
 
 WARM_UP_STEPS = 3  # before capturing: creates the optimizer state and autograd's buffers
 
@@ -258,26 +262,34 @@ class GraphedSteps:
         return replay.value  # valid until the next step: the loop adds it up at once
 
     def _captured(self, step: Callable[[], None]) -> Callable[[], None]:
-        """The step as a graph's replay. Capturing first runs it a few times for real (on
-        a side stream, as CUDA graphs require); those runs are undone, every slot being put
-        back as it was."""
+        """The step as a graph's replay (without capture, the step itself)."""
         if not self.capture:
             return step
-        with CAPTURE_LOCK:
-            return self._capture(step)
+        changed = [t for slot in self.slots.values() for t in slot.tensors()]
+        return captured(step, changed, self.device, self.pool)
 
-    def _capture(self, step: Callable[[], None]) -> Callable[[], None]:
-        saved = [(t, t.detach().clone()) for slot in self.slots.values() for t in slot.tensors()]
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
+
+def captured(
+    step: Callable[[], None],
+    changed: list[torch.Tensor],
+    device: torch.device,
+    pool: _POOL_HANDLE | None,
+) -> Callable[[], None]:
+    """`step` captured as a CUDA graph; returns its replay. Capturing first runs it a few
+    times for real (on a side stream, as CUDA graphs require); those runs are undone, every
+    tensor in `changed` (all that a step writes) being put back as it was."""
+    with CAPTURE_LOCK:
+        saved = [(t, t.detach().clone()) for t in changed]
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(WARM_UP_STEPS):
                 step()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the other cells of this process go on using the device from their
         # threads while this one captures (their own captures wait for CAPTURE_LOCK).
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             step()
         with torch.no_grad():
             for tensor, value in saved:

@@ -13,6 +13,9 @@ from torch import nn
 from lipizzaner_cell.algorithm.state import State
 
 ADAM_BETAS = (0.5, 0.999)
+# Where a lineage began: the cell and generation its founder was created in.
+Origin = tuple[int, int]
+UNKNOWN_ORIGIN: Origin = (-1, -1)
 OptimizerName = Literal["adam", "rmsprop"]
 # Each parameter's optimizer state besides its step count: what checkpoints and the
 # exchange carry, named "<parameter index>.<slot>".
@@ -42,6 +45,9 @@ class Individual:
     optimizer_name: OptimizerName = "adam"
     # A generator's moving average of its weights (`training.generatorEma`), else None.
     ema: nn.Module | None = None
+    # Its founder's cell and generation: offspring and a neighbour's copies keep it, so
+    # the grid's lineages can be counted (docs/algorithm.md, "Diversity").
+    origin: Origin = UNKNOWN_ORIGIN
 
     @property
     def sample_net(self) -> nn.Module:
@@ -118,6 +124,7 @@ class Individual:
             "learning_rate": self.learning_rate,
             "fitness": self.fitness,
             "source_cell": self.source_cell,
+            "origin": list(self.origin),
         }
         state = State(values=values)
         state.nest("net", State(self.net.state_dict()))
@@ -135,6 +142,9 @@ class Individual:
         self.load_moments(state.child("optimizer").tensors)
         self.fitness = state.values["fitness"]
         self.source_cell = state.values["source_cell"]
+        # A checkpoint from before origins were kept: its cell's, at an unknown generation.
+        cell, generation = state.values.get("origin", (self.source_cell, -1))
+        self.origin = (int(cell), int(generation))
 
     def clone(self) -> Individual:
         """An independent copy, optimizer state included (offspring start from their
@@ -144,6 +154,7 @@ class Individual:
         )
         twin.adopt_moments(self)
         twin.fitness = self.fitness
+        twin.origin = self.origin
         twin.ema = None if self.ema is None else copy.deepcopy(self.ema)
         return twin
 

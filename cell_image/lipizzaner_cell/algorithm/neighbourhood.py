@@ -15,7 +15,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from lipizzaner_cell.algorithm.individual import Individual, OptimizerName
+from lipizzaner_cell.algorithm.individual import (
+    UNKNOWN_ORIGIN,
+    Individual,
+    OptimizerName,
+    Origin,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,9 @@ class CentreState:
     discriminator_moments: dict[str, torch.Tensor] = field(default_factory=dict)
     # The generator centre's moving average (`training.generatorEma`); empty without one.
     generator_ema: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Where the two centres' lineages began (`Individual.origin`).
+    generator_origin: Origin = UNKNOWN_ORIGIN
+    discriminator_origin: Origin = UNKNOWN_ORIGIN
 
 
 class NeighbourhoodProvider(Protocol):
@@ -119,6 +127,7 @@ class NeighbourImports:
         generator = role == "generator"
         imported.net.load_state_dict(state.generator if generator else state.discriminator)
         imported.set_learning_rate(state.generator_lr if generator else state.discriminator_lr)
+        imported.origin = state.generator_origin if generator else state.discriminator_origin
         # Without moments (not sent, or none yet) the optimizer is left empty, and a
         # selected import continues the local individual's (`CellEngine.select`).
         imported.load_moments(state.generator_moments if generator else state.discriminator_moments)

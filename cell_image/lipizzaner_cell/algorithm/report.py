@@ -50,6 +50,11 @@ class GenerationReport:
     kept_generation: int | None = None
     # Semi-supervised runs: the centre discriminator's accuracy on the held-out data.
     accuracy: float | None = None
+    # Diversity: the mixture weights' entropy (nats), and where the lineages of the local
+    # generators and discriminators began ([cell, generation] each, best first).
+    mixture_entropy: float | None = None
+    generator_origins: list[list[int]] = field(default_factory=list)
+    discriminator_origins: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,12 @@ FIGURES = (
         "neighbours_present",
         "Neighbours whose state the generation had",
         "exchange/neighbours_present",
+    ),
+    Figure(
+        "mixture_entropy",
+        "mixture_entropy",
+        "Entropy of the mixture weights in nats (0: one generator; ln n: n evenly)",
+        "mixture/entropy",
     ),
     Figure(
         "accuracy",

@@ -42,6 +42,39 @@ class Players:
     discriminator_opponents: list[Individual]
 
 
+@dataclass
+class PlayerStep:
+    """One player's step with its decisions drawn: who, against whom, on what."""
+
+    role: str  # "g" or "d"
+    player: Individual
+    opponent: Individual
+    loss: Loss
+    noise: torch.Tensor
+    real: torch.Tensor  # the batch's real samples
+
+
+class Tally:
+    """A generation's running training losses, ticks (a role's turn on a batch) and
+    batches: what step 4 reports."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.totals = {"g": torch.zeros((), device=device), "d": torch.zeros((), device=device)}
+        self.ticks = {"g": 0, "d": 0}
+        self.batches = 0
+
+    def add(self, role: str, value: torch.Tensor) -> None:
+        self.totals[role] += value
+
+    def means(self, generators: int, discriminators: int) -> tuple[float, float, int]:
+        """The mean generator and discriminator losses per player step, and the batches."""
+        return (
+            float(self.totals["g"]) / max(1, self.ticks["g"] * generators),
+            float(self.totals["d"]) / max(1, self.ticks["d"] * discriminators),
+            self.batches,
+        )
+
+
 class Steps(Protocol):
     """One player's optimisation step against one opponent; returns the detached loss."""
 
@@ -172,40 +205,64 @@ class BatchTrainer:
     def run(
         self, players: Players, should_stop: Callable[[], bool] | None = None
     ) -> tuple[float, float, int]:
-        """Step 4: the original's batch loop, in the order `schedule` gives.
+        """Step 4: the original's batch loop, each player step run by `self.steps`.
 
         Returns the mean generator and discriminator training losses and the batches run
         (fewer than planned when `should_stop` turned true).
         """
+        tally = Tally(self.data.device)
+        self.steps.begin(players)
+        try:
+            for step in self.player_steps(players, tally, should_stop):
+                if step.role == "g":
+                    value = self.steps.generator(
+                        step.player, step.opponent, step.loss, step.noise, step.real
+                    )
+                else:
+                    value = self.steps.discriminator(
+                        step.player, step.opponent, step.loss, step.real, step.noise
+                    )
+                tally.add(step.role, value)
+                if step.role == "g" and step.player.ema is not None:
+                    decay = self.spec.training.generator_ema.decay
+                    step.player.update_ema(decay, self.steps.live(step.player))
+        finally:
+            self.steps.end(players)
+        return tally.means(len(players.generators), len(players.discriminators))
+
+    def player_steps(
+        self,
+        players: Players,
+        tally: Tally,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[PlayerStep]:
+        """The generation's player steps in order, each with its decisions drawn (opponent,
+        rate mutation, loss, noise) just before it is yielded: a consumer that runs each
+        step before asking for the next draws every random number in the eager order.
+        `tally` counts the batches and ticks."""
         batch_size = self.spec.training.batch_size
         order = torch.randperm(len(self.data), generator=self.device_rng, device=self.data.device)
         offsets = torch.arange(batch_size, device=self.data.device)
-        totals = {
-            "g": torch.zeros((), device=self.data.device),
-            "d": torch.zeros((), device=self.data.device),
-        }
-        steps = {"g": 0, "d": 0}
-        batches, real = 0, self.data[:0]
-        self.steps.begin(players)
-        try:
-            for batch, role, mutate in self.schedule():
-                if batch == batches:  # a new batch
-                    if should_stop is not None and batch and should_stop():
-                        break
-                    batches += 1
-                    real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
-                if role == "g":
-                    totals["g"] += self._generators_step(players, real, mutate)
-                else:
-                    totals["d"] += self._discriminators_step(players, real, mutate)
-                steps[role] += 1
-        finally:
-            self.steps.end(players)
-        return (
-            float(totals["g"]) / max(1, steps["g"] * len(players.generators)),
-            float(totals["d"]) / max(1, steps["d"] * len(players.discriminators)),
-            batches,
-        )
+        real = self.data[:0]
+        for batch, role, mutate in self.schedule():
+            if batch == tally.batches:  # a new batch
+                if should_stop is not None and batch and should_stop():
+                    break
+                tally.batches += 1
+                real = self.data[order[(batch * batch_size + offsets) % len(self.data)]]
+            tally.ticks[role] += 1
+            if role == "g":
+                opponent = self._opponent(players.generator_opponents)
+                team, rate = players.generators, "generator"
+            else:
+                opponent = self._opponent(players.discriminator_opponents)
+                team, rate = players.discriminators, "discriminator"
+            for player in team:
+                if mutate:
+                    self._mutate(player, rate)
+                loss = self.losses.draw(self.rng)
+                noise = self.noise(real.shape[0])
+                yield PlayerStep(role, player, opponent, loss, noise, real)
 
     def schedule(self) -> Iterator[tuple[int, str, bool]]:
         """The generation's steps in order: (batch, "g" or "d", whether the step first
@@ -255,31 +312,3 @@ class BatchTrainer:
     def _opponent(self, opponents: list[Individual]) -> Individual:
         """One opponent per batch for all of a role's players, as the original draws."""
         return opponents[int(torch.randint(len(opponents), (1,), generator=self.rng))]
-
-    def _generators_step(self, players: Players, real: torch.Tensor, mutate: bool) -> torch.Tensor:
-        opponent = self._opponent(players.generator_opponents)
-        total = torch.zeros((), device=self.data.device)
-        for generator in players.generators:
-            if mutate:
-                self._mutate(generator, "generator")
-            loss = self.losses.draw(self.rng)
-            noise = self.noise(real.shape[0])
-            total += self.steps.generator(generator, opponent, loss, noise, real)
-            if generator.ema is not None:
-                generator.update_ema(
-                    self.spec.training.generator_ema.decay, self.steps.live(generator)
-                )
-        return total
-
-    def _discriminators_step(
-        self, players: Players, real: torch.Tensor, mutate: bool
-    ) -> torch.Tensor:
-        opponent = self._opponent(players.discriminator_opponents)
-        total = torch.zeros((), device=self.data.device)
-        for discriminator in players.discriminators:
-            if mutate:
-                self._mutate(discriminator, "discriminator")
-            loss = self.losses.draw(self.rng)
-            noise = self.noise(real.shape[0])
-            total += self.steps.discriminator(discriminator, opponent, loss, real, noise)
-        return total

@@ -8,7 +8,7 @@ The training loop never looks at a dataset's name. The kinds load in `synthetic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,11 @@ class Dataset:
     modes: torch.Tensor | None = None
     mode_std: float | None = None
     identity: str = ""
+    # Splits made so far, by fraction: the cells of one process share theirs, not a copy
+    # each (MNIST's 10,000 digits are 31 MB).
+    _splits: dict[float, tuple[Dataset, Dataset | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -89,12 +94,15 @@ class Dataset:
         cell and every run of the same data holds out the same samples and their scores
         compare. None for the validation set when the fraction rounds to no sample.
         """
-        count = min(round(fraction * len(self)), len(self) - 1)
-        if count < 1:
-            return self, None
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(VALIDATION_SEED))
-        held, kept = order[:count].sort().values, order[count:].sort().values
-        return self._rows(kept, "training"), self._rows(held, "validation")
+        if fraction not in self._splits:
+            count = min(round(fraction * len(self)), len(self) - 1)
+            if count < 1:
+                return self, None
+            seeded = torch.Generator().manual_seed(VALIDATION_SEED)
+            order = torch.randperm(len(self), generator=seeded)
+            held, kept = order[:count].sort().values, order[count:].sort().values
+            self._splits[fraction] = self._rows(kept, "training"), self._rows(held, "validation")
+        return self._splits[fraction]
 
     def _rows(self, rows: torch.Tensor, part: str) -> Dataset:
         labels = self.labels[rows] if self.labels is not None else None

@@ -37,6 +37,7 @@ from lipizzaner_cell.exchange.codec import (
     decode_centre,
     new_payload,
 )
+from lipizzaner_cell.exchange.server import CentreBoard
 
 log = logging.getLogger(__name__)
 _Phase = cell_pb2.CellStatus.Phase
@@ -201,10 +202,63 @@ class NeighbourPuller(threading.Thread):
             )
 
 
+class SiblingPuller:
+    """A neighbour in the same process, read from its board: no gRPC, no copy (a centre's
+    tensors are never written after publishing). It answers as a `NeighbourPuller` does;
+    its pulls are not counted in the exchange's metrics."""
+
+    def __init__(self, cell: int, address: str, board: CentreBoard, policy: PullPolicy) -> None:
+        self.cell, self.address, self.board, self.policy = cell, address, board, policy
+        self.stats = PullStats()
+
+    @property
+    def latest(self) -> CentreState | None:
+        return self.board.latest
+
+    @property
+    def first_state(self) -> _Arrived:
+        return _Arrived(self)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[CentreState | None]:
+        yield self.board.latest
+
+    def wait_for_generation(self, generation: int, timeout: float) -> bool:
+        with self.board.changed:
+            return self.board.changed.wait_for(
+                lambda: self.latest is not None and self.latest.generation >= generation, timeout
+            )
+
+
+@dataclass
+class _Arrived:
+    """A sibling's first state, waited for as a puller's `first_state` event."""
+
+    puller: SiblingPuller
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.puller.wait_for_generation(0, timeout if timeout is not None else 1e9)
+
+
+Puller = NeighbourPuller | SiblingPuller
+
+
 class GrpcNeighbourhood:
     """The engine's `NeighbourhoodProvider` over gRPC: cached pulls in, a board out."""
 
-    def __init__(self, board, pullers: dict[int, NeighbourPuller]) -> None:
+    def __init__(self, board: CentreBoard, pullers: dict[int, Puller]) -> None:
         self.board = board
         self.pullers = pullers
 

@@ -11,11 +11,13 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from google.protobuf.message import DecodeError
 from lipizzaner_core.wire import cell_pb2
 
+from lipizzaner_cell.algorithm.individual import UNKNOWN_ORIGIN, Origin
 from lipizzaner_cell.algorithm.neighbourhood import CentreState
 
 CHUNK_BYTES = 1 << 20
@@ -116,7 +118,7 @@ def encode_centre(state: CentreState) -> list[bytes]:
     Serialized once per generation: the server sends these bytes as they are to every
     neighbour that asks.
     """
-    tables: dict[str, list[cell_pb2.TensorInfo]] = {}
+    tables: dict[str, Any] = {}  # each part's TensorInfo list
     blobs: list[bytes] = []
     for part in PARTS:
         tables[part], part_blobs = _table(getattr(state, part), sum(map(len, blobs)))
@@ -133,6 +135,12 @@ def encode_centre(state: CentreState) -> list[bytes]:
         payload_bytes=len(payload),
         **tables,
     )
+    for role, origin in (
+        (header.generator_origin, state.generator_origin),
+        (header.discriminator_origin, state.discriminator_origin),
+    ):
+        if origin != UNKNOWN_ORIGIN:
+            role.cell, role.generation = origin
     chunks = [cell_pb2.CentreChunk(header=header).SerializeToString()]
     view = memoryview(payload)
     for start in range(0, len(payload), CHUNK_BYTES):
@@ -248,7 +256,16 @@ def decode_centre(
         discriminator_fitness=header.discriminator_fitness,
         mixture_weights=dict(header.mixture_weights),
         **{part: _tensors(getattr(header, part), payload) for part in PARTS},
+        generator_origin=_origin(header, "generator_origin"),
+        discriminator_origin=_origin(header, "discriminator_origin"),
     )
+
+
+def _origin(header: cell_pb2.CentreHeader, role: str) -> Origin:
+    if not header.HasField(role):
+        return UNKNOWN_ORIGIN
+    origin = getattr(header, role)
+    return origin.cell, origin.generation
 
 
 _DATA_TAG = bytes([2 << 3 | 2])  # CentreChunk field 2 (`data`), length-delimited

@@ -1,14 +1,15 @@
 """A cell's gRPC server: its newest centre, its status, and the standard health service.
 
-Publishing swaps one reference to an already-encoded snapshot, so serving never waits on
-training and training never waits on a slow reader. With TLS, the transport admits only
-clients with a certificate from the run's CA, and every call checks that the client's
-certificate names the run's identity too.
+Publishing swaps one reference; the first remote pull of a new centre encodes it once for
+all, so training never waits on a reader and a slow reader never holds up the others.
+With TLS, the transport admits only clients with a certificate from the run's CA, and
+every call checks that the client's certificate names the run's identity too.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -27,19 +28,29 @@ log = logging.getLogger(__name__)
 
 
 class CentreBoard:
-    """The newest published centre, encoded once per generation."""
+    """The newest published centre: as it is, for the cells of the same process
+    (`client.SiblingPuller`), and encoded for remote pullers, once per generation, when
+    the first of them asks (a cell whose neighbours all share its process never encodes)."""
 
     def __init__(self) -> None:
-        self._current: tuple[int, list[bytes]] | None = None
+        self.latest: CentreState | None = None  # its tensors are never written again
+        self.changed = threading.Condition()
+        self._encoded: tuple[CentreState, list[bytes]] | None = None
+        self._encoding = threading.Lock()
 
     def publish(self, state: CentreState) -> None:
-        self._current = (state.generation, encode_centre(state))
+        with self.changed:
+            self.latest = state
+            self.changed.notify_all()
 
     def newer_than(self, generation: int) -> list[bytes]:
-        current = self._current
-        if current is None or current[0] <= generation:
+        state = self.latest
+        if state is None or state.generation <= generation:
             return []
-        return current[1]
+        with self._encoding:
+            if self._encoded is None or self._encoded[0] is not state:
+                self._encoded = (state, encode_centre(state))
+            return self._encoded[1]
 
 
 MALFORMED = object()  # gRPC itself answers INTERNAL when a deserializer returns None

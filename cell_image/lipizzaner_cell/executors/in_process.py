@@ -1,8 +1,9 @@
 """Run every cell of a grid in one process, round-robin, through an in-process exchange.
 
 For tests and debugging: the same engine, checkpoints and result files as the cell
-processes, without a network. Each round every cell runs one generation; states become
-visible to neighbours at the end of the round, so results do not depend on cell order.
+processes, without a network. Each round every cell runs one generation (stacked cells,
+`training.stacking`, together, each in a thread); states become visible to neighbours at
+the end of the round, so results do not depend on cell order.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun
 
-from lipizzaner_cell.algorithm.engine import CellEngine
+from lipizzaner_cell.algorithm.engine import CellEngine, resolve_device
 from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.report import GenerationReport, status_line
+from lipizzaner_cell.algorithm.stacking import TrainingStack, training_stacks
 from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.ensembles.samples import CURVES, load_ensemble, preview_title, write_samples
 from lipizzaner_cell.executors.progress import progress_bar
@@ -51,6 +55,8 @@ def run_in_process(
     grid = spec.grid.topology()
     dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
     exchange = InProcessExchange()
+    device = resolve_device(spec.training.device)
+    stacks = training_stacks(spec, range(grid.size), device, torch.get_num_threads())
     drivers = [
         CellDriver(
             CellEngine(
@@ -60,6 +66,7 @@ def run_in_process(
                 dataset,
                 storage=layout.storage,
                 references=ReferenceCache.of(layout),
+                stack=stacks.get(i),
             ),
             layout.cell(i),
         )
@@ -82,10 +89,7 @@ def run_in_process(
             "cell-generations", total=grid.size * spec.generations, completed=done, status=""
         )
         while not all(d.done for d in drivers):
-            for driver in drivers:
-                if driver.done:
-                    continue
-                report = driver.advance()
+            for driver, report in advance_round(drivers):
                 outcome.reports[driver.engine.index].append(report)
                 if on_report:
                     on_report(driver.engine.index, report)
@@ -102,6 +106,34 @@ def run_in_process(
     outcome.manifest = assemble_ensemble(run, layout)
     write_preview(layout, run)
     return outcome
+
+
+def advance_round(drivers: list[CellDriver]) -> list[tuple[CellDriver, GenerationReport]]:
+    """One generation of every unfinished cell, in cell order; a stack's cells together,
+    each in its own thread (they meet at step 4)."""
+    pending = [d for d in drivers if not d.done]
+    groups: dict[int, list[CellDriver]] = {}
+    for driver in pending:
+        stack = driver.engine.stack
+        groups.setdefault(id(driver) if stack is None else id(stack), []).append(driver)
+    reports: dict[int, GenerationReport] = {}
+    threads = torch.get_num_threads()  # the process's count, in the stacked cells' threads too
+    for group in groups.values():
+        stack = group[0].engine.stack
+        if stack is None:
+            reports[id(group[0])] = group[0].advance()
+            continue
+        stack.expect(d.engine.index for d in group)
+
+        def advance(driver: CellDriver, stack: TrainingStack = stack) -> GenerationReport:
+            torch.set_num_threads(threads)
+            with stack.membership(driver.engine.index):
+                return driver.advance()
+
+        with ThreadPoolExecutor(len(group), thread_name_prefix="stacked cell") as pool:
+            for driver, report in zip(group, pool.map(advance, group), strict=True):
+                reports[id(driver)] = report
+    return [(driver, reports[id(driver)]) for driver in pending]
 
 
 def write_preview(layout: RunLayout, run: LipizzanerRun) -> None:

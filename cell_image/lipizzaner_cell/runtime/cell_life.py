@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lipizzaner_core.contract import CANNOT_START, ExitCode
 from lipizzaner_core.layout import CellLayout, RunLayout
@@ -20,6 +20,7 @@ from lipizzaner_core.wire.tls import TlsMaterial
 
 from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.report import GenerationReport, figures, status_line
+from lipizzaner_cell.algorithm.stacking import TrainingStack
 from lipizzaner_cell.data.datasets import Dataset
 from lipizzaner_cell.exchange.client import GrpcNeighbourhood
 from lipizzaner_cell.exchange.server import CellService, CentreBoard, start_server
@@ -146,13 +147,17 @@ class SharedData:
 @dataclass(frozen=True)
 class ProcessShared:
     """What the cells of one process share: the run's storage, data, metrics endpoint,
-    certificates and the stop signal (SIGTERM, or a sibling's failure)."""
+    certificates, the stop signal (SIGTERM, or a sibling's failure), each cell's board
+    (its siblings read its centre there, without gRPC) and, with `training.stacking`,
+    each cell's training stack."""
 
     layout: RunLayout
     data: SharedData
     endpoint: MetricsEndpoint | None
     tls: TlsMaterial | None
     stop: Stop
+    boards: dict[int, CentreBoard] = field(default_factory=dict)
+    stacks: dict[int, TrainingStack] = field(default_factory=dict)
 
 
 class Stop(threading.Event):
@@ -200,7 +205,7 @@ def serve_and_train(
     spec, layout, tls, stop = run.spec, shared.layout, shared.tls, shared.stop
     status = CellStatusBoard(cell, spec.generations, args.restarts)
     metrics = start_metrics(run, args, cell, shared.endpoint, tls)
-    board = CentreBoard()
+    board = shared.boards.setdefault(cell, CentreBoard())
     service = CellService(
         board,
         lambda: status.message,
@@ -211,9 +216,10 @@ def serve_and_train(
         service, cell_port(run, args, args.grpc_port_base, cell), args.listen_host, tls
     )
     neighbourhood = None
+    stack = shared.stacks.get(cell)
     try:
         dataset = shared.data.get()
-        pullers = neighbour_pullers(run, args, cell, dataset, metrics, tls)
+        pullers = neighbour_pullers(run, args, cell, dataset, metrics, tls, shared.boards)
         neighbourhood = GrpcNeighbourhood(board, pullers)
         engine = CellEngine(
             run,
@@ -222,6 +228,7 @@ def serve_and_train(
             dataset,
             storage=layout.storage,
             references=ReferenceCache.of(layout),
+            stack=stack,
         )
 
         def on_checkpoint(seconds: float) -> None:
@@ -239,6 +246,8 @@ def serve_and_train(
             log.warning("no state yet from neighbours %s; training without them", missing)
         status.update(phase=Phase.TRAINING, generation=engine.generation)
         train(driver, neighbourhood, status, metrics, stop)
+        if stack is not None:
+            stack.leave(cell)  # its stacked siblings train on without it
         if not stop.is_set():
             finish_and_linger(driver, dataset, neighbourhood, status, layout, stop)
         return ExitCode.OK
@@ -247,6 +256,8 @@ def serve_and_train(
         status.update(phase=Phase.FAILED)
         return ExitCode.BAD_INPUT
     finally:
+        if stack is not None:
+            stack.leave(cell)  # however it ended: never keep its siblings waiting
         if neighbourhood is not None:
             neighbourhood.close()
         server.stop(grace=1.0)

@@ -2,7 +2,8 @@
 
 A process hosts `--cells` (one cell, or `spec.cell.cellsPerPod` consecutive ones), each
 in its own thread with its own gRPC server, checkpoints and kept log; they share torch,
-the data, the classifier and one /metrics endpoint (each cell's life: `cell_life.py`).
+the data, the classifier and one /metrics endpoint (each cell's life: `cell_life.py`);
+with `training.stacking`, each `stacking.cells` of them train step 4 as one program.
 One cell failing stops its siblings at a checkpoint, so the process can be restarted
 whole; so do SIGTERM and the end of the launcher that started it.
 Exit codes (`lipizzaner_core.contract.ExitCode`): 0 success (also after SIGTERM, once the
@@ -29,7 +30,10 @@ from lipizzaner_core.placement import group_of, parse_cells
 from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial
 
+from lipizzaner_cell.algorithm.engine import resolve_device
+from lipizzaner_cell.algorithm.stacking import training_stacks
 from lipizzaner_cell.data.loading import load_dataset
+from lipizzaner_cell.exchange.server import CentreBoard
 from lipizzaner_cell.runtime.cell_life import ProcessShared, SharedData, Stop, run_cell
 from lipizzaner_cell.runtime.metrics import MetricsEndpoint
 from lipizzaner_cell.runtime.peers import cell_port
@@ -98,13 +102,18 @@ def run_cells(run: LipizzanerRun, args: argparse.Namespace, cells: range) -> int
     if args.metrics_port is not None:  # one /metrics for the process: its first cell's port
         endpoint = MetricsEndpoint()
         endpoint.serve(cell_port(run, args, args.metrics_port, cells.start), args.listen_host)
-    shared = ProcessShared(layout, data, endpoint, tls, Stop())
+    threads = torch.get_num_threads()
+    # A stack's program runs in one thread for all its cells: the cores they had between them.
+    stack_threads = min(default_threads(), threads * run.spec.training.stacking.cells)
+    device = resolve_device(run.spec.training.device)
+    stacks = training_stacks(run.spec, cells, device, stack_threads)
+    boards = {cell: CentreBoard() for cell in cells}
+    shared = ProcessShared(layout, data, endpoint, tls, Stop(), boards, stacks)
     signal.signal(signal.SIGTERM, lambda *_: shared.stop.request("SIGTERM"))
     if args.parent_pid is not None:
         watch = partial(stop_when_orphaned, args.parent_pid, shared.stop)
         threading.Thread(target=watch, name="parent watch", daemon=True).start()
     codes: dict[int, int] = {}
-    threads = torch.get_num_threads()
 
     def life(cell: int) -> None:
         torch.set_num_threads(threads)  # the process's count, in this thread too

@@ -1,6 +1,6 @@
 """Where a cell process's cells listen, and how each finds and pulls its neighbours: the
 ports, the peers' addresses from `--peer-template`, and a puller per neighbour expecting
-the architectures the spec gives every cell."""
+the architectures the spec gives every cell (in memory for a neighbour in the process)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from lipizzaner_cell.algorithm.losses import spec_loss
 from lipizzaner_cell.algorithm.networks import build_discriminator, build_generator
 from lipizzaner_cell.algorithm.semi_supervised import discriminator_classes
 from lipizzaner_cell.data.datasets import Dataset
-from lipizzaner_cell.exchange.client import NeighbourPuller, PullPolicy
+from lipizzaner_cell.exchange.client import NeighbourPuller, Puller, PullPolicy, SiblingPuller
 from lipizzaner_cell.exchange.codec import CentreArchitecture, architecture_of
+from lipizzaner_cell.exchange.server import CentreBoard
 from lipizzaner_cell.runtime.metrics import CellMetrics
 
 
@@ -44,8 +45,10 @@ def neighbour_pullers(
     dataset: Dataset,
     metrics: CellMetrics | None,
     tls: TlsMaterial | None,
-) -> dict[int, NeighbourPuller]:
-    """One puller per neighbour, expecting the architectures the spec gives every cell."""
+    siblings: dict[int, CentreBoard] | None = None,
+) -> dict[int, Puller]:
+    """One puller per neighbour, expecting the architectures the spec gives every cell; a
+    neighbour in this process (its board in `siblings`) is read in memory instead."""
     policy = PullPolicy(max_state_bytes=run.spec.exchange.max_state_megabytes << 20, tls=tls)
     network, optimizer = run.spec.network, spec_loss(run.spec.loss).optimizer
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
@@ -58,9 +61,13 @@ def neighbour_pullers(
             architecture_of(moment_template(generator, optimizer)),
             architecture_of(moment_template(discriminator, optimizer)),
         )
-    pullers = {}
+    pullers: dict[int, Puller] = {}
     for neighbour in run.spec.grid.topology().neighbours(cell):
         address = peer_address(run, args, neighbour.index)
+        board = (siblings or {}).get(neighbour.index)
+        if board is not None:
+            pullers[neighbour.index] = SiblingPuller(neighbour.index, address, board, policy)
+            continue
         record = None if metrics is None else partial(metrics.record_pull, neighbour.direction)
         pullers[neighbour.index] = NeighbourPuller(
             neighbour.index, address, expected, policy, on_pull=record

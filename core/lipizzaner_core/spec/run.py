@@ -207,6 +207,12 @@ class RunSpecBody(SpecModel):
             raise ValueError(
                 f"mustangs.draw: only loss: mustangs draws losses, got loss {self.loss}"
             )
+        stacked = self.training.stacking.cells
+        if self.cell.cells_per_pod % stacked:
+            raise ValueError(
+                f"cell.cellsPerPod: training.stacking.cells {stacked} stacks the cells of one "
+                f"process, so cellsPerPod must be a multiple of it, got {self.cell.cells_per_pod}"
+            )
         self._labels_fit_data()
         for field, name, needs in (
             (

@@ -176,6 +176,21 @@ class GeneratorEmaSpec(SpecModel):
         return self.decay > 0.0
 
 
+class StackingSpec(SpecModel):
+    """Cells of one process trained as one batched program (docs/exchange.md, "Stacked
+    cells")."""
+
+    cells: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="how many cells of a process train step 4 as one stacked program (their "
+        "players' weights and Adam moments stacked, one vmapped step for all); each cell "
+        "keeps its own decisions, data, exchange, metrics and checkpoints. cell.cellsPerPod "
+        "must be a multiple of it. 1: every cell steps on its own",
+    )
+
+
 class TrainingSpec(SpecModel):
     batch_size: int = Field(100, ge=1)
     batches_per_generation: int = Field(0, ge=0, description="0 = one pass over the cell's data")
@@ -187,6 +202,7 @@ class TrainingSpec(SpecModel):
         "and the exchange and the checkpoints carry them; training and fitness use the "
         "generators themselves",
     )
+    stacking: StackingSpec = Field(default_factory=StackingSpec)
     cuda_graphs: bool = Field(
         True,
         description="On CUDA, replay each training step as a captured CUDA graph (the same "

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ncell.proto\x12\rlipizzaner.v1\".\n\rCentreRequest\x12\x1d\n\x15newer_than_generation\x18\x01 \x01(\x03\"X\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06length\x18\x05 \x01(\x03\"\xb4\x04\n\x0c\x43\x65ntreHeader\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\x05\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x14\n\x0cgenerator_lr\x18\x03 \x01(\x01\x12\x18\n\x10\x64iscriminator_lr\x18\x04 \x01(\x01\x12\x19\n\x11generator_fitness\x18\x05 \x01(\x01\x12\x1d\n\x15\x64iscriminator_fitness\x18\x06 \x01(\x01\x12H\n\x0fmixture_weights\x18\x07 \x03(\x0b\x32/.lipizzaner.v1.CentreHeader.MixtureWeightsEntry\x12,\n\tgenerator\x18\x08 \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x30\n\rdiscriminator\x18\t \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x15\n\rpayload_bytes\x18\n \x01(\x03\x12\x34\n\x11generator_moments\x18\x0b \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x38\n\x15\x64iscriminator_moments\x18\x0c \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x30\n\rgenerator_ema\x18\r \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x1a\x35\n\x13MixtureWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"T\n\x0b\x43\x65ntreChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.lipizzaner.v1.CentreHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x0f\n\rStatusRequest\"\xab\x04\n\nCellStatus\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\x05\x12.\n\x05phase\x18\x02 \x01(\x0e\x32\x1f.lipizzaner.v1.CellStatus.Phase\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x13\n\x0bgenerations\x18\x04 \x01(\x03\x12\x16\n\x0egenerator_loss\x18\x05 \x01(\x01\x12\x1a\n\x12\x64iscriminator_loss\x18\x06 \x01(\x01\x12\x19\n\x11generator_fitness\x18\x07 \x01(\x01\x12\x1d\n\x15\x64iscriminator_fitness\x18\x08 \x01(\x01\x12\x35\n\x06scores\x18\t \x03(\x0b\x32%.lipizzaner.v1.CellStatus.ScoresEntry\x12\x10\n\x08restarts\x18\n \x01(\x05\x12\x1a\n\x12missing_neighbours\x18\x0b \x03(\x05\x12\x17\n\x0frejected_states\x18\x0c \x01(\x03\x12\x1a\n\x12offspring_accepted\x18\r \x01(\x03\x12\x19\n\x11offspring_offered\x18\x0e \x01(\x03\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0c\n\x08STARTING\x10\x01\x12\x0c\n\x08TRAINING\x10\x02\x12\r\n\tFINISHING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\x95\x01\n\x04\x43\x65ll\x12G\n\tGetCentre\x12\x1c.lipizzaner.v1.CentreRequest\x1a\x1a.lipizzaner.v1.CentreChunk0\x01\x12\x44\n\tGetStatus\x12\x1c.lipizzaner.v1.StatusRequest\x1a\x19.lipizzaner.v1.CellStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ncell.proto\x12\rlipizzaner.v1\".\n\rCentreRequest\x12\x1d\n\x15newer_than_generation\x18\x01 \x01(\x03\"X\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06length\x18\x05 \x01(\x03\"\x9a\x05\n\x0c\x43\x65ntreHeader\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\x05\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x14\n\x0cgenerator_lr\x18\x03 \x01(\x01\x12\x18\n\x10\x64iscriminator_lr\x18\x04 \x01(\x01\x12\x19\n\x11generator_fitness\x18\x05 \x01(\x01\x12\x1d\n\x15\x64iscriminator_fitness\x18\x06 \x01(\x01\x12H\n\x0fmixture_weights\x18\x07 \x03(\x0b\x32/.lipizzaner.v1.CentreHeader.MixtureWeightsEntry\x12,\n\tgenerator\x18\x08 \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x30\n\rdiscriminator\x18\t \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x15\n\rpayload_bytes\x18\n \x01(\x03\x12\x34\n\x11generator_moments\x18\x0b \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x38\n\x15\x64iscriminator_moments\x18\x0c \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12\x30\n\rgenerator_ema\x18\r \x03(\x0b\x32\x19.lipizzaner.v1.TensorInfo\x12/\n\x10generator_origin\x18\x0e \x01(\x0b\x32\x15.lipizzaner.v1.Origin\x12\x33\n\x14\x64iscriminator_origin\x18\x0f \x01(\x0b\x32\x15.lipizzaner.v1.Origin\x1a\x35\n\x13MixtureWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"*\n\x06Origin\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\x05\x12\x12\n\ngeneration\x18\x02 \x01(\x03\"T\n\x0b\x43\x65ntreChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.lipizzaner.v1.CentreHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x0f\n\rStatusRequest\"\xab\x04\n\nCellStatus\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\x05\x12.\n\x05phase\x18\x02 \x01(\x0e\x32\x1f.lipizzaner.v1.CellStatus.Phase\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x13\n\x0bgenerations\x18\x04 \x01(\x03\x12\x16\n\x0egenerator_loss\x18\x05 \x01(\x01\x12\x1a\n\x12\x64iscriminator_loss\x18\x06 \x01(\x01\x12\x19\n\x11generator_fitness\x18\x07 \x01(\x01\x12\x1d\n\x15\x64iscriminator_fitness\x18\x08 \x01(\x01\x12\x35\n\x06scores\x18\t \x03(\x0b\x32%.lipizzaner.v1.CellStatus.ScoresEntry\x12\x10\n\x08restarts\x18\n \x01(\x05\x12\x1a\n\x12missing_neighbours\x18\x0b \x03(\x05\x12\x17\n\x0frejected_states\x18\x0c \x01(\x03\x12\x1a\n\x12offspring_accepted\x18\r \x01(\x03\x12\x19\n\x11offspring_offered\x18\x0e \x01(\x03\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0c\n\x08STARTING\x10\x01\x12\x0c\n\x08TRAINING\x10\x02\x12\r\n\tFINISHING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\x95\x01\n\x04\x43\x65ll\x12G\n\tGetCentre\x12\x1c.lipizzaner.v1.CentreRequest\x1a\x1a.lipizzaner.v1.CentreChunk0\x01\x12\x44\n\tGetStatus\x12\x1c.lipizzaner.v1.StatusRequest\x1a\x19.lipizzaner.v1.CellStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,19 +40,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSORINFO']._serialized_start=77
   _globals['_TENSORINFO']._serialized_end=165
   _globals['_CENTREHEADER']._serialized_start=168
-  _globals['_CENTREHEADER']._serialized_end=732
-  _globals['_CENTREHEADER_MIXTUREWEIGHTSENTRY']._serialized_start=679
-  _globals['_CENTREHEADER_MIXTUREWEIGHTSENTRY']._serialized_end=732
-  _globals['_CENTRECHUNK']._serialized_start=734
-  _globals['_CENTRECHUNK']._serialized_end=818
-  _globals['_STATUSREQUEST']._serialized_start=820
-  _globals['_STATUSREQUEST']._serialized_end=835
-  _globals['_CELLSTATUS']._serialized_start=838
-  _globals['_CELLSTATUS']._serialized_end=1393
-  _globals['_CELLSTATUS_SCORESENTRY']._serialized_start=1246
-  _globals['_CELLSTATUS_SCORESENTRY']._serialized_end=1291
-  _globals['_CELLSTATUS_PHASE']._serialized_start=1293
-  _globals['_CELLSTATUS_PHASE']._serialized_end=1393
-  _globals['_CELL']._serialized_start=1396
-  _globals['_CELL']._serialized_end=1545
+  _globals['_CENTREHEADER']._serialized_end=834
+  _globals['_CENTREHEADER_MIXTUREWEIGHTSENTRY']._serialized_start=781
+  _globals['_CENTREHEADER_MIXTUREWEIGHTSENTRY']._serialized_end=834
+  _globals['_ORIGIN']._serialized_start=836
+  _globals['_ORIGIN']._serialized_end=878
+  _globals['_CENTRECHUNK']._serialized_start=880
+  _globals['_CENTRECHUNK']._serialized_end=964
+  _globals['_STATUSREQUEST']._serialized_start=966
+  _globals['_STATUSREQUEST']._serialized_end=981
+  _globals['_CELLSTATUS']._serialized_start=984
+  _globals['_CELLSTATUS']._serialized_end=1539
+  _globals['_CELLSTATUS_SCORESENTRY']._serialized_start=1392
+  _globals['_CELLSTATUS_SCORESENTRY']._serialized_end=1437
+  _globals['_CELLSTATUS_PHASE']._serialized_start=1439
+  _globals['_CELLSTATUS_PHASE']._serialized_end=1539
+  _globals['_CELL']._serialized_start=1542
+  _globals['_CELL']._serialized_end=1691
 # @@protoc_insertion_point(module_scope)

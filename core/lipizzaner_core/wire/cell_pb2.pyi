@@ -28,7 +28,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class CentreHeader(_message.Message):
-    __slots__ = ("cell", "generation", "generator_lr", "discriminator_lr", "generator_fitness", "discriminator_fitness", "mixture_weights", "generator", "discriminator", "payload_bytes", "generator_moments", "discriminator_moments", "generator_ema")
+    __slots__ = ("cell", "generation", "generator_lr", "discriminator_lr", "generator_fitness", "discriminator_fitness", "mixture_weights", "generator", "discriminator", "payload_bytes", "generator_moments", "discriminator_moments", "generator_ema", "generator_origin", "discriminator_origin")
     class MixtureWeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,8 @@ class CentreHeader(_message.Message):
     GENERATOR_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     DISCRIMINATOR_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_EMA_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    DISCRIMINATOR_ORIGIN_FIELD_NUMBER: _ClassVar[int]
     cell: int
     generation: int
     generator_lr: float
@@ -62,7 +64,17 @@ class CentreHeader(_message.Message):
     generator_moments: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     discriminator_moments: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     generator_ema: _containers.RepeatedCompositeFieldContainer[TensorInfo]
-    def __init__(self, cell: _Optional[int] = ..., generation: _Optional[int] = ..., generator_lr: _Optional[float] = ..., discriminator_lr: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., mixture_weights: _Optional[_Mapping[int, float]] = ..., generator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., generator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., generator_ema: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+    generator_origin: Origin
+    discriminator_origin: Origin
+    def __init__(self, cell: _Optional[int] = ..., generation: _Optional[int] = ..., generator_lr: _Optional[float] = ..., discriminator_lr: _Optional[float] = ..., generator_fitness: _Optional[float] = ..., discriminator_fitness: _Optional[float] = ..., mixture_weights: _Optional[_Mapping[int, float]] = ..., generator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., generator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., discriminator_moments: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., generator_ema: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., generator_origin: _Optional[_Union[Origin, _Mapping]] = ..., discriminator_origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
+
+class Origin(_message.Message):
+    __slots__ = ("cell", "generation")
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    cell: int
+    generation: int
+    def __init__(self, cell: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class CentreChunk(_message.Message):
     __slots__ = ("header", "data")
