@@ -4,12 +4,15 @@ MNIST (the 10,000-digit split; 10 % held out), an S x S grid at the defaults for
 generations, once per variant and seed, in-process (deterministic). Each run's ensemble
 (keep-best, as the run chooses it) is scored on 10,000 samples against the held-out digits
 in the project's classifier's features: FID, TVD, precision and recall. The table gives
-each variant's per-seed FID, its mean, its ratio to the baseline's (`no-ema`) mean, and on
-how many seeds it beat the baseline (paired: the same seed, so the same data and initial
-networks).
+each variant's per-seed FID, its mean, its ratio to the baseline's mean (`--baseline`),
+and on how many seeds it beat the baseline (paired: the same seed, so the same data and
+initial networks).
 
-    python bench/grid_variants.py --data ../shared/datasets/mnist --seeds 0 1 2 \\
-        --variants no-ema ema ema-slow unbiased constant
+The quality levers of issue 34, each against today's defaults:
+
+    python bench/grid_variants.py --data ../shared/datasets/mnist --generations 30 \\
+        --seeds 0 1 2 3 4 --baseline defaults \\
+        --variants defaults moore population-2 no-ema unbiased-rate
 """
 
 from __future__ import annotations
@@ -25,21 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from common import add_grid_flags, assignment, bars_with_seeds
-from grid_vs_single import run_once
+from grid_vs_single import ensemble_scores, run_once
+from protocol import Judges, paired
 from rich.console import Console
 from rich.table import Table
 
-# Each variant: the spec fields it sets. Each is compared with `no-ema`, the defaults as
-# they were before this comparison made `ema` (decay 0.99) the default.
+# Each variant: the spec fields it sets. The EMA study compared the first five with
+# `no-ema`, the defaults before it made `ema` (decay 0.99) the default; the levers of
+# issue 34 (the last four) are compared with `defaults`.
 VARIANTS: dict[str, list[str]] = {
     "no-ema": ["training.generatorEma.decay=0"],
     "ema": ["training.generatorEma.decay=0.99"],
     "ema-slow": ["training.generatorEma.decay=0.999"],
     "unbiased": ["training.generatorEma.decay=0", "coevolution.mutation.rule=unbiased"],
     "constant": ["training.generatorEma.decay=0", "coevolution.mutation.probability=0"],
+    "defaults": [],
+    "moore": ["grid.neighbourhood=moore"],
+    "population-2": ["coevolution.populationSize=2"],
+    "unbiased-rate": ["coevolution.mutation.rule=unbiased"],
 }
-BASELINE = "no-ema"
-SCORES = ("fid", "tvd", "precision", "recall")
+SCORES = ("fid", "fid2", "tvd", "precision", "recall", "recall2")
 
 
 def jobs_for(args: argparse.Namespace, root: str) -> list[dict[str, Any]]:
@@ -69,13 +77,13 @@ def runs_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {
             "variant": r["config"].removeprefix("grid-"),
             "seed": r["seed"],
-            "scores": {key: r["scores"][key] for key in SCORES},
+            "scores": {key: r["scores"][key] for key in SCORES if key in r["scores"]},
         }
         for r in results
     ]
 
 
-def summary(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+def summary(runs: list[dict[str, Any]], variants: list[str], baseline: str) -> list[dict[str, Any]]:
     """A row per variant: per-seed FID, each score's mean over the seeds that have it,
     the FID ratio to the baseline's and the paired wins over it (lower FID, same seed)."""
     by = {(r["variant"], r["seed"]): r["scores"] for r in runs}
@@ -88,27 +96,35 @@ def summary(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str, A
         for key in SCORES:
             measured = [s[key] for s in scores if key in s]
             row[key] = statistics.mean(measured) if measured else float("nan")
-        paired = [seed for seed in seeds if (BASELINE, seed) in by]
-        if variant != BASELINE and paired:
-            base = [by[(BASELINE, seed)]["fid"] for seed in paired]
-            mine = [by[(variant, seed)]["fid"] for seed in paired]
+        both = [
+            {"seed": seed, "mine": by[(variant, seed)], "base": by[(baseline, seed)]}
+            for seed in seeds
+            if (baseline, seed) in by
+        ]
+        if variant != baseline and both:
+            mine, base = ([pair[k]["fid"] for pair in both] for k in ("mine", "base"))
             row["fid / baseline"] = statistics.mean(mine) / statistics.mean(base)
-            row["wins over baseline"] = sum(m < b for m, b in zip(mine, base, strict=True))
-            row["paired seeds"] = len(paired)
+            row["wins over baseline"] = paired(both, "mine", "base").wins
+            row["paired seeds"] = len(both)
+            if all("fid2" in pair["mine"] and "fid2" in pair["base"] for pair in both):
+                row["wins over baseline (2nd)"] = paired(both, "mine", "base", "fid2").wins
         rows.append(row)
     return rows
 
 
-def table(rows: list[dict[str, Any]], title: str) -> Table:
+def table(rows: list[dict[str, Any]], title: str, baseline: str) -> Table:
     out = Table(
         title=f"{title}: held-out FID (lower is better), TVD (lower), precision and recall "
         "(higher); means over the seeds measured"
     )
-    for column in ("variant", "seeds", "FID by seed", *SCORES, f"FID / {BASELINE}", "wins"):
+    columns = ("variant", "seeds", "FID by seed", *SCORES, f"FID / {baseline}", "wins")
+    for column in (*columns, "wins (2nd)"):
         out.add_column(column, justify="right")
     for row in rows:
-        paired = row.get("paired seeds")
-        wins = f"{row['wins over baseline']} of {paired}" if paired else "-"
+        seeds = row.get("paired seeds")
+        wins = f"{row['wins over baseline']} of {seeds}" if seeds else "-"
+        second = row.get("wins over baseline (2nd)")
+        wins2 = f"{second} of {seeds}" if second is not None else "-"
         out.add_row(
             row["variant"],
             " ".join(map(str, row["seeds"])),
@@ -116,6 +132,7 @@ def table(rows: list[dict[str, Any]], title: str) -> Table:
             *(f"{row[key]:.3f}" for key in SCORES),
             f"{row.get('fid / baseline', float('nan')):.3f}",
             wins,
+            wins2,
         )
     return out
 
@@ -136,18 +153,27 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every variant and seed trained, and its ensemble scored in both feature spaces."""
     context = multiprocessing.get_context("spawn")
     with (
-        tempfile.TemporaryDirectory() as root,
+        tempfile.TemporaryDirectory() as scratch,
         ProcessPoolExecutor(args.workers, mp_context=context) as pool,
     ):
-        return runs_of(list(pool.map(run_once, jobs_for(args, root))))
+        results = list(pool.map(run_once, jobs_for(args, args.keep or scratch)))
+        judges = Judges(args.data, Path(scratch))
+        for result in results:
+            result["scores"] = ensemble_scores(judges, [str(Path(result["output"]) / "ensemble")])
+        return runs_of(results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_grid_flags(parser)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--keep", metavar="DIR", help="keep every run's output here")
+    parser.add_argument(
+        "--baseline", default="no-ema", choices=list(VARIANTS), help="what the others beat"
+    )
     parser.add_argument("--json", help="write every run's scores and the summary here")
     parser.add_argument("--plot", help="write the comparison here (PNG)")
     parser.add_argument(
@@ -155,9 +181,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     runs = json.loads(Path(args.runs).read_text())["runs"] if args.runs else measure(args)
-    rows = summary(runs, [v for v in args.variants if any(r["variant"] == v for r in runs)])
+    measured = [v for v in args.variants if any(r["variant"] == v for r in runs)]
+    rows = summary(runs, measured, args.baseline)
     title = f"MNIST, {args.side}x{args.side} grid, {args.generations} generations"
-    Console(width=160).print(table(rows, title))
+    Console(width=160).print(table(rows, title, args.baseline))
     if args.json and not args.runs:
         document = {"argv": sys.argv[1:], "runs": runs, "rows": rows}
         Path(args.json).write_text(json.dumps(document, indent=2))

@@ -1,23 +1,40 @@
 """The standing comparison: does the grid beat one GAN at the default settings?
 
 MNIST (the 10,000-digit split; 10 % held out for scoring), every setting at its default,
-several seeds. At equal total training steps (a cell-generation is 100 batches of 100):
+five seeds. A cell-generation is 100 batches of 100. Equal total training steps:
 
 - `single`: one GAN (a 1x1 grid) for S x S x N generations: the same compute as the grid;
-- `single-n`: one GAN for N generations: the same wall-clock as the grid with a core per cell;
-- `grid`: the S x S grid for N generations, its ensemble as the run chooses it (keep-best);
-- `grid-offspring`: the same with `replacementRule: offspring` (every offspring replaces);
-- `grid-no-coevolution`: the same grid with selection off (no selection, no replacement:
-  each cell trains its own pair in place; the mixture ES still runs);
 - `independent`: S x S lone GANs of N generations each (the honest control): the best
-  of them alone, and all of them mixed with equal weights;
-- `grid-all-uniform`: the grid's cells' own generators (from the mixtures they ended
-  with), all mixed with equal weights, against the run's ensemble (the best cell's
-  neighbourhood mixture with its ES weights).
+  of them alone (`independent-best`), and all of them mixed with equal weights
+  (`independent-uniform`);
+- `grid`: the S x S grid for N generations, in one process (deterministic), its ensemble
+  as the run chooses it (keep-best);
+- `grid-processes`: the same grid as users run it, a process per cell exchanging over
+  gRPC (`lipizzaner run`): each cell waits for its neighbours' last generation
+  (`exchange.neighbourWaitSeconds`), so it sees what the in-process run's cells see and,
+  unless a neighbour is late or a generation ahead, ends where that run ends;
+- `grid-processes-async`: the same with `neighbourWaitSeconds: 0`, the original's
+  asynchronous exchange (each cell takes whatever state its neighbours last published);
+- `grid-offspring`: the grid with `replacementRule: offspring` (every offspring replaces);
+- `grid-no-coevolution`: the grid with selection off (each cell trains its own pair in
+  place; the mixture ES still runs);
+- `grid-all-uniform`: the grid's cells' own generators all mixed with equal weights;
+- `grid-greedy`: the grid's ensemble searched over every cell's generators
+  (`lipizzaner ensemble optimize --method greedy`, `spec.ensemble`): what mixing only the
+  best cell's neighbourhood leaves out. The search scores on the held-out digits in the
+  project's classifier, so its `fid` is optimistic; `fid2` is the check.
 
-Every run keeps its best mixture (the default) and is scored on 10,000 samples against
-the held-out digits: FID and the TVD of the digit histogram from uniform, in the project's
-MNIST classifier's features, plus precision and recall.
+Equal wall-clock with a core (or GPU) per cell:
+
+- `single-n`: one GAN for N generations;
+- `single-wide`: one GAN for N generations with S x S times the batch: what a user with
+  S x S devices would otherwise run, data-parallel.
+
+Every run keeps its best mixture (the default). Every ensemble is scored on the same
+10,000 seeded samples against the held-out digits, in two feature spaces (`protocol.py`):
+FID, the TVD of the digit histogram from uniform, precision and recall. The tables give
+each configuration's mean and worst seed, and the grid against each baseline seed by seed
+(wins, median difference), in both spaces.
 
     python bench/grid_vs_single.py --data ../shared/datasets/mnist --generations 40 --seeds 0 1 2
 """
@@ -28,7 +45,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from common import (
     add_grid_flags,
     apply_assignments,
@@ -44,24 +61,54 @@ from common import (
     bars_with_seeds,
     mnist_manifest,
 )
-from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.algorithm.networks import build_generator
-from lipizzaner_cell.data.loading import load_dataset
+from lipizzaner_cell.commands.cli import main as lipizzaner
 from lipizzaner_cell.ensembles.samples import load_ensemble
 from lipizzaner_cell.executors.in_process import run_in_process
-from lipizzaner_cell.scores.scorers import ClassifierScorer
+from lipizzaner_cell.executors.local_processes import run_local
 from lipizzaner_core.spec import parse_run
+from protocol import Judges, paired, summary
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file
 
-SAMPLES = 10_000
-CONFIGS = ("single", "single-n", "grid", "grid-offspring", "grid-no-coevolution", "independent")
-COLUMNS = (*CONFIGS[:-1], "grid-all-uniform", "independent-best", "independent-uniform")
+CONFIGS = (
+    "single",
+    "single-n",
+    "single-wide",
+    "grid",
+    "grid-processes",
+    "grid-processes-async",
+    "grid-offspring",
+    "grid-no-coevolution",
+    "independent",
+)
+PROTOCOL = (
+    "single",
+    "single-n",
+    "single-wide",
+    "grid",
+    "grid-processes",
+    "grid-processes-async",
+    "independent",
+)
+BASELINES = ("single", "independent-best", "independent-uniform", "single-n", "single-wide")
+GRIDS = ("grid", "grid-processes", "grid-processes-async", "grid-greedy")
+COLUMNS = (
+    *(c for c in CONFIGS if c != "independent"),
+    "grid-all-uniform",
+    "grid-greedy",
+    "independent-best",
+    "independent-uniform",
+)
+BUDGET = {"single-n": "equal wall-clock", "single-wide": "equal wall-clock"}
+KEYS = ("fid", "fid2", "recall", "recall2", "precision", "tvd")
 
 
 def run_once(job: dict[str, Any]) -> dict[str, Any]:
-    """One run in-process, into its own output folder; its ensemble's final scores."""
+    """One run, into its own output folder: in-process, or as cell processes. A run whose
+    output already has its ensemble (`--keep` of an earlier, interrupted bench) is read,
+    not trained again."""
     torch.set_num_threads(1)
     logging.disable(logging.WARNING)
     spec = mnist_manifest(
@@ -74,21 +121,33 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
         coevolution=job["coevolution"],
         device=job["device"],
     )
-    apply_assignments(spec["spec"], job["every_run"])
+    apply_assignments(spec["spec"], job["every_run"] + job.get("own", []))
     if job["side"] > 1:  # data dieting: each grid cell its own subset (not a lone GAN)
         spec["spec"]["dataset"]["samplingRatio"] = job["sampling_ratio"]
         apply_assignments(spec["spec"], job["grids_only"])
-    started = time.perf_counter()
-    manifest = run_in_process(parse_run(spec), resume=False).manifest
+    output = Path(job["output"])
+    finished, timing = output / "ensemble" / "manifest.json", output / "seconds.json"
+    if finished.exists():
+        manifest = json.loads(finished.read_text())
+        seconds = json.loads(timing.read_text()) if timing.exists() else None
+    else:
+        output.mkdir(parents=True, exist_ok=True)  # the manifest beside the output, for
+        (output / "run.yaml").write_text(yaml.safe_dump(spec))  # bench/diversity.py
+        started = time.perf_counter()
+        if job["config"].startswith("grid-processes"):
+            manifest = run_local(parse_run(spec), show_progress=False, threads=1)
+        else:
+            manifest = run_in_process(parse_run(spec), resume=False).manifest
+        seconds = time.perf_counter() - started
+        timing.write_text(json.dumps(seconds))
     Console().print(f"{job['config']} seed {job['seed']}: FID {manifest['scores']['fid']:.1f}")
     return {
         "config": job["config"],
         "seed": job["seed"],
         "output": job["output"],
         "scores": manifest["scores"],
-        "trainScores": manifest["trainScores"],
         "mixtureGeneration": manifest["mixtureGeneration"],
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }
 
 
@@ -98,15 +157,20 @@ def jobs_for(
     """Every run of one seed. `settings`: device, sampling_ratio, every_run and grids_only
     (spec overrides, as `common.assignment` reads them)."""
     cells = side * side
-    plans = [
-        ("single", 1, cells * generations, seed, {}),
-        ("single-n", 1, generations, seed, {}),
-        ("grid", side, generations, seed, {}),
-        ("grid-offspring", side, generations, seed, {"replacementRule": "offspring"}),
-        ("grid-no-coevolution", side, generations, seed, {"selection": False}),
+    wide = [(["training", "batchSize"], 100 * cells)]
+    asynchronous = [(["exchange", "neighbourWaitSeconds"], 0)]
+    plans: list[tuple[str, int, int, int, dict, list]] = [
+        ("single", 1, cells * generations, seed, {}, []),
+        ("single-n", 1, generations, seed, {}, []),
+        ("single-wide", 1, generations, seed, {}, wide),
+        ("grid", side, generations, seed, {}, []),
+        ("grid-processes", side, generations, seed, {}, []),
+        ("grid-processes-async", side, generations, seed, {}, asynchronous),
+        ("grid-offspring", side, generations, seed, {"replacementRule": "offspring"}, []),
+        ("grid-no-coevolution", side, generations, seed, {"selection": False}, []),
     ]
     # Run seeds apart from the others' (a 1x1 run's cell seeds from its run seed).
-    plans += [("independent", 1, generations, 1000 * (seed + 1) + i, {}) for i in range(cells)]
+    plans += [("independent", 1, generations, 1000 * (seed + 1) + i, {}, []) for i in range(cells)]
     return [
         {
             "data": data,
@@ -116,6 +180,7 @@ def jobs_for(
             "seed": seed,
             "run_seed": run_seed,
             "coevolution": coevolution,
+            "own": own,
             "device": "cpu",
             "sampling_ratio": 1.0,
             "every_run": [],
@@ -123,100 +188,161 @@ def jobs_for(
             **settings,
             "output": str(Path(root) / f"{config}-{seed}-{run_seed}"),
         }
-        for config, grid_side, count, run_seed, coevolution in plans
+        for config, grid_side, count, run_seed, coevolution, own in plans
     ]
 
 
-def uniform_mixture(sources: list[str], data: str) -> dict[str, float]:
-    """Generators mixed with equal weights, scored as the runs score (10,000 samples
-    against the held-out digits). A source is an ensemble folder or one generator's file."""
+def ensemble_scores(judges: Judges, folders: list[str], equal: bool = False) -> dict[str, float]:
+    """The ensembles' generators scored together: by their own weights (one ensemble), or
+    all with equal weights (`equal`)."""
+    ensembles = [load_ensemble(folder) for folder in folders]
+    generators = [g for e in ensembles for g in e.generators]
+    weights = torch.cat([e.weights for e in ensembles])
+    if equal:
+        weights = torch.ones(len(generators), dtype=torch.float64)
+    latent = ensembles[0].manifest["network"]["latentSize"]
+    return judges.score(generators, weights, latent)
+
+
+def cell_generators_scores(judges: Judges, output: str, data: str) -> dict[str, float]:
+    """Each grid cell's own generator (from the mixture it ended with), all equally mixed."""
     spec = parse_run(mnist_manifest("mixture", 1, data, 1, "unused")).spec
     nets = []
-    for source in sources:
-        if source.endswith(".safetensors"):
-            net = build_generator(spec.network.generator, spec.network.latent_size, (1, 28, 28))
-            net.load_state_dict(load_file(source))
-            nets.append(net.eval())
-        else:
-            nets += load_ensemble(source).generators
-    _, validation = load_dataset(spec.dataset, 0).split(spec.dataset.validation_fraction)
-    scorer = ClassifierScorer(validation)
-    noise = torch.randn(
-        SAMPLES, spec.network.latent_size, generator=torch.Generator().manual_seed(0)
-    )
+    for cell in sorted(Path(output, "cells").iterdir(), key=lambda p: int(p.name)):
+        net = build_generator(spec.network.generator, spec.network.latent_size, (1, 28, 28))
+        net.load_state_dict(load_file(str(cell / "mixture" / f"generator-{cell.name}.safetensors")))
+        nets.append(net.eval())
     weights = torch.ones(len(nets), dtype=torch.float64)
-    return scorer.final_scores(scorer.embed(sample_mixture(nets, weights, noise)))
+    return judges.score(nets, weights, spec.network.latent_size)
 
 
-def summarise(results: list[dict[str, Any]], data: str, seeds: list[int]) -> list[dict]:
+def whole_grid_scores(judges: Judges, output: str) -> dict[str, float]:
+    """The run's generators searched over the whole grid, greedily (once per output)."""
+    searched = Path(output) / "ensemble-greedy"
+    if not (searched / "manifest.json").exists():
+        assert lipizzaner(["ensemble", "optimize", output, "--method", "greedy"]) == 0
+    return ensemble_scores(judges, [str(searched)])
+
+
+def summarise(
+    results: list[dict[str, Any]], judges: Judges, data: str, seeds: list[int]
+) -> list[dict]:
+    """One row per seed: every configuration's scores in both spaces."""
     rows = []
     for seed in seeds:
         mine = [r for r in results if r["seed"] == seed]
         row: dict[str, Any] = {"seed": seed}
         for r in mine:
             if r["config"] != "independent":
-                row[r["config"]] = r["scores"] | {
-                    "mixtureGeneration": r["mixtureGeneration"],
-                    "seconds": r["seconds"],
-                }
+                row[r["config"]] = ensemble_scores(judges, [str(Path(r["output"]) / "ensemble")])
+                row[r["config"]] |= {k: r[k] for k in ("mixtureGeneration", "seconds")}
             if r["config"] == "grid":
-                row["grid-all-uniform"] = uniform_mixture(cell_generators(r["output"]), data)
-        independents = [r["output"] for r in mine if r["config"] == "independent"]
+                row["grid-all-uniform"] = cell_generators_scores(judges, r["output"], data)
+                row["grid-greedy"] = whole_grid_scores(judges, r["output"])
+        independents = [r for r in mine if r["config"] == "independent"]
         if independents:
-            outputs = [str(Path(o) / "ensemble") for o in independents]
-            row["independent-best"] = min(
-                (r["scores"] for r in mine if r["config"] == "independent"), key=lambda s: s["fid"]
-            )
-            row["independent-uniform"] = uniform_mixture(outputs, data)
+            folders = [str(Path(r["output"]) / "ensemble") for r in independents]
+            each = [ensemble_scores(judges, [folder]) for folder in folders]
+            row["independent-best"] = min(each, key=lambda s: s["fid"])
+            row["independent-uniform"] = ensemble_scores(judges, folders, equal=True)
         rows.append(row)
     return rows
 
 
-def cell_generators(output: str) -> list[str]:
-    """Each cell's own generator from the mixture it ended with, as a one-member ensemble
-    folder's worth of files: `cells/<i>/mixture/generator-<i>.safetensors`."""
-    cells = sorted(Path(output, "cells").iterdir(), key=lambda p: int(p.name))
-    return [str(cell / "mixture" / f"generator-{cell.name}.safetensors") for cell in cells]
-
-
-def table(rows: list[dict], side: int, generations: int) -> Table:
+def seed_table(rows: list[dict], side: int, generations: int) -> Table:
     columns = [c for c in COLUMNS if c in rows[0]]
     out = Table(
-        title=f"MNIST, defaults, {side}x{side} grid of {generations} generations vs equal compute "
-        "(held-out FID / TVD; mean over seeds)"
+        title=f"MNIST, defaults, {side}x{side} grid of {generations} generations: held-out "
+        "FID in the project's classifier / in the second classifier, per seed"
     )
     out.add_column("seed")
     for column in columns:
         out.add_column(column, justify="right")
-    for row in [*rows, mean_row(rows, columns)]:
+    for row in rows:
         out.add_row(
-            str(row["seed"]),
-            *(f"{row[c]['fid']:.1f} / {row[c]['tvd']:.3f}" for c in columns),
+            str(row["seed"]), *(f"{row[c]['fid']:.1f} / {row[c]['fid2']:.1f}" for c in columns)
         )
     return out
 
 
-def mean_row(rows: list[dict], columns: list[str]) -> dict:
-    mean: dict[str, Any] = {"seed": "mean"}
-    for column in columns:
-        mean[column] = {
-            key: statistics.mean(row[column][key] for row in rows) for key in ("fid", "tvd")
-        }
-    return mean
+def summary_rows(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Every column's mean and worst seed for each score."""
+    columns = [c for c in COLUMNS if c in rows[0]]
+    return {c: {key: summary(rows, c, key) for key in KEYS} for c in columns}
+
+
+def summary_table(summaries: dict[str, dict[str, dict[str, float]]], seeds: int) -> Table:
+    out = Table(title=f"Mean over {seeds} seeds (worst seed); 2: the second classifier")
+    out.add_column("configuration")
+    out.add_column("budget")
+    for key in KEYS:
+        out.add_column(key, justify="right")
+    for column, scores in summaries.items():
+        out.add_row(
+            column,
+            BUDGET.get(column, "equal steps"),
+            *(f"{scores[k]['mean']:.3g} ({scores[k]['worst']:.3g})" for k in KEYS),
+        )
+    return out
+
+
+def paired_rows(rows: list[dict]) -> list[dict[str, Any]]:
+    """Each grid against each baseline, seed by seed, in both spaces."""
+    out = []
+    for grid in (g for g in GRIDS if g in rows[0]):
+        for baseline in (b for b in BASELINES if b in rows[0]):
+            line: dict[str, Any] = {"grid": grid, "baseline": baseline}
+            for key in ("fid", "fid2", "recall"):
+                line[key] = paired(rows, grid, baseline, key).__dict__
+            line["worst_beats_median"] = paired(rows, grid, baseline).worst_beats_median
+            line["spaces_agree"] = (line["fid"]["median_difference"] < 0) == (
+                line["fid2"]["median_difference"] < 0
+            )
+            out.append(line)
+    return out
+
+
+def paired_table(lines: list[dict[str, Any]]) -> Table:
+    out = Table(
+        title="The grid against each baseline, seed by seed: wins / seeds, median difference "
+        "(grid minus baseline; FID lower is better, recall higher)"
+    )
+    for column in ("grid", "baseline", "FID", "FID (2nd)", "spaces agree", "recall"):
+        out.add_column(column, justify="right")
+    out.add_column("worst grid seed < baseline median", justify="right")
+    for line in lines:
+        cells = [
+            f"{line[k]['wins']}/{line[k]['seeds']}, {line[k]['median_difference']:+.3g}"
+            for k in ("fid", "fid2", "recall")
+        ]
+        out.add_row(
+            line["grid"],
+            line["baseline"],
+            cells[0],
+            cells[1],
+            "yes" if line["spaces_agree"] else "no",
+            cells[2],
+            "yes" if line["worst_beats_median"] else "no",
+        )
+    return out
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:
-    """Held-out FID per configuration: a bar for the mean, a dot per seed."""
+    """FID in both spaces and recall per configuration: a bar for the mean, a dot per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     columns = [c for c in COLUMNS if c in rows[0]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
-    for ax, key, label in ((left, "fid", "held-out FID (lower is better)"), (right, "tvd", "TVD")):
-        per_seed = [[row[c][key] for row in rows] for c in columns]
-        bars_with_seeds(ax, columns, per_seed, label)
+    panels = (
+        ("fid", "held-out FID, project's classifier"),
+        ("fid2", "held-out FID, second classifier"),
+        ("recall", "recall (higher is better)"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        bars_with_seeds(ax, columns, [[row[c][key] for row in rows] for c in columns], label)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -225,6 +351,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_grid_flags(parser)
+    parser.set_defaults(seeds=[0, 1, 2, 3, 4])
     parser.add_argument(
         "--sampling-ratio",
         type=float,
@@ -249,13 +376,15 @@ def main() -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS, help="run only these"
+        "--configs", nargs="+", default=list(PROTOCOL), choices=CONFIGS, help="run only these"
     )
+    parser.add_argument("--keep", metavar="DIR", help="keep every run's output here")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--plot", help="write the comparison here (PNG)")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or scratch
         jobs = [
             job
             for seed in args.seeds
@@ -275,12 +404,21 @@ def main() -> None:
         jobs.sort(key=lambda job: -(job["side"] ** 2) * job["generations"])  # the longest first
         with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
             results = list(pool.map(run_once, jobs))
-        rows = summarise(results, args.data, args.seeds)
-    Console(width=160).print(table(rows, args.side, args.generations))
+        judges = Judges(args.data, Path(scratch))
+        rows = summarise(results, judges, args.data, args.seeds)
+    summaries = summary_rows(rows)
+    lines = paired_rows(rows)
+    console = Console(width=200)
+    console.print(f"second classifier: accuracy {judges.second_accuracy:.4f} on 2000 digits")
+    console.print(seed_table(rows, args.side, args.generations))
+    console.print(summary_table(summaries, len(rows)))
+    if lines:
+        console.print(paired_table(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2))
+        record = {"argv": sys.argv[1:], "rows": rows, "summary": summaries, "paired": lines}
+        Path(args.json).write_text(json.dumps(record, indent=2))
     if args.plot:
-        title = f"{args.side}x{args.side} grid, {args.generations} generations, equal compute"
+        title = f"{args.side}x{args.side} grid, {args.generations} generations, {len(rows)} seeds"
         plot(rows, args.plot, title)
 
 

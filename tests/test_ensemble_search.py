@@ -7,6 +7,7 @@ import copy
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,6 +22,8 @@ from lipizzaner_cell.ensembles.original_searches import (
     weight_grid,
 )
 from lipizzaner_cell.ensembles.search import GeneticSettings, genetic, greedy
+from lipizzaner_cell.executors.in_process import run_in_process
+from lipizzaner_core.spec import parse_run
 
 TARGET = torch.tensor([0.5, 0.25, 0.25, 0.0, 0.0], dtype=torch.float64)
 
@@ -193,3 +196,17 @@ def test_the_job_command_refuses_a_run_without_a_search(tiny_manifest, tmp_path,
     path.write_text(yaml.safe_dump(tiny_manifest))
     assert main(["ensemble", "optimize", "--run-spec", str(path)]) == 2
     assert "spec.ensemble.method is best-cell: nothing to search" in capsys.readouterr().err
+
+
+def test_optimize_names_a_finished_runs_missing_data_file(tiny_manifest, tmp_path, capsys):
+    """A finished run whose data file has gone since: the one line names the data, not
+    "no finished run there"."""
+    points = tmp_path / "ring.npy"
+    np.save(points, np.random.default_rng(0).normal(size=(400, 2)).astype(np.float32))
+    tiny_manifest["spec"]["dataset"] = {"name": "array", "path": str(points)}
+    run = parse_run(tiny_manifest)
+    run_in_process(run, resume=False)
+    points.unlink()
+    assert main(["ensemble", "optimize", tiny_manifest["spec"]["output"]["uri"]]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(points) in lines[0] and "no finished run" not in lines[0]

@@ -86,7 +86,7 @@ def test_the_engine_graphs_only_cuda_steps_it_can_capture(tiny_manifest):
 
 
 class _Nobody:
-    def neighbour_states(self) -> contextlib.nullcontext[dict]:
+    def neighbour_states(self, generation: int) -> contextlib.nullcontext[dict]:
         return contextlib.nullcontext({})
 
     def publish(self, state) -> None:

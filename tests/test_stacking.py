@@ -95,7 +95,7 @@ class LiveBoard:
         board = self
 
         class Provider:
-            def neighbour_states(self):
+            def neighbour_states(self, generation: int):
                 with board.lock:
                     seen = {i: board.states[i] for i in neighbours if i in board.states}
                 return _Hold(seen)

@@ -212,7 +212,7 @@ def test_a_state_being_read_is_never_overwritten(served):
 
         first = pull(states[0])
         pull(states[1])
-        with neighbourhood.neighbour_states() as held:
+        with neighbourhood.neighbour_states(0) as held:
             read = held[1]
             assert pull(states[2]) == first  # generation 1's buffer: nobody reads it
             fourth = pull(states[3])  # generation 2's buffer is being read: fresh memory

@@ -7,6 +7,7 @@ and results are written by whoever drives it (the in-process runner, a cell proc
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -212,6 +213,7 @@ class CellEngine:
             offspring_offered=offered,
             offspring_accepted=accepted,
             neighbours_present=len(hood.neighbour_cells),
+            neighbour_lag=statistics.mean(hood.lags) if hood.lags else None,
             samples_trained=self.last_batches * self.spec.training.batch_size,
             seconds=seconds,
             kept_score=self.mixture.kept.score if self.mixture.kept else None,
@@ -224,7 +226,7 @@ class CellEngine:
 
     def snapshot_neighbourhood(self) -> Neighbourhood:
         """Step 1: the local sub-populations plus each neighbour's newest centre."""
-        with self.provider.neighbour_states() as states:  # copied into the imports
+        with self.provider.neighbour_states(self.generation) as states:  # copied
             cells = [cell for cell in self.neighbour_cells if cell in states]
             return Neighbourhood(
                 generators=self.generators
@@ -232,6 +234,7 @@ class CellEngine:
                 discriminators=self.discriminators
                 + [self.imports.individual(states[c], "discriminator") for c in cells],
                 neighbour_cells=cells,
+                lags=[self.generation - states[c].generation for c in cells],
             )
 
     def select(self, hood: Neighbourhood) -> Players:

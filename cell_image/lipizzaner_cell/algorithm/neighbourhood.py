@@ -52,11 +52,13 @@ class CentreState:
 
 
 class NeighbourhoodProvider(Protocol):
-    def neighbour_states(self) -> AbstractContextManager[dict[int, CentreState]]:
+    def neighbour_states(self, generation: int) -> AbstractContextManager[dict[int, CentreState]]:
         """The newest known state of each neighbour, by cell index; missing ones absent.
 
-        The states stay as they are until the block ends; whatever must outlive it is
-        copied (the engine copies them into its imported networks).
+        `generation` is the one this cell has finished: a provider may wait, bounded, for
+        neighbours' states of at least that generation (the in-process exchange always
+        has them). The states stay as they are until the block ends; whatever must
+        outlive it is copied (the engine copies them into its imported networks).
         """
         ...
 
@@ -87,7 +89,7 @@ class InProcessProvider:
     exchange: InProcessExchange
     neighbours: list[int]
 
-    def neighbour_states(self) -> AbstractContextManager[dict[int, CentreState]]:
+    def neighbour_states(self, generation: int) -> AbstractContextManager[dict[int, CentreState]]:
         visible = self.exchange._visible
         return contextlib.nullcontext({i: visible[i] for i in self.neighbours if i in visible})
 
@@ -102,6 +104,8 @@ class Neighbourhood:
     generators: list[Individual]
     discriminators: list[Individual]
     neighbour_cells: list[int]
+    # Per neighbour present: how many generations its state was behind this cell's.
+    lags: list[int] = field(default_factory=list)
 
 
 class NeighbourImports:

@@ -44,6 +44,10 @@ class GenerationReport:
     offspring_accepted: int
     neighbours_present: int
     samples_trained: int
+    # How many generations the neighbours' states were behind this cell's, the mean over
+    # those present (None without any): 0 in-process, where every cell sees its
+    # neighbours' last generation; cell processes may see older ones.
+    neighbour_lag: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     # Keep-best: the best mixture's score so far and its generation (None without).
     kept_score: float | None = None
@@ -118,6 +122,12 @@ FIGURES = (
         "neighbours_present",
         "Neighbours whose state the generation had",
         "exchange/neighbours_present",
+    ),
+    Figure(
+        "neighbour_lag",
+        "neighbour_lag_generations",
+        "Generations the neighbours' states were behind this cell's (mean over neighbours)",
+        "exchange/neighbour_lag",
     ),
     Figure(
         "mixture_entropy",

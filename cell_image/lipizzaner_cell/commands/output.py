@@ -256,8 +256,14 @@ def cmd_ensemble_optimize(
                 k: v if v is not None else SEARCH_DEFAULTS.get(k) for k, v in flags.items()
             }
             output, manifest = args.run, optimise(args.run, **chosen)
-    except FileNotFoundError:
-        error(f"{args.run or args.run_spec}: no finished run there (no ensemble/manifest.json)")
+    except FileNotFoundError as exc:
+        finished = args.run is None or Storage().exists(
+            RunLayout(args.run, Storage()).ensemble_manifest
+        )
+        if finished:  # something else the search reads is missing: name it
+            error(f"{args.run or args.run_spec}: {str(exc).splitlines()[0]}")
+        else:
+            error(f"{args.run}: no finished run there (no ensemble/manifest.json)")
         return ExitCode.BAD_INPUT
     except ValueError as exc:  # SpecError is one
         error(str(exc))

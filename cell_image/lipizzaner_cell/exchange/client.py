@@ -256,25 +256,74 @@ Puller = NeighbourPuller | SiblingPuller
 
 
 class GrpcNeighbourhood:
-    """The engine's `NeighbourhoodProvider` over gRPC: cached pulls in, a board out."""
+    """The engine's `NeighbourhoodProvider` over gRPC: cached pulls in, a board out.
 
-    def __init__(self, board: CentreBoard, pullers: dict[int, Puller]) -> None:
+    `wait_seconds` (`exchange.neighbourWaitSeconds`): before handing out the states, wait
+    up to this long in all for each neighbour to reach the generation asked for. A
+    neighbour that does not is marked late at the generation it had, and is not waited
+    for again until it publishes a newer state: a dead neighbour costs one wait, not one
+    per generation. `stop` cuts a wait short.
+    """
+
+    WAIT_SLICE = 0.5  # seconds between looks at `stop`
+
+    def __init__(
+        self,
+        board: CentreBoard,
+        pullers: dict[int, Puller],
+        wait_seconds: float = 0.0,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.board = board
         self.pullers = pullers
+        self.wait_seconds = wait_seconds
+        self.stop = stop or threading.Event()
+        self.late: dict[int, int] = {}  # neighbour: the generation it was late at
 
     def start(self) -> None:
         for puller in self.pullers.values():
             puller.start()
 
     @contextlib.contextmanager
-    def neighbour_states(self) -> Iterator[dict[int, CentreState]]:
-        """Each neighbour's newest state, none of them overwritten until the block ends."""
+    def neighbour_states(self, generation: int) -> Iterator[dict[int, CentreState]]:
+        """Each neighbour's newest state, none of them overwritten until the block ends;
+        first, up to `wait_seconds`, for states of at least `generation`."""
+        if self.wait_seconds > 0:
+            self.wait_for(generation, self.wait_seconds)
         with contextlib.ExitStack() as reads:
             states = {c: reads.enter_context(p.reading()) for c, p in self.pullers.items()}
             yield {c: state for c, state in states.items() if state is not None}
 
     def publish(self, state: CentreState) -> None:
         self.board.publish(state)
+
+    def wait_for(self, generation: int, timeout: float) -> list[int]:
+        """Wait up to `timeout` seconds in all for every neighbour that has a state and
+        is not known to be late to reach `generation`; return those newly found late."""
+        deadline = time.monotonic() + timeout
+        newly_late = []
+        for cell, puller in self.pullers.items():
+            latest = puller.latest
+            if latest is None or self.late.get(cell) == latest.generation:
+                continue  # missing (the engine goes on without it), or late and unchanged
+            self.late.pop(cell, None)
+            while not puller.wait_for_generation(generation, self._slice(deadline)):
+                if self.stop.is_set() or time.monotonic() >= deadline:
+                    self.late[cell] = puller.latest.generation if puller.latest else -1
+                    newly_late.append(cell)
+                    break
+        if newly_late:
+            log.info(
+                "generation %d: neighbours %s are late; going on with their newest states",
+                generation + 1,
+                newly_late,
+            )
+        return newly_late
+
+    def _slice(self, deadline: float) -> float:
+        if self.stop.is_set():
+            return 0.0
+        return max(0.0, min(self.WAIT_SLICE, deadline - time.monotonic()))
 
     def wait_for_first_states(self, timeout: float) -> list[int]:
         """Wait up to `timeout` seconds in all; return the neighbours still missing."""

@@ -220,7 +220,8 @@ def serve_and_train(
     try:
         dataset = shared.data.get()
         pullers = neighbour_pullers(run, args, cell, dataset, metrics, tls, shared.boards)
-        neighbourhood = GrpcNeighbourhood(board, pullers)
+        wait = spec.exchange.neighbour_wait_seconds
+        neighbourhood = GrpcNeighbourhood(board, pullers, wait, stop)
         engine = CellEngine(
             run,
             cell,

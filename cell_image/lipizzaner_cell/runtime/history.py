@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,13 @@ class History:
         self.layout.storage.write_bytes(self.layout.history, text.encode())
 
 
-# Every key of a line, as `record` writes it.
-REQUIRED = {f.name for f in fields(GenerationReport)} - {"mixture_score"} | {
+# The keys every line has, as `record` writes it: the report's fields without a default
+# (a field added later, with one, is absent from an older run's lines).
+REQUIRED = {
+    f.name
+    for f in fields(GenerationReport)
+    if f.default is MISSING and f.default_factory is MISSING
+} - {"mixture_score"} | {
     "score",
     "score_name",
     "mixture_weights",

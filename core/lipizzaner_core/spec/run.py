@@ -125,6 +125,15 @@ class ExchangeSpec(SpecModel):
         "original; false (measured better, docs/algorithm.md): it continues those of the "
         "local individual it replaces",
     )
+    neighbour_wait_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Before each generation, wait up to this long for every neighbour to "
+        "finish the generation this cell has finished, so that it selects from and mixes "
+        "the same fresh neighbours the in-process runner gives it (measured better, "
+        "docs/algorithm.md); a neighbour that misses it is not waited for again until it "
+        "publishes. 0: take each neighbour's newest state there is, as the original does",
+    )
     tls: ExchangeTlsSpec = Field(default_factory=ExchangeTlsSpec)
 
 
