@@ -83,17 +83,10 @@ CONFIGS = (
     "grid-no-coevolution",
     "independent",
 )
-PROTOCOL = (
-    "single",
-    "single-n",
-    "single-wide",
-    "grid",
-    "grid-processes",
-    "grid-processes-async",
-    "independent",
-)
+OPTIONAL = ("grid-offspring", "grid-no-coevolution")  # run with --configs
+PROTOCOL = tuple(c for c in CONFIGS if c not in OPTIONAL)
 BASELINES = ("single", "independent-best", "independent-uniform", "single-n", "single-wide")
-GRIDS = ("grid", "grid-processes", "grid-processes-async", "grid-greedy")
+GRIDS = (*(c for c in CONFIGS if c.startswith("grid")), "grid-greedy")
 COLUMNS = (
     *(c for c in CONFIGS if c != "independent"),
     "grid-all-uniform",

@@ -117,3 +117,20 @@ def test_the_history_goes_to_tensorboard_a_run_per_cell(tiny_manifest, tmp_path,
     # Any fsspec URI: written locally, then copied where it belongs.
     assert main(["history", str(output), "-o", curves, "--tensorboard", "memory://tb/x"]) == 0
     assert len(Storage().list_dir("memory://tb/x")) == 4
+
+
+def test_an_older_runs_lines_without_the_newer_figures_are_read(tiny_manifest):
+    """A history written before a figure existed (its field has a default): its lines
+    are read as they are, not skipped as damaged."""
+    from lipizzaner_cell.runtime.history import read_history
+    from lipizzaner_core.layout import RunLayout
+
+    run = parse_run(tiny_manifest)
+    run_in_process(run, resume=False)
+    layout = RunLayout.of(run).cell(0)
+    older = [json.loads(line) for line in Path(layout.history).read_text().splitlines()]
+    for line in older:
+        for newer in ("neighbour_lag", "mixture_entropy", "generator_origins"):
+            del line[newer]
+    Path(layout.history).write_text("".join(json.dumps(line) + "\n" for line in older))
+    assert [line["generation"] for line in read_history(layout)] == [1, 2, 3, 4]
