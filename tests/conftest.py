@@ -104,6 +104,25 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
+@pytest.fixture
+def tiny_mnist_manifest(mnist_dir: Path, tmp_path: Path) -> dict[str, Any]:
+    """A 1x2 grid on 5 % of the MNIST digits for one generation of two small batches."""
+    return {
+        "apiVersion": "lipizzaner.io/v1alpha1",
+        "kind": "LipizzanerRun",
+        "metadata": {"name": "mnist-tiny"},
+        "spec": {
+            "grid": {"rows": 1, "cols": 2},
+            "generations": 1,
+            "dataset": {"name": "mnist", "path": str(mnist_dir), "samplingRatio": 0.05},
+            "coevolution": {"fitness": {"sampleSize": 50}},
+            "mixture": {"scoreSampleSize": 50},
+            "training": {"batchSize": 20, "batchesPerGeneration": 2, "device": "cpu"},
+            "output": {"uri": str(tmp_path / "out")},
+        },
+    }
+
+
 def unavailable(problem: str) -> None:
     """A real server a test needs cannot run here: skip locally, fail under CI=true
     (.ci/run installs everything, so there it is a broken install)."""

@@ -65,25 +65,12 @@ def test_sample_draws_pictures_and_raw_arrays_in_data_range(tiny_manifest, tmp_p
     assert main(["sample", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.png")]) == 2
 
 
-def test_run_on_mnist_with_dcgan_scores_fid_and_draws_a_grid(mnist_dir, tmp_path):
-    manifest = {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": "mnist-dcgan"},
-        "spec": {
-            "grid": {"rows": 1, "cols": 2},
-            "generations": 1,
-            "dataset": {"name": "mnist", "path": str(mnist_dir), "samplingRatio": 0.05},
-            "network": {
-                "latentSize": 16,
-                "generator": {"architecture": "dcgan", "width": 8},
-                "discriminator": {"architecture": "dcgan", "width": 8},
-            },
-            "coevolution": {"fitness": {"sampleSize": 50}},
-            "mixture": {"scoreSampleSize": 50},
-            "training": {"batchSize": 20, "batchesPerGeneration": 2, "device": "cpu"},
-            "output": {"uri": str(tmp_path / "out")},
-        },
+def test_run_on_mnist_with_dcgan_scores_fid_and_draws_a_grid(tiny_mnist_manifest, tmp_path):
+    manifest = tiny_mnist_manifest
+    manifest["spec"]["network"] = {
+        "latentSize": 16,
+        "generator": {"architecture": "dcgan", "width": 8},
+        "discriminator": {"architecture": "dcgan", "width": 8},
     }
     assert main(["run", write_manifest(tmp_path, manifest), "--quiet"]) == 0
     result = json.loads((tmp_path / "out" / "ensemble" / "manifest.json").read_text())

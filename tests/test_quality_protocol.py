@@ -47,23 +47,10 @@ def test_summary_takes_the_worst_seed_in_the_scores_direction():
     assert summary(ROWS, "single", "recall")["worst"] == pytest.approx(0.5)
 
 
-def test_distances_between_cells_are_symmetric_zero_on_the_diagonal(mnist_dir, tmp_path):
+def test_distances_between_cells_are_symmetric_zero_on_the_diagonal(tiny_mnist_manifest):
     """A 1x2 MNIST grid: each cell's generator against the other's samples and the data."""
-    manifest = {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": "distances"},
-        "spec": {
-            "grid": {"rows": 1, "cols": 2},
-            "generations": 1,
-            "dataset": {"name": "mnist", "path": str(mnist_dir), "samplingRatio": 0.05},
-            "coevolution": {"fitness": {"sampleSize": 50}},
-            "mixture": {"scoreSampleSize": 50},
-            "score": {"finalSamples": 200},
-            "training": {"batchSize": 20, "batchesPerGeneration": 2, "device": "cpu"},
-            "output": {"uri": str(tmp_path / "out")},
-        },
-    }
+    manifest = tiny_mnist_manifest
+    manifest["spec"]["score"] = {"finalSamples": 200}
     run = parse_run(manifest)
     run_in_process(run, resume=False)
     distances = generator_distances(run, samples=300)

@@ -16,9 +16,10 @@ from lipizzaner_core.storage import Storage
 from lipizzaner_core.topology import cell_seed
 
 from lipizzaner_cell.algorithm.cell_mixture import CellMixture, frozen_copy
+from lipizzaner_cell.algorithm.devices import resolve_device
 from lipizzaner_cell.algorithm.fitness import LabelAware, evaluate_fitness, generator_fakes
 from lipizzaner_cell.algorithm.graphed_steps import GraphedSteps, graphable
-from lipizzaner_cell.algorithm.individual import Individual
+from lipizzaner_cell.algorithm.individual import Individual, origins
 from lipizzaner_cell.algorithm.losses import Loss, StepLosses, fitness_loss, spec_loss
 from lipizzaner_cell.algorithm.mixture import KeptMixture
 from lipizzaner_cell.algorithm.neighbourhood import (
@@ -45,19 +46,6 @@ from lipizzaner_cell.scores.references import ReferenceCache
 from lipizzaner_cell.scores.scorers import Scorer
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device: cuda requested but torch sees no CUDA device")
-    return torch.device(requested)
-
-
-def origins(population: list[Individual]) -> list[list[int]]:
-    """Where each individual's lineage began, best first."""
-    return [list(i.origin) for i in sorted(population, key=lambda i: i.fitness)]
 
 
 class CellEngine:

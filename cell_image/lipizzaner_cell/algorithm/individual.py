@@ -195,3 +195,8 @@ def mutate_learning_rate(
     step = float(torch.normal(-base_rate / 10, base_rate, (1,), generator=rng))
     individual.set_learning_rate(max(0.0, individual.learning_rate + alpha * step))
     return True
+
+
+def origins(population: list[Individual]) -> list[list[int]]:
+    """Where each individual's lineage began, best first."""
+    return [list(i.origin) for i in sorted(population, key=lambda i: i.fitness)]

@@ -20,7 +20,8 @@ from lipizzaner_core.ensemble import assemble_ensemble
 from lipizzaner_core.layout import RunLayout
 from lipizzaner_core.spec import LipizzanerRun
 
-from lipizzaner_cell.algorithm.engine import CellEngine, resolve_device
+from lipizzaner_cell.algorithm.devices import resolve_device
+from lipizzaner_cell.algorithm.engine import CellEngine
 from lipizzaner_cell.algorithm.neighbourhood import InProcessExchange
 from lipizzaner_cell.algorithm.report import GenerationReport, status_line
 from lipizzaner_cell.algorithm.stacking import TrainingStack, training_stacks

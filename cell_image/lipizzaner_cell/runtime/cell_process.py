@@ -30,7 +30,7 @@ from lipizzaner_core.placement import group_of, parse_cells
 from lipizzaner_core.spec import LipizzanerRun, SpecError, load_run
 from lipizzaner_core.wire.tls import TlsError, TlsMaterial
 
-from lipizzaner_cell.algorithm.engine import resolve_device
+from lipizzaner_cell.algorithm.devices import resolve_device
 from lipizzaner_cell.algorithm.stacking import training_stacks
 from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.exchange.server import CentreBoard
