@@ -122,10 +122,10 @@ def bars_with_seeds(ax: Any, labels: list[str], per_seed: list[list[float]], yla
     ax.set_ylabel(ylabel)
 
 
-def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+def add_grid_flags(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
     """The flags of a bench that runs MNIST grids over seeds: --data, --side,
     --generations, --seeds and --workers."""
-    parser.add_argument("--data", required=True, help="directory of the MNIST IDX files")
+    parser.add_argument("--data", required=data_required, help="directory of the MNIST IDX files")
     parser.add_argument("--side", type=int, default=2, help="S: the grid is S x S")
     parser.add_argument("--generations", type=int, default=40, help="N: the grid's generations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -73,21 +73,28 @@ def read_run(run: LipizzanerRun) -> list[list[dict[str, Any]]]:
     return [read_history(layout.cell(cell)) for cell in range(run.spec.grid.size)]
 
 
+def cell_generators(run: LipizzanerRun, shape: tuple[int, ...]) -> list[torch.nn.Module]:
+    """Each cell's own final generator (the one its last mixture holds), in eval mode."""
+    spec, layout = run.spec, RunLayout.of(run)
+    nets = []
+    for cell in range(spec.grid.size):
+        net = build_generator(spec.network.generator, spec.network.latent_size, shape)
+        cell_layout = layout.cell(cell)
+        uri = join(cell_layout.uri, cell_layout.mixture_generator(cell))
+        nets.append(load_weights(net, layout.storage, uri))
+    return nets
+
+
 def generator_distances(run: LipizzanerRun, samples: int = 2000) -> dict[str, Any]:
     """`between`: the FID between every two cells' final generators (a symmetric matrix);
     `to_data`: each cell's FID to the held-out data; both from `samples` seeded samples
     per cell in the project's classifier's features."""
-    spec, layout = run.spec, RunLayout.of(run)
-    dataset = load_dataset(spec.dataset, spec.seed, layout.storage)
+    spec = run.spec
+    dataset = load_dataset(spec.dataset, spec.seed, RunLayout.of(run).storage)
     training, held_out = dataset.split(spec.dataset.validation_fraction)
     scorer = ClassifierScorer(held_out or training)
     statistics_ = []
-    for cell in range(spec.grid.size):
-        net = build_generator(spec.network.generator, spec.network.latent_size, dataset.shape)
-        cell_layout = layout.cell(cell)
-        load_weights(
-            net, layout.storage, join(cell_layout.uri, cell_layout.mixture_generator(cell))
-        )
+    for cell, net in enumerate(cell_generators(run, dataset.shape)):
         noise = torch.randn(
             samples, spec.network.latent_size, generator=torch.Generator().manual_seed(cell)
         )

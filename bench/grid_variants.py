@@ -54,7 +54,7 @@ SCORES = ("fid", "fid2", "tvd", "precision", "recall", "recall2")
 def jobs_for(args: argparse.Namespace, root: str) -> list[dict[str, Any]]:
     return [
         {
-            "data": args.data,
+            "dataset": {"name": "mnist", "path": args.data},
             "config": f"grid-{variant}",
             "side": args.side,
             "generations": args.generations,
@@ -161,7 +161,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         ProcessPoolExecutor(args.workers, mp_context=context) as pool,
     ):
         results = list(pool.map(run_once, jobs_for(args, args.keep or scratch)))
-        judges = Judges(args.data, Path(scratch))
+        judges = Judges.mnist(args.data, Path(scratch))
         for result in results:
             result["scores"] = ensemble_scores(judges, [str(Path(result["output"]) / "ensemble")])
         return runs_of(results)

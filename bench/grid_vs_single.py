@@ -61,16 +61,16 @@ from common import (
     bars_with_seeds,
     mnist_manifest,
 )
-from lipizzaner_cell.algorithm.networks import build_generator
+from digits import digits_judges, write_digits
+from diversity import cell_generators
 from lipizzaner_cell.commands.cli import main as lipizzaner
 from lipizzaner_cell.ensembles.samples import load_ensemble
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_cell.executors.local_processes import run_local
-from lipizzaner_core.spec import parse_run
+from lipizzaner_core.spec import load_run, parse_run
 from protocol import Judges, paired, summary
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import load_file
 
 CONFIGS = (
     "single",
@@ -107,13 +107,14 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
     spec = mnist_manifest(
         job["config"],
         job["side"],
-        job["data"],
+        job["dataset"].get("path", ""),
         job["generations"],
         job["output"],
         seed=job["run_seed"],
         coevolution=job["coevolution"],
         device=job["device"],
     )
+    spec["spec"]["dataset"] = dict(job["dataset"])
     apply_assignments(spec["spec"], job["every_run"] + job.get("own", []))
     if job["side"] > 1:  # data dieting: each grid cell its own subset (not a lone GAN)
         spec["spec"]["dataset"]["samplingRatio"] = job["sampling_ratio"]
@@ -133,7 +134,8 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
             manifest = run_in_process(parse_run(spec), resume=False).manifest
         seconds = time.perf_counter() - started
         timing.write_text(json.dumps(seconds))
-    Console().print(f"{job['config']} seed {job['seed']}: FID {manifest['scores']['fid']:.1f}")
+    name, value = next(iter(manifest["scores"].items()))  # the run's own objective
+    Console().print(f"{job['config']} seed {job['seed']}: {name} {value:.3g}")
     return {
         "config": job["config"],
         "seed": job["seed"],
@@ -145,7 +147,7 @@ def run_once(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def jobs_for(
-    data: str, side: int, generations: int, seed: int, root: str, **settings: Any
+    dataset: dict[str, str], side: int, generations: int, seed: int, root: str, **settings: Any
 ) -> list[dict]:
     """Every run of one seed. `settings`: device, sampling_ratio, every_run and grids_only
     (spec overrides, as `common.assignment` reads them)."""
@@ -166,7 +168,7 @@ def jobs_for(
     plans += [("independent", 1, generations, 1000 * (seed + 1) + i, {}, []) for i in range(cells)]
     return [
         {
-            "data": data,
+            "dataset": dataset,
             "config": config,
             "side": grid_side,
             "generations": count,
@@ -197,16 +199,13 @@ def ensemble_scores(judges: Judges, folders: list[str], equal: bool = False) -> 
     return judges.score(generators, weights, latent)
 
 
-def cell_generators_scores(judges: Judges, output: str, data: str) -> dict[str, float]:
+def cell_generators_scores(judges: Judges, output: str) -> dict[str, float]:
     """Each grid cell's own generator (from the mixture it ended with), all equally mixed."""
-    spec = parse_run(mnist_manifest("mixture", 1, data, 1, "unused")).spec
-    nets = []
-    for cell in sorted(Path(output, "cells").iterdir(), key=lambda p: int(p.name)):
-        net = build_generator(spec.network.generator, spec.network.latent_size, (1, 28, 28))
-        net.load_state_dict(load_file(str(cell / "mixture" / f"generator-{cell.name}.safetensors")))
-        nets.append(net.eval())
+    run = load_run(Path(output) / "run.yaml")
+    shape = tuple(load_ensemble(str(Path(output) / "ensemble")).manifest["data"]["shape"])
+    nets = cell_generators(run, shape)
     weights = torch.ones(len(nets), dtype=torch.float64)
-    return judges.score(nets, weights, spec.network.latent_size)
+    return judges.score(nets, weights, run.spec.network.latent_size)
 
 
 def whole_grid_scores(judges: Judges, output: str) -> dict[str, float]:
@@ -217,9 +216,7 @@ def whole_grid_scores(judges: Judges, output: str) -> dict[str, float]:
     return ensemble_scores(judges, [str(searched)])
 
 
-def summarise(
-    results: list[dict[str, Any]], judges: Judges, data: str, seeds: list[int]
-) -> list[dict]:
+def summarise(results: list[dict[str, Any]], judges: Judges, seeds: list[int]) -> list[dict]:
     """One row per seed: every configuration's scores in both spaces."""
     rows = []
     for seed in seeds:
@@ -230,7 +227,7 @@ def summarise(
                 row[r["config"]] = ensemble_scores(judges, [str(Path(r["output"]) / "ensemble")])
                 row[r["config"]] |= {k: r[k] for k in ("mixtureGeneration", "seconds")}
             if r["config"] == "grid":
-                row["grid-all-uniform"] = cell_generators_scores(judges, r["output"], data)
+                row["grid-all-uniform"] = cell_generators_scores(judges, r["output"])
                 row["grid-greedy"] = whole_grid_scores(judges, r["output"])
         independents = [r for r in mine if r["config"] == "independent"]
         if independents:
@@ -242,11 +239,11 @@ def summarise(
     return rows
 
 
-def seed_table(rows: list[dict], side: int, generations: int) -> Table:
+def seed_table(rows: list[dict], data: str, side: int, generations: int) -> Table:
     columns = [c for c in COLUMNS if c in rows[0]]
     out = Table(
-        title=f"MNIST, defaults, {side}x{side} grid of {generations} generations: held-out "
-        "FID in the project's classifier / in the second classifier, per seed"
+        title=f"{data}, defaults, {side}x{side} grid of {generations} generations: held-out "
+        "FID in the first / the second feature space, per seed"
     )
     out.add_column("seed")
     for column in columns:
@@ -329,8 +326,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
     columns = [c for c in COLUMNS if c in rows[0]]
     panels = (
-        ("fid", "held-out FID, project's classifier"),
-        ("fid2", "held-out FID, second classifier"),
+        ("fid", "held-out FID, first feature space"),
+        ("fid2", "held-out FID, second feature space"),
         ("recall", "recall (higher is better)"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
@@ -341,10 +338,30 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def data_section(args: argparse.Namespace, root: str) -> dict[str, str]:
+    """The runs' `dataset` section: the MNIST files in --data, or the digits written to
+    `root`."""
+    if args.dataset == "digits":
+        return write_digits(Path(root) / "digits.npz")
+    return {"name": "mnist", "path": args.data}
+
+
+def judges_for(args: argparse.Namespace, dataset: dict[str, str], scratch: str) -> Judges:
+    if args.dataset == "digits":
+        return digits_judges(dataset)
+    return Judges.mnist(args.data, Path(scratch))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_grid_flags(parser)
+    add_grid_flags(parser, data_required=False)
     parser.set_defaults(seeds=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--dataset",
+        choices=("mnist", "digits"),
+        default="mnist",
+        help="mnist: the IDX files in --data; digits: scikit-learn's 8x8 digits (bench/digits.py)",
+    )
     parser.add_argument(
         "--sampling-ratio",
         type=float,
@@ -375,14 +392,17 @@ def main() -> None:
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--plot", help="write the comparison here (PNG)")
     args = parser.parse_args()
+    if args.dataset == "mnist" and not args.data:
+        parser.error("--data: the directory of the MNIST IDX files is needed for --dataset mnist")
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
+        dataset = data_section(args, root)
         jobs = [
             job
             for seed in args.seeds
             for job in jobs_for(
-                args.data,
+                dataset,
                 args.side,
                 args.generations,
                 seed,
@@ -397,13 +417,13 @@ def main() -> None:
         jobs.sort(key=lambda job: -(job["side"] ** 2) * job["generations"])  # the longest first
         with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
             results = list(pool.map(run_once, jobs))
-        judges = Judges(args.data, Path(scratch))
-        rows = summarise(results, judges, args.data, args.seeds)
+        judges = judges_for(args, dataset, scratch)
+        rows = summarise(results, judges, args.seeds)
     summaries = summary_rows(rows)
     lines = paired_rows(rows)
     console = Console(width=200)
-    console.print(f"second classifier: accuracy {judges.second_accuracy:.4f} on 2000 digits")
-    console.print(seed_table(rows, args.side, args.generations))
+    console.print(f"second classifier: held-out accuracy {judges.second_accuracy:.4f}")
+    console.print(seed_table(rows, args.dataset, args.side, args.generations))
     console.print(summary_table(summaries, len(rows)))
     if lines:
         console.print(paired_table(lines))
@@ -411,7 +431,10 @@ def main() -> None:
         record = {"argv": sys.argv[1:], "rows": rows, "summary": summaries, "paired": lines}
         Path(args.json).write_text(json.dumps(record, indent=2))
     if args.plot:
-        title = f"{args.side}x{args.side} grid, {args.generations} generations, {len(rows)} seeds"
+        title = (
+            f"{args.dataset}: {args.side}x{args.side} grid, {args.generations} generations, "
+            f"{len(rows)} seeds"
+        )
         plot(rows, args.plot, title)
 
 

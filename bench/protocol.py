@@ -24,7 +24,7 @@ import torch
 from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.scores.mnist_classifier import train_classifier
-from lipizzaner_cell.scores.scorers import ClassifierScorer
+from lipizzaner_cell.scores.scorers import ClassifierScorer, Scorer
 from lipizzaner_core.spec.datasets import MnistSpec
 
 SAMPLES = 10_000
@@ -33,17 +33,25 @@ SPACES = ("", "2")  # score-name suffixes: the project's classifier, the second 
 
 
 class Judges:
-    """Both feature spaces over the held-out split of the MNIST files in `data`."""
+    """Two feature spaces over the same held-out data; `second_accuracy`: the second
+    network's held-out accuracy, which says how much its features can be trusted."""
 
-    def __init__(self, data: str, workdir: Path, validation_fraction: float = 0.1) -> None:
+    def __init__(self, scorers: tuple[Scorer, Scorer], second_accuracy: float) -> None:
+        self.scorers = scorers
+        self.second_accuracy = second_accuracy
+
+    @classmethod
+    def mnist(cls, data: str, workdir: Path, validation_fraction: float = 0.1) -> Judges:
+        """Over the held-out split of the MNIST files in `data`: the packaged classifier,
+        and one of its architecture trained here from SECOND_SEED."""
         dataset = load_dataset(MnistSpec(name="mnist", path=data), 0)
         assert dataset.labels is not None  # MNIST always has its labels
         second = workdir / f"mnist-classifier-seed{SECOND_SEED}.safetensors"
         report = train_classifier(dataset.data, dataset.labels, second, seed=SECOND_SEED)
-        self.second_accuracy = report.test_accuracy
         _, held_out = dataset.split(validation_fraction)
         assert held_out is not None
-        self.scorers = (ClassifierScorer(held_out), ClassifierScorer(held_out, weights=str(second)))
+        scorers = (ClassifierScorer(held_out), ClassifierScorer(held_out, weights=str(second)))
+        return cls(scorers, report.test_accuracy)
 
     def score(
         self, generators: list[torch.nn.Module], weights: torch.Tensor, latent: int

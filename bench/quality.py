@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 from common import grid_coevolution, run_manifest
+from diversity import cell_generators
+from lipizzaner_cell.algorithm.mixture import sample_mixture
 from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
-from lipizzaner_cell.scores.scorers import ClassifierScorer
-from lipizzaner_core.spec import parse_run
+from lipizzaner_cell.scores.scorers import ClassifierScorer, ModeScorer
+from lipizzaner_core.spec import LipizzanerRun, parse_run
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +35,8 @@ TWO_D = {
     "ring": {"name": "gaussian-ring", "modes": 8, "std": 0.1},
     "grid": {"name": "gaussian-grid", "modesPerSide": 5, "std": 0.05},
 }
+TWO_D_NAMES = {dataset["name"] for dataset in TWO_D.values()}
+SAMPLES = 10_000  # as the run's own final scores
 
 
 def manifest(side: int, seed: int, spec: dict, output: str) -> dict:
@@ -59,12 +64,34 @@ def two_d_spec(dataset: dict, generations: int, batches: int, hidden: list[int])
 
 
 def train(job: tuple[int, int, dict]) -> dict:
-    """One run in this worker process (one torch thread); the ensemble's scores."""
+    """One run in this worker process (one torch thread); the ensemble's scores, and on
+    2-D data what the cells' own generators cover."""
     side, seed, spec = job
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as output:
-        outcome = run_in_process(parse_run(manifest(side, seed, spec, output)), resume=False)
-    return {"side": side, "seed": seed, **outcome.manifest["scores"]}
+        run = parse_run(manifest(side, seed, spec, output))
+        outcome = run_in_process(run, resume=False)
+        cells = cell_coverage(run) if spec["dataset"]["name"] in TWO_D_NAMES else {}
+    return {"side": side, "seed": seed, **outcome.manifest["scores"], **cells}
+
+
+def cell_coverage(run: LipizzanerRun) -> dict:
+    """`cell_modes`: the modes each cell's own final generator covers; `all_cells_modes`:
+    those all of them cover mixed with equal weights. Equal counts with an all-cells figure
+    no higher than one cell's say the cells are copies (takeover)."""
+    dataset = load_dataset(run.spec.dataset, run.spec.seed)
+    assert dataset.modes is not None and dataset.mode_std is not None
+    scorer = ModeScorer(dataset.modes, dataset.mode_std)
+    nets = cell_generators(run, dataset.shape)
+    seeded = torch.Generator().manual_seed(0)
+    noise = torch.randn(SAMPLES, run.spec.network.latent_size, generator=seeded)
+    with torch.no_grad():
+        each = [net(noise) for net in nets]
+        together = sample_mixture(nets, torch.ones(len(nets), dtype=torch.float64), noise)
+    return {
+        "cell_modes": [scorer.scores_of(scorer.embed(x))["modes_covered"] for x in each],
+        "all_cells_modes": scorer.scores_of(scorer.embed(together))["modes_covered"],
+    }
 
 
 def run_jobs(jobs: list[tuple[int, int, dict]], workers: int) -> list[dict]:
@@ -77,27 +104,51 @@ def two_d(args: argparse.Namespace) -> dict[str, list[dict]]:
     results = {}
     for name in args.datasets:
         dataset = TWO_D[name]
-        spec = two_d_spec(dataset, args.generations, args.batches, args.hidden)
-        jobs = [(side, seed, spec) for side in args.sides for seed in range(args.seeds)]
+        jobs = [
+            (side, seed, two_d_spec(dataset, generations(args, side), args.batches, args.hidden))
+            for side in args.sides
+            for seed in range(args.seeds)
+        ]
         results[name] = run_jobs(jobs, args.workers)
-        table = Table(
-            title=f"{name}: {args.generations} generations x {args.batches} batches per cell"
-        )
-        for column in ("grid", "modes covered (per seed)", "mean", "high-quality fraction"):
-            table.add_column(column, justify="right")
-        for side in args.sides:
-            rows = [r for r in results[name] if r["side"] == side]
-            covered = [int(r["modes_covered"]) for r in rows]
-            quality = sum(r["high_quality_fraction"] for r in rows) / len(rows)
-            total = int(rows[0]["modes_total"])
-            table.add_row(
-                f"{side}x{side}",
-                " ".join(map(str, covered)),
-                f"{sum(covered) / len(covered):.1f} / {total}",
-                f"{quality:.2f}",
-            )
-        Console().print(table)
+        Console().print(two_d_table(name, results[name], args))
     return results
+
+
+def generations(args: argparse.Namespace, side: int) -> int:
+    """A side x side grid's generations: --generations each, or with --equal-steps the
+    largest grid's --generations and smaller grids longer, for the same total steps."""
+    if not args.equal_steps:
+        return args.generations
+    return args.generations * max(args.sides) ** 2 // side**2
+
+
+def two_d_table(name: str, rows: list[dict], args: argparse.Namespace) -> Table:
+    budget = "equal total steps" if args.equal_steps else "equal steps per cell"
+    table = Table(title=f"{name}: {args.batches} batches per generation, {budget}")
+    for column in (
+        "grid",
+        "generations",
+        "modes covered (per seed)",
+        "mean",
+        "high-quality fraction",
+        "cells' own (mean)",
+        "all cells mixed (mean)",
+    ):
+        table.add_column(column, justify="right")
+    for side in args.sides:
+        mine = [r for r in rows if r["side"] == side]
+        covered = [int(r["modes_covered"]) for r in mine]
+        own = [m for r in mine for m in r["cell_modes"]]
+        table.add_row(
+            f"{side}x{side}",
+            str(generations(args, side)),
+            " ".join(map(str, covered)),
+            f"{statistics.mean(covered):.1f} / {int(mine[0]['modes_total'])}",
+            f"{statistics.mean(r['high_quality_fraction'] for r in mine):.2f}",
+            f"{statistics.mean(own):.1f}",
+            f"{statistics.mean(r['all_cells_modes'] for r in mine):.1f}",
+        )
+    return table
 
 
 def mnist(args: argparse.Namespace) -> list[dict]:
@@ -164,6 +215,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument(
+        "--equal-steps",
+        action="store_true",
+        help="--generations is the largest grid's; smaller grids run longer, for equal total steps",
+    )
     parser.add_argument(
         "--hidden", type=int, nargs="+", default=[128, 128], help="2-D networks' hidden layers"
     )

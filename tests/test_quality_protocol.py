@@ -1,19 +1,28 @@
-"""The quality protocol's arithmetic (bench/protocol.py) and the grid's distances
-diagnosis (bench/diversity.py --distances): seeds compared in pairs, worst seeds taken in
-each score's own direction, and the cells' generators measured against each other."""
+"""The quality protocol's arithmetic (bench/protocol.py), the grid's distances diagnosis
+(bench/diversity.py --distances), the second real data set and its judges
+(bench/digits.py) and the 2-D cells' coverage (bench/quality.py): seeds compared in pairs,
+worst seeds taken in each score's own direction, and the cells' generators measured
+against each other and against the modes."""
 
+import argparse
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from lipizzaner_cell.data.loading import load_dataset
 from lipizzaner_cell.executors.in_process import run_in_process
 from lipizzaner_core.spec import parse_run
+from lipizzaner_core.spec.datasets import ArraySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 try:
+    from digits import digits_judges, write_digits
     from diversity import distance_summary, generator_distances
+    from grid_vs_single import jobs_for, run_once
     from protocol import paired, summary
+    from quality import cell_coverage, generations, manifest, two_d_spec
 finally:
     sys.path.remove(str(ROOT / "bench"))
 
@@ -62,3 +71,44 @@ def test_distances_between_cells_are_symmetric_zero_on_the_diagonal(tiny_mnist_m
     means = distance_summary(distances)
     assert means["between"] == pytest.approx(between[0][1], rel=1e-6)
     assert means["ratio"] == pytest.approx(means["between"] / means["to_data"])
+
+
+def test_the_digits_judges_tell_held_out_digits_from_noise_and_from_one_class(tmp_path):
+    dataset = write_digits(tmp_path / "digits.npz")
+    judges = digits_judges(dataset, epochs=10)
+    assert judges.second_accuracy > 0.9  # of the 180 held-out digits
+    training, _ = load_dataset(ArraySpec.model_validate(dataset), 0).split(0.1)
+    assert training.labels is not None
+    noise = torch.rand((1000, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    threes = training.data[training.labels == 3]
+    for scorer in judges.scorers:
+        real, fake = scorer.scores(training.data), scorer.scores(noise)
+        assert real["fid"] < 0.1 * fake["fid"]
+        assert real["tvd"] < 0.05
+        one_class = scorer.scores(threes)
+        assert one_class["tvd"] > 0.85 and one_class["fid"] > 10 * real["fid"]
+
+
+def test_the_protocol_runs_on_the_digits_through_the_array_dataset(tmp_path):
+    dataset = write_digits(tmp_path / "digits.npz")
+    [job] = [j for j in jobs_for(dataset, 2, 1, 0, str(tmp_path)) if j["config"] == "single-n"]
+    result = run_once(job)
+    assert set(result["scores"]) >= {"swd"}  # an array's default score
+    assert (Path(job["output"]) / "ensemble" / "manifest.json").exists()
+
+
+def test_equal_steps_give_smaller_grids_more_generations():
+    args = argparse.Namespace(generations=40, sides=[1, 2, 3], equal_steps=True)
+    assert [generations(args, side) for side in (1, 2, 3)] == [360, 90, 40]
+    args.equal_steps = False
+    assert [generations(args, side) for side in (1, 2, 3)] == [40, 40, 40]
+
+
+def test_cell_coverage_counts_each_cells_modes_and_all_cells_mixed(tmp_path):
+    spec = two_d_spec({"name": "gaussian-grid", "modesPerSide": 3, "std": 0.05}, 1, 5, [16, 16])
+    run = parse_run(manifest(2, 0, spec, str(tmp_path)))
+    run_in_process(run, resume=False)
+    coverage = cell_coverage(run)
+    assert len(coverage["cell_modes"]) == 4
+    assert all(0 <= modes <= 9 for modes in coverage["cell_modes"])
+    assert 0 <= coverage["all_cells_modes"] <= 9

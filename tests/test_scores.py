@@ -17,6 +17,7 @@ from lipizzaner_cell.scores.scorers import (
     PRECISION_RECALL_ROWS,
     ClassifierScorer,
     ModeScorer,
+    class_tvd,
     precision_recall,
 )
 from lipizzaner_core.spec.datasets import (
@@ -245,3 +246,11 @@ def test_precision_and_recall_in_row_batches_equal_torch_fidelitys_whole_matrice
     )
     assert precision_recall(generated, real) == {"precision": precision, "recall": recall}
     assert 0 < recall < precision < 1  # a case where the two differ, neither trivially
+
+
+def test_class_tvd_is_zero_for_even_classes_and_near_one_for_a_single_class():
+    even = torch.eye(5).repeat(20, 1)  # 100 samples, 20 of each of 5 classes
+    assert class_tvd(even) == pytest.approx(0.0)
+    one = torch.zeros(100, 5)
+    one[:, 2] = 1
+    assert class_tvd(one) == pytest.approx(0.8)  # 1 - 1/5

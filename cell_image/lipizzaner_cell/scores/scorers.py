@@ -229,9 +229,15 @@ class ClassifierScorer(FeatureScorer):
         return torch.cat(self.network(images.contiguous(memory_format=torch.channels_last)), 1)
 
     def scores_of(self, embedded: torch.Tensor) -> dict[str, float]:
-        logits = embedded[:, FEATURES:]
-        histogram = torch.bincount(logits.argmax(1), minlength=10).double() / len(embedded)
-        return {"fid": self.fid(embedded), "tvd": float(0.5 * (histogram - 0.1).abs().sum())}
+        return {"fid": self.fid(embedded), "tvd": class_tvd(embedded[:, FEATURES:])}
+
+
+def class_tvd(logits: torch.Tensor) -> float:
+    """The total variation distance of the predicted classes' histogram from uniform: 0
+    when every class is generated equally often, near 1 when one class takes everything."""
+    classes = logits.shape[1]
+    histogram = torch.bincount(logits.argmax(1), minlength=classes).double() / len(logits)
+    return float(0.5 * (histogram - 1 / classes).abs().sum())
 
 
 class SlicedWassersteinScorer(Scorer):
