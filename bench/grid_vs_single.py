@@ -36,6 +36,9 @@ FID, the TVD of the digit histogram from uniform, precision and recall. The tabl
 each configuration's mean and worst seed, and the grid against each baseline seed by seed
 (wins, median difference), in both spaces.
 
+`--dataset digits` runs the same protocol on scikit-learn's 8x8 digits through the `array`
+dataset, scored by two judges trained on them (`bench/digits.py`).
+
     python bench/grid_vs_single.py --data ../shared/datasets/mnist --generations 40 --seeds 0 1 2
 """
 
