@@ -27,9 +27,11 @@ from envtest import wait_for
 from heartbeats import Heartbeats
 from kubernetes import client, config
 
-# Long enough to be hit mid-run (a few seconds a generation in pods on 2 cores), short
-# enough for CI: checkpoints every 2 generations, so a restart has one to resume from.
-LONGER = {"generations": 16, "checkpoint": {"every": 2}}
+# Long enough to be hit mid-run, short enough for CI: on an idle 2-core machine a pod's
+# generation took 0.7 s, and 16 generations ended before a kill after generation 3 landed;
+# 40 leave the tests 25 s or more. Checkpoints every 2 generations, so a restart has one
+# to resume from.
+LONGER = {"generations": 40, "checkpoint": {"every": 2}}
 
 
 def past_generation(node: Node, namespace: str, run: str, generation: int) -> bool:
@@ -218,11 +220,8 @@ def test_cells_on_a_node_that_stops_answering_are_force_deleted_and_recreated(
         | {"tolerationSeconds": 1}
         for key in ("unreachable", "not-ready")
     ]
-    # Long enough to outlast the 30 s until the node is marked unreachable (hack/cluster.sh).
-    longest = {**LONGER, "generations": 40}
-    run = tiny_run(
-        node, namespace, name="stranded", failurePolicy={"lostNodeSeconds": 5}, **longest
-    )
+    # LONGER outlasts the 30 s until the node is marked unreachable (hack/cluster.sh).
+    run = tiny_run(node, namespace, name="stranded", failurePolicy={"lostNodeSeconds": 5}, **LONGER)
     run["spec"]["cell"]["tolerations"] = tolerations
     apply_run(node, namespace, run)
     wait_for(
