@@ -9,29 +9,32 @@ from typing import Any
 
 import pytest
 import torch
+from lipizzaner_core.spec import API_VERSION, KIND
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mnist"
 
-TINY_RING: dict[str, Any] = {
-    "apiVersion": "lipizzaner.io/v1alpha1",
-    "kind": "LipizzanerRun",
-    "metadata": {"name": "tiny"},
-    "spec": {
-        "grid": {"rows": 2, "cols": 2},
-        "generations": 4,
-        "seed": 5,
-        "dataset": {"name": "gaussian-ring", "size": 2000},
-        "network": {
-            "latentSize": 8,
-            "generator": {"hiddenSizes": [32]},
-            "discriminator": {"hiddenSizes": [32]},
-        },
-        "coevolution": {"learningRate": 0.001, "fitness": {"sampleSize": 200}},
-        "mixture": {"scoreSampleSize": 200, "sigma": 0.05},
-        "training": {"batchSize": 50, "batchesPerGeneration": 5, "device": "cpu"},
-        "checkpoint": {"every": 2},
+
+def run_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    """A LipizzanerRun named `name` with these spec sections."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
+
+
+TINY_RING = run_manifest(
+    "tiny",
+    grid={"rows": 2, "cols": 2},
+    generations=4,
+    seed=5,
+    dataset={"name": "gaussian-ring", "size": 2000},
+    network={
+        "latentSize": 8,
+        "generator": {"hiddenSizes": [32]},
+        "discriminator": {"hiddenSizes": [32]},
     },
-}
+    coevolution={"learningRate": 0.001, "fitness": {"sampleSize": 200}},
+    mixture={"scoreSampleSize": 200, "sigma": 0.05},
+    training={"batchSize": 50, "batchesPerGeneration": 5, "device": "cpu"},
+    checkpoint={"every": 2},
+)
 
 
 def wait_until(condition, timeout: float = 240.0, poll: float = 0.05) -> bool:
@@ -107,20 +110,16 @@ def mnist_dir() -> Path:
 @pytest.fixture
 def tiny_mnist_manifest(mnist_dir: Path, tmp_path: Path) -> dict[str, Any]:
     """A 1x2 grid on 5 % of the MNIST digits for one generation of two small batches."""
-    return {
-        "apiVersion": "lipizzaner.io/v1alpha1",
-        "kind": "LipizzanerRun",
-        "metadata": {"name": "mnist-tiny"},
-        "spec": {
-            "grid": {"rows": 1, "cols": 2},
-            "generations": 1,
-            "dataset": {"name": "mnist", "path": str(mnist_dir), "samplingRatio": 0.05},
-            "coevolution": {"fitness": {"sampleSize": 50}},
-            "mixture": {"scoreSampleSize": 50},
-            "training": {"batchSize": 20, "batchesPerGeneration": 2, "device": "cpu"},
-            "output": {"uri": str(tmp_path / "out")},
-        },
-    }
+    return run_manifest(
+        "mnist-tiny",
+        grid={"rows": 1, "cols": 2},
+        generations=1,
+        dataset={"name": "mnist", "path": str(mnist_dir), "samplingRatio": 0.05},
+        coevolution={"fitness": {"sampleSize": 50}},
+        mixture={"scoreSampleSize": 50},
+        training={"batchSize": 20, "batchesPerGeneration": 2, "device": "cpu"},
+        output={"uri": str(tmp_path / "out")},
+    )
 
 
 def unavailable(problem: str) -> None:
